@@ -1,0 +1,87 @@
+"""Model gin files: published dimensions, and parameter counts equal to HF's T5."""
+
+import gin
+import jax
+import flax.linen as nn
+import numpy as np
+import pytest
+
+from tinythinker_jax import gin_utils
+from tinythinker_jax.models import t5
+
+# (d_model, num_heads, num_layers, d_kv, d_ff) of the published checkpoints
+# (t5-small ... t5-11b; google/t5-v1_1-*; google/flan-t5-*).
+PUBLISHED = {
+    "t5_1_0/small": (512, 8, 6, 64, 2048), "t5_1_0/base": (768, 12, 12, 64, 3072),
+    "t5_1_0/large": (1024, 16, 24, 64, 4096), "t5_1_0/3B": (1024, 32, 24, 128, 16384),
+    "t5_1_0/11B": (1024, 128, 24, 128, 65536),
+    "t5_1_1/small": (512, 6, 8, 64, 1024), "t5_1_1/base": (768, 12, 12, 64, 2048),
+    "t5_1_1/large": (1024, 16, 24, 64, 2816), "t5_1_1/xl": (2048, 32, 24, 64, 5120),
+    "t5_1_1/xxl": (4096, 64, 24, 64, 10240),
+    "t5_1_1/tiny": (128, 4, 3, 32, 512),
+}
+for size in ("small", "base", "large", "xl", "xxl", "tiny"):
+  PUBLISHED[f"flan_t5/{size}"] = PUBLISHED[f"t5_1_1/{size}"]
+
+
+def load(name: str) -> t5.T5Config:
+  gin.clear_config()
+  try:
+    gin_utils.parse([f"models/{name}.gin"], ["DROPOUT_RATE = 0.1"])
+    return gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_model_gin_has_published_dimensions_and_hf_parameter_count(name):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = load(name)
+  d_model, heads, layers, d_kv, d_ff = PUBLISHED[name]
+  assert (config.emb_dim, config.num_heads, config.num_encoder_layers,
+          config.num_decoder_layers, config.head_dim, config.mlp_dim) == (
+              d_model, heads, layers, layers, d_kv, d_ff)
+  v1_0 = name.startswith("t5_1_0")
+  assert config.mlp_activations == (("relu",) if v1_0 else ("gelu", "linear"))
+  assert config.logits_via_embedding == v1_0
+  assert config.vocab_size == 32128 and config.dropout_rate == 0.1
+  assert config.dtype == "bfloat16" and config.param_dtype == "float32"
+
+  shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(config, jax.random.key(0))))
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  hf_config = transformers.T5Config(
+      vocab_size=32128, d_model=d_model, num_heads=heads, num_layers=layers, d_kv=d_kv,
+      d_ff=d_ff, feed_forward_proj="relu" if v1_0 else "gated-gelu",
+      tie_word_embeddings=v1_0, decoder_start_token_id=0)
+  with torch.device("meta"):
+    hf_model = transformers.T5ForConditionalGeneration(hf_config)
+  if not v1_0:  # Untie as real v1.1 checkpoints are (transformers 5 ties by default).
+    hf_model.lm_head.weight = torch.nn.Parameter(
+        torch.empty(32128, d_model, device="meta"))
+  hf_count = sum(p.numel() for p in hf_model.parameters())
+  assert ours == hf_count
+
+
+def test_dropout_rate_is_required():
+  gin.clear_config()
+  try:
+    with pytest.raises(gin_utils.GinConfigError, match="DROPOUT_RATE"):
+      gin_utils.parse(["models/t5_1_1/small.gin"], [])
+  finally:
+    gin.clear_config()
+
+
+def test_misspelt_binding_is_named():
+  gin.clear_config()
+  try:
+    with pytest.raises(gin_utils.GinConfigError, match="emb_dimm"):
+      gin_utils.parse(["models/t5_1_1/small.gin"],
+                      ["DROPOUT_RATE = 0.0", "t5.T5Config.emb_dimm = 3"])
+  finally:
+    gin.clear_config()
+
+
+def test_missing_gin_file_is_named():
+  with pytest.raises(gin_utils.GinConfigError, match="models/t5_9/small.gin"):
+    gin_utils.parse(["models/t5_9/small.gin"])

@@ -1,0 +1,197 @@
+"""Sharding on 8 fake CPU devices: same numbers as one device, layouts as the rules say."""
+
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from tinythinker_jax import partitioning
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import step as step_lib
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "t5_1_1_small_partition_specs.json"
+
+
+def test_eight_fake_devices():
+  assert jax.device_count() == 8
+
+
+def test_rules_are_t5x_defaults():
+  assert partitioning.standard_logical_axis_rules() == (
+      ("batch", "data"), ("vocab", "model"), ("embed", None), ("mlp", "model"),
+      ("heads", "model"), ("kv", None), ("joined_kv", "model"),
+      ("relpos_buckets", None), ("abspos_buckets", None), ("length", None),
+      ("layers", None), ("stack", None), ("mlp_activations", None))
+  fsdp = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
+  assert ("embed", "data") in fsdp and ("embed", None) not in fsdp
+  extra = partitioning.standard_logical_axis_rules(additional_rules=[("foo", "model")])
+  assert extra[-1] == ("foo", "model")
+  with pytest.raises(ValueError, match="parameter_partitioning_dims=3"):
+    partitioning.standard_logical_axis_rules(parameter_partitioning_dims=3)
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  targets = rng.integers(1, config.vocab_size, (8, 12)).astype(np.int32)
+  targets[3, 7:] = 0
+  enc = rng.integers(1, config.vocab_size, (8, 16)).astype(np.int32)
+  enc[5, 9:] = 0
+  return {"encoder_input_tokens": enc, "decoder_target_tokens": targets,
+          "decoder_input_tokens": np.asarray(step_lib.shift_right(targets))}
+
+
+def _loss_and_grads(apply_fn):
+  return jax.value_and_grad(lambda p, b: step_lib.seq2seq_loss(apply_fn, p, b)[0])
+
+
+# Expected specs under the 1-D rules and under FSDP (embed over data).
+EXPECTED = {
+    1: {("token_embedder", "embedding"): P("model", None),
+        ("encoder", "layers_0", "attention", "query", "kernel"): P(None, "model", None),
+        ("encoder", "layers_0", "attention", "out", "kernel"): P("model", None, None),
+        ("encoder", "layers_0", "mlp", "wi_0", "kernel"): P(None, "model"),
+        ("decoder", "layers_1", "mlp", "wo", "kernel"): P("model", None),
+        ("decoder", "relpos_bias", "rel_embedding"): P("model", None),
+        ("decoder", "logits_dense", "kernel"): P(None, "model"),
+        ("encoder", "encoder_norm", "scale"): P(None)},
+    2: {("token_embedder", "embedding"): P("model", "data"),
+        ("encoder", "layers_0", "attention", "query", "kernel"): P("data", "model", None),
+        ("encoder", "layers_0", "attention", "out", "kernel"): P("model", None, "data"),
+        ("encoder", "layers_0", "mlp", "wi_0", "kernel"): P("data", "model"),
+        ("decoder", "layers_1", "mlp", "wo", "kernel"): P("model", "data"),
+        ("decoder", "relpos_bias", "rel_embedding"): P("model", None),
+        ("decoder", "logits_dense", "kernel"): P("data", "model"),
+        ("encoder", "encoder_norm", "scale"): P("data")},
+}
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+@pytest.mark.parametrize("data,model,param_dims", [(1, 1, 1), (8, 1, 1), (2, 4, 1),
+                                                   (1, 8, 1), (2, 4, 2), (8, 1, 2)])
+def test_sharded_step_matches_one_device(tiny_config, data, model, param_dims):
+  module = t5.T5(tiny_config)
+  batch = _batch(tiny_config)
+  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(0)))
+  ref_loss, ref_grads = jax.jit(_loss_and_grads(module.apply))(params, batch)
+
+  mesh = partitioning.create_mesh(data, model)
+  assert mesh.shape == {"data": data, "model": model}
+  partitioner = partitioning.Partitioner(
+      mesh, partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
+  sharded, shardings = partitioner.init(lambda r: t5.init_params(tiny_config, r),
+                                        jax.random.key(0))
+  fn = partitioner.partition(_loss_and_grads(module.apply),
+                             out_shardings=(partitioner.replicated, shardings))
+  loss, grads = fn(sharded, partitioner.shard_batch(batch))
+
+  np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-4, atol=1e-6),
+               grads, ref_grads)
+  # Same initial values as the unsharded init, and laid out as the rules say.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-6, atol=1e-7),
+               sharded, params)
+  mesh_sizes = dict(mesh.shape)
+  for path, spec in EXPECTED[param_dims].items():
+    for tree in (sharded, grads):
+      array = _get(tree, path)
+      assert array.sharding.spec == spec, path
+      expected_shard = tuple(
+          dim // (mesh_sizes[axis] if axis else 1) for dim, axis in
+          zip(array.shape, tuple(spec) + (None,) * (array.ndim - len(spec))))
+      assert array.addressable_shards[0].data.shape == expected_shard, path
+  batch_array = partitioner.shard_batch(batch)["encoder_input_tokens"]
+  assert batch_array.addressable_shards[0].data.shape == (8 // data, 16)
+
+
+def test_activation_constraints_follow_rules(tiny_config):
+  """Inside the partitioned step the model's activation constraints use the mesh."""
+  mesh = partitioning.create_mesh(2, 4)
+  partitioner = partitioning.Partitioner(mesh)
+  params, _ = partitioner.init(lambda r: t5.init_params(tiny_config, r), jax.random.key(0))
+  batch = partitioner.shard_batch(_batch(tiny_config))
+  module = t5.T5(tiny_config)
+  fn = partitioner.partition(lambda p, b: module.apply(
+      {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]))
+  hlo = fn.lower(params, batch).as_text()
+  assert "sharding" in hlo
+  logits = fn(params, batch)
+  # Logits carry ('batch', 'length', 'vocab') -> ('data', None, 'model').
+  assert logits.sharding.spec == P("data", None, "model")
+
+
+def partition_table() -> dict:
+  """Parameter -> shape, logical axes and mesh axes for t5_1_1 small (1-D rules)."""
+  config = t5.T5Config(emb_dim=512, num_heads=6, num_encoder_layers=8,
+                       num_decoder_layers=8, head_dim=64, mlp_dim=1024,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False)
+  abstract = jax.eval_shape(lambda: t5.init_params(config, jax.random.key(0)))
+  partitioner = partitioning.Partitioner(partitioning.create_mesh(1, 1))  # Rules only.
+  is_spec = lambda x: isinstance(x, P)  # noqa: E731
+  specs = jax.tree_util.tree_flatten_with_path(partitioner.param_specs(abstract),
+                                               is_leaf=is_spec)[0]
+  logical = jax.tree.leaves(nn.get_partition_spec(abstract), is_leaf=is_spec)
+  shapes = jax.tree.leaves(nn.unbox(abstract))
+  table = {}
+  for (path, spec), names, shape in zip(specs, logical, shapes):
+    ndim = len(shape.shape)
+    table["/".join(k.key for k in path)] = {
+        "shape": list(shape.shape), "logical": list(names),
+        "mesh": list(spec) + [None] * (ndim - len(spec))}
+  return table
+
+
+def test_golden_partition_specs_t5_1_1_small():
+  table = partition_table()
+  golden = json.loads(GOLDEN.read_text())
+  assert table == golden
+  # embedding + 2 relpos + 8 encoder layers x 9 + 8 decoder layers x 14 + 2 norms + logits
+  assert len(golden) == 1 + 2 + 8 * 9 + 8 * 14 + 2 + 1
+  # Spot checks written by hand from t5x's rules.
+  assert golden["token_embedder/embedding"]["mesh"] == ["model", None]
+  assert golden["decoder/layers_7/encoder_decoder_attention/out/kernel"]["mesh"] == [
+      "model", None, None]
+  assert golden["encoder/layers_3/mlp/wi_1/kernel"]["mesh"] == [None, "model"]
+
+
+def test_data_layout_single_process():
+  partitioner = partitioning.Partitioner(partitioning.create_mesh(2, 4))
+  layout = partitioner.data_layout(16)
+  assert (layout.shard_id, layout.num_shards, layout.local_batch_size) == (0, 1, 16)
+  with pytest.raises(ValueError, match="does not split evenly"):
+    partitioner.data_layout(3)
+
+
+def test_mesh_errors_are_clear():
+  with pytest.raises(ValueError, match="needs 16 devices"):
+    partitioning.create_mesh(4, 4)
+  with pytest.raises(ValueError, match="does not divide"):
+    partitioning.create_mesh(-1, 3)
+  with pytest.raises(ValueError, match="names mesh axis 'tensor'"):
+    partitioning.Partitioner(partitioning.create_mesh(), (("mlp", "tensor"),))
+
+
+def test_fsdp_shards_embed_of_params_but_not_activations():
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(2, 4),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
+  assert partitioner.logical_to_mesh_axes(("batch", "length", "embed")) == \
+      P("data", None, None)
+  assert partitioner.logical_to_mesh_axes(("embed", "mlp")) == P("data", "model")
+
+
+if __name__ == "__main__":
+  # Regenerate the golden file after an intended change, then review the diff.
+  rows = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+          for k, v in sorted(partition_table().items())]
+  GOLDEN.write_text("{\n" + ",\n".join(rows) + "\n}\n")

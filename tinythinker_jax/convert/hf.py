@@ -1,0 +1,394 @@
+"""Hugging Face T5 folders <-> (T5Config, params).
+
+Reads `config.json` plus weights in any of the layouts `save_pretrained`
+writes: `model.safetensors`, sharded safetensors with
+`model.safetensors.index.json`, or `pytorch_model.bin` (and its sharded
+index), the last only through `torch.load(weights_only=True)`. Writes
+safetensors (sharded above `max_shard_bytes`) and a `config.json` that
+`transformers.T5ForConditionalGeneration.from_pretrained` loads.
+
+PyTorch stores `nn.Linear` weights as `[out, in]`; our kernels are
+`[in, out]` with attention projections split into `[embed, heads, kv]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from tinythinker_jax.models.t5 import T5Config
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+
+# HF `feed_forward_proj` activation name -> ours. HF's gated-gelu is the tanh
+# approximation ('gelu_new'); a plain 'gelu' there is the exact erf form.
+_HF_TO_ACT = {"relu": "relu", "gelu_new": "gelu", "gelu": "gelu_exact", "silu": "silu"}
+_ACT_TO_HF = {v: k for k, v in _HF_TO_ACT.items()}
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the configuration (missing tensor, wrong shape)."""
+
+
+def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32") -> T5Config:
+  """Builds our T5Config from a Hugging Face `config.json` dictionary."""
+  if hf_config.get("model_type", "t5") not in ("t5", "mt5"):
+    raise ValueError(f"config.json: model_type={hf_config.get('model_type')!r} is not "
+                     "a T5 model")
+  proj = hf_config.get("feed_forward_proj", "relu")
+  parts = proj.split("-")
+  gated = parts[0] == "gated"
+  if (gated and len(parts) != 2) or (not gated and len(parts) != 1):
+    raise ValueError(f"config.json: feed_forward_proj={proj!r} is not '<act>' or "
+                     "'gated-<act>'")
+  act_name = parts[-1]
+  if gated and act_name == "gelu":
+    act_name = "gelu_new"  # HF's own backwards-compatibility rule.
+  if act_name not in _HF_TO_ACT:
+    raise ValueError(f"config.json: feed_forward_proj={proj!r}: activation "
+                     f"{act_name!r} is not supported ({sorted(_HF_TO_ACT)})")
+  act = _HF_TO_ACT[act_name]
+  num_layers = hf_config["num_layers"]
+  # transformers 5 writes `scale_decoder_outputs`; older files only the tie flag.
+  tied = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
+  return T5Config(
+      vocab_size=hf_config["vocab_size"],
+      dtype=dtype,
+      emb_dim=hf_config["d_model"],
+      num_heads=hf_config["num_heads"],
+      num_encoder_layers=num_layers,
+      num_decoder_layers=hf_config.get("num_decoder_layers") or num_layers,
+      head_dim=hf_config["d_kv"],
+      mlp_dim=hf_config["d_ff"],
+      mlp_activations=(act, "linear") if gated else (act,),
+      dropout_rate=hf_config.get("dropout_rate", 0.1),
+      logits_via_embedding=bool(tied),
+      relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+      relative_attention_max_distance=hf_config.get("relative_attention_max_distance",
+                                                    128),
+      layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+  )
+
+
+def config_to_hf(config: T5Config) -> dict[str, Any]:
+  """The `config.json` dictionary for `config`."""
+  acts = config.mlp_activations
+  if len(acts) == 2 and acts[1] == "linear" and acts[0] in _ACT_TO_HF:
+    proj = "gated-gelu" if acts[0] == "gelu" else f"gated-{_ACT_TO_HF[acts[0]]}"
+  elif len(acts) == 1 and acts[0] in _ACT_TO_HF:
+    proj = _ACT_TO_HF[acts[0]]
+    if proj == "gelu_new":
+      raise ValueError("mlp_activations=('gelu',) (tanh gelu, ungated) has no "
+                       "Hugging Face T5 equivalent")
+  else:
+    raise ValueError(f"mlp_activations={acts} has no Hugging Face T5 equivalent")
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": config.vocab_size,
+      "d_model": config.emb_dim,
+      "d_kv": config.head_dim,
+      "d_ff": config.mlp_dim,
+      "num_heads": config.num_heads,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      "feed_forward_proj": proj,
+      "tie_word_embeddings": config.logits_via_embedding,
+      "scale_decoder_outputs": config.logits_via_embedding,
+      "dropout_rate": config.dropout_rate,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "initializer_factor": 1.0,
+      "is_encoder_decoder": True,
+      "decoder_start_token_id": 0,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "use_cache": True,
+  }
+
+
+# One rule per parameter: our path, HF name, and the two layout transforms.
+# `to_ours` turns the HF array into our layout given the config; `to_hf` back.
+_Rule = tuple[tuple[str, ...], str, Callable[[np.ndarray, T5Config], np.ndarray],
+              Callable[[np.ndarray, T5Config], np.ndarray]]
+
+
+def _transpose(x, cfg):
+  return x.T
+
+
+def _qkv_in(x, cfg):
+  return x.T.reshape(cfg.emb_dim, cfg.num_heads, cfg.head_dim)
+
+
+def _qkv_out(x, cfg):
+  return x.reshape(cfg.emb_dim, cfg.num_heads * cfg.head_dim).T
+
+
+def _o_in(x, cfg):
+  return x.T.reshape(cfg.num_heads, cfg.head_dim, cfg.emb_dim)
+
+
+def _o_out(x, cfg):
+  return x.reshape(cfg.num_heads * cfg.head_dim, cfg.emb_dim).T
+
+
+def _same(x, cfg):
+  return x
+
+
+def _attention_rules(ours: tuple[str, ...], hf: str) -> list[_Rule]:
+  rules = [(ours + (p, "kernel"), f"{hf}.{p[0]}.weight", _qkv_in, _qkv_out)
+           for p in ("query", "key", "value")]
+  rules.append((ours + ("out", "kernel"), f"{hf}.o.weight", _o_in, _o_out))
+  return rules
+
+
+def _mlp_rules(cfg: T5Config, ours: tuple[str, ...], hf: str) -> list[_Rule]:
+  names = ["wi"] if len(cfg.mlp_activations) == 1 else [
+      f"wi_{i}" for i in range(len(cfg.mlp_activations))]
+  rules = [(ours + (n, "kernel"), f"{hf}.{n}.weight", _transpose, _transpose)
+           for n in names]
+  rules.append((ours + ("wo", "kernel"), f"{hf}.wo.weight", _transpose, _transpose))
+  return rules
+
+
+def _norm_rule(ours: tuple[str, ...], hf: str) -> _Rule:
+  return (ours + ("scale",), f"{hf}.weight", _same, _same)
+
+
+def _rules(cfg: T5Config) -> list[_Rule]:
+  rules: list[_Rule] = [
+      (("token_embedder", "embedding"), "shared.weight", _same, _same)]
+  for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+    rules.append(((stack, "relpos_bias", "rel_embedding"),
+                  f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                  _transpose, _transpose))
+    for i in range(n):
+      ours, hf = (stack, f"layers_{i}"), f"{stack}.block.{i}.layer"
+      if stack == "encoder":
+        rules += _attention_rules(ours + ("attention",), f"{hf}.0.SelfAttention")
+        rules.append(_norm_rule(ours + ("pre_attention_layer_norm",), f"{hf}.0.layer_norm"))
+        rules += _mlp_rules(cfg, ours + ("mlp",), f"{hf}.1.DenseReluDense")
+        rules.append(_norm_rule(ours + ("pre_mlp_layer_norm",), f"{hf}.1.layer_norm"))
+      else:
+        rules += _attention_rules(ours + ("self_attention",), f"{hf}.0.SelfAttention")
+        rules.append(_norm_rule(ours + ("pre_self_attention_layer_norm",),
+                                f"{hf}.0.layer_norm"))
+        rules += _attention_rules(ours + ("encoder_decoder_attention",),
+                                  f"{hf}.1.EncDecAttention")
+        rules.append(_norm_rule(ours + ("pre_cross_attention_layer_norm",),
+                                f"{hf}.1.layer_norm"))
+        rules += _mlp_rules(cfg, ours + ("mlp",), f"{hf}.2.DenseReluDense")
+        rules.append(_norm_rule(ours + ("pre_mlp_layer_norm",), f"{hf}.2.layer_norm"))
+  rules.append(_norm_rule(("encoder", "encoder_norm"), "encoder.final_layer_norm"))
+  rules.append(_norm_rule(("decoder", "decoder_norm"), "decoder.final_layer_norm"))
+  if not cfg.logits_via_embedding:
+    rules.append((("decoder", "logits_dense", "kernel"), "lm_head.weight",
+                  _transpose, _transpose))
+  return rules
+
+
+def _expected_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
+  import jax  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(cfg, jax.random.key(0))))
+  flat = {}
+
+  def visit(prefix, node):
+    for k, v in node.items():
+      if isinstance(v, Mapping):
+        visit(prefix + (k,), v)
+      else:
+        flat[prefix + (k,)] = tuple(v.shape)
+  visit((), shapes)
+  return flat
+
+
+# Names of tied copies that some writers include and we never need.
+_IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$|"
+                      r"^decoder\.block\.0\.layer\.1\.EncDecAttention\."
+                      r"relative_attention_bias\.weight$")
+
+
+def _weight_files(path: str) -> tuple[str, list[str]]:
+  """Returns (format, files) for the weights in a Hugging Face folder."""
+  def join(name):
+    return os.path.join(path, name)
+  for index_name, fmt in ((SAFETENSORS_INDEX, "safetensors"), (PYTORCH_BIN_INDEX, "torch")):
+    if os.path.exists(join(index_name)):
+      with open(join(index_name)) as f:
+        try:
+          weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+          raise ValueError(f"{join(index_name)}: not a valid index file ({e})") from e
+      return fmt, [join(n) for n in sorted(set(weight_map.values()))]
+  if os.path.exists(join(SAFETENSORS)):
+    return "safetensors", [join(SAFETENSORS)]
+  if os.path.exists(join(PYTORCH_BIN)):
+    return "torch", [join(PYTORCH_BIN)]
+  raise FileNotFoundError(
+      f"{path}: no {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or "
+      f"{PYTORCH_BIN_INDEX} found")
+
+
+def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
+  tensors: dict[str, np.ndarray] = {}
+  for file in files:
+    if fmt == "safetensors":
+      from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+      with safe_open(file, framework="numpy") as f:
+        for name in f.keys():
+          tensors[name] = f.get_tensor(name)
+    else:
+      try:
+        import torch  # pylint: disable=import-outside-toplevel
+      except ImportError as e:
+        raise ImportError(f"{file}: reading pytorch_model.bin needs torch; install it "
+                          "or convert the folder to safetensors") from e
+      state = torch.load(file, map_location="cpu", weights_only=True)
+      for name, value in state.items():
+        tensors[name] = value.float().numpy() if value.dtype == torch.bfloat16 else \
+            value.numpy()
+  return tensors
+
+
+def load_hf_t5(path: str, *, dtype: str = "float32",
+               param_dtype: str = "float32") -> tuple[T5Config, dict]:
+  """Reads a Hugging Face T5 / Flan-T5 folder into (T5Config, params).
+
+  `params` is a nested dict of numpy arrays in `param_dtype` in our layout,
+  ready for `T5(config).apply({'params': params}, ...)` or for sharding.
+  Raises CheckpointMismatchError naming the tensor when one is missing or
+  has the wrong shape.
+  """
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path) as f:
+      hf_config = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{config_path}: not found; is {path} a Hugging Face "
+                            "model folder?") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_path}: invalid JSON: {e}") from e
+  try:
+    config = config_from_hf(hf_config, dtype=dtype).replace(param_dtype=param_dtype)
+  except KeyError as e:
+    raise ValueError(f"{config_path}: missing key {e.args[0]!r}") from e
+  fmt, files = _weight_files(path)
+  tensors = _read_tensors(fmt, files)
+  params = params_from_hf_tensors(config, tensors, source=path)
+  return config, params
+
+
+def params_from_hf_tensors(config: T5Config, tensors: Mapping[str, np.ndarray], *,
+                           source: str = "checkpoint") -> dict:
+  """Maps a flat HF state dict onto our nested parameter tree, checking shapes."""
+  expected = _expected_shapes(config)
+  np_dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else None
+  params: dict = {}
+  used = set()
+  for ours, hf_name, to_ours, _ in _rules(config):
+    if hf_name not in tensors:
+      if hf_name == "shared.weight":
+        for alt in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+          if alt in tensors:
+            hf_name = alt
+            break
+    if hf_name not in tensors:
+      raise CheckpointMismatchError(
+          f"{source}: tensor {hf_name!r} (for {'/'.join(ours)}, shape "
+          f"{expected[ours]}) is missing from the checkpoint")
+    value = np.asarray(tensors[hf_name])
+    used.add(hf_name)
+    try:
+      converted = to_ours(value, config)
+    except ValueError:
+      converted = None
+    if converted is None or tuple(converted.shape) != expected[ours]:
+      raise CheckpointMismatchError(
+          f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, which does "
+          f"not fit {'/'.join(ours)} of shape {expected[ours]} under the config")
+    if np_dtype is not None:
+      converted = converted.astype(np_dtype)
+    else:
+      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+      converted = np.asarray(jnp.asarray(converted, jnp.bfloat16))
+    node = params
+    for key in ours[:-1]:
+      node = node.setdefault(key, {})
+    node[ours[-1]] = converted
+  unused = sorted(n for n in tensors if n not in used and not _IGNORED.match(n)
+                  and not (n == "lm_head.weight" and config.logits_via_embedding))
+  if unused:
+    raise CheckpointMismatchError(
+        f"{source}: tensors not used by the config: {unused[:8]}"
+        f"{' ...' if len(unused) > 8 else ''}")
+  return params
+
+
+def params_to_hf_tensors(config: T5Config, params: Mapping) -> dict[str, np.ndarray]:
+  """Our parameter tree -> a flat HF state dict of numpy arrays."""
+  tensors = {}
+  for ours, hf_name, _, to_hf in _rules(config):
+    node = params
+    for key in ours:
+      if key not in node:
+        raise CheckpointMismatchError(f"params: {'/'.join(ours)} is missing")
+      node = node[key]
+    value = np.asarray(node)
+    tensors[hf_name] = np.ascontiguousarray(to_hf(value, config))
+  return tensors
+
+
+def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
+               max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> None:
+  """Writes a Hugging Face T5 folder (config.json + safetensors) at `path`.
+
+  `params` may hold jax or numpy arrays (unboxed). Weights are written in
+  `dtype` ('float32', 'bfloat16'; default: as stored), sharded with an index
+  when they exceed `max_shard_bytes`.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  params = jax.device_get(params)
+  tensors = params_to_hf_tensors(config, params)
+  if dtype is not None:
+    import ml_dtypes  # pylint: disable=import-outside-toplevel
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+  os.makedirs(path, exist_ok=True)
+  hf_config = config_to_hf(config)
+  hf_config["dtype"] = dtype or str(next(iter(tensors.values())).dtype)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name in sorted(tensors):
+    nbytes = tensors[name].nbytes
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = tensors[name]
+    size += nbytes
+  metadata = {"format": "pt"}
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(path, SAFETENSORS), metadata=metadata)
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, os.path.join(path, name), metadata=metadata)
+    weight_map.update({k: name for k in shard})
+  total = sum(v.nbytes for v in tensors.values())
+  with open(os.path.join(path, SAFETENSORS_INDEX), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

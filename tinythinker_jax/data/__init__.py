@@ -1,0 +1,1 @@
+"""Datasets: loaders for official file formats and seeded synthetic generators."""

@@ -1,0 +1,151 @@
+"""The `tinythinker` command: one verb per stage, t5x-style flags.
+
+Every verb accepts `--gin_file=FILE` (repeatable), `--gin.NAME=VALUE` and
+`--gin_bindings=BINDING` (repeatable), plus the plain flags listed by
+`tinythinker VERB --help`. Binaries stay thin: each verb parses its flags and
+calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+from tinythinker_jax import gin_utils
+
+# Verbs that later work brings, with the issue that brings each.
+_PLANNED = {
+    "teach": ("write teacher rationales for a dataset (Fine-tune-CoT, TinyThinker)", 3),
+    "data": ("inspect a dataset: counts per split, labels, a rendered example", 3),
+    "train": ("phase-1 / phase-2 training on a gin-configured mesh", 4),
+    "sample": ("sample reasoning chains and build self-reflection preference pairs", 5),
+    "evaluate": ("greedy and self-consistency accuracy reports", 5),
+    "infer": ("run the staged inference chain and write per-example records", 5),
+    "score": ("log-likelihood of given targets", 5),
+    "export": ("write a checkpoint as a Hugging Face T5 folder", 6),
+    "pipeline": ("teach -> train -> (sample -> DPO) x k -> evaluate -> export", 6),
+}
+_BUILT = {
+    "vocab": "train a SentencePiece vocabulary with T5's conventions",
+    "demo": "run the most complete end-to-end job on the embedded defaults",
+}
+VERBS = tuple(sorted(list(_PLANNED) + list(_BUILT)))
+
+
+def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin config file (repeatable); resolved against the working "
+                      "directory and gin_configs/")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding such as \"MODEL_DIR='/tmp/run'\" (repeatable); "
+                      "--gin.NAME=VALUE works too")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="extra folders to resolve gin includes in")
+
+
+def _parse_gin(args: argparse.Namespace, bindings: Sequence[str]) -> None:
+  all_bindings = list(args.gin_bindings) + list(bindings)
+  if args.gin_file or all_bindings:
+    gin_utils.parse(args.gin_file, all_bindings, args.gin_search_paths)
+
+
+def _vocab(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  _parse_gin(args, bindings)
+  from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
+  files = [f for spec in args.input for f in spec.split(",") if f]
+  path = vocabularies.train_sentencepiece(
+      vocabularies.iter_text(files), args.size, args.output,
+      model_type=args.model_type, character_coverage=args.character_coverage,
+      seed=args.seed)
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  pieces = spm.SentencePieceProcessor(model_file=path).get_piece_size()
+  total = pieces + args.extra_ids
+  print(f"wrote {path} ({pieces} pieces; pad=0 eos=1 unk=2)")
+  print(f"with {args.extra_ids} extra ids the vocabulary has {total} tokens; "
+        f"set NUM_EMBEDDINGS = {vocabularies.padded_vocab_size(total)}")
+  return 0
+
+
+def _demo(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  from tinythinker_jax import foundation_demo  # pylint: disable=import-outside-toplevel
+  if not args.gin_file:
+    args.gin_file = ["runs/foundation_demo.gin"]
+  _parse_gin(args, bindings)
+  import gin  # pylint: disable=import-outside-toplevel
+  gin.get_configurable(foundation_demo.run)(output_dir=args.output_dir, steps=args.steps)
+  gin_utils.write_operative_config(args.output_dir)
+  return 0
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+  parser = argparse.ArgumentParser(
+      prog="tinythinker",
+      description="Distil a large language model's reasoning into small T5 students.")
+  sub = parser.add_subparsers(dest="verb", metavar="VERB")
+  handlers: dict[str, Callable] = {}
+
+  p = sub.add_parser("vocab", help=_BUILT["vocab"], description=_BUILT["vocab"])
+  _add_gin_flags(p)
+  p.add_argument("--input", action="append", required=True,
+                 help="text, .json or .jsonl files (repeatable or comma-separated)")
+  p.add_argument("--size", type=int, required=True, help="number of pieces")
+  p.add_argument("--output", required=True, help="output prefix: PREFIX.model/.vocab")
+  p.add_argument("--model_type", default="unigram", choices=["unigram", "bpe", "char",
+                                                             "word"])
+  p.add_argument("--character_coverage", type=float, default=1.0)
+  p.add_argument("--extra_ids", type=int, default=100,
+                 help="sentinels seqio appends (for the NUM_EMBEDDINGS hint)")
+  p.add_argument("--seed", type=int, default=0)
+  handlers["vocab"] = _vocab
+
+  p = sub.add_parser("demo", help=_BUILT["demo"], description=_BUILT["demo"])
+  _add_gin_flags(p)
+  p.add_argument("--output_dir", default="demo_output", help="where outputs go")
+  p.add_argument("--steps", type=int, default=None, help="override the training steps")
+  handlers["demo"] = _demo
+
+  for verb, (summary, issue) in sorted(_PLANNED.items()):
+    p = sub.add_parser(verb, help=f"{summary} [not built yet: issue #{issue}]",
+                       description=summary)
+    _add_gin_flags(p)
+    handlers[verb] = _planned(verb, issue)
+  return parser, handlers
+
+
+def _planned(verb: str, issue: int) -> Callable:
+  def handler(args, bindings) -> int:
+    del args, bindings
+    print(f"tinythinker {verb}: not built yet; issue #{issue} brings it.",
+          file=sys.stderr)
+    return 2
+  return handler
+
+
+def main(argv: Optional[Sequence[str]] = None, verb: Optional[str] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if verb is not None:
+    argv = [verb] + argv
+  try:
+    argv, bindings = gin_utils.rewrite_gin_args(argv)
+  except gin_utils.GinConfigError as e:
+    print(f"tinythinker: {e}", file=sys.stderr)
+    return 2
+  parser, handlers = _build_parser()
+  args = parser.parse_args(argv)
+  if args.verb is None:
+    parser.print_help()
+    return 2
+  try:
+    return handlers[args.verb](args, bindings)
+  except (gin_utils.GinConfigError, FileNotFoundError, ValueError) as e:
+    print(f"tinythinker {args.verb}: {e}", file=sys.stderr)
+    return 2
+
+
+def console_main() -> None:
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  console_main()

@@ -1,0 +1,129 @@
+"""Vocabularies: seqio SentencePiece or byte vocabularies, and training new ones.
+
+T5's conventions: pad = 0, eos = 1, unk = 2, no bos; seqio appends
+`extra_ids` sentinel tokens (`<extra_id_0>`, ...) after the SentencePiece
+pieces. Model embedding tables are rounded up to a multiple of 128, as
+T5's 32100-token vocabulary sits in a 32128-row table.
+
+seqio (and so TensorFlow) is imported only when a seqio vocabulary is built;
+`train_sentencepiece` needs only the `sentencepiece` package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Iterable, Iterator, Sequence
+
+BYTE = "byte"
+DEFAULT_EXTRA_IDS = 100
+
+
+def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+  """A seqio vocabulary: `'byte'` for ByteVocabulary, else a SentencePiece model.
+
+  `path_or_kind` may be a local path or a `gs://` path (read through
+  TensorFlow's gfile, as seqio does).
+  """
+  import seqio  # pylint: disable=import-outside-toplevel
+  if path_or_kind == BYTE:
+    return seqio.ByteVocabulary(extra_ids=extra_ids)
+  if not path_or_kind.startswith("gs://") and not os.path.exists(path_or_kind):
+    raise FileNotFoundError(f"SentencePiece model {path_or_kind!r} not found")
+  return seqio.SentencePieceVocabulary(path_or_kind, extra_ids=extra_ids)
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+  """The embedding-table size for a vocabulary: rounded up to `multiple`."""
+  return -(-vocab_size // multiple) * multiple
+
+
+def _strings_from_json(value) -> Iterator[str]:
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _strings_from_json(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _strings_from_json(v)
+
+
+def iter_text(files: Sequence[str]) -> Iterator[str]:
+  """Lines of text from plain-text, JSON-lines and JSON files.
+
+  JSON(L) files contribute every string value they contain, so rationale
+  records and dataset files can be used directly.
+  """
+  for path in files:
+    if path.endswith(".jsonl"):
+      with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+          if not line.strip():
+            continue
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{line_no}: invalid JSON: {e}") from e
+          yield from _strings_from_json(record)
+    elif path.endswith(".json"):
+      with open(path, encoding="utf-8") as f:
+        try:
+          data = json.load(f)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}: invalid JSON: {e}") from e
+      yield from _strings_from_json(data)
+    else:
+      with open(path, encoding="utf-8") as f:
+        yield from (line.rstrip("\n") for line in f)
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: str, *,
+                        model_type: str = "unigram", character_coverage: float = 1.0,
+                        max_sentences: int = 2_000_000, seed: int = 0,
+                        hard_vocab_limit: bool = True) -> str:
+  """Trains a SentencePiece model with T5's special ids; returns the .model path.
+
+  Pieces: pad 0, eos 1, unk 2, no bos. Writes `<prefix>.model` and
+  `<prefix>.vocab`. With `hard_vocab_limit=False`, `vocab_size` is an upper
+  bound (a small closed-vocabulary corpus may support fewer pieces).
+  """
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  sentences = []
+  for text in texts:
+    for line in text.splitlines():
+      line = line.strip()
+      if line:
+        sentences.append(line)
+      if len(sentences) >= max_sentences:
+        break
+  if not sentences:
+    raise ValueError("no text to train a vocabulary on")
+  directory = os.path.dirname(os.path.abspath(output_prefix))
+  os.makedirs(directory, exist_ok=True)
+  model = io.BytesIO()
+  spm.set_random_generator_seed(seed)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        hard_vocab_limit=hard_vocab_limit,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2)
+  except RuntimeError as e:
+    if "Vocabulary size" in str(e) or "vocab_size" in str(e):
+      raise ValueError(f"vocabulary size {vocab_size} does not fit this text: {e}. "
+                       "Use a smaller --size.") from e
+    raise
+  path = output_prefix + ".model"
+  with open(path, "wb") as f:
+    f.write(model.getvalue())
+  processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+  with open(output_prefix + ".vocab", "w", encoding="utf-8") as f:
+    for i in range(processor.get_piece_size()):
+      f.write(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n")
+  return path
