@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -10,18 +11,26 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def cross_entropy_with_logits(logits: Array, soft_targets: Array,
+def cross_entropy_with_logits(logits: Array, targets: Array, *, confidence: float = 1.0,
                               z_loss: float = 0.0) -> tuple[Array, Array]:
-  """Per-token cross-entropy against soft targets, plus `z_loss * logZ^2`.
+  """Per-token cross-entropy against smoothed one-hot targets, plus `z_loss * logZ^2`.
 
-  Returns `(loss, z_loss_term)`, both `[...]` (the vocab axis reduced); the
-  loss already includes the z-loss term, which is returned for logging.
+  The soft target puts `confidence` on the gold token and spreads the rest
+  evenly over the other tokens. Its inner product with the logits is
+  `low * sum(logits) + (confidence - low) * logits[target]`, so no one-hot
+  array of vocabulary size is ever built. Returns `(loss, z_loss_term)`,
+  both shaped like `targets`; the loss includes the z-loss term.
   """
   logits = logits.astype(jnp.float32)
+  vocab_size = logits.shape[-1]
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  loss = log_z - jnp.sum(soft_targets * logits, axis=-1)
+  gold = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  target_dot_logits = (confidence - low_confidence) * gold
+  if low_confidence:
+    target_dot_logits = target_dot_logits + low_confidence * jnp.sum(logits, axis=-1)
   z_term = z_loss * jnp.square(log_z)
-  return loss + z_term, z_term
+  return log_z - target_dot_logits + z_term, z_term
 
 
 def compute_weighted_cross_entropy(
@@ -40,11 +49,10 @@ def compute_weighted_cross_entropy(
   confidence = 1.0 - label_smoothing
   low_confidence = label_smoothing / (vocab_size - 1)
   normalizing_constant = -(
-      confidence * jnp.log(confidence) +
-      (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  one_hot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
-  soft_targets = one_hot * (confidence - low_confidence) + low_confidence
-  loss, z_term = cross_entropy_with_logits(logits, soft_targets, z_loss)
+      confidence * math.log(confidence) +
+      (vocab_size - 1) * low_confidence * math.log(low_confidence + 1e-20))
+  loss, z_term = cross_entropy_with_logits(logits, targets, confidence=confidence,
+                                           z_loss=z_loss)
   loss = loss - normalizing_constant
   if weights is None:
     weights = jnp.ones(targets.shape, jnp.float32)
