@@ -243,9 +243,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   On TPU pods and Slurm/GPU clusters all arguments may be left out: JAX finds
   them from the environment. Call once per process, before using devices.
   """
-  if jax.config.jax_platforms in (None, "", "cpu") or str(jax.config.jax_platforms) \
-      .startswith("cpu"):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Only CPU devices use this setting; without it they cannot run collectives.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
                              local_device_ids=local_device_ids)

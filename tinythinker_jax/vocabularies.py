@@ -16,6 +16,8 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
+from tinythinker_jax.data import loaders
+
 BYTE = "byte"
 DEFAULT_EXTRA_IDS = 100
 
@@ -58,15 +60,8 @@ def iter_text(files: Sequence[str]) -> Iterator[str]:
   """
   for path in files:
     if path.endswith(".jsonl"):
-      with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {e}") from e
-          yield from _strings_from_json(record)
+      for _, record in loaders.read_jsonl(path):
+        yield from _strings_from_json(record)
     elif path.endswith(".json"):
       with open(path, encoding="utf-8") as f:
         try:

@@ -18,8 +18,14 @@ import os
 import re
 from typing import Any, Callable, Iterable, Mapping
 
+import flax.linen as nn
+import jax
+import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
+from tinythinker_jax.models import t5
 from tinythinker_jax.models.t5 import T5Config
 
 SAFETENSORS = "model.safetensors"
@@ -197,10 +203,11 @@ def _rules(cfg: T5Config) -> list[_Rule]:
   return rules
 
 
+def _numpy_dtype(name: str) -> np.dtype:
+  return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
 def _expected_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import jax  # pylint: disable=import-outside-toplevel
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(cfg, jax.random.key(0))))
   flat = {}
 
@@ -245,8 +252,7 @@ def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   tensors: dict[str, np.ndarray] = {}
   for file in files:
     if fmt == "safetensors":
-      from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-      with safe_open(file, framework="numpy") as f:
+      with safetensors.safe_open(file, framework="numpy") as f:
         for name in f.keys():
           tensors[name] = f.get_tensor(name)
     else:
@@ -294,7 +300,7 @@ def params_from_hf_tensors(config: T5Config, tensors: Mapping[str, np.ndarray], 
                            source: str = "checkpoint") -> dict:
   """Maps a flat HF state dict onto our nested parameter tree, checking shapes."""
   expected = _expected_shapes(config)
-  np_dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else None
+  np_dtype = _numpy_dtype(config.param_dtype)
   params: dict = {}
   used = set()
   for ours, hf_name, to_ours, _ in _rules(config):
@@ -318,11 +324,7 @@ def params_from_hf_tensors(config: T5Config, tensors: Mapping[str, np.ndarray], 
       raise CheckpointMismatchError(
           f"{source}: tensor {hf_name!r} has shape {tuple(value.shape)}, which does "
           f"not fit {'/'.join(ours)} of shape {expected[ours]} under the config")
-    if np_dtype is not None:
-      converted = converted.astype(np_dtype)
-    else:
-      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-      converted = np.asarray(jnp.asarray(converted, jnp.bfloat16))
+    converted = converted.astype(np_dtype)
     node = params
     for key in ours[:-1]:
       node = node.setdefault(key, {})
@@ -358,14 +360,9 @@ def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
   `dtype` ('float32', 'bfloat16'; default: as stored), sharded with an index
   when they exceed `max_shard_bytes`.
   """
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  params = jax.device_get(params)
-  tensors = params_to_hf_tensors(config, params)
+  tensors = params_to_hf_tensors(config, jax.device_get(params))
   if dtype is not None:
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
-    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+    tensors = {k: v.astype(_numpy_dtype(dtype)) for k, v in tensors.items()}
   os.makedirs(path, exist_ok=True)
   hf_config = config_to_hf(config)
   hf_config["dtype"] = dtype or str(next(iter(tensors.values())).dtype)
@@ -382,12 +379,13 @@ def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
     size += nbytes
   metadata = {"format": "pt"}
   if len(shards) == 1:
-    save_file(shards[0], os.path.join(path, SAFETENSORS), metadata=metadata)
+    safetensors.numpy.save_file(shards[0], os.path.join(path, SAFETENSORS),
+                                metadata=metadata)
     return
   weight_map = {}
   for i, shard in enumerate(shards):
     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file(shard, os.path.join(path, name), metadata=metadata)
+    safetensors.numpy.save_file(shard, os.path.join(path, name), metadata=metadata)
     weight_map.update({k: name for k in shard})
   total = sum(v.nbytes for v in tensors.values())
   with open(os.path.join(path, SAFETENSORS_INDEX), "w") as f:

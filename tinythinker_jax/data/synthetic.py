@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from tinythinker_jax.data.schema import YES_NO_CHOICES, Example
+
 # Short, distinct first names; each is one or two SentencePiece pieces.
 NAMES = ("Ada", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim",
          "Lea", "Max", "Ned", "Oda", "Pam", "Quin", "Ray", "Sue", "Tom", "Uma", "Val",
@@ -46,3 +48,27 @@ def coin_flip(rng: np.random.Generator, num_people: int) -> CoinFlip:
   sentences.append("Is the coin still heads up?")
   heads = sum(flipped for _, flipped in steps) % 2 == 0
   return CoinFlip(" ".join(sentences), "yes" if heads else "no", steps)
+
+
+def coin_flip_example(rng: np.random.Generator, index: int, min_people: int = 2,
+                      max_people: int = 4) -> Example:
+  """A Coin Flip Example (options `A. yes, B. no`) with its exact rationale."""
+  flip = coin_flip(rng, int(rng.integers(min_people, max_people + 1)))
+  return Example(id=f"coin_flip:{index}", question=flip.question, answer=flip.answer,
+                 choices=YES_NO_CHOICES, rationale=flip.rationale,
+                 source=f"generated:coin_flip:{index}", task="coin_flip")
+
+
+def last_letter_example(rng: np.random.Generator, index: int, min_words: int = 2,
+                        max_words: int = 4) -> Example:
+  """Kojima et al.'s Last Letter Concatenation over first names."""
+  count = int(rng.integers(min_words, max_words + 1))
+  words = [NAMES[i] for i in rng.choice(len(NAMES), size=count, replace=False)]
+  answer = "".join(w[-1] for w in words).lower()
+  rationale = " ".join(f"The last letter of \"{w}\" is \"{w[-1]}\"." for w in words)
+  rationale += f" Concatenating them is \"{answer}\"."
+  return Example(id=f"last_letter:{index}",
+                 question=(f"Take the last letters of each words in \"{' '.join(words)}\" "
+                           "and concatenate them."),
+                 answer=answer, rationale=rationale,
+                 source=f"generated:last_letter:{index}", task="last_letter")

@@ -1,0 +1,117 @@
+"""Answer extraction, metrics and rationale formats (METHODS.md's rules, by hand)."""
+
+import pytest
+
+from tinythinker_jax.data.schema import YES_NO_CHOICES, AnswerType, Example, labelled
+from tinythinker_jax.reasoning import answers, formats
+
+L, N, Y, T = AnswerType.LETTER, AnswerType.NUMBER, AnswerType.YES_NO, AnswerType.TEXT
+
+
+@pytest.mark.parametrize("text,kind,labels,expected", [
+    ("Blotters absorb ink. --> E", L, "ABCDE", "E"),
+    ("Option A is tempting, but C is right", L, "ABCDE", "C"),  # last candidate
+    ("--> F", L, "ABCDEF", "F"),
+    ("--> F", L, "ABC", None),  # Shuffled Objects only has A-C
+    ("He has 1,234 apples and gives 34. --> 1,200", N, "", "1200"),
+    ("x = -3.5 then 7", N, "", "7"),
+    ("no numbers here", N, "", None),
+    ("I know it is not. --> No", Y, "", "no"),
+    ("Yes, and then no. Final: yes", Y, "", "yes"),
+    ('The letters are "a" and "b". --> "ab".', T, "", "ab"),
+])
+def test_extract_answer(text, kind, labels, expected):
+  assert answers.extract_answer(text, kind, tuple(labels)) == expected
+
+
+def test_number_comparison_uses_float_tolerance():
+  assert answers.answers_match("43", "43.0", N)
+  assert answers.answers_match("0.1", "0.1000000001", N)
+  assert not answers.answers_match("43.01", "43", N)
+  assert not answers.answers_match(None, "43", N)
+
+
+def test_scores_accuracy_contains_and_format():
+  outputs = ["a --> 7", "b 7 --> 8", "no arrow 9", "--> nothing"]
+  scores = answers.score(outputs, ["7", "7", "9", "1"], N)
+  assert scores.count == 4
+  assert scores.accuracy == pytest.approx(2 / 4)  # "7" and "9" (last candidate, no arrow)
+  assert scores.contains_answer == pytest.approx(3 / 4)
+  assert scores.correct_format == pytest.approx(2 / 4)
+
+
+def test_tinythinker_answer():
+  assert answers.extract_tinythinker_answer("So the answer is option C.") == "C"
+  assert answers.extract_tinythinker_answer("So the answer is option C") is None
+  parsed = formats.parse_summary("So the answer is option F.", ("A", "B", "C"))
+  assert not parsed.ok and "not one of ABC" in parsed.error
+
+
+CSQA = Example(id="1", question="What absorbs ink?", answer="E",
+               choices=labelled(["shirt pocket", "hand", "inkwell", "drawer", "blotter"]))
+
+
+def test_tinythinker_stage_strings():
+  recall = "A tool absorbs extra ink"
+  analyses = {c.label: f"reason {c.label}." for c in CSQA.choices}
+  pairs = formats.stage_pairs(CSQA, recall, analyses)
+  head = "What absorbs ink?\n(A) shirt pocket (B) hand (C) inkwell (D) drawer (E) blotter"
+  [r] = pairs[formats.Stage.RECALL]
+  assert r.inputs == head + "\nRecall:" and r.targets == "A tool absorbs extra ink."
+  assert len(pairs[formats.Stage.ANALYZE]) == 5
+  a = pairs[formats.Stage.ANALYZE][2]
+  assert a.inputs == head + "\nRecall: A tool absorbs extra ink.\nAnalyze: For option C,"
+  assert a.targets == "reason C."
+  [s] = pairs[formats.Stage.SUMMARIZE]
+  assert s.inputs == (head + "\nRecall: A tool absorbs extra ink.\nAnalyze: For option A, "
+                      "reason A. For option B, reason B. For option C, reason C. For "
+                      "option D, reason D. For option E, reason E.\nSummarize:")
+  assert s.targets == "So the answer is option E."
+
+
+@pytest.mark.parametrize("fmt,stages,summary_input", [
+    (formats.Format.SUMMARIZE_ONLY, {"summarize"}, "Q?\n(A) yes (B) no\nSummarize:"),
+    (formats.Format.RECALL_SUMMARIZE, {"recall", "summarize"},
+     "Q?\n(A) yes (B) no\nRecall: r.\nSummarize:"),
+    (formats.Format.ANALYZE_SUMMARIZE, {"analyze", "summarize"},
+     "Q?\n(A) yes (B) no\nAnalyze: For option A, x For option B, y\nSummarize:"),
+])
+def test_ablations(fmt, stages, summary_input):
+  ex = Example(id="s", question="Q?", answer="no", choices=YES_NO_CHOICES)
+  pairs = formats.stage_pairs(ex, "r", {"A": "x", "B": "y"}, fmt)
+  assert {s.value for s in pairs} == stages
+  assert pairs[formats.Stage.SUMMARIZE][0].inputs == summary_input
+  assert pairs[formats.Stage.SUMMARIZE][0].targets == "So the answer is option B."
+
+
+def test_finetune_cot_and_vanilla_and_step_by_step():
+  pair = formats.finetune_cot(CSQA, "Blotters absorb ink.")
+  assert pair.inputs == ("What absorbs ink? Answer choices: (A) shirt pocket, (B) hand, "
+                         "(C) inkwell, (D) drawer, (E) blotter.")
+  assert pair.targets == "Blotters absorb ink. --> E"
+  assert formats.vanilla(CSQA).targets == "E"
+  parsed = formats.parse_finetune_cot(pair.targets, L)
+  assert parsed.ok and parsed.value == ("Blotters absorb ink.", "E")
+  assert not formats.parse_finetune_cot("no arrow", L).ok
+  sbs = formats.step_by_step(CSQA, "Blotters absorb ink.")
+  assert sbs["predict"].inputs.startswith("predict: What absorbs ink?")
+  assert sbs["explain"].targets == "Blotters absorb ink."
+  assert sbs["predict"].targets == "E"
+
+
+@pytest.mark.parametrize("line,ok,label,correct,reason", [
+    ("A is incorrect. Because a pocket is storage.", True, "A", False, "a pocket is storage."),
+    ("E is correct. Because a blotter absorbs ink.", True, "E", True, "a blotter absorbs ink."),
+    ("B is incorrect. Although hands touch ink, no.", True, "B", False,
+     "Although hands touch ink, no."),
+    ("C is correct. It is.", False, None, None, None),
+    ("C might be correct. Because x.", False, None, None, None),
+])
+def test_option_lines(line, ok, label, correct, reason):
+  parsed = formats.parse_option_line(line)
+  assert parsed.ok == ok
+  if ok:
+    assert (parsed.value.label, parsed.value.correct, parsed.value.reason) == (
+        label, correct, reason)
+  else:
+    assert parsed.error

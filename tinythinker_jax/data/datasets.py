@@ -1,0 +1,229 @@
+"""Named datasets: which loader reads a path, and how it is split.
+
+`load_dataset(name, path, seed)` returns `{'train', 'validation', 'test'}` lists
+of Examples. The split recipes are the papers':
+
+- Fine-tune-CoT tasks (`finetune_cot/<task>`, path = a folder holding the
+  authors' `dataset/` and `split/` folders): their index files; the validation
+  set is a seeded 10% of their train split (their notebook selected on test).
+- CommonsenseQA: the official dev set is the test set, and 1221 training
+  examples drawn with a fixed seed are the validation set (TinyThinker).
+- StrategyQA: seeded 80/10/10 (TinyThinker). OpenBookQA: the official splits.
+- GSM8K and AQuA: the official splits (validation carved from train when
+  there is none). SVAMP and BIG-bench tasks: seeded 70/30 (Fine-tune-CoT's rule
+  where a task has no official split), validation 10% of train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from tinythinker_jax.data import loaders, synthetic
+from tinythinker_jax.data.schema import AnswerType, DataError, Example
+
+Splits = dict[str, list[Example]]
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  name: str
+  answer_type: AnswerType
+  load: Callable[[str, int], Splits]
+  path_help: str
+  num_options: Optional[int] = None
+
+
+def _permutation(n: int, seed: int, salt: int) -> np.ndarray:
+  return np.random.default_rng([seed, salt]).permutation(n)
+
+
+def _split_fractions(examples: list[Example], fractions: tuple[float, ...], seed: int,
+                     salt: int = 0) -> list[list[Example]]:
+  order = _permutation(len(examples), seed, salt)
+  bounds = np.cumsum([0] + [int(round(f * len(examples))) for f in fractions[:-1]])
+  parts = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])] + [order[bounds[-1]:]]
+  return [[examples[i] for i in sorted(p)] for p in parts]
+
+
+def _carve_validation(train: list[Example], seed: int, size: int) -> tuple[list, list]:
+  order = _permutation(len(train), seed, 1)
+  held = set(order[:size].tolist())
+  return ([e for i, e in enumerate(train) if i not in held],
+          [e for i, e in enumerate(train) if i in held])
+
+
+def _require(path: str, kind: str) -> str:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: not found (expected {kind})")
+  return path
+
+
+def _csqa(path: str, seed: int) -> Splits:
+  train = loaders.load_arc_style_jsonl(
+      _require(os.path.join(path, "train_rand_split.jsonl"), "CommonsenseQA's official "
+               "train_rand_split.jsonl"), "csqa")
+  test = loaders.load_arc_style_jsonl(
+      _require(os.path.join(path, "dev_rand_split.jsonl"), "dev_rand_split.jsonl"), "csqa")
+  train, validation = _carve_validation(train, seed, len(test))
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _obqa(path: str, seed: int) -> Splits:
+  del seed
+  return {split: loaders.load_arc_style_jsonl(
+      _require(os.path.join(path, f"{name}.jsonl"), f"OpenBookQA's {name}.jsonl"), "obqa")
+          for split, name in (("train", "train"), ("validation", "dev"), ("test", "test"))}
+
+
+def _strategyqa(path: str, seed: int) -> Splits:
+  if os.path.isdir(path):
+    found = loaders.first_existing(path, ["task.json", "strategyqa_train.json"])
+    if found is None:
+      raise FileNotFoundError(f"{path}: no task.json (BIG-bench) or strategyqa_train.json")
+    path = found
+  with open(_require(path, "a StrategyQA json file"), encoding="utf-8") as f:
+    head = f.read(1).strip() or "["
+  examples = (loaders.load_bigbench_task(path, "strategyqa") if head == "{" else
+              loaders.load_strategyqa_json(path))
+  train, validation, test = _split_fractions(examples, (0.8, 0.1, 0.1), seed)
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _gsm8k(path: str, seed: int) -> Splits:
+  train = loaders.load_gsm8k_jsonl(_require(os.path.join(path, "train.jsonl"),
+                                            "GSM8K's train.jsonl"))
+  test = loaders.load_gsm8k_jsonl(_require(os.path.join(path, "test.jsonl"),
+                                           "GSM8K's test.jsonl"))
+  train, validation = _carve_validation(train, seed, len(train) // 10)
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _aqua(path: str, seed: int) -> Splits:
+  del seed
+  return {split: loaders.load_aqua_json_lines(
+      _require(os.path.join(path, f"{name}.json"), f"AQuA's {name}.json"))
+          for split, name in (("train", "train"), ("validation", "dev"), ("test", "test"))}
+
+
+def _seventy_thirty(examples: list[Example], seed: int) -> Splits:
+  train, test = _split_fractions(examples, (0.7, 0.3), seed)
+  train, validation = _carve_validation(train, seed, len(train) // 10)
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _svamp(path: str, seed: int) -> Splits:
+  if os.path.isdir(path):
+    path = os.path.join(path, "SVAMP.json")
+  return _seventy_thirty(loaders.load_svamp_json(_require(path, "SVAMP.json")), seed)
+
+
+def _bigbench(path: str, seed: int) -> Splits:
+  if os.path.isdir(path):
+    path = os.path.join(path, "task.json")
+  return _seventy_thirty(loaders.load_bigbench_task(_require(path, "a BIG-bench task.json")),
+                         seed)
+
+
+def _generic(path: str, seed: int) -> Splits:
+  if os.path.isdir(path):
+    splits = {}
+    for split in SPLITS:
+      file = os.path.join(path, f"{split}.jsonl")
+      splits[split] = loaders.load_generic_mc_jsonl(file) if os.path.exists(file) else []
+    if not splits["train"]:
+      raise FileNotFoundError(f"{path}: no train.jsonl")
+    if not splits["validation"]:
+      splits["train"], splits["validation"] = _carve_validation(
+          splits["train"], seed, len(splits["train"]) // 10)
+    return splits
+  train, validation, test = _split_fractions(
+      loaders.load_generic_mc_jsonl(_require(path, "a JSONL file")), (0.8, 0.1, 0.1), seed)
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _finetune_cot(task: str) -> Callable[[str, int], Splits]:
+  def load(path: str, seed: int) -> Splits:
+    file = os.path.join(path, "dataset", f"{loaders.FINETUNE_COT_TASKS[task]}.json")
+    examples = loaders.load_finetune_cot_task(
+        _require(file, f"Fine-tune-CoT's dataset/{loaders.FINETUNE_COT_TASKS[task]}.json"),
+        task)
+    split_file = os.path.join(path, "split", f"{task}__default.json")
+    if not os.path.exists(split_file):
+      return _seventy_thirty(examples, seed)
+    with open(split_file, encoding="utf-8") as f:
+      indices = json.load(f)
+    if task == "gsm8k" and len(examples) == len(indices.get("test", ())):
+      # The authors ship GSM8K's test part only (their split indexes train+test);
+      # use the `gsm8k` dataset on the official files for a training split.
+      return {"train": [], "validation": [], "test": examples}
+    try:
+      train = [examples[i] for i in indices["train"]]
+      test = [examples[i] for i in indices["test"]]
+    except (KeyError, IndexError) as e:
+      raise DataError(f"{split_file}: bad split index file ({e!r})") from e
+    train, validation = _carve_validation(train, seed, len(train) // 10)
+    return {"train": train, "validation": validation, "test": test}
+  return load
+
+
+def _synthetic(generate: Callable[[np.random.Generator, int], Example],
+               sizes=(2000, 300, 300)) -> Callable[[str, int], Splits]:
+  def load(path: str, seed: int) -> Splits:
+    del path
+    return {split: [generate(np.random.default_rng([seed, 100 + s, i]), i)
+                    for i in range(n)] for s, (split, n) in enumerate(zip(SPLITS, sizes))}
+  return load
+
+
+_FTC_TYPES = {
+    "single_eq": AnswerType.NUMBER, "addsub": AnswerType.NUMBER,
+    "multiarith": AnswerType.NUMBER, "gsm8k": AnswerType.NUMBER, "svamp": AnswerType.NUMBER,
+    "aqua": AnswerType.LETTER, "date_understanding": AnswerType.LETTER,
+    "tracking_shuffled_objects": AnswerType.LETTER, "commonsense_qa": AnswerType.LETTER,
+    "last_letter_concatenation": AnswerType.TEXT, "coin_flip": AnswerType.YES_NO,
+    "strategy_qa": AnswerType.YES_NO,
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    "csqa": DatasetSpec("csqa", AnswerType.LETTER, _csqa,
+                        "folder with train_rand_split.jsonl and dev_rand_split.jsonl", 5),
+    "obqa": DatasetSpec("obqa", AnswerType.LETTER, _obqa,
+                        "folder with train.jsonl, dev.jsonl, test.jsonl", 4),
+    "strategyqa": DatasetSpec("strategyqa", AnswerType.YES_NO, _strategyqa,
+                              "BIG-bench task.json or strategyqa_train.json", 2),
+    "gsm8k": DatasetSpec("gsm8k", AnswerType.NUMBER, _gsm8k,
+                         "folder with the official train.jsonl and test.jsonl"),
+    "aqua": DatasetSpec("aqua", AnswerType.LETTER, _aqua,
+                        "folder with the official train.json, dev.json, test.json", 5),
+    "svamp": DatasetSpec("svamp", AnswerType.NUMBER, _svamp, "SVAMP.json"),
+    "bigbench": DatasetSpec("bigbench", AnswerType.LETTER, _bigbench,
+                            "a BIG-bench multiple-choice task.json"),
+    "mc_jsonl": DatasetSpec("mc_jsonl", AnswerType.LETTER, _generic,
+                            "a generic multiple-choice .jsonl, or a folder of "
+                            "train/validation/test.jsonl"),
+    "coin_flip": DatasetSpec("coin_flip", AnswerType.YES_NO,
+                             _synthetic(synthetic.coin_flip_example), "(generated)", 2),
+    "last_letter": DatasetSpec("last_letter", AnswerType.TEXT,
+                               _synthetic(synthetic.last_letter_example), "(generated)"),
+}
+for _task, _type in _FTC_TYPES.items():
+  DATASETS[f"finetune_cot/{_task}"] = DatasetSpec(
+      f"finetune_cot/{_task}", _type, _finetune_cot(_task),
+      "folder with Fine-tune-CoT's dataset/ and split/ folders")
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+  return DATASETS[name]
+
+
+def load_dataset(name: str, path: str = "", seed: int = 0) -> Splits:
+  """Loads and splits a named dataset; see the module docstring for the recipes."""
+  return get_spec(name).load(path, seed)

@@ -1,0 +1,1 @@
+"""Reasoning formats, answer extraction, staged inference and preference pairs."""

@@ -1,0 +1,225 @@
+"""Rationale formats: render student inputs/targets, parse model output into fields.
+
+Pure functions of examples and rationale fields (METHODS.md gives the exact
+strings). Parsing never raises on model output: it returns a `Parsed` whose
+`ok` is False with the reason.
+
+| format | input | target |
+|---|---|---|
+| vanilla | `{question}` | `{answer}` |
+| Fine-tune-CoT | `{question}` | `{rationale} --> {answer}` |
+| recall | `{Q}\\n{options}\\nRecall:` | the key information |
+| analyze (per option X) | `...Recall: {recall}\\nAnalyze: For option X,` | the reason for X |
+| summarize | `...Analyze: For option A, ... For option B, ...\\nSummarize:` | `So the answer is option {GT}.` |
+| step-by-step | `predict: {question}` / `explain: {question}` | `{answer}` / `{rationale}` |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from typing import Generic, Mapping, Optional, Sequence, TypeVar
+
+from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.reasoning import answers
+
+T = TypeVar("T")
+
+
+class Format(enum.Enum):
+  VANILLA = "vanilla"
+  FINETUNE_COT = "finetune_cot"
+  TINYTHINKER = "tinythinker"  # recall -> analyze each option -> summarize
+  SUMMARIZE_ONLY = "summarize"  # ablations of the three stages
+  RECALL_SUMMARIZE = "recall_summarize"
+  ANALYZE_SUMMARIZE = "analyze_summarize"
+  STEP_BY_STEP = "step_by_step"  # distilling step-by-step's predict:/explain:
+
+
+class Stage(enum.Enum):
+  RECALL = "recall"
+  ANALYZE = "analyze"
+  SUMMARIZE = "summarize"
+
+
+STAGES_OF = {
+    Format.TINYTHINKER: (Stage.RECALL, Stage.ANALYZE, Stage.SUMMARIZE),
+    Format.SUMMARIZE_ONLY: (Stage.SUMMARIZE,),
+    Format.RECALL_SUMMARIZE: (Stage.RECALL, Stage.SUMMARIZE),
+    Format.ANALYZE_SUMMARIZE: (Stage.ANALYZE, Stage.SUMMARIZE),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed(Generic[T]):
+  """A parse result: the value, or why there is none."""
+
+  value: Optional[T] = None
+  error: Optional[str] = None
+
+  @property
+  def ok(self) -> bool:
+    return self.error is None
+
+  @classmethod
+  def fail(cls, reason: str) -> "Parsed[T]":
+    return cls(None, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPair:
+  inputs: str
+  targets: str
+
+
+# ---------------------------------------------------------------- Fine-tune-CoT
+
+
+def finetune_cot_question(example: Example) -> str:
+  """The question as Fine-tune-CoT writes it, with `Answer choices:` for letter tasks."""
+  if not example.choices or example.answer in ("yes", "no"):
+    return example.question
+  options = ", ".join(f"({c.label}) {c.text}" for c in example.choices)
+  return f"{example.question} Answer choices: {options}."
+
+
+def vanilla(example: Example) -> TextPair:
+  return TextPair(finetune_cot_question(example), str(example.answer))
+
+
+def finetune_cot(example: Example, rationale: str, answer: Optional[str] = None) -> TextPair:
+  answer = example.answer if answer is None else answer
+  return TextPair(finetune_cot_question(example),
+                  f"{rationale.strip()} {answers.ANSWER_ARROW} {answer}")
+
+
+def parse_finetune_cot(text: str, answer_type: AnswerType,
+                       labels: Sequence[str] = ("A", "B", "C", "D", "E")
+                       ) -> Parsed[tuple[str, str]]:
+  """`rationale --> answer` into (rationale, canonical answer)."""
+  if answers.ANSWER_ARROW not in text:
+    return Parsed.fail("no '-->' separating rationale and answer")
+  rationale, _ = text.rsplit(answers.ANSWER_ARROW, 1)
+  answer = answers.extract_answer(text, answer_type, labels)
+  if answer is None:
+    return Parsed.fail("no answer after '-->'")
+  return Parsed((rationale.strip(), answer))
+
+
+# ---------------------------------------------------------------- TinyThinker
+
+
+def options_line(example: Example) -> str:
+  """Options on one line: `(A) text (B) text ...`."""
+  return " ".join(f"({c.label}) {c.text}" for c in example.choices)
+
+
+def _head(example: Example) -> str:
+  if not example.choices:
+    raise ValueError(f"example {example.id}: TinyThinker formats need labelled options")
+  return f"{example.question}\n{options_line(example)}"
+
+
+def recall_input(example: Example) -> str:
+  return f"{_head(example)}\nRecall:"
+
+
+def _with_recall(example: Example, recall: Optional[str]) -> str:
+  head = _head(example)
+  return head if recall is None else f"{head}\nRecall: {ensure_period(recall)}"
+
+
+def analyze_input(example: Example, recall: Optional[str], label: str) -> str:
+  return f"{_with_recall(example, recall)}\nAnalyze: For option {label},"
+
+
+def analyses_text(analyses: Mapping[str, str], labels: Sequence[str]) -> str:
+  return " ".join(f"For option {label}, {analyses[label].strip()}" for label in labels)
+
+
+def summarize_input(example: Example, recall: Optional[str],
+                    analyses: Optional[Mapping[str, str]]) -> str:
+  text = _with_recall(example, recall)
+  if analyses is not None:
+    text += f"\nAnalyze: {analyses_text(analyses, example.labels)}"
+  return f"{text}\nSummarize:"
+
+
+def summarize_target(label: str) -> str:
+  return f"So the answer is option {label}."
+
+
+def ensure_period(text: str) -> str:
+  """Recall sentences end with '.' before the chain goes on (TinyThinker's rule)."""
+  text = text.strip()
+  return text if text.endswith(".") else text + "."
+
+
+def parse_summary(text: str, labels: Sequence[str]) -> Parsed[str]:
+  label = answers.extract_tinythinker_answer(text)
+  if label is None:
+    return Parsed.fail("no 'the answer is option X.'")
+  if label not in labels:
+    return Parsed.fail(f"option {label} is not one of {''.join(labels)}")
+  return Parsed(label)
+
+
+def stage_pairs(example: Example, recall: Optional[str], analyses: Mapping[str, str],
+                fmt: Format = Format.TINYTHINKER) -> dict[Stage, list[TextPair]]:
+  """Training pairs of each stage of `fmt` for one example with its gold fields."""
+  stages = STAGES_OF[fmt]
+  use_recall = recall if Stage.RECALL in stages else None
+  use_analyses = analyses if Stage.ANALYZE in stages else None
+  gold = example.gold_label
+  if gold is None:
+    raise ValueError(f"example {example.id}: no gold option label")
+  pairs: dict[Stage, list[TextPair]] = {}
+  if Stage.RECALL in stages:
+    pairs[Stage.RECALL] = [TextPair(recall_input(example), ensure_period(recall))]
+  if Stage.ANALYZE in stages:
+    pairs[Stage.ANALYZE] = [TextPair(analyze_input(example, use_recall, label),
+                                     analyses[label].strip()) for label in example.labels]
+  pairs[Stage.SUMMARIZE] = [TextPair(summarize_input(example, use_recall, use_analyses),
+                                     summarize_target(gold))]
+  return pairs
+
+
+# ------------------------------------------------------- distilling step-by-step
+
+
+def step_by_step(example: Example, rationale: str) -> dict[str, TextPair]:
+  question = finetune_cot_question(example)
+  return {"predict": TextPair(f"predict: {question}", str(example.answer)),
+          "explain": TextPair(f"explain: {question}", rationale.strip())}
+
+
+# ------------------------------------------------- teacher explanations (parsing)
+
+_VERDICT = re.compile(r"^\s*([A-Z])\s+is\s+(correct|incorrect)\.\s*(.*)$", re.S)
+_CONNECTIVE = re.compile(r"^(Because|Although|While)\b\s*(.*)$", re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionVerdict:
+  label: str
+  correct: bool
+  reason: str  # The explanation with the verdict words stripped.
+
+
+def parse_option_line(line: str) -> Parsed[OptionVerdict]:
+  """`X is correct|incorrect. Because|Although|While ...` (TinyThinker's filter)."""
+  match = _VERDICT.match(line)
+  if not match:
+    return Parsed.fail(f"not '<letter> is correct|incorrect.': {line[:60]!r}")
+  label, verdict, rest = match.groups()
+  connective = _CONNECTIVE.match(rest)
+  if not connective:
+    return Parsed.fail(f"option {label}: the reason must start with Because, Although "
+                       "or While")
+  word, reason = connective.groups()
+  # 'Because' only introduces the reason; 'Although'/'While' open its clause.
+  reason = reason.strip() if word == "Because" else f"{word} {reason.strip()}"
+  if not reason:
+    return Parsed.fail(f"option {label}: empty reason")
+  return Parsed(OptionVerdict(label, verdict == "correct", reason))
