@@ -15,6 +15,8 @@ _CORE = [
     "sentencepiece==0.2.3",
     "safetensors",
     "tqdm",
+    "httpx",
+    "editdistance",
 ]
 # seqio pulls in TensorFlow; only the task registry and vocabularies need it,
 # so an accelerator host without TensorFlow can still train from arrays.
@@ -28,14 +30,17 @@ _SEQIO = [
     "clu==0.0.12",
     "protobuf==7.36.2",
 ]
+_TEACHER = [
+    # The embedded local teacher: llama.cpp's OpenAI-compatible server. PyPI has
+    # only the source; it compiles once per machine (~6 minutes), then pip's
+    # wheel cache serves it.
+    "llama-cpp-python[server]==0.3.36",
+]
 _TEST = [
     "pytest",
     "torch==2.13.0",
     "transformers==5.23.0",
-]
-_TEACHER = [
-    "llama-cpp-python[server]==0.3.36",
-]
+] + _TEACHER
 
 setuptools.setup(
     name="tinythinker_jax",

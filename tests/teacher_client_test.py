@@ -1,0 +1,169 @@
+"""The teacher client against a real local HTTP server with scripted faults."""
+
+import asyncio
+import time
+
+import pytest
+
+from tests.openai_fault_server import FaultServer
+from tinythinker_jax.data import datasets
+from tinythinker_jax.data.schema import AnswerType
+from tinythinker_jax.teacher import pipelines
+from tinythinker_jax.teacher.cache import CompletionCache
+from tinythinker_jax.teacher.client import (Prompt, TeacherClient, TeacherConfig,
+                                            TeacherError)
+
+FAST = dict(initial_backoff_s=0.01, max_backoff_s=0.05, timeout_s=1.0, max_retries=4)
+
+
+def run_samples(server, tmp_path, prompt, n, **overrides):
+  config = TeacherConfig(base_url=server.base_url, model="test", **dict(FAST, **overrides))
+
+  async def go():
+    with CompletionCache(str(tmp_path / "cache.jsonl")) as cache:
+      async with TeacherClient(config, cache) as client:
+        return await client.samples(prompt, n), client.usage
+  return asyncio.run(go())
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "malformed", "truncated", "stall"])
+def test_each_fault_is_retried(tmp_path, fault):
+  with FaultServer([fault, fault], stall_s=2.0) as server:
+    [sample], usage = run_samples(server, tmp_path, Prompt(text="hi"), 1)
+  assert sample.text.startswith("reply 3.0")
+  assert (usage.requests, usage.retries, usage.failures) == (3, 2, 0)
+  assert len(server.requests) == 3
+
+
+def test_retry_after_is_honoured(tmp_path):
+  with FaultServer(["429"], retry_after="0.6") as server:
+    start = time.monotonic()
+    run_samples(server, tmp_path, Prompt(text="hi"), 1)
+    assert time.monotonic() - start >= 0.6
+
+
+def test_gives_up_after_max_retries_naming_the_error(tmp_path):
+  with FaultServer(default="500") as server:
+    with pytest.raises(TeacherError, match="gave up after 3 attempts: HTTP 500"):
+      run_samples(server, tmp_path, Prompt(text="hi"), 1, max_retries=2)
+    assert len(server.requests) == 3
+
+
+def test_client_errors_are_not_retried(tmp_path):
+  with FaultServer(["400"]) as server:
+    with pytest.raises(TeacherError, match="HTTP 400"):
+      run_samples(server, tmp_path, Prompt(text="hi"), 1)
+    assert len(server.requests) == 1
+
+
+def test_loops_when_server_ignores_n(tmp_path):
+  with FaultServer(choices_per_request=1) as server:
+    samples, usage = run_samples(server, tmp_path, Prompt(text="hi", temperature=0.7), 4)
+  assert [s.sample_index for s in samples] == [0, 1, 2, 3]
+  assert len({s.text for s in samples}) == 4
+  assert [r["n"] for r in server.requests[:1]] == [4] and len(server.requests) == 4
+  assert usage.completion_tokens == 20
+
+
+def test_n_is_used_when_honoured_and_cache_prevents_repeats(tmp_path):
+  prompt = Prompt(messages=(("system", "s"), ("user", "u")), temperature=0.7)
+  with FaultServer() as server:
+    first, _ = run_samples(server, tmp_path, prompt, 3)
+    assert len(server.requests) == 1 and server.requests[0]["n"] == 3
+    again, usage = run_samples(server, tmp_path, prompt, 5)
+    assert len(server.requests) == 2 and server.requests[1]["n"] == 2  # Only the new two.
+  assert [s.text for s in again[:3]] == [s.text for s in first]
+  assert usage.cached == 3 and [s.cached for s in again] == [True] * 3 + [False] * 2
+
+
+def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch, caplog):
+  monkeypatch.setenv("TT_TEST_KEY", "sk-secret-123")
+  with FaultServer(["500"]) as server:
+    run_samples(server, tmp_path, Prompt(text="hi"), 1, api_key_env="TT_TEST_KEY")
+  assert server.headers[-1]["Authorization"] == "Bearer sk-secret-123"
+  assert "sk-secret-123" not in (tmp_path / "cache.jsonl").read_text()
+  assert "sk-secret-123" not in caplog.text
+  assert "sk-secret" not in repr(TeacherConfig(api_key_env="TT_TEST_KEY"))
+
+
+def test_torn_cache_line_is_reported_and_skipped(tmp_path):
+  path = tmp_path / "cache.jsonl"
+  with CompletionCache(str(path)) as cache:
+    cache.put("k1", {"prompt": "a"}, 0, {"text": "one"})
+    cache.put("k2", {"prompt": "b"}, 0, {"text": "two"})
+  with open(path, "a") as f:
+    f.write('{"key": "k3", "request": {"pro')  # A write cut short by kill -9.
+  with CompletionCache(str(path)) as cache:
+    assert cache.torn_lines == 1 and len(cache) == 2 and "k3" not in cache
+    cache.put("k4", {"prompt": "d"}, 0, {"text": "four"})
+  with CompletionCache(str(path)) as cache:
+    assert cache.torn_lines == 1 and sorted(cache._records) == ["k1", "k2", "k4"]
+    assert cache.get("k4")["response"]["text"] == "four"
+
+
+def test_finetune_cot_pipeline_keeps_answer_consistent_rationales(tmp_path):
+  """Two-step zero-shot-CoT with D samples; a scripted 'teacher' answers by prompt."""
+  examples = datasets.load_dataset("coin_flip", seed=0)["test"][:6]
+  gold = {e.question: e.answer for e in examples}
+
+  class AnsweringServer(FaultServer):
+
+    def completion(self, body, index):
+      payload = super().completion(body, index)
+      prompt = body["messages"][-1]["content"]
+      if prompt.endswith("Therefore, the answer is"):
+        question = prompt.split("\n")[0][len("Q: "):]
+        # Right on even request numbers, wrong on odd ones.
+        answer = gold[question] if index % 2 == 0 else {"yes": "no", "no": "yes"}[
+            gold[question]]
+        payload["choices"][0]["message"]["content"] = f" {answer}."
+      return payload
+
+  with AnsweringServer(choices_per_request=1) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", max_concurrency=1,
+                           **FAST)
+    summary = pipelines.teach(examples, method=pipelines.Method.FINETUNE_COT,
+                              answer_type=AnswerType.YES_NO, output_dir=str(tmp_path),
+                              teacher=config,
+                              finetune_cot=pipelines.FinetuneCotSettings(num_samples=2),
+                              progress=False)
+    asked = len(server.requests)
+  step1 = [r for r in server.requests if "Let's think step by step." in
+           r["messages"][-1]["content"] and not r["messages"][-1]["content"].endswith("is")]
+  assert all(r["temperature"] == 0.7 for r in step1)
+  assert summary.samples == 12 and summary.kept + sum(summary.dropped.values()) == 12
+  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  assert len(records) == summary.kept and 0 < summary.kept < 12
+  for r in records:
+    assert r["answer"] == gold[r["example"]["question"]]
+    assert r["provenance"]["teacher"].startswith("scripted @ ")
+    assert r["provenance"]["sampling"]["num_samples"] == 2
+  assert summary.teacher_accuracy == pytest.approx(summary.kept / 12)
+  # Resuming asks nothing again.
+  with AnsweringServer(choices_per_request=1) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
+    again = pipelines.teach(examples, method=pipelines.Method.FINETUNE_COT,
+                            answer_type=AnswerType.YES_NO, output_dir=str(tmp_path),
+                            teacher=config,
+                            finetune_cot=pipelines.FinetuneCotSettings(num_samples=2),
+                            progress=False)
+    assert len(server.requests) == 0
+  assert again.kept == summary.kept and again.usage["cached"] == asked
+
+
+def test_rule_based_teacher_is_exact_and_labelled(tmp_path):
+  examples = datasets.load_dataset("coin_flip", seed=1)["train"][:50]
+  summary = pipelines.teach(examples, method=pipelines.Method.TINYTHINKER,
+                            answer_type=AnswerType.YES_NO, output_dir=str(tmp_path),
+                            teacher=None, progress=False)
+  assert summary.kept == 50 and summary.teacher_accuracy == 1.0
+  assert "rule-based" in summary.teacher
+  for record in pipelines.read_records(str(tmp_path / "records.jsonl")):
+    flips = record["example"]["question"].count(" flips the coin.")
+    assert record["recall"] == f"The coin is flipped {flips} times."
+    assert record["label"] == ("A" if flips % 2 == 0 else "B")
+    assert record["provenance"]["rule_based"] is True
+  with pytest.raises(ValueError, match="only serves generated tasks"):
+    pipelines.rule_based_outcome(
+        datasets.load_dataset("coin_flip")["train"][0].__class__(
+            id="x", question="q", answer="yes"), pipelines.Method.FINETUNE_COT)

@@ -1,0 +1,362 @@
+"""Teaching pipelines: dataset examples + a teacher -> rationale records.
+
+Fine-tune-CoT: two-step zero-shot chain of thought, `num_samples` rationales
+per question (greedy for one, temperature sampling for "diverse reasoning"),
+keeping those whose extracted answer equals the gold answer.
+
+TinyThinker: an instruction plus k random few-shot exemplars, the gold answer
+given as a hint; every option line is validated, near-duplicate key
+information (edit distance <= 10) is dropped, and at most `max_per_question`
+samples are kept. Replacing the gold label with the teacher's majority vote is
+an explicit option (`relabel_by_majority`, off by default).
+
+Outputs in `output_dir`: `records.jsonl` (kept rationales with provenance),
+`dropped.jsonl` (with reasons), `summary.json`, and the append-only
+`completions.jsonl` cache that makes a killed run resume without asking the
+teacher again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import enum
+import json
+import os
+from typing import Any, Iterable, Optional, Sequence
+
+import editdistance
+import numpy as np
+import tqdm
+
+from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.reasoning import answers, formats
+from tinythinker_jax.teacher import prompts
+from tinythinker_jax.teacher.cache import CompletionCache
+from tinythinker_jax.teacher.client import Prompt, TeacherClient, TeacherConfig
+
+RECORDS = "records.jsonl"
+DROPPED = "dropped.jsonl"
+SUMMARY = "summary.json"
+CACHE = "completions.jsonl"
+RULE_BASED = "rule-based (exact rationales from the generator; not an LLM)"
+
+
+class Method(enum.Enum):
+  FINETUNE_COT = "finetune_cot"
+  TINYTHINKER = "tinythinker"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneCotSettings:
+  num_samples: int = 1  # D: 1 is greedy; Fine-tune-CoT's diverse reasoning uses 8 or 64.
+  temperature: float = 0.7  # Used when num_samples > 1.
+  max_tokens: int = 128
+  answer_max_tokens: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyThinkerSettings:
+  num_samples: int = 8  # n: 8 for CSQA, 4 for OBQA and StrategyQA.
+  max_per_question: Optional[int] = None  # Defaults to num_samples.
+  temperature: float = 0.8
+  max_tokens: int = 256
+  num_shots: int = 8  # 8 for CSQA and StrategyQA, 7 for OBQA.
+  instruction_file: Optional[str] = None  # TinyThinker's request.json.
+  exemplar_file: Optional[str] = None  # *_cot.json.
+  min_edit_distance: int = 10  # Key information within this distance is a duplicate.
+  relabel_by_majority: bool = False
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What teaching one example produced."""
+
+  kept: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  teacher_correct: int = 0
+  teacher_total: int = 0
+
+
+def _provenance(teacher: str, template: str, sampling: dict[str, Any]) -> dict[str, Any]:
+  return {"teacher": teacher, "prompt_template": template, "sampling": sampling,
+          "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+
+def _drop(outcome: Outcome, example: Example, index: int, reason: str, text: str) -> None:
+  outcome.dropped.append({"id": example.id, "sample_index": index, "reason": reason,
+                          "text": text})
+
+
+async def teach_finetune_cot(client: TeacherClient, example: Example,
+                             answer_type: AnswerType,
+                             settings: FinetuneCotSettings) -> Outcome:
+  temperature = 0.0 if settings.num_samples == 1 else settings.temperature
+  step1 = Prompt(text=prompts.zero_shot_cot_reasoning(example), temperature=temperature,
+                 max_tokens=settings.max_tokens)
+  provenance = _provenance(
+      client.config.describe(), prompts.FINETUNE_COT_TEMPLATE_VERSION,
+      {"temperature": temperature, "max_tokens": settings.max_tokens,
+       "num_samples": settings.num_samples, "answer_max_tokens": settings.answer_max_tokens})
+  outcome = Outcome()
+  rationales = await client.samples(step1, settings.num_samples)
+  answer_prompts = [Prompt(text=prompts.zero_shot_cot_answer(step1.text, r.text),
+                           temperature=0.0, max_tokens=settings.answer_max_tokens)
+                    for r in rationales]
+  replies = await asyncio.gather(*(client.samples(p, 1) for p in answer_prompts))
+  for rationale, [reply] in zip(rationales, replies):
+    predicted = answers.extract_answer(reply.text, answer_type, example.labels or
+                                       ("A", "B", "C", "D", "E"))
+    outcome.teacher_total += 1
+    correct = answers.answers_match(predicted, example.answer, answer_type)
+    outcome.teacher_correct += correct
+    text = rationale.text.strip()
+    if not text:
+      _drop(outcome, example, rationale.sample_index, "empty rationale", reply.text)
+    elif not correct:
+      _drop(outcome, example, rationale.sample_index,
+            "answer differs from gold" if predicted else "no answer found", reply.text)
+    else:
+      outcome.kept.append({
+          "id": example.id, "method": Method.FINETUNE_COT.value,
+          "example": example.to_json(), "rationale": text, "answer": example.answer,
+          "teacher_answer_text": reply.text.strip(),
+          "sample_index": rationale.sample_index, "provenance": provenance})
+  return outcome
+
+
+def parse_tinythinker_reply(text: str, labels: Sequence[str]
+                            ) -> formats.Parsed[tuple[str, dict[str, formats.OptionVerdict]]]:
+  """`Key Information: ...\\nExplanations: A is ... Because ...\\n...` -> fields."""
+  key_info, verdicts = None, {}
+  for raw in text.splitlines():
+    line = raw.strip()
+    if not line or line == "###":
+      continue
+    if line.startswith("Key Information:"):
+      key_info = line[len("Key Information:"):].strip() or key_info
+      continue
+    if line.startswith("Explanations:"):
+      line = line[len("Explanations:"):].strip()
+      if not line:
+        continue
+    if key_info is None:
+      key_info = line  # The reply may continue right after "Key Information:".
+      continue
+    parsed = formats.parse_option_line(line)
+    if not parsed.ok:
+      return formats.Parsed.fail(parsed.error)
+    if parsed.value.label in verdicts:
+      return formats.Parsed.fail(f"option {parsed.value.label} explained twice")
+    verdicts[parsed.value.label] = parsed.value
+  if not key_info:
+    return formats.Parsed.fail("no key information")
+  if sorted(verdicts) != sorted(labels):
+    return formats.Parsed.fail(f"options explained: {''.join(sorted(verdicts)) or 'none'}; "
+                               f"expected {''.join(labels)}")
+  correct = [v.label for v in verdicts.values() if v.correct]
+  if len(correct) != 1:
+    return formats.Parsed.fail(f"{len(correct)} options marked correct")
+  return formats.Parsed((key_info, verdicts))
+
+
+async def teach_tinythinker(client: TeacherClient, example: Example,
+                            settings: TinyThinkerSettings, instruction: str,
+                            exemplars: Sequence[dict[str, Any]],
+                            rng: np.random.Generator) -> Outcome:
+  gold = example.gold_label
+  if gold is None:
+    raise ValueError(f"{example.source or example.id}: TinyThinker needs a gold option")
+  messages = prompts.tinythinker_messages(example, gold, instruction, exemplars,
+                                          settings.num_shots, rng)
+  request = Prompt(messages=messages, temperature=settings.temperature,
+                   max_tokens=settings.max_tokens)
+  provenance = _provenance(
+      client.config.describe(), prompts.TINYTHINKER_TEMPLATE_VERSION,
+      {"temperature": settings.temperature, "max_tokens": settings.max_tokens,
+       "num_samples": settings.num_samples, "num_shots": settings.num_shots})
+  outcome = Outcome()
+  valid = []
+  for sample in await client.samples(request, settings.num_samples):
+    parsed = parse_tinythinker_reply(sample.text, example.labels)
+    if not parsed.ok:
+      _drop(outcome, example, sample.sample_index, f"format: {parsed.error}", sample.text)
+      continue
+    key_info, verdicts = parsed.value
+    marked = next(v.label for v in verdicts.values() if v.correct)
+    outcome.teacher_total += 1
+    outcome.teacher_correct += marked == gold
+    valid.append((sample, key_info, verdicts, marked))
+  label = gold
+  if settings.relabel_by_majority and valid:
+    votes = collections.Counter(m for *_, m in valid)
+    label = max(sorted(votes), key=lambda l: (votes[l], l == gold))
+  limit = settings.max_per_question or settings.num_samples
+  kept_infos: list[str] = []
+  for sample, key_info, verdicts, marked in valid:
+    if marked != label:
+      _drop(outcome, example, sample.sample_index,
+            f"teacher marks {marked} correct; the label is {label}", sample.text)
+    elif any(editdistance.eval(key_info, k) <= settings.min_edit_distance
+             for k in kept_infos):
+      _drop(outcome, example, sample.sample_index, "near-duplicate key information",
+            sample.text)
+    elif len(kept_infos) >= limit:
+      _drop(outcome, example, sample.sample_index, "over the per-question limit",
+            sample.text)
+    else:
+      kept_infos.append(key_info)
+      record = {"id": example.id, "method": Method.TINYTHINKER.value,
+                "example": example.to_json(), "label": label, "recall": key_info,
+                "analyses": {l: verdicts[l].reason for l in example.labels},
+                "sample_index": sample.sample_index, "provenance": provenance}
+      if label != gold:
+        record["relabelled_from"] = gold
+      outcome.kept.append(record)
+  return outcome
+
+
+# ------------------------------------------------------------- rule-based teacher
+
+
+def rule_based_outcome(example: Example, method: Method) -> Outcome:
+  """Exact rationales for generated tasks (coin flip, last letter), labelled as such."""
+  if example.rationale is None or not example.source.startswith("generated:"):
+    raise ValueError(f"{example.id}: the rule-based teacher only serves generated tasks "
+                     "(coin_flip, last_letter), whose rationales are known exactly")
+  provenance = _provenance(RULE_BASED, f"rule-based/{example.task}/v1", {})
+  provenance["rule_based"] = True
+  base = {"id": example.id, "method": method.value, "example": example.to_json(),
+          "sample_index": 0, "provenance": provenance}
+  if method is Method.FINETUNE_COT:
+    record = dict(base, rationale=example.rationale, answer=example.answer)
+  else:
+    if example.task != "coin_flip":
+      raise ValueError(f"{example.id}: rule-based TinyThinker rationales exist for "
+                       "coin_flip only")
+    flips = example.rationale.count(" flips :")
+    parity = "an even" if flips % 2 == 0 else "an odd"
+    heads = flips % 2 == 0
+    analyses = {
+        "A": f"{parity} number of flips leaves the coin {'heads' if heads else 'tails'} "
+             f"up, so it is {'still' if heads else 'not'} heads up.",
+        "B": f"{parity} number of flips leaves the coin {'heads' if heads else 'tails'} "
+             f"up, so 'no' is {'wrong' if heads else 'right'}."}
+    record = dict(base, label=example.gold_label,
+                  recall=f"The coin is flipped {flips} times.", analyses=analyses)
+  return Outcome(kept=[record], teacher_correct=1, teacher_total=1)
+
+
+# ------------------------------------------------------------------- the driver
+
+
+@dataclasses.dataclass
+class Summary:
+  method: str
+  teacher: str
+  examples: int = 0
+  samples: int = 0
+  kept: int = 0
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+  teacher_accuracy: Optional[float] = None
+  usage: dict[str, Any] = dataclasses.field(default_factory=dict)
+  torn_cache_lines: int = 0
+
+
+def _reason_kind(reason: str) -> str:
+  return reason.split(":")[0] if reason.startswith("format:") else reason.split(";")[0]
+
+
+def _write_jsonl_atomically(path: str, records: Iterable[dict[str, Any]]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> Summary:
+  kept = [r for o in outcomes for r in o.kept]
+  dropped = [r for o in outcomes for r in o.dropped]
+  summary.kept = len(kept)
+  summary.samples = len(kept) + len(dropped)
+  summary.dropped = dict(collections.Counter(_reason_kind(d["reason"]) for d in dropped))
+  total = sum(o.teacher_total for o in outcomes)
+  summary.teacher_accuracy = (sum(o.teacher_correct for o in outcomes) / total
+                              if total else None)
+  _write_jsonl_atomically(os.path.join(output_dir, RECORDS), kept)
+  _write_jsonl_atomically(os.path.join(output_dir, DROPPED), dropped)
+  with open(os.path.join(output_dir, SUMMARY), "w") as f:
+    json.dump(dataclasses.asdict(summary), f, indent=2)
+  return summary
+
+
+async def _teach_async(examples: Sequence[Example], method: Method,
+                       answer_type: AnswerType, output_dir: str, config: TeacherConfig,
+                       finetune_cot: FinetuneCotSettings, tinythinker: TinyThinkerSettings,
+                       seed: int, progress: bool) -> Summary:
+  instruction = prompts.load_instruction(tinythinker.instruction_file)
+  exemplars = (prompts.load_exemplars(tinythinker.exemplar_file)
+               if tinythinker.exemplar_file else [])
+  summary = Summary(method.value, config.describe(), examples=len(examples))
+  with CompletionCache(os.path.join(output_dir, CACHE)) as cache:
+    summary.torn_cache_lines = cache.torn_lines
+    async with TeacherClient(config, cache) as client:
+      bar = tqdm.tqdm(total=len(examples), desc=f"teach ({method.value})", unit="q",
+                      disable=not progress)
+      kept = 0
+
+      async def one(index: int, example: Example) -> Outcome:
+        nonlocal kept
+        if method is Method.FINETUNE_COT:
+          outcome = await teach_finetune_cot(client, example, answer_type, finetune_cot)
+        else:
+          outcome = await teach_tinythinker(
+              client, example, tinythinker, instruction, exemplars,
+              np.random.default_rng([seed, index]))
+        kept += len(outcome.kept)
+        bar.update(1)
+        bar.set_postfix(kept=kept, tok_s=f"{client.usage.tokens_per_second():.0f}",
+                        cached=client.usage.cached)
+        return outcome
+
+      # Bound the scheduled examples too, so a crash loses little in-flight work.
+      semaphore = asyncio.Semaphore(max(2 * config.max_concurrency, 1))
+
+      async def bounded(index, example):
+        async with semaphore:
+          return await one(index, example)
+
+      try:
+        outcomes = await asyncio.gather(*(bounded(i, e) for i, e in enumerate(examples)))
+      finally:
+        bar.close()
+      summary.usage = client.usage.to_json()
+  return _finish(output_dir, outcomes, summary)
+
+
+def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerType,
+          output_dir: str, teacher: Optional[TeacherConfig] = None,
+          finetune_cot: FinetuneCotSettings = FinetuneCotSettings(),
+          tinythinker: TinyThinkerSettings = TinyThinkerSettings(), seed: int = 0,
+          progress: bool = True) -> Summary:
+  """Teaches every example; `teacher=None` selects the rule-based teacher."""
+  os.makedirs(output_dir, exist_ok=True)
+  if teacher is None:
+    outcomes = [rule_based_outcome(e, method) for e in
+                tqdm.tqdm(examples, desc="teach (rule-based)", disable=not progress)]
+    return _finish(output_dir, outcomes, Summary(method.value, RULE_BASED,
+                                                 examples=len(examples)))
+  return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
+                                  finetune_cot, tinythinker, seed, progress))
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
