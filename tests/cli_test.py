@@ -9,7 +9,7 @@ import pytest
 from tinythinker_jax import main
 
 DESIGN_VERBS = ("teach", "train", "sample", "evaluate", "infer", "score", "export",
-                "pipeline", "demo", "vocab")
+                "pipeline", "demo", "vocab", "data")
 
 
 def run_cli(*args, module="tinythinker_jax.main"):
@@ -25,8 +25,8 @@ def test_help_lists_every_design_verb():
   assert set(DESIGN_VERBS) <= set(main.VERBS)
 
 
-@pytest.mark.parametrize("verb,issue", [("teach", 3), ("train", 4), ("sample", 5),
-                                        ("export", 6), ("pipeline", 6)])
+@pytest.mark.parametrize("verb,issue", [("train", 4), ("sample", 5), ("export", 6),
+                                        ("pipeline", 6)])
 def test_planned_verbs_say_which_issue_brings_them(verb, issue):
   result = run_cli(module=f"tinythinker_jax.{verb}")
   assert result.returncode == 2
@@ -61,3 +61,24 @@ def test_demo_runs_end_to_end(tmp_path):
   assert report["hf_export"]["max_abs_logit_difference"] < 1e-4
   assert (out / "hf_model" / "spiece.model").exists()
   assert "foundation_demo.run" in (out / "config.gin").read_text()
+
+
+def test_data_verb_describes_a_dataset(shared_data):
+  result = run_cli(f"--dataset=obqa", f"--path={shared_data / 'tinythinker' / 'obqa'}",
+                   module="tinythinker_jax.data")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "train        4957 examples" in result.stdout
+  assert "TinyThinker recall input" in result.stdout
+  listing = run_cli("data", "--list")
+  assert "finetune_cot/commonsense_qa" in listing.stdout
+
+
+def test_teach_verb_with_the_rule_based_teacher(tmp_path):
+  result = run_cli("teach", "--gin.DATASET='coin_flip'", f"--gin.OUTPUT_DIR='{tmp_path}'",
+                   "--gin.TEACHER='rule_based'", "--gin.MAX_EXAMPLES=10")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["kept"] == 10 and "rule-based" in summary["teacher"]
+  assert "run.teach_dataset" in (tmp_path / "config.gin").read_text()
+  missing = run_cli("teach", f"--gin.OUTPUT_DIR='{tmp_path}'")
+  assert missing.returncode == 2 and "DATASET" in missing.stderr

