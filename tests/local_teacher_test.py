@@ -87,15 +87,21 @@ def test_tinythinker_pipeline_runs_against_llama_cpp(server, shared_data, tmp_pa
   prompts = shared_data / "tinythinker" / "prompts"
   out = tmp_path / "tt"
   before = server.requests_served()
-  result = subprocess.run(teach_command(server, out, csqa, "tinythinker", [
+  command = teach_command(server, out, csqa, "tinythinker", [
       "--gin.MAX_EXAMPLES=2", f"--gin.run.teach_dataset.prompts_dir='{prompts}'",
       "--gin.pipelines.TinyThinkerSettings.num_samples=2",
       "--gin.pipelines.TinyThinkerSettings.num_shots=2",
-      "--gin.pipelines.TinyThinkerSettings.max_tokens=96"]),
-      capture_output=True, text=True, timeout=600)
+      "--gin.pipelines.TinyThinkerSettings.max_tokens=96"])
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   # llama.cpp ignores n, so each of the 2 x 2 samples is its own request.
   assert server.requests_served() - before == 4
+  first_summary = (out / "summary.json").read_text()
+  again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert server.requests_served() - before == 4  # The rerun is served from the cache.
+  assert json.loads((out / "summary.json").read_text())["kept"] == json.loads(
+      first_summary)["kept"]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["samples"] == 4
   assert summary["kept"] + sum(summary["dropped"].values()) == 4
