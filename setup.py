@@ -47,7 +47,8 @@ setuptools.setup(
     version="0.1.0",
     description="Distil a large language model's reasoning into small T5 students, "
     "in JAX/Flax, t5x-style.",
-    packages=setuptools.find_packages(include=["tinythinker_jax", "tinythinker_jax.*"]),
+    packages=setuptools.find_packages(
+        include=["tinythinker_jax", "tinythinker_jax.*", "tasks", "tasks.*"]),
     python_requires=">=3.10",
     install_requires=_CORE,
     extras_require={

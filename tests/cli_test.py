@@ -25,7 +25,7 @@ def test_help_lists_every_design_verb():
   assert set(DESIGN_VERBS) <= set(main.VERBS)
 
 
-@pytest.mark.parametrize("verb,issue", [("train", 4), ("sample", 5), ("export", 6),
+@pytest.mark.parametrize("verb,issue", [("sample", 5), ("evaluate", 5), ("export", 6),
                                         ("pipeline", 6)])
 def test_planned_verbs_say_which_issue_brings_them(verb, issue):
   result = run_cli(module=f"tinythinker_jax.{verb}")

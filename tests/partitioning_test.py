@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import t5
+from tinythinker_jax.training import models
 from tinythinker_jax.training import step as step_lib
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "t5_1_1_small_partition_specs.json"
@@ -44,8 +45,9 @@ def _batch(config, seed=0):
           "decoder_input_tokens": np.asarray(step_lib.shift_right(targets))}
 
 
-def _loss_and_grads(apply_fn):
-  return jax.value_and_grad(lambda p, b: step_lib.seq2seq_loss(apply_fn, p, b)[0])
+def _loss_and_grads(module):
+  model = models.EncoderDecoderModel(module, z_loss=0.0)
+  return jax.value_and_grad(lambda p, b: step_lib.mean_loss(model, p, b)[0])
 
 
 # Expected specs under the 1-D rules and under FSDP (embed over data).
@@ -81,7 +83,7 @@ def test_sharded_step_matches_one_device(tiny_config, data, model, param_dims):
   module = t5.T5(tiny_config)
   batch = _batch(tiny_config)
   params = nn.unbox(t5.init_params(tiny_config, jax.random.key(0)))
-  ref_loss, ref_grads = jax.jit(_loss_and_grads(module.apply))(params, batch)
+  ref_loss, ref_grads = jax.jit(_loss_and_grads(module))(params, batch)
 
   mesh = partitioning.create_mesh(data, model)
   assert mesh.shape == {"data": data, "model": model}
@@ -89,7 +91,7 @@ def test_sharded_step_matches_one_device(tiny_config, data, model, param_dims):
       mesh, partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
   sharded, shardings = partitioner.init(lambda r: t5.init_params(tiny_config, r),
                                         jax.random.key(0))
-  fn = partitioner.partition(_loss_and_grads(module.apply),
+  fn = partitioner.partition(_loss_and_grads(module),
                              out_shardings=(partitioner.replicated, shardings))
   loss, grads = fn(sharded, partitioner.shard_batch(batch))
 

@@ -27,6 +27,7 @@ from tinythinker_jax import decoding, partitioning, vocabularies
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.data import synthetic
 from tinythinker_jax.models import t5
+from tinythinker_jax.training import models
 from tinythinker_jax.training import step as train_step_lib
 
 ANSWER_SEPARATOR = " --> "
@@ -98,7 +99,8 @@ def run(output_dir: str, *, model_config: t5.T5Config, steps: Optional[int] = No
   state = partitioner.partition(
       lambda p: train_step_lib.TrainState.create(p, optimizer))(params)
   step_fn = partitioner.partition(
-      train_step_lib.make_train_step(model.apply, optimizer, dropout=False),
+      train_step_lib.make_train_step(models.EncoderDecoderModel(model, z_loss=0.0),
+                                     optimizer),
       donate_argnums=(0,))
 
   def batch_at(index: int) -> dict:

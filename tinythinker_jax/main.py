@@ -16,7 +16,6 @@ from tinythinker_jax import gin_utils
 
 # Verbs that later work brings, with the issue that brings each.
 _PLANNED = {
-    "train": ("phase-1 / phase-2 training on a gin-configured mesh", 4),
     "sample": ("sample reasoning chains and build self-reflection preference pairs", 5),
     "evaluate": ("greedy and self-consistency accuracy reports", 5),
     "infer": ("run the staged inference chain and write per-example records", 5),
@@ -25,6 +24,9 @@ _PLANNED = {
     "pipeline": ("teach -> train -> (sample -> DPO) x k -> evaluate -> export", 6),
 }
 _BUILT = {
+    "train": "phase-1 training on rationales: seqio tasks, a partitioned step, orbax "
+             "checkpoints",
+    "materialize": "write a seqio task's splits as the arrays training reads (no TF)",
     "teach": "write teacher rationales for a dataset (Fine-tune-CoT, TinyThinker)",
     "data": "inspect a dataset: counts per split, answers, a rendered example",
     "vocab": "train a SentencePiece vocabulary with T5's conventions",
@@ -82,6 +84,35 @@ def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   return 0
 
 
+def _train(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  if not args.gin_file:
+    args.gin_file = ["runs/sft.gin"]
+  _parse_gin(args, bindings)
+  import gin  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import sft  # pylint: disable=import-outside-toplevel
+  model_dir = gin_utils.query("MODEL_DIR")
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(model_dir)
+  result = gin.get_configurable(sft.run)(stop_after=args.stop_after)
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(model_dir)
+    print(f"step {int(result.state.step)}: " + ", ".join(
+        f"{k}={v:.4g}" for k, v in sorted(result.last_metrics.items())))
+  return 0
+
+
+def _materialize(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  _parse_gin(args, bindings)
+  from tinythinker_jax import sft  # pylint: disable=import-outside-toplevel
+  lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  manifest = sft.prepare_data(args.task, lengths, args.output_dir,
+                              records_dir=args.records_dir, vocabulary=args.vocabulary)
+  import json  # pylint: disable=import-outside-toplevel
+  print(json.dumps(manifest, indent=2))
+  return 0
+
+
 def _data(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   _parse_gin(args, bindings)
   from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
@@ -125,6 +156,23 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                  help="sentinels seqio appends (for the NUM_EMBEDDINGS hint)")
   p.add_argument("--seed", type=int, default=0)
   handlers["vocab"] = _vocab
+
+  p = sub.add_parser("train", help=_BUILT["train"], description=_BUILT["train"])
+  _add_gin_flags(p)
+  p.add_argument("--stop_after", type=int, default=None,
+                 help="stop (after checkpointing) at this step, e.g. to test resumption")
+  handlers["train"] = _train
+
+  p = sub.add_parser("materialize", help=_BUILT["materialize"],
+                     description=_BUILT["materialize"])
+  _add_gin_flags(p)
+  p.add_argument("--task", required=True, help="a seqio task or mixture name")
+  p.add_argument("--output_dir", required=True)
+  p.add_argument("--inputs_length", type=int, required=True)
+  p.add_argument("--targets_length", type=int, required=True)
+  p.add_argument("--records_dir", default="", help="$TINYTHINKER_RECORDS_DIR")
+  p.add_argument("--vocabulary", default="", help="$TINYTHINKER_VOCAB")
+  handlers["materialize"] = _materialize
 
   p = sub.add_parser("teach", help=_BUILT["teach"], description=_BUILT["teach"])
   _add_gin_flags(p)

@@ -1,4 +1,4 @@
-"""The train state and a jitted sequence-to-sequence train step."""
+"""The train state and the jitted train step (with microbatched accumulation)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
-from tinythinker_jax.training import losses
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -32,40 +30,57 @@ def shift_right(targets: Array) -> Array:
   return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
 
 
-def seq2seq_loss(apply_fn: Callable, params: Any, batch: Batch,
-                 dropout_rng: Optional[Array] = None, *, z_loss: float = 0.0,
-                 label_smoothing: float = 0.0) -> tuple[Array, dict[str, Array]]:
-  """Mean token cross-entropy over real target tokens, and metrics."""
-  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-  logits = apply_fn({"params": params}, batch["encoder_input_tokens"],
-                    batch["decoder_input_tokens"], enable_dropout=dropout_rng is not None,
-                    rngs=rngs)
-  targets = batch["decoder_target_tokens"]
-  weights = batch.get("decoder_loss_weights")
-  if weights is None:
-    weights = (targets > 0).astype(jnp.float32)
-  total, total_z, weight_sum = losses.compute_weighted_cross_entropy(
-      logits, targets, weights, label_smoothing=label_smoothing, z_loss=z_loss)
-  denom = jnp.maximum(weight_sum, 1.0)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
-  metrics = {"loss": total / denom, "z_loss": total_z / denom,
-             "accuracy": jnp.sum(correct) / denom, "num_tokens": weight_sum}
-  return total / denom, metrics
+def mean_loss(model, params: Any, batch: Batch,
+              dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+  """The model's normalized loss on one batch, and its metric sums."""
+  total, sums = model.loss_sums(params, batch, dropout_rng)
+  return total / model.normalizer(sums), sums
 
 
-def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation, *,
-                    z_loss: float = 0.0, label_smoothing: float = 0.0,
-                    dropout: bool = False) -> Callable:
-  """Returns `step(state, batch, rng) -> (state, metrics)`, ready for jax.jit."""
+def summarize(model, sums: dict[str, Array]) -> dict[str, Array]:
+  """Per-batch metrics from metric sums."""
+  denom = model.normalizer(sums)
+  tokens = jnp.maximum(sums["weight_sum"], 1.0)
+  return {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
+          "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
+          "examples": sums["num_examples"]}
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, *,
+                    num_microbatches: int = 1, dropout: bool = False) -> Callable:
+  """`step(state, batch, rng) -> (state, metrics)`; jit it with shardings.
+
+  With `num_microbatches > 1` the batch is split along its first axis and the
+  gradients of the summed losses accumulated with `lax.scan`; the sum is
+  divided once by the normalizer of the whole batch, so the update equals the
+  single-batch update.
+  """
+  grad_fn = jax.grad(lambda p, b, r: model.loss_sums(p, b, r), has_aux=True)
 
   def step(state: TrainState, batch: Batch, rng: Array):
     dropout_rng = jax.random.fold_in(rng, state.step) if dropout else None
-    grad_fn = jax.value_and_grad(
-        lambda p: seq2seq_loss(apply_fn, p, batch, dropout_rng, z_loss=z_loss,
-                               label_smoothing=label_smoothing), has_aux=True)
-    (_, metrics), grads = grad_fn(state.params)
+    if num_microbatches == 1:
+      grads, sums = grad_fn(state.params, batch, dropout_rng)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) +
+                              x.shape[1:]), batch)
+
+      def body(carry, inputs):
+        index, microbatch = inputs
+        r = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+        g, s = grad_fn(state.params, microbatch, r)
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), dropout_rng))
+      (grads, sums), _ = jax.lax.scan(body, zeros,
+                                      (jnp.arange(num_microbatches), micro))
+    denom = model.normalizer(sums)
+    grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    metrics = summarize(model, sums)
     metrics["grad_norm"] = optax.global_norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,172 @@
+"""seqio Tasks and Mixtures over rationale-record files.
+
+Each task reads a JSONL of rationale records (what `tinythinker teach` writes)
+and renders `inputs`/`targets` with `tinythinker_jax.reasoning.formats`, then
+tokenizes with the configured vocabulary and appends EOS. Names:
+
+    tinythinker.<dataset>.vanilla
+    tinythinker.<dataset>.finetune_cot
+    tinythinker.<dataset>.step_by_step              (predict: and explain: examples)
+    tinythinker.<dataset>.<format>.<stage>          (format: tinythinker, recall_summarize,
+                                                     analyze_summarize, summarize;
+                                                     stage: recall, analyze, summarize)
+    tinythinker.<dataset>.<format>                  (a rate-based Mixture of its stages)
+
+Files are found when a dataset is built, at
+`$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl` (the output
+folder of `tinythinker teach` for that split; method:
+`finetune_cot` for vanilla/Fine-tune-CoT/step-by-step, else `tinythinker`), and
+the vocabulary is `$TINYTHINKER_VOCAB` (default: T5's SentencePiece model).
+`make_task` builds the same tasks for explicit files, unregistered.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable, Iterator, Optional
+
+import seqio
+import tensorflow as tf
+
+from tinythinker_jax.data.datasets import DATASETS
+from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.reasoning import answers, formats
+
+RECORDS_DIR_ENV = "TINYTHINKER_RECORDS_DIR"
+VOCAB_ENV = "TINYTHINKER_VOCAB"
+DEFAULT_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+STAGE_FORMATS = (formats.Format.TINYTHINKER, formats.Format.RECALL_SUMMARIZE,
+                 formats.Format.ANALYZE_SUMMARIZE, formats.Format.SUMMARIZE_ONLY)
+
+
+def default_vocabulary() -> seqio.Vocabulary:
+  path = os.environ.get(VOCAB_ENV, DEFAULT_VOCAB)
+  return (seqio.ByteVocabulary() if path == "byte" else
+          seqio.SentencePieceVocabulary(path, extra_ids=100))
+
+
+def render_record(record: dict, fmt: formats.Format,
+                  stage: Optional[formats.Stage]) -> list[dict[str, str]]:
+  """One rationale record -> `{inputs, targets, answer, id}` examples."""
+  example = Example.from_json(record["example"])
+  if fmt is formats.Format.VANILLA:
+    pairs = [formats.vanilla(example)]
+  elif fmt is formats.Format.FINETUNE_COT:
+    pairs = [formats.finetune_cot(example, record["rationale"], record.get("answer"))]
+  elif fmt is formats.Format.STEP_BY_STEP:
+    pairs = list(formats.step_by_step(example, record["rationale"]).values())
+  else:
+    labelled = Example(**{**record["example"], "choices": example.choices,
+                          "answer": record.get("label", example.gold_label)})
+    pairs = formats.stage_pairs(labelled, record.get("recall"), record.get("analyses") or {},
+                                fmt)[stage]
+  answer = record.get("label") or record.get("answer") or example.answer or ""
+  return [{"inputs": p.inputs, "targets": p.targets, "answer": str(answer),
+           "id": str(record["id"])} for p in pairs]
+
+
+def _records(path: str) -> Iterator[dict]:
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          yield json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{line_no}: invalid JSON: {e}") from e
+
+
+def _source(path_fn: Callable[[str], str], fmt: formats.Format,
+            stage: Optional[formats.Stage]) -> seqio.DataSource:
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
+    del shuffle_files, seed
+    path = path_fn(split)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: no rationale records for split {split!r} "
+                              f"(set ${RECORDS_DIR_ENV} or run `tinythinker teach`)")
+    rendered = [e for r in _records(path) for e in render_record(r, fmt, stage)]
+    keys = ("inputs", "targets", "answer", "id")
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant([e[k] for e in rendered], tf.string) for k in keys})
+  return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation", "test"))
+
+
+def _postprocess(answer_type: AnswerType, fmt: formats.Format):
+  def postprocess(output, example=None, is_target=False):
+    text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
+    if is_target:
+      gold = example["answer"] if example is not None else text
+      return gold.decode("utf-8") if isinstance(gold, bytes) else gold
+    if fmt in STAGE_FORMATS:
+      return answers.extract_tinythinker_answer(text)
+    return answers.extract_answer(text, answer_type)
+  return postprocess
+
+
+def _accuracy(answer_type: AnswerType, fmt: formats.Format):
+  def metric(targets, predictions):
+    if fmt in STAGE_FORMATS:
+      correct = [p == t for t, p in zip(targets, predictions)]
+    else:
+      correct = [answers.answers_match(p, t, answer_type)
+                 for t, p in zip(targets, predictions)]
+    return {"accuracy": 100.0 * sum(correct) / max(len(correct), 1)}
+  return metric
+
+
+def make_task(name: str, path_fn: Callable[[str], str], fmt: formats.Format,
+              stage: Optional[formats.Stage] = None,
+              answer_type: AnswerType = AnswerType.LETTER,
+              vocabulary: Optional[seqio.Vocabulary] = None) -> seqio.Task:
+  """An (unregistered) seqio Task over records at `path_fn(split)`."""
+  vocabulary = vocabulary or default_vocabulary()
+  output_features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
+                     "targets": seqio.Feature(vocabulary, add_eos=True)}
+  answer_task = fmt not in STAGE_FORMATS or stage is formats.Stage.SUMMARIZE
+  return seqio.Task(
+      name, source=_source(path_fn, fmt, stage),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=output_features,
+      postprocess_fn=_postprocess(answer_type, fmt) if answer_task else None,
+      metric_fns=[_accuracy(answer_type, fmt)] if answer_task else [])
+
+
+def _records_path(dataset: str, method: str, split: str) -> str:
+  root = os.environ.get(RECORDS_DIR_ENV, "rationales")
+  return os.path.join(root, dataset.replace("/", "_"), method, split, "records.jsonl")
+
+
+def task_names(dataset: str) -> list[str]:
+  base = f"tinythinker.{dataset.replace('/', '_')}"
+  names = [f"{base}.{f.value}" for f in (formats.Format.VANILLA, formats.Format.FINETUNE_COT,
+                                         formats.Format.STEP_BY_STEP)]
+  for fmt in STAGE_FORMATS:
+    names += [f"{base}.{fmt.value}.{s.value}" for s in formats.STAGES_OF[fmt]]
+  return names
+
+
+def register_all() -> None:
+  """Registers every dataset x format task and the stage mixtures (idempotent)."""
+  for dataset, spec in DATASETS.items():
+    base = f"tinythinker.{dataset.replace('/', '_')}"
+    for fmt in (formats.Format.VANILLA, formats.Format.FINETUNE_COT,
+                formats.Format.STEP_BY_STEP):
+      name = f"{base}.{fmt.value}"
+      if name not in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.add_provider(name, make_task(
+            name, functools.partial(_records_path, dataset, "finetune_cot"), fmt,
+            answer_type=spec.answer_type))
+    for fmt in STAGE_FORMATS:
+      stage_names = []
+      for stage in formats.STAGES_OF[fmt]:
+        name = f"{base}.{fmt.value}.{stage.value}"
+        stage_names.append(name)
+        if name not in seqio.TaskRegistry.names():
+          seqio.TaskRegistry.add_provider(name, make_task(
+              name, functools.partial(_records_path, dataset, "tinythinker"), fmt, stage,
+              answer_type=spec.answer_type))
+      mixture = f"{base}.{fmt.value}"
+      if mixture not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(mixture, [(n, 1.0) for n in stage_names])

@@ -1,0 +1,66 @@
+"""Orbax checkpoints: save every N steps and at the end, keep K, resume, reshard.
+
+Each checkpoint holds the train state (step, params, optimizer state) and a
+JSON `meta` item (the data seed and position, the model config, the operative
+gin config). Restoring takes an abstract target whose leaves carry the
+shardings of the *current* mesh, so a checkpoint written on one mesh shape
+restores onto another.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+def abstract_like(tree: Any, mesh: Optional[jax.sharding.Mesh] = None) -> Any:
+  """ShapeDtypeStructs with the arrays' shardings (scalars: replicated on `mesh`)."""
+  def leaf(x):
+    sharding = x.sharding
+    if mesh is not None and getattr(x, "ndim", 0) == 0:
+      sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+  """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
+
+  def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = 3,
+               asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
+        enable_async_checkpointing=asynchronous)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def restore_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

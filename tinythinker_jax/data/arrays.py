@@ -1,0 +1,137 @@
+"""The TensorFlow-free training input path.
+
+`write_features` stores tokenized, feature-converted, fixed-length examples as
+one `.npy` file per feature (plus `meta.json`); `ArrayDataset` memory-maps them.
+Batches are a pure function of (seed, step): the order is a seeded permutation
+per epoch, so a resumed run sees exactly the batches it would have seen, and
+each process reads only its own slice of every global batch.
+
+`InterleavedSchedule` is TinyThinker's phase-1 schedule: `interval` recall
+batches, then `interval * num_options` analyze batches, then `interval`
+summarize batches, repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+            "decoder_loss_weights")
+META = "meta.json"
+
+
+def write_features(directory: str, features: Mapping[str, np.ndarray],
+                   meta: Optional[dict] = None) -> None:
+  """Writes `{name: [N, length]}` arrays atomically (a complete folder or none)."""
+  sizes = {len(v) for v in features.values()}
+  if len(sizes) != 1:
+    raise ValueError(f"features have different example counts: {sizes}")
+  tmp = directory.rstrip("/") + ".tmp"
+  os.makedirs(tmp, exist_ok=True)
+  for name, array in features.items():
+    np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(array))
+  info = dict(meta or {}, num_examples=sizes.pop(),
+              shapes={k: list(v.shape) for k, v in features.items()})
+  with open(os.path.join(tmp, META), "w") as f:
+    json.dump(info, f, indent=2)
+  if os.path.exists(directory):
+    import shutil  # pylint: disable=import-outside-toplevel
+    shutil.rmtree(directory)
+  os.replace(tmp, directory)
+
+
+class ArrayDataset:
+  """Memory-mapped fixed-length features with deterministic (seed, step) batches."""
+
+  def __init__(self, directory: str, features: Sequence[str] = FEATURES):
+    meta_path = os.path.join(directory, META)
+    if not os.path.exists(meta_path):
+      raise FileNotFoundError(f"{directory}: no {META}; materialise the task first "
+                              "(`tinythinker materialize`)")
+    with open(meta_path) as f:
+      self.meta = json.load(f)
+    self.directory = directory
+    self.arrays = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
+                   for name in features}
+    self.num_examples = int(self.meta["num_examples"])
+    if self.num_examples == 0:
+      raise ValueError(f"{directory}: no examples")
+
+  def indices(self, seed: int, position: int, batch_size: int) -> np.ndarray:
+    """Example indices of the `position`-th batch of this stream (epochs reshuffle)."""
+    start = position * batch_size
+    out = np.empty(batch_size, np.int64)
+    filled = 0
+    while filled < batch_size:
+      epoch, offset = divmod(start + filled, self.num_examples)
+      order = np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+      take = min(batch_size - filled, self.num_examples - offset)
+      out[filled:filled + take] = order[offset:offset + take]
+      filled += take
+    return out
+
+  def batch(self, seed: int, position: int, batch_size: int,
+            local: slice = slice(None)) -> dict[str, np.ndarray]:
+    """This process's slice of a global batch (sorted reads, original order kept)."""
+    rows = self.indices(seed, position, batch_size)[local]
+    order = np.argsort(rows)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return {name: np.asarray(array[rows[order]])[inverse]
+            for name, array in self.arrays.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class InterleavedSchedule:
+  """Which stream feeds global step `step`, and its position in that stream."""
+
+  streams: tuple[str, ...]  # e.g. ("recall", "analyze", "summarize")
+  steps_per_cycle: tuple[int, ...]  # e.g. (interval, interval * num_options, interval)
+
+  @classmethod
+  def tinythinker(cls, interval: int, num_options: int,
+                  stages: Sequence[str] = ("recall", "analyze", "summarize")
+                  ) -> "InterleavedSchedule":
+    counts = {"recall": interval, "analyze": interval * num_options, "summarize": interval}
+    return cls(tuple(stages), tuple(counts[s] for s in stages))
+
+  def locate(self, step: int) -> tuple[str, int]:
+    cycle, offset = divmod(step, sum(self.steps_per_cycle))
+    for stream, count in zip(self.streams, self.steps_per_cycle):
+      if offset < count:
+        return stream, cycle * count + offset
+      offset -= count
+    raise AssertionError("unreachable")
+
+
+class BatchSource:
+  """Global step -> this process's batch, from one stream or an interleaved schedule."""
+
+  def __init__(self, datasets: Mapping[str, ArrayDataset], batch_size: int, seed: int,
+               schedule: Optional[InterleavedSchedule] = None,
+               local: slice = slice(None)):
+    if schedule is None and len(datasets) != 1:
+      raise ValueError("several datasets need a schedule")
+    if schedule is not None and set(schedule.streams) - set(datasets):
+      raise ValueError(f"schedule streams {schedule.streams} lack datasets "
+                       f"({sorted(datasets)})")
+    self.datasets = dict(datasets)
+    self.batch_size = batch_size
+    self.seed = seed
+    self.schedule = schedule
+    self.local = local
+
+  def stream_at(self, step: int) -> tuple[str, int]:
+    if self.schedule is None:
+      return next(iter(self.datasets)), step
+    return self.schedule.locate(step)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    stream, position = self.stream_at(step)
+    seed = self.seed * 1000 + sorted(self.datasets).index(stream)
+    return self.datasets[stream].batch(seed, position, self.batch_size, self.local)

@@ -1,0 +1,71 @@
+"""Models own their losses; the trainer owns the step.
+
+A model here wraps a Flax module and returns loss *sums* and metric sums for a
+batch, so that gradient accumulation over microbatches and t5x's
+loss-normalizing factor compose exactly: the step divides once, by the
+normalizer of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from tinythinker_jax.models.t5 import T5
+from tinythinker_jax.training import losses
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+# t5x's named loss-normalizing factors (a float is also accepted).
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderModel:
+  """Teacher-forced token cross-entropy (z-loss, label smoothing) of a T5."""
+
+  module: T5
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS
+
+  def __post_init__(self):
+    factor = self.loss_normalizing_factor
+    if not (factor is None or isinstance(factor, (int, float)) or
+            factor in (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS)):
+      raise ValueError(f"loss_normalizing_factor={factor!r}: expected a number, None, "
+                       f"{NUM_REAL_TARGET_TOKENS!r} or {NUM_TOTAL_TARGET_TOKENS!r}")
+
+  def loss_sums(self, params: Any, batch: Batch,
+                dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+    """(sum of token losses, metric sums) for a (micro)batch."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    logits = self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                               batch["decoder_input_tokens"],
+                               enable_dropout=dropout_rng is not None, rngs=rngs)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = (targets > 0).astype(jnp.float32)
+    weights = weights.astype(jnp.float32)
+    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+    return loss, {"loss": loss, "z_loss": z_loss, "weight_sum": weight_sum,
+                  "correct": correct, "num_examples": jnp.asarray(targets.shape[0],
+                                                                  jnp.float32),
+                  "total_tokens": jnp.asarray(targets.size, jnp.float32)}
+
+  def normalizer(self, sums: dict[str, Array]) -> Array:
+    """The divisor of the summed loss for the whole global batch."""
+    factor = self.loss_normalizing_factor
+    if factor == NUM_REAL_TARGET_TOKENS:
+      return jnp.maximum(sums["weight_sum"], 1.0)
+    if factor == NUM_TOTAL_TARGET_TOKENS:
+      return sums["total_tokens"]
+    return jnp.asarray(1.0 if factor is None else float(factor), jnp.float32)

@@ -1,0 +1,176 @@
+"""The training loop: partitioned steps, checkpoints, metrics, evaluation hooks.
+
+`train` takes every collaborator as an argument (the model with its loss, the
+optimizer, the partitioner, a `batch_fn(step)` returning this process's slice
+of the global batch at `step`), so it reads no files and knows nothing of gin.
+It resumes from the latest checkpoint in `model_dir` automatically; because
+batches are a function of the step, a resumed run takes exactly the steps an
+uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import tqdm
+
+from tinythinker_jax import checkpoints
+from tinythinker_jax.models import t5
+from tinythinker_jax.partitioning import Partitioner
+from tinythinker_jax.training import step as step_lib
+from tinythinker_jax.training.metric_writer import MetricWriter
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[int], Mapping[str, np.ndarray]]
+EvalFn = Callable[[Any], Mapping[str, float]]  # params -> metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+  save_every: int = 1000
+  keep: Optional[int] = 3
+  asynchronous: bool = True
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: step_lib.TrainState
+  last_metrics: dict[str, float]
+  resumed_from: Optional[int]
+
+
+def _param_count(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def check_params_fit(params: Any, abstract: Any, source: str) -> None:
+  """Raises naming the first parameter whose presence or shape does not fit."""
+  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  expected = dict(jax.tree_util.tree_flatten_with_path(abstract)[0])
+  for path, leaf in expected.items():
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if path not in flat:
+      raise ValueError(f"{source}: parameter {name} (shape {leaf.shape}) is missing")
+    if tuple(flat[path].shape) != tuple(leaf.shape):
+      raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[path].shape)}; "
+                       f"the model config needs {tuple(leaf.shape)}")
+  extra = set(flat) - set(expected)
+  if extra:
+    name = "/".join(str(getattr(k, "key", k)) for k in sorted(extra, key=str)[0])
+    raise ValueError(f"{source}: parameter {name} is not in the model config")
+
+
+def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransformation,
+          partitioner: Partitioner, batch_fn: BatchFn, global_batch_size: int,
+          train_steps: int, model_dir: str, seed: int = 0, num_microbatches: int = 1,
+          dropout: bool = False, checkpoint: CheckpointSettings = CheckpointSettings(),
+          initial_params: Optional[Callable[[], Any]] = None, log_every: int = 10,
+          eval_every: int = 0, eval_fns: Mapping[str, EvalFn] = (),
+          meta: Optional[dict] = None, progress: bool = True,
+          schedule: Optional[optax.Schedule] = None,
+          stop_after: Optional[int] = None) -> TrainResult:
+  """Trains to `train_steps`; `stop_after` ends early (after saving) for tests."""
+  if global_batch_size % num_microbatches:
+    raise ValueError(f"batch size {global_batch_size} is not divisible by "
+                     f"num_microbatches={num_microbatches}")
+  rng = jax.random.key(seed)
+  init_fn = lambda r: t5.init_params(model_config, r)  # noqa: E731
+  boxed = jax.eval_shape(init_fn, rng)
+  param_shardings = partitioner.param_shardings(boxed)
+  create = partitioner.partition(lambda p: step_lib.TrainState.create(p, optimizer))
+  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
+                                          save_every=checkpoint.save_every,
+                                          keep=checkpoint.keep,
+                                          asynchronous=checkpoint.asynchronous)
+  latest = checkpointer.latest_step()
+  params, _ = partitioner.init(init_fn, rng)
+  if latest is None and initial_params is not None:
+    loaded = initial_params()
+    check_params_fit(loaded, nn.unbox(boxed), "initial checkpoint")
+    params = jax.device_put(loaded, param_shardings)
+  state = create(params)
+  resumed_from = None
+  if latest is not None:
+    try:
+      state, saved_meta = checkpointer.restore(latest, checkpoints.abstract_like(
+          state, partitioner.mesh))
+    except ValueError as e:
+      raise ValueError(f"{checkpointer.directory}/{latest}: the checkpoint does not fit "
+                       f"the current model or optimizer configuration: {e}") from e
+    resumed_from = latest
+    log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
+             saved_meta.get("seed"))
+  step_fn = partitioner.partition(
+      step_lib.make_train_step(model, optimizer, num_microbatches=num_microbatches,
+                               dropout=dropout), donate_argnums=(0,))
+  layout = partitioner.data_layout(global_batch_size)
+  writer = MetricWriter(model_dir)
+  base_meta = dict(meta or {}, seed=seed, global_batch_size=global_batch_size,
+                   model_config=dataclasses.asdict(model_config))
+  start = int(jax.device_get(state.step))
+  end = train_steps if stop_after is None else min(train_steps, stop_after)
+  last: dict[str, float] = {}
+  bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
+                  disable=not progress or jax.process_index() != 0)
+  tick, tick_step = time.time(), start
+  try:
+    for step in range(start, end):
+      local = batch_fn(step)
+      if len(next(iter(local.values()))) != layout.local_batch_size:
+        raise ValueError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
+                         f"examples; this process feeds {layout.local_batch_size}")
+      state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
+      done = step + 1
+      bar.update(1)
+      if done % log_every == 0 or done == end:
+        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = max(time.time() - tick, 1e-9)
+        steps = done - tick_step
+        tokens = sum(local[k].shape[1] for k in ("encoder_input_tokens",
+                                                 "decoder_target_tokens"))
+        if schedule is not None:
+          last["learning_rate"] = float(schedule(step))
+        last.update(steps_per_s=steps / elapsed,
+                    examples_per_s=steps * global_batch_size / elapsed,
+                    tokens_per_s=steps * global_batch_size * tokens / elapsed)
+        tick, tick_step = time.time(), done
+        writer.write(done, {f"train/{k}": v for k, v in last.items()})
+        bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
+      if eval_every and (done % eval_every == 0 or done == train_steps):
+        for name, fn in dict(eval_fns).items():
+          results = dict(fn(state.params))
+          writer.write(done, {f"{name}/{k}": v for k, v in results.items()})
+          last.update({f"{name}/{k}": v for k, v in results.items()})
+      checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
+                        force=done == end)
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+  return TrainResult(state, last, resumed_from)
+
+
+def evaluate_loss(model, partitioner: Partitioner, batches: list[Mapping[str, np.ndarray]]
+                  ) -> EvalFn:
+  """An eval hook: teacher-forced loss and token accuracy over fixed batches."""
+  fn = partitioner.partition(lambda p, b: model.loss_sums(p, b)[1])
+
+  def run(params) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch in batches:
+      sums = jax.device_get(fn(params, partitioner.shard_batch(dict(batch))))
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    denom = float(model.normalizer({k: np.float32(v) for k, v in totals.items()}))
+    return {"loss": totals["loss"] / denom,
+            "accuracy": totals["correct"] / max(totals["weight_sum"], 1.0)}
+  return run
