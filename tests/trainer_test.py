@@ -1,0 +1,137 @@
+"""The phase-1 trainer in-process: meshes, accumulation, resharded restore, schedules."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from tinythinker_jax import partitioning, sft
+from tinythinker_jax.convert import save_hf_t5
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import models, optimizers, trainer
+from tinythinker_jax.training import step as step_lib
+
+
+def copy_task(vocab: int, batch: int):
+  """step -> a batch of 'copy the input' examples, a pure function of the step."""
+  def batch_fn(step):
+    x = np.random.default_rng([7, step]).integers(2, vocab, (batch, 8)).astype(np.int32)
+    targets = np.concatenate([x, np.ones((batch, 1), np.int32)], axis=1)
+    return {"encoder_input_tokens": x, "decoder_target_tokens": targets,
+            "decoder_input_tokens": np.asarray(step_lib.shift_right(targets)),
+            "decoder_loss_weights": np.ones_like(targets)}
+  return batch_fn
+
+
+def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatches=1,
+        optimizer="adamw", batch=8, stop_after=None):
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(data, model),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
+  schedule = optimizers.make_schedule("constant", learning_rate=3e-3, warmup_steps=2)
+  return trainer.train(
+      model=models.EncoderDecoderModel(t5.T5(config)), model_config=config,
+      optimizer=optimizers.make_optimizer(optimizer, schedule), partitioner=partitioner,
+      batch_fn=copy_task(config.vocab_size, batch), global_batch_size=batch,
+      train_steps=steps, model_dir=str(model_dir), num_microbatches=microbatches,
+      checkpoint=trainer.CheckpointSettings(save_every=3, keep=2), log_every=1,
+      schedule=schedule, progress=False, stop_after=stop_after)
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-4):
+  """Different meshes sum in different orders, and Adam's m/sqrt(v) amplifies that
+  where gradients are near zero; 1e-4 is ~3% of one step's update (lr 3e-3)."""
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       rtol=rtol, atol=atol), a, b)
+
+
+
+@pytest.mark.parametrize("data,model,param_dims,optimizer", [
+    (2, 4, 1, "adamw"), (2, 4, 2, "adafactor"), (8, 1, 2, "adamw")])
+def test_mesh_runs_match_one_device(tiny_config, tmp_path, data, model, param_dims,
+                                    optimizer):
+  single = run(tiny_config, tmp_path / "one", optimizer=optimizer)
+  sharded = run(tiny_config, tmp_path / "mesh", data=data, model=model,
+                param_dims=param_dims, optimizer=optimizer)
+  assert int(sharded.state.step) == 6
+  np.testing.assert_allclose(sharded.last_metrics["loss"], single.last_metrics["loss"],
+                             rtol=1e-5)
+  assert_trees_close(sharded.state.params, single.state.params)
+  kernel = sharded.state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  expected = jax.sharding.NamedSharding(
+      kernel.sharding.mesh, jax.sharding.PartitionSpec(
+          *(("data", "model") if param_dims == 2 else (None, "model"))))
+  assert kernel.sharding.is_equivalent_to(expected, kernel.ndim)
+
+
+def test_microbatched_accumulation_equals_full_batch(tiny_config, tmp_path):
+  full = run(tiny_config, tmp_path / "full", steps=4)
+  micro = run(tiny_config, tmp_path / "micro", steps=4, microbatches=4)
+  np.testing.assert_allclose(micro.last_metrics["loss"], full.last_metrics["loss"],
+                             rtol=1e-5)
+  assert_trees_close(micro.state.params, full.state.params)
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
+  first = run(tiny_config, tmp_path / "m", data=2, model=4, steps=6)
+  saved = jax.device_get(first.state)
+  again = run(tiny_config, tmp_path / "m", data=8, model=1, steps=6)
+  assert again.resumed_from == 6
+  assert_trees_close(again.state.params, saved.params, rtol=0, atol=0)
+  assert_trees_close(again.state.opt_state, saved.opt_state, rtol=0, atol=0)
+  kernel = again.state.params["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+  assert kernel.sharding.mesh.shape == {"data": 8, "model": 1}
+  # Continuing on the new mesh gives the steps an uninterrupted run would take.
+  longer = run(tiny_config, tmp_path / "m", data=1, model=8, steps=9)
+  straight = run(tiny_config, tmp_path / "straight", steps=9)
+  assert_trees_close(longer.state.params, straight.state.params)
+
+
+def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path):
+  partial = run(tiny_config, tmp_path / "k", steps=9, stop_after=5)
+  assert int(partial.state.step) == 5
+  resumed = run(tiny_config, tmp_path / "k", steps=9)
+  assert resumed.resumed_from == 5
+  straight = run(tiny_config, tmp_path / "s", steps=9)
+  assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=1e-7)
+  steps = sorted(int(p.name) for p in (tmp_path / "k" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [6, 9]  # keep=2
+
+
+def test_checkpoint_that_does_not_fit_is_named(tiny_config, tmp_path):
+  run(tiny_config, tmp_path / "x", steps=3)
+  with pytest.raises(ValueError, match="does not fit the current model or optimizer"):
+    run(tiny_config, tmp_path / "x", steps=6, optimizer="adafactor")
+
+
+def test_schedules_by_hand():
+  rsqrt = optimizers.make_schedule("rsqrt", learning_rate=1.0, warmup_steps=100)
+  assert float(rsqrt(0)) == pytest.approx(0.1) and float(rsqrt(400)) == pytest.approx(0.05)
+  cosine = optimizers.make_schedule("cosine", learning_rate=1.0, warmup_steps=10,
+                                    total_steps=110)
+  assert float(cosine(5)) == pytest.approx(0.5)
+  assert float(cosine(60)) == pytest.approx(0.5, abs=1e-6)
+  assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
+  constant = optimizers.make_schedule("constant", learning_rate=2.0, warmup_steps=0)
+  assert float(constant(1000)) == 2.0
+  with pytest.raises(ValueError, match="expected one of"):
+    optimizers.make_schedule("linear")
+
+
+def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
+  params = jax.device_get(nn.unbox(t5.init_params(tiny_config, jax.random.key(5))))
+  save_hf_t5(tiny_config, params, str(tmp_path / "hf"))
+  loaded = sft.load_initial_params(str(tmp_path / "hf"), tiny_config)
+  partitioner = partitioning.Partitioner(partitioning.create_mesh(2, 4))
+  result = trainer.train(
+      model=models.EncoderDecoderModel(t5.T5(tiny_config)), model_config=tiny_config,
+      optimizer=optimizers.make_optimizer("adamw", optimizers.make_schedule(
+          "constant", learning_rate=1e-3, warmup_steps=0)),
+      partitioner=partitioner, batch_fn=copy_task(128, 8), global_batch_size=8,
+      train_steps=1, model_dir=str(tmp_path / "run"), initial_params=lambda: loaded,
+      progress=False, stop_after=0)
+  assert_trees_close(result.state.params, params, rtol=0, atol=0)
+  with pytest.raises(ValueError, match="mlp_dim=64 in its config.json, but the gin "
+                                       "model config has 96"):
+    sft.load_initial_params(str(tmp_path / "hf"), tiny_config.replace(mlp_dim=96))
