@@ -90,7 +90,11 @@ def _train(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   _parse_gin(args, bindings)
   import gin  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import sft  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import partitioning, sft  # pylint: disable=import-outside-toplevel
+  coordinator = gin_utils.query("COORDINATOR_ADDRESS")
+  if coordinator:  # Before anything touches a device.
+    partitioning.initialize_distributed(coordinator, gin_utils.query("NUM_PROCESSES"),
+                                        gin_utils.query("PROCESS_ID"))
   model_dir = gin_utils.query("MODEL_DIR")
   if jax.process_index() == 0:
     gin_utils.write_operative_config(model_dir)

@@ -118,13 +118,13 @@ def load_initial_params(path: str, model_config: t5.T5Config):
     return params
   from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
   checkpointer = checkpoints.Checkpointer(os.path.join(path, "checkpoints"))
-  step = checkpointer.latest_step()
-  if step is None:
+  try:
+    return checkpointer.restore_params()
+  except FileNotFoundError:
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path}: neither a Hugging Face "
-                            "folder (config.json) nor a model dir with checkpoints")
-  restored = checkpointer.manager.restore(step)
-  checkpointer.close()
-  return jax.device_get(restored["state"]["params"])
+                            "folder (config.json) nor a model dir with checkpoints") from None
+  finally:
+    checkpointer.close()
 
 
 def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
@@ -145,7 +145,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         num_processes: Optional[int] = None, process_id: Optional[int] = None,
         progress: bool = True, stop_after: Optional[int] = None) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting."""
-  if coordinator_address:
+  if coordinator_address and not jax.distributed.is_initialized():
     partitioning.initialize_distributed(coordinator_address, num_processes, process_id)
   manifest = prepare_data(mixture_or_task_name, task_feature_lengths,
                           data_dir or os.path.join(model_dir, "data"),

@@ -122,7 +122,16 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=not progress or jax.process_index() != 0)
   tick, tick_step = time.time(), start
+
+  def run_evals(done: int) -> None:
+    for name, fn in dict(eval_fns).items():
+      results = dict(fn(state.params))
+      writer.write(done, {f"{name}/{k}": v for k, v in results.items()})
+      last.update({f"{name}/{k}": v for k, v in results.items()})
+
   try:
+    if eval_every and start == 0:
+      run_evals(0)  # The baseline that later evaluations are read against.
     for step in range(start, end):
       local = batch_fn(step)
       if len(next(iter(local.values()))) != layout.local_batch_size:
@@ -146,12 +155,10 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
         writer.write(done, {f"train/{k}": v for k, v in last.items()})
         bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
       if eval_every and (done % eval_every == 0 or done == train_steps):
-        for name, fn in dict(eval_fns).items():
-          results = dict(fn(state.params))
-          writer.write(done, {f"{name}/{k}": v for k, v in results.items()})
-          last.update({f"{name}/{k}": v for k, v in results.items()})
-      checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
-                        force=done == end)
+        run_evals(done)
+      if done % checkpoint.save_every == 0 or done == end:
+        checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
+                          force=True)
   finally:
     bar.close()
     checkpointer.close()
