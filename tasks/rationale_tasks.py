@@ -16,7 +16,8 @@ Files are found when a dataset is built, at
 `$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl` (the output
 folder of `tinythinker teach` for that split; method:
 `finetune_cot` for vanilla/Fine-tune-CoT/step-by-step, else `tinythinker`), and
-the vocabulary is `$TINYTHINKER_VOCAB` (default: T5's SentencePiece model).
+the vocabulary is `$TINYTHINKER_VOCAB` when first used (default: T5's
+SentencePiece model).
 `make_task` builds the same tasks for explicit files, unregistered.
 """
 
@@ -41,10 +42,24 @@ STAGE_FORMATS = (formats.Format.TINYTHINKER, formats.Format.RECALL_SUMMARIZE,
                  formats.Format.ANALYZE_SUMMARIZE, formats.Format.SUMMARIZE_ONLY)
 
 
+class EnvSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePiece vocabulary whose model file is `$TINYTHINKER_VOCAB` when it is
+  first used (T5's model when unset), so registering tasks at import fixes no path."""
+
+  def __init__(self, extra_ids: int = 100):
+    super().__init__(DEFAULT_VOCAB, extra_ids=extra_ids)
+
+  @property
+  def _sentencepiece_model_file(self) -> str:
+    return os.environ.get(VOCAB_ENV, DEFAULT_VOCAB)
+
+  @_sentencepiece_model_file.setter
+  def _sentencepiece_model_file(self, value: str) -> None:
+    del value  # Always resolved from the environment.
+
+
 def default_vocabulary() -> seqio.Vocabulary:
-  path = os.environ.get(VOCAB_ENV, DEFAULT_VOCAB)
-  return (seqio.ByteVocabulary() if path == "byte" else
-          seqio.SentencePieceVocabulary(path, extra_ids=100))
+  return EnvSentencePieceVocabulary(extra_ids=100)
 
 
 def render_record(record: dict, fmt: formats.Format,
