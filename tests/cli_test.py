@@ -64,7 +64,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_data_verb_describes_a_dataset(shared_data):
-  result = run_cli(f"--dataset=obqa", f"--path={shared_data / 'tinythinker' / 'obqa'}",
+  result = run_cli("--dataset=obqa", f"--path={shared_data / 'tinythinker' / 'obqa'}",
                    module="tinythinker_jax.data")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "train        4957 examples" in result.stdout

@@ -9,6 +9,8 @@ calls one library function.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -78,8 +80,6 @@ def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   output_dir = gin_utils.query("OUTPUT_DIR")
   summary = gin.get_configurable(run.teach_dataset)()
   gin_utils.write_operative_config(output_dir)
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  import json  # pylint: disable=import-outside-toplevel
   print(json.dumps(dataclasses.asdict(summary), indent=2))
   return 0
 
@@ -112,7 +112,6 @@ def _materialize(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
   manifest = sft.prepare_data(args.task, lengths, args.output_dir,
                               records_dir=args.records_dir, vocabulary=args.vocabulary)
-  import json  # pylint: disable=import-outside-toplevel
   print(json.dumps(manifest, indent=2))
   return 0
 
