@@ -69,6 +69,13 @@ def env(devices):
   return e
 
 
+def train_ok(cmd, devices):
+  """Runs `tinythinker train` to completion and checks that it succeeded."""
+  result = subprocess.run(cmd, env=env(devices), capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def final_params(model_dir, step):
   checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"))
   try:
@@ -88,9 +95,7 @@ def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   extra = SMALL + ["--gin.DROPOUT_RATE=0.1", "--gin.BATCH_SIZE=16",
                    "--gin.sft.run.checkpoint_every=5", "--gin.sft.run.eval_every=0"]
   straight = tmp_path / "straight"
-  result = subprocess.run(command(root / "data", straight, 30, *extra), env=env(8),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train_ok(command(root / "data", straight, 30, *extra), 8)
 
   killed = tmp_path / "killed"
   process = subprocess.Popen(command(root / "data", killed, 30, *extra), env=env(8),
@@ -102,9 +107,7 @@ def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (killed / "checkpoints" / "30").exists()
-  result = subprocess.run(command(root / "data", killed, 30, *extra), env=env(8),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train_ok(command(root / "data", killed, 30, *extra), 8)
   a, b = final_params(straight, 30), final_params(killed, 30)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a, b)
   assert "sft.run" in (killed / "config.gin").read_text()
@@ -121,9 +124,7 @@ def test_two_processes_take_the_same_steps_as_one(data, tmp_path):
   extra = SMALL + ["--gin.DROPOUT_RATE=0.0", "--gin.BATCH_SIZE=16",
                    "--gin.sft.run.checkpoint_every=100", "--gin.sft.run.eval_every=0"]
   one = tmp_path / "one"
-  result = subprocess.run(command(root / "data", one, 8, *extra), env=env(8),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train_ok(command(root / "data", one, 8, *extra), 8)
   two = tmp_path / "two"
   address = f"127.0.0.1:{free_port()}"
   workers = [subprocess.Popen(
@@ -145,12 +146,9 @@ def test_two_processes_take_the_same_steps_as_one(data, tmp_path):
 def test_tiny_t5_learns_a_rationale_task(data, tmp_path):
   root, spm = data
   model_dir = tmp_path / "learn"
-  result = subprocess.run(command(
-      root / "data", model_dir, 150, "--gin.DROPOUT_RATE=0.0", "--gin.BATCH_SIZE=32",
-      "--gin.sft.run.checkpoint_every=150", "--gin.sft.run.eval_every=75",
-      "--gin.sft.run.eval_batches=4"), env=env(1), capture_output=True, text=True,
-      timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train_ok(command(root / "data", model_dir, 150, "--gin.DROPOUT_RATE=0.0",
+                   "--gin.BATCH_SIZE=32", "--gin.sft.run.checkpoint_every=150",
+                   "--gin.sft.run.eval_every=75", "--gin.sft.run.eval_batches=4"), 1)
   with open(model_dir / "metrics.jsonl") as f:
     evals = [json.loads(l) for l in f if "eval/" in l]
   key = f"eval/{TASK}/loss"
