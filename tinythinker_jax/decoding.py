@@ -7,7 +7,7 @@ cross-attention cache once, and then feeds one token per step.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,13 @@ def init_cache(model: T5, params: Any, encoded: Array, encoder_input_tokens: Arr
   return variables["cache"]
 
 
-def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
-                  max_length: int, eos_id: int = 1) -> DecodeResult:
-  """Greedy decoding with a KV cache; stops early once every row hit EOS."""
+def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length: int,
+                 eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
+  """Feeds one token per step through the cache; `choose(step, logits)` picks it.
+
+  Log-probabilities are the model's own (temperature 1, unfiltered). Stops
+  early once every row has produced EOS; tokens after EOS are 0.
+  """
   batch = encoder_input_tokens.shape[0]
   encoded = model.apply({"params": params}, encoder_input_tokens, method=T5.encode)
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_length)
@@ -50,13 +54,13 @@ def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
     logits, variables = model.apply({"params": params, "cache": cache}, encoded,
                                     encoder_input_tokens, previous[:, None], decode=True,
                                     mutable=["cache"], method=T5.decode)
-    log_softmax = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
-    token = jnp.argmax(log_softmax, axis=-1).astype(jnp.int32)
-    token_logprob = jnp.take_along_axis(log_softmax, token[:, None], axis=-1)[:, 0]
+    logits = logits[:, 0].astype(jnp.float32)
+    token = choose(step, logits)
+    token_logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                        token[:, None], axis=-1)[:, 0]
     token = jnp.where(done, 0, token)
-    token_logprob = jnp.where(done, 0.0, token_logprob)
     tokens = tokens.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(token_logprob)
+    logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, token_logprob))
     lengths = jnp.where(~done & (token == eos_id), step + 1, lengths)
     done = done | (token == eos_id)
     return step + 1, tokens, logprobs, done, lengths, variables["cache"]
@@ -66,3 +70,116 @@ def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
            jnp.full((batch,), max_length, jnp.int32), cache)
   _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
   return DecodeResult(tokens, logprobs, lengths)
+
+
+def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
+                  max_length: int, eos_id: int = 1) -> DecodeResult:
+  """Greedy decoding with a KV cache; stops early once every row hit EOS."""
+  return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id,
+                      lambda step, logits: jnp.argmax(logits, -1).astype(jnp.int32))
+
+
+# ------------------------------------------------------------------- sampling
+
+
+def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Array:
+  """Temperature-scaled logits with every token outside top-k / top-p set to -inf.
+
+  Top-k keeps the k largest logits (ties at the k-th value are kept); top-p
+  keeps the smallest prefix of tokens, by decreasing probability, whose mass
+  reaches `top_p` (the most likely token is always kept).
+  """
+  logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < top_p
+    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
+    logits = jnp.where(keep, logits, -jnp.inf)
+  return logits
+
+
+def sample_token(rng: Array, logits: Array, *, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0) -> Array:
+  """One token per row; temperature 0 is greedy."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Array, *,
+                  max_length: int, num_samples: int = 1, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1) -> DecodeResult:
+  """`num_samples` sampled continuations per input, as rows `[batch * num_samples]`
+  (the samples of input i are rows i * num_samples ...). Log-probabilities are
+  the model's own (temperature 1, unfiltered), as DPO needs them."""
+  encoder_input_tokens = jnp.repeat(encoder_input_tokens, num_samples, axis=0)
+
+  def choose(step, logits):
+    return sample_token(jax.random.fold_in(rng, step), logits, temperature=temperature,
+                        top_k=top_k, top_p=top_p)
+  return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id, choose)
+
+
+# ---------------------------------------------------------------- beam search
+
+
+class BeamResult(NamedTuple):
+  tokens: Array  # [batch, beam, max_length], best beam first; 0 after EOS.
+  scores: Array  # [batch, beam]: total log-probability (-inf for unfilled beams).
+  lengths: Array  # [batch, beam]
+
+
+_UNBATCHED_CACHE = ("position", "key_positions")
+
+
+def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_size: int,
+                max_length: int, eos_id: int = 1) -> BeamResult:
+  """Beam search over the KV cache, ranking by total log-probability.
+
+  A beam that produced EOS continues only with padding at log-probability 0,
+  so finished and unfinished hypotheses compete on their full scores.
+  """
+  batch, k = encoder_input_tokens.shape[0], beam_size
+  enc = jnp.repeat(encoder_input_tokens, k, axis=0)
+  encoded = model.apply({"params": params}, enc, method=T5.encode)
+  cache = init_cache(model, params, encoded, enc, max_length)
+  neg_inf = jnp.float32(-jnp.inf)
+  scores = jnp.full((batch, k), neg_inf).at[:, 0].set(0.0)  # One live beam at first.
+  state = (jnp.zeros((batch, k, max_length), jnp.int32), scores,
+           jnp.zeros((batch, k), bool), jnp.full((batch, k), max_length, jnp.int32), cache)
+
+  def body(step, state):
+    tokens, scores, done, lengths, cache = state
+    previous = jnp.where(step == 0, 0, tokens[:, :, jnp.maximum(step - 1, 0)])
+    logits, variables = model.apply({"params": params, "cache": cache}, encoded, enc,
+                                    previous.reshape(batch * k, 1), decode=True,
+                                    mutable=["cache"], method=T5.decode)
+    vocab = logits.shape[-1]
+    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)).reshape(batch, k, vocab)
+    pad_only = jnp.where(jnp.arange(vocab) == 0, 0.0, neg_inf)
+    logp = jnp.where(done[..., None], pad_only, logp)
+    top_scores, top_index = jax.lax.top_k((scores[..., None] + logp).reshape(batch, -1), k)
+    parent, token = top_index // vocab, top_index % vocab
+    tokens = jnp.take_along_axis(tokens, parent[..., None], axis=1)
+    parent_done = jnp.take_along_axis(done, parent, axis=1)
+    lengths = jnp.take_along_axis(lengths, parent, axis=1)
+    token = jnp.where(parent_done, 0, token)
+    tokens = tokens.at[:, :, step].set(token)
+    lengths = jnp.where(~parent_done & (token == eos_id), step + 1, lengths)
+    done = parent_done | (token == eos_id)
+    rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if path[-1].key in _UNBATCHED_CACHE else x[rows],
+        variables["cache"])
+    return tokens, top_scores, done, lengths, cache
+
+  tokens, scores, _, lengths, _ = jax.lax.fori_loop(0, max_length, body, state)
+  return BeamResult(tokens, scores, lengths)
