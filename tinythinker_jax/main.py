@@ -48,7 +48,11 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
                       help="extra folders to resolve gin includes in")
 
 
-def _parse_gin(args: argparse.Namespace, bindings: Sequence[str]) -> None:
+def _parse_gin(args: argparse.Namespace, bindings: Sequence[str],
+               default_gin_file: Optional[str] = None) -> None:
+  """Parses the verb's gin files (or its default run config) and bindings."""
+  if not args.gin_file and default_gin_file:
+    args.gin_file = [default_gin_file]
   all_bindings = list(args.gin_bindings) + list(bindings)
   if args.gin_file or all_bindings:
     gin_utils.parse(args.gin_file, all_bindings, args.gin_search_paths)
@@ -72,9 +76,7 @@ def _vocab(args: argparse.Namespace, bindings: Sequence[str]) -> int:
 
 
 def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
-  if not args.gin_file:
-    args.gin_file = ["runs/teach.gin"]
-  _parse_gin(args, bindings)
+  _parse_gin(args, bindings, "runs/teach.gin")
   import gin  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
   output_dir = gin_utils.query("OUTPUT_DIR")
@@ -85,9 +87,7 @@ def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
 
 
 def _train(args: argparse.Namespace, bindings: Sequence[str]) -> int:
-  if not args.gin_file:
-    args.gin_file = ["runs/sft.gin"]
-  _parse_gin(args, bindings)
+  _parse_gin(args, bindings, "runs/sft.gin")
   import gin  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import partitioning, sft  # pylint: disable=import-outside-toplevel
@@ -130,9 +130,7 @@ def _data(args: argparse.Namespace, bindings: Sequence[str]) -> int:
 
 def _demo(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   from tinythinker_jax import foundation_demo  # pylint: disable=import-outside-toplevel
-  if not args.gin_file:
-    args.gin_file = ["runs/foundation_demo.gin"]
-  _parse_gin(args, bindings)
+  _parse_gin(args, bindings, "runs/foundation_demo.gin")
   import gin  # pylint: disable=import-outside-toplevel
   gin.get_configurable(foundation_demo.run)(output_dir=args.output_dir, steps=args.steps)
   gin_utils.write_operative_config(args.output_dir)
