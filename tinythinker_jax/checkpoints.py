@@ -42,9 +42,6 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
-
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
@@ -70,13 +67,6 @@ class Checkpointer:
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
     return jax.device_get(restored["params"])
-
-  def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

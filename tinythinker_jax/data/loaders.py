@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from tinythinker_jax.data.schema import (YES_NO_CHOICES, Choice, DataError, Example,
                                          labelled)
@@ -269,9 +269,6 @@ def load_generic_mc_jsonl(path: str, task: str = "") -> list[Example]:
                             answer=answer, choices=choices,
                             rationale=record.get("rationale"), source=where, task=name))
   return examples
-
-
-Loader = Callable[[str], list[Example]]
 
 
 def first_existing(folder: str, names: list[str]) -> Optional[str]:

