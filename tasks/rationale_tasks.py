@@ -32,7 +32,7 @@ import seqio
 import tensorflow as tf
 
 from tinythinker_jax.data.datasets import DATASETS
-from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.reasoning import answers, formats
 
 RECORDS_DIR_ENV = "TINYTHINKER_RECORDS_DIR"
@@ -62,24 +62,7 @@ def default_vocabulary() -> seqio.Vocabulary:
   return EnvSentencePieceVocabulary(extra_ids=100)
 
 
-def render_record(record: dict, fmt: formats.Format,
-                  stage: Optional[formats.Stage]) -> list[dict[str, str]]:
-  """One rationale record -> `{inputs, targets, answer, id}` examples."""
-  example = Example.from_json(record["example"])
-  if fmt is formats.Format.VANILLA:
-    pairs = [formats.vanilla(example)]
-  elif fmt is formats.Format.FINETUNE_COT:
-    pairs = [formats.finetune_cot(example, record["rationale"], record.get("answer"))]
-  elif fmt is formats.Format.STEP_BY_STEP:
-    pairs = list(formats.step_by_step(example, record["rationale"]).values())
-  else:
-    labelled = Example(**{**record["example"], "choices": example.choices,
-                          "answer": record.get("label", example.gold_label)})
-    pairs = formats.stage_pairs(labelled, record.get("recall"), record.get("analyses") or {},
-                                fmt)[stage]
-  answer = record.get("label") or record.get("answer") or example.answer or ""
-  return [{"inputs": p.inputs, "targets": p.targets, "answer": str(answer),
-           "id": str(record["id"])} for p in pairs]
+render_record = formats.render_record
 
 
 def _records(path: str) -> Iterator[dict]:

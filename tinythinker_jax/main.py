@@ -18,16 +18,21 @@ from tinythinker_jax import gin_utils
 
 # Verbs that later work brings, with the issue that brings each.
 _PLANNED = {
-    "sample": ("sample reasoning chains and build self-reflection preference pairs", 5),
-    "evaluate": ("greedy and self-consistency accuracy reports", 5),
-    "infer": ("run the staged inference chain and write per-example records", 5),
-    "score": ("log-likelihood of given targets", 5),
     "export": ("write a checkpoint as a Hugging Face T5 folder", 6),
     "pipeline": ("teach -> train -> (sample -> DPO) x k -> evaluate -> export", 6),
 }
 _BUILT = {
-    "train": "phase-1 training on rationales: seqio tasks, a partitioned step, orbax "
-             "checkpoints",
+    "train": "train a student: phase 1 on rationales (runs/sft.gin) or phase 2's "
+             "DPO/RPO on preference pairs (runs/dpo.gin)",
+    "infer": "run a student's reasoning chains over a dataset split; write per-example "
+             "records",
+    "evaluate": "greedy and self-consistency accuracy, format errors and confusion, as "
+                "report.json and report.md",
+    "score": "print the log-likelihood of given targets under a student",
+    "sample": "self-reflection data: sample the student's chains, build preference "
+              "pairs with reference log-probabilities",
+    "reflect": "iterated self-reflection: k rounds of sample -> DPO/RPO -> validate, "
+               "keeping the best",
     "materialize": "write a seqio task's splits as the arrays training reads (no TF)",
     "teach": "write teacher rationales for a dataset (Fine-tune-CoT, TinyThinker)",
     "data": "inspect a dataset: counts per split, answers, a rendered example",
@@ -62,8 +67,10 @@ def _vocab(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   _parse_gin(args, bindings)
   from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
   files = [f for spec in args.input for f in spec.split(",") if f]
+  texts = (vocabularies.iter_rendered(files, args.format) if args.format else
+           vocabularies.iter_text(files))
   path = vocabularies.train_sentencepiece(
-      vocabularies.iter_text(files), args.size, args.output,
+      texts, args.size, args.output,
       model_type=args.model_type, character_coverage=args.character_coverage,
       seed=args.seed)
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
@@ -86,23 +93,74 @@ def _teach(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   return 0
 
 
+def _query_or(name: str, default=None):
+  try:
+    return gin_utils.query(name)
+  except gin_utils.GinConfigError:
+    return default
+
+
 def _train(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   _parse_gin(args, bindings, "runs/sft.gin")
   import gin  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import partitioning, sft  # pylint: disable=import-outside-toplevel
-  coordinator = gin_utils.query("COORDINATOR_ADDRESS")
+  coordinator = _query_or("COORDINATOR_ADDRESS")
   if coordinator:  # Before anything touches a device.
-    partitioning.initialize_distributed(coordinator, gin_utils.query("NUM_PROCESSES"),
-                                        gin_utils.query("PROCESS_ID"))
+    partitioning.initialize_distributed(coordinator, _query_or("NUM_PROCESSES"),
+                                        _query_or("PROCESS_ID"))
+  run = gin_utils.resolve(_query_or("TRAIN_RUN")) or gin.get_configurable(sft.run)
   model_dir = gin_utils.query("MODEL_DIR")
   if jax.process_index() == 0:
     gin_utils.write_operative_config(model_dir)
-  result = gin.get_configurable(sft.run)(stop_after=args.stop_after)
+  result = run(stop_after=args.stop_after)
   if jax.process_index() == 0:
     gin_utils.write_operative_config(model_dir)
     print(f"step {int(result.state.step)}: " + ", ".join(
         f"{k}={v:.4g}" for k, v in sorted(result.last_metrics.items())))
+  return 0
+
+
+def _run_gin(default_gin_file: str, fn_path: str, output_macro: str):
+  """A verb that calls one gin-configured library function and prints its result."""
+  def handler(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+    _parse_gin(args, bindings, default_gin_file)
+    import importlib  # pylint: disable=import-outside-toplevel
+    import gin  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    module, name = fn_path.rsplit(".", 1)
+    fn = getattr(importlib.import_module(module), name)
+    output_dir = gin_utils.query(output_macro)
+    if jax.process_index() == 0:
+      gin_utils.write_operative_config(output_dir)
+    result = gin.get_configurable(fn)()
+    if jax.process_index() == 0:
+      print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return 0
+  return handler
+
+
+def _score(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  _parse_gin(args, bindings)
+  from tinythinker_jax import evaluation  # pylint: disable=import-outside-toplevel
+  inputs, targets = list(args.input), list(args.target)
+  if args.file:
+    from tinythinker_jax import shards  # pylint: disable=import-outside-toplevel
+    for i, record in enumerate(shards.read_jsonl(args.file), 1):
+      if "inputs" not in record or "targets" not in record:
+        raise ValueError(f"{args.file}:{i}: expected 'inputs' and 'targets' fields")
+      inputs.append(record["inputs"])
+      targets.append(record["targets"])
+  if not inputs or len(inputs) != len(targets):
+    raise ValueError("give as many --input as --target flags (or --file)")
+  results = evaluation.run_score(
+      model_dir=args.model_dir, inputs=inputs, targets=targets, vocabulary=args.vocabulary,
+      student=evaluation.StudentSettings(batch_size=args.batch_size,
+                                         max_input_length=args.max_input_length))
+  for source, target, result in zip(inputs, targets, results):
+    print(json.dumps({"inputs": source, "targets": target, "logprob": result["logprob"],
+                      "num_tokens": result["num_tokens"],
+                      "mean_logprob": result["logprob"] / result["num_tokens"]}))
   return 0
 
 
@@ -153,6 +211,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
   p.add_argument("--model_type", default="unigram", choices=["unigram", "bpe", "char",
                                                              "word"])
   p.add_argument("--character_coverage", type=float, default=1.0)
+  p.add_argument("--format", default="",
+                 help="train on rationale records rendered in this student format "
+                 "(e.g. tinythinker, finetune_cot) instead of their raw strings")
   p.add_argument("--extra_ids", type=int, default=100,
                  help="sentinels seqio appends (for the NUM_EMBEDDINGS hint)")
   p.add_argument("--seed", type=int, default=0)
@@ -192,6 +253,32 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
   p.add_argument("--output_dir", default="demo_output", help="where outputs go")
   p.add_argument("--steps", type=int, default=None, help="override the training steps")
   handlers["demo"] = _demo
+
+  for verb, gin_file, fn, output in (
+      ("infer", "runs/infer.gin", "tinythinker_jax.evaluation.run_infer", "OUTPUT_DIR"),
+      ("evaluate", "runs/evaluate.gin", "tinythinker_jax.evaluation.run_evaluate",
+       "OUTPUT_DIR"),
+      ("sample", "runs/sample.gin", "tinythinker_jax.self_reflection.run_sample",
+       "OUTPUT_DIR"),
+      ("reflect", "runs/reflect.gin", "tinythinker_jax.self_reflection.run_reflect",
+       "OUTPUT_DIR")):
+    p = sub.add_parser(verb, help=_BUILT[verb], description=_BUILT[verb])
+    _add_gin_flags(p)
+    handlers[verb] = _run_gin(gin_file, fn, output)
+
+  p = sub.add_parser("score", help=_BUILT["score"], description=_BUILT["score"])
+  _add_gin_flags(p)
+  p.add_argument("--model_dir", required=True,
+                 help="one of our model dirs or a Hugging Face T5 folder")
+  p.add_argument("--input", action="append", default=[], help="an input (repeatable)")
+  p.add_argument("--target", action="append", default=[],
+                 help="its target (repeatable, in the same order)")
+  p.add_argument("--file", default="", help="JSONL with 'inputs' and 'targets' fields")
+  p.add_argument("--vocabulary", default="", help="default: the checkpoint's own")
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--max_input_length", type=int, default=512,
+                 help="longer inputs keep their last tokens")
+  handlers["score"] = _score
 
   for verb, (summary, issue) in sorted(_PLANNED.items()):
     p = sub.add_parser(verb, help=f"{summary} [not built yet: issue #{issue}]",

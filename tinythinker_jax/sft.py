@@ -203,4 +203,9 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
       initial_params=initial, log_every=log_every, eval_every=eval_every,
       eval_fns=eval_fns, schedule=lr, progress=progress, stop_after=stop_after,
       meta={"mixture_or_task_name": mixture_or_task_name,
-            "task_feature_lengths": dict(task_feature_lengths)})
+            "task_feature_lengths": dict(task_feature_lengths),
+            "vocabulary": _absolute(vocabulary or os.environ.get("TINYTHINKER_VOCAB", ""))})
+
+
+def _absolute(path: str) -> str:
+  return path if not path or "://" in path or path == "byte" else os.path.abspath(path)

@@ -74,6 +74,21 @@ def iter_text(files: Sequence[str]) -> Iterator[str]:
         yield from (line.rstrip("\n") for line in f)
 
 
+def iter_rendered(files: Sequence[str], fmt: str) -> Iterator[str]:
+  """The student's inputs and targets rendered from rationale records in `fmt`
+  (every stage of a staged format): a vocabulary trained on these covers the
+  format's own words ("Recall:", "So the answer is option B.")."""
+  from tinythinker_jax.reasoning import formats  # pylint: disable=import-outside-toplevel
+  fmt_enum = formats.Format(fmt)
+  stages = formats.STAGES_OF.get(fmt_enum, (None,))
+  for path in files:
+    for _, record in loaders.read_jsonl(path):
+      for stage in stages:
+        for pair in formats.render_record(record, fmt_enum, stage):
+          yield pair["inputs"]
+          yield pair["targets"]
+
+
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: str, *,
                         model_type: str = "unigram", character_coverage: float = 1.0,
                         max_sentences: int = 2_000_000, seed: int = 0,
@@ -122,3 +137,55 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: st
     for i in range(processor.get_piece_size()):
       f.write(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n")
   return path
+
+
+class TextCodec:
+  """Text <-> ids without TensorFlow, as seqio's vocabularies do it.
+
+  For a SentencePiece model: ids are the pieces' ids, seqio's extra ids sit
+  above them and decode to nothing. For `'byte'`: ids are bytes + 3 (pad 0,
+  eos 1, unk 2), as `seqio.ByteVocabulary`. Decoding stops at EOS. Sampling and
+  evaluation use this, so hosts without TensorFlow (GPU machines) can run them.
+  """
+
+  pad_id = 0
+  eos_id = 1
+  unk_id = 2
+
+  def __init__(self, path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+    self.path = path_or_kind
+    self.extra_ids = extra_ids
+    if path_or_kind == BYTE:
+      self._sp = None
+      self.base_size = 256 + 3
+    else:
+      import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+      if path_or_kind.startswith("gs://"):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        with tf.io.gfile.GFile(path_or_kind, "rb") as f:
+          proto = f.read()
+      elif not os.path.exists(path_or_kind):
+        raise FileNotFoundError(f"SentencePiece model {path_or_kind!r} not found")
+      else:
+        with open(path_or_kind, "rb") as f:
+          proto = f.read()
+      self._sp = spm.SentencePieceProcessor(model_proto=proto)
+      self.base_size = self._sp.get_piece_size()
+
+  @property
+  def vocab_size(self) -> int:
+    return self.base_size + self.extra_ids
+
+  def encode(self, text: str) -> list[int]:
+    if self._sp is None:
+      return [b + 3 for b in text.encode("utf-8")]
+    return list(self._sp.encode_as_ids(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = [int(i) for i in ids]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    ids = [i for i in ids if 2 < i < self.base_size or i == self.unk_id]
+    if self._sp is None:
+      return bytes(i - 3 for i in ids if i != self.unk_id).decode("utf-8", "replace")
+    return self._sp.decode_ids(ids)

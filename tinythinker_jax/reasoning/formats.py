@@ -185,6 +185,27 @@ def stage_pairs(example: Example, recall: Optional[str], analyses: Mapping[str, 
   return pairs
 
 
+def render_record(record: dict, fmt: Format,
+                  stage: Optional[Stage]) -> list[dict[str, str]]:
+  """One rationale record (`tinythinker teach`) -> `{inputs, targets, answer, id}`
+  examples of `fmt` (for the stage formats, of `stage`)."""
+  example = Example.from_json(record["example"])
+  if fmt is Format.VANILLA:
+    pairs = [vanilla(example)]
+  elif fmt is Format.FINETUNE_COT:
+    pairs = [finetune_cot(example, record["rationale"], record.get("answer"))]
+  elif fmt is Format.STEP_BY_STEP:
+    pairs = list(step_by_step(example, record["rationale"]).values())
+  else:
+    labelled = Example(**{**record["example"], "choices": example.choices,
+                          "answer": record.get("label", example.gold_label)})
+    pairs = stage_pairs(labelled, record.get("recall"), record.get("analyses") or {},
+                        fmt)[stage]
+  answer = record.get("label") or record.get("answer") or example.answer or ""
+  return [{"inputs": p.inputs, "targets": p.targets, "answer": str(answer),
+           "id": str(record["id"])} for p in pairs]
+
+
 # ------------------------------------------------------- distilling step-by-step
 
 

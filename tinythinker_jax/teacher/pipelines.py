@@ -25,12 +25,13 @@ import datetime
 import enum
 import json
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import editdistance
 import numpy as np
 import tqdm
 
+from tinythinker_jax import shards
 from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import answers, formats
 from tinythinker_jax.teacher import prompts
@@ -269,16 +270,6 @@ def _reason_kind(reason: str) -> str:
   return reason.split(":")[0] if reason.startswith("format:") else reason.split(";")[0]
 
 
-def _write_jsonl_atomically(path: str, records: Iterable[dict[str, Any]]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> Summary:
   kept = [r for o in outcomes for r in o.kept]
   dropped = [r for o in outcomes for r in o.dropped]
@@ -288,8 +279,8 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   total = sum(o.teacher_total for o in outcomes)
   summary.teacher_accuracy = (sum(o.teacher_correct for o in outcomes) / total
                               if total else None)
-  _write_jsonl_atomically(os.path.join(output_dir, RECORDS), kept)
-  _write_jsonl_atomically(os.path.join(output_dir, DROPPED), dropped)
+  shards.write_jsonl_atomically(os.path.join(output_dir, RECORDS), kept)
+  shards.write_jsonl_atomically(os.path.join(output_dir, DROPPED), dropped)
   with open(os.path.join(output_dir, SUMMARY), "w") as f:
     json.dump(dataclasses.asdict(summary), f, indent=2)
   return summary

@@ -69,3 +69,11 @@ class EncoderDecoderModel:
     if factor == NUM_TOTAL_TARGET_TOKENS:
       return sums["total_tokens"]
     return jnp.asarray(1.0 if factor is None else float(factor), jnp.float32)
+
+  def metrics(self, sums: dict[str, Array]) -> dict[str, Array]:
+    """Per-batch metrics from metric sums."""
+    denom = self.normalizer(sums)
+    tokens = jnp.maximum(sums["weight_sum"], 1.0)
+    return {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
+            "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
+            "examples": sums["num_examples"]}

@@ -38,12 +38,8 @@ def mean_loss(model, params: Any, batch: Batch,
 
 
 def summarize(model, sums: dict[str, Array]) -> dict[str, Array]:
-  """Per-batch metrics from metric sums."""
-  denom = model.normalizer(sums)
-  tokens = jnp.maximum(sums["weight_sum"], 1.0)
-  return {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
-          "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
-          "examples": sums["num_examples"]}
+  """Per-batch metrics from metric sums; each model defines its own."""
+  return model.metrics(sums)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,

@@ -144,8 +144,8 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         elapsed = max(time.time() - tick, 1e-9)
         steps = done - tick_step
-        tokens = sum(local[k].shape[1] for k in ("encoder_input_tokens",
-                                                 "decoder_target_tokens"))
+        tokens = sum(v.shape[1] for k, v in local.items()
+                     if k == "encoder_input_tokens" or k.endswith("target_tokens"))
         if schedule is not None:
           last["learning_rate"] = float(schedule(step))
         last.update(steps_per_s=steps / elapsed,

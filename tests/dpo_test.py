@@ -1,0 +1,122 @@
+"""DPO/RPO/IPO losses against a hand computation, and through the trainer's step."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import dpo
+from tinythinker_jax.training import step as step_lib
+
+
+def _batch(rng, vocab, batch=4, enc_len=6, tgt_len=5):
+  enc = rng.integers(3, vocab, (batch, enc_len)).astype(np.int32)
+  enc[:, -2:] = 0
+  chosen = rng.integers(3, vocab, (batch, tgt_len)).astype(np.int32)
+  rejected = rng.integers(3, vocab, (batch, tgt_len)).astype(np.int32)
+  for row, n in enumerate([5, 3, 4, 2][:batch]):  # different lengths, EOS last
+    chosen[row, n - 1], chosen[row, n:] = 1, 0
+  for row, n in enumerate([2, 5, 3, 4][:batch]):
+    rejected[row, n - 1], rejected[row, n:] = 1, 0
+  return {"encoder_input_tokens": enc, "chosen_target_tokens": chosen,
+          "rejected_target_tokens": rejected,
+          "reference_chosen_logps": rng.normal(-8, 2, batch).astype(np.float32),
+          "reference_rejected_logps": rng.normal(-8, 2, batch).astype(np.float32)}
+
+
+def _hand_logps(module, params, enc, targets):
+  """Per-sequence log-likelihoods with one forward pass per row and Python sums."""
+  out = []
+  for row in range(len(enc)):
+    n = int((targets[row] > 0).sum())
+    decoder_inputs = np.concatenate([[0], targets[row, :-1]])[None]
+    logits = np.asarray(module.apply({"params": params}, enc[row:row + 1], decoder_inputs),
+                        np.float64)[0]
+    total = 0.0
+    for t in range(n):
+      row_logits = logits[t]
+      log_z = math.log(sum(math.exp(v - row_logits.max()) for v in row_logits)) + \
+          row_logits.max()
+      total += row_logits[targets[row, t]] - log_z
+    out.append((total, n))
+  return out
+
+
+@pytest.mark.parametrize("loss_type,alpha", [("sigmoid", 0.5), ("sigmoid", 0.0),
+                                             ("ipo", 0.0)])
+def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alpha):
+  module = t5.T5(tiny_config)
+  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(1)))
+  batch = _batch(np.random.default_rng(0), tiny_config.vocab_size)
+  beta = 0.5
+  model = dpo.PreferenceModel(module, beta=beta, alpha=alpha, loss_type=loss_type)
+  loss, metrics = jax.jit(lambda p, b: step_lib.mean_loss(model, p, b))(params, batch)
+
+  chosen = _hand_logps(module, params, batch["encoder_input_tokens"],
+                       batch["chosen_target_tokens"])
+  rejected = _hand_logps(module, params, batch["encoder_input_tokens"],
+                         batch["rejected_target_tokens"])
+  expected, correct = [], 0
+  for i, ((pc, nc), (pr, _)) in enumerate(zip(chosen, rejected)):
+    h = (pc - batch["reference_chosen_logps"][i]) - (pr - batch["reference_rejected_logps"][i])
+    if loss_type == "sigmoid":
+      pref = math.log(1 + math.exp(-beta * h))  # -log sigmoid(beta h)
+    else:
+      pref = (h - 1 / (2 * beta)) ** 2
+    expected.append(pref + alpha * (-pc / nc))
+    correct += h > 0
+  np.testing.assert_allclose(float(loss), np.mean(expected), rtol=2e-5)
+  summary = model.metrics(metrics)
+  assert float(summary["accuracy"]) == correct / len(expected)
+
+
+def test_padding_pairs_weigh_nothing(tiny_config):
+  module = t5.T5(tiny_config)
+  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(2)))
+  batch = _batch(np.random.default_rng(1), tiny_config.vocab_size)
+  model = dpo.PreferenceModel(module)
+  first_two = {k: v[:2] for k, v in batch.items()}
+  weighted = dict(batch, pair_weights=np.array([1, 1, 0, 0], np.float32))
+  a, _ = step_lib.mean_loss(model, params, first_two)
+  b, _ = step_lib.mean_loss(model, params, weighted)
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+
+
+def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
+  """The phase-1 train step, unchanged, optimises the preference model."""
+  module = t5.T5(tiny_config)
+  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(3)))
+  batch = _batch(np.random.default_rng(2), tiny_config.vocab_size)
+  model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
+  # The reference is the initial policy, so the starting margin is exactly 0.
+  pc, _, pr, _ = model.policy_logps(params, batch)
+  batch["reference_chosen_logps"] = np.asarray(pc)
+  batch["reference_rejected_logps"] = np.asarray(pr)
+  optimizer = optax.adam(1e-2)
+  state = step_lib.TrainState.create(params, optimizer)
+  full = jax.jit(step_lib.make_train_step(model, optimizer))
+  micro = jax.jit(step_lib.make_train_step(model, optimizer, num_microbatches=2))
+  s_full, m_full = full(state, batch, jax.random.key(0))
+  s_micro, m_micro = micro(state, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(m_full["loss"]), math.log(2), rtol=1e-5)
+  np.testing.assert_allclose(float(m_full["loss"]), float(m_micro["loss"]), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s_full.params, s_micro.params)
+  for _ in range(20):
+    s_full, metrics = full(s_full, batch, jax.random.key(0))
+  assert float(metrics["margin"]) > 0.5
+  assert float(metrics["accuracy"]) == 1.0
+  assert float(metrics["loss"]) < math.log(2) - 0.2
+
+
+def test_unknown_loss_type_is_named():
+  with pytest.raises(ValueError, match="loss_type='hinge'"):
+    dpo.PreferenceModel(t5.T5(t5.T5Config()), loss_type="hinge")
+  with pytest.raises(ValueError, match="loss_type"):
+    dpo.preference_losses(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta=1.0,
+                          loss_type="x")

@@ -1,0 +1,92 @@
+"""`Student`: batched text generation and scoring, sharded over the data axis."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from tinythinker_jax import decoding, partitioning, vocabularies
+from tinythinker_jax.models import t5
+from tinythinker_jax.reasoning.chains import Sampling
+from tinythinker_jax.student import Student
+
+PROMPTS = ["abc", "hello there", "x", "a longer prompt than the others", "qq", "zz", "k"]
+
+
+def _student(config, params, devices, **kwargs):
+  mesh = partitioning.create_mesh(devices=jax.devices()[:devices])
+  codec = vocabularies.TextCodec("byte", extra_ids=0)
+  return Student(config, params, codec, partitioner=partitioning.Partitioner(mesh),
+                 **kwargs)
+
+
+def _config(tiny_config):
+  return tiny_config.replace(vocab_size=260)
+
+
+def test_greedy_text_equals_direct_decoding_on_any_mesh(tiny_config):
+  config = _config(tiny_config)
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(0))))
+  one = _student(config, params, 1, batch_size=4, max_input_length=64,
+                 max_decode_length=6)
+  eight = _student(config, params, 8, batch_size=8, max_input_length=64,
+                   max_decode_length=6)
+  a = one.generate(PROMPTS, Sampling())
+  b = eight.generate(PROMPTS, Sampling())
+  assert [g[0].text for g in a] == [g[0].text for g in b]
+  np.testing.assert_allclose([g[0].logprob for g in a], [g[0].logprob for g in b],
+                             rtol=1e-5)
+  # The reference: greedy_decode on each prompt alone, unpadded, no batching.
+  codec = vocabularies.TextCodec("byte", extra_ids=0)
+  for prompt, (generation,) in zip(PROMPTS, a):
+    enc = np.array([codec.encode(prompt) + [1]], np.int32)
+    out = decoding.greedy_decode(t5.T5(config), params, enc, max_length=6)
+    n = int(out.lengths[0])
+    assert generation.text == codec.decode(np.asarray(out.tokens[0, :n]))
+    assert generation.num_tokens == n
+
+
+def test_score_equals_a_teacher_forced_forward_pass(tiny_config):
+  config = _config(tiny_config)
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  student = _student(config, params, 8, batch_size=16, max_input_length=64,
+                     max_decode_length=8)
+  targets = ["so", "the answer is", "B.", "a much longer target than eight tokens"]
+  scored = student.score(PROMPTS[:4], targets)
+  codec = student.codec
+  for prompt, target, result in zip(PROMPTS, targets, scored):
+    enc = np.array([codec.encode(prompt) + [1]], np.int32)
+    tgt = codec.encode(target) + [1]
+    logits = np.asarray(t5.T5(config).apply({"params": params}, enc,
+                                            np.array([[0] + tgt[:-1]], np.int32)),
+                        np.float64)[0]
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = [logp[i, t] for i, t in enumerate(tgt)]
+    assert result["num_tokens"] == len(tgt)
+    np.testing.assert_allclose(result["token_logprobs"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_samples_are_a_function_of_the_seed(tiny_config):
+  config = _config(tiny_config)
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  student = _student(config, params, 8, batch_size=16, max_input_length=64,
+                     max_decode_length=8)
+  sampling = Sampling(temperature=1.0, num_samples=4)
+  first = student.generate(PROMPTS[:5], sampling, seed=3)
+  assert [len(s) for s in first] == [4] * 5
+  texts = lambda out: [[g.text for g in s] for s in out]  # noqa: E731
+  assert texts(student.generate(PROMPTS[:5], sampling, seed=3)) == texts(first)
+  assert texts(student.generate(PROMPTS[:5], sampling, seed=4)) != texts(first)
+  assert len({g.text for g in first[0]}) > 1  # the samples of one prompt differ
+
+
+def test_long_inputs_keep_their_end(tiny_config):
+  config = _config(tiny_config)
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(2))))
+  student = _student(config, params, 1, batch_size=2, max_input_length=16,
+                     max_decode_length=4)
+  long_prompt = "x" * 40 + "Recall:"
+  short = student.score([long_prompt[-15:]], ["ab"])
+  truncated = student.score([long_prompt], ["ab"])
+  assert student.truncated_inputs == 1
+  np.testing.assert_allclose(short[0]["logprob"], truncated[0]["logprob"], rtol=1e-6)

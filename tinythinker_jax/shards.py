@@ -1,0 +1,97 @@
+"""Resumable, process-sharded work over a list of items, written as JSONL shards.
+
+Items are cut into fixed-size shards; shard k goes to process `k % count`.
+A finished shard is written atomically (temporary file, fsync, rename), so a
+killed run restarts without redoing any finished shard and never reads a
+half-written one. A manifest pins the item count and shard size: resuming
+with other settings is refused with the file named, instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import tqdm
+
+T = TypeVar("T")
+MANIFEST = "shards.json"
+
+
+def _shard_path(directory: str, name: str, index: int, total: int) -> str:
+  return os.path.join(directory, f"{name}-{index:05d}-of-{total:05d}.jsonl")
+
+
+def write_jsonl_atomically(path: str, records: Iterable[dict[str, Any]]) -> None:
+  """All records or none: a temporary file, fsynced, then renamed."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
+                    settings: dict[str, Any]) -> None:
+  path = os.path.join(directory, MANIFEST)
+  wanted = {"name": name, "num_items": num_items, "shard_size": shard_size,
+            "settings": settings}
+  if os.path.exists(path):
+    with open(path) as f:
+      found = json.load(f)
+    if found != json.loads(json.dumps(wanted)):
+      changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+      raise ValueError(f"{path}: this folder holds shards made with other settings "
+                       f"({', '.join(changed)} differ); use a new output folder or "
+                       "delete it")
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(wanted, f, indent=2)
+  os.replace(tmp, path)
+
+
+def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict]], *,
+                directory: str, name: str, shard_size: int, process_index: int = 0,
+                process_count: int = 1, settings: dict[str, Any] | None = None,
+                progress: bool = True, barrier: Callable[[], None] | None = None
+                ) -> list[dict]:
+  """Runs `work(shard_items, shard_index)` on this process's unfinished shards.
+
+  Returns every shard's records in item order once all are written (after
+  `barrier`, when several processes share the folder).
+  """
+  if shard_size < 1:
+    raise ValueError(f"shard_size={shard_size} must be >= 1")
+  os.makedirs(directory, exist_ok=True)
+  total = max(1, -(-len(items) // shard_size))
+  if process_index == 0:
+    _check_manifest(directory, name, len(items), shard_size, settings or {})
+  mine = [k for k in range(total) if k % process_count == process_index]
+  todo = [k for k in mine if not os.path.exists(_shard_path(directory, name, k, total))]
+  bar = tqdm.tqdm(total=len(mine), initial=len(mine) - len(todo), desc=name, unit="shard",
+                  disable=not progress)
+  try:
+    for k in todo:
+      records = work(items[k * shard_size:(k + 1) * shard_size], k)
+      write_jsonl_atomically(_shard_path(directory, name, k, total), records)
+      bar.update(1)
+  finally:
+    bar.close()
+  if barrier is not None:
+    barrier()
+  out: list[dict] = []
+  for k in range(total):
+    path = _shard_path(directory, name, k, total)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: shard {k} is missing (did another process fail?)")
+    out.extend(read_jsonl(path))
+  return out

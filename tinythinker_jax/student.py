@@ -1,0 +1,249 @@
+"""A trained student as a text-in, text-out function: batched, sharded, jitted.
+
+`Student` holds a T5's parameters on a device mesh and a TF-free text codec.
+`generate` turns prompts into sampled or greedy continuations (with the model's
+log-probabilities); `score` gives the log-likelihood of given targets. Both
+pad the batch to a fixed number of rows (a multiple of the data axis) and the
+inputs to length buckets, so a long run compiles a handful of programs, and
+shard rows over the mesh's `data` axis. The staged inference chain and the
+self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tinythinker_jax import decoding, partitioning, vocabularies
+from tinythinker_jax.models import t5
+from tinythinker_jax.reasoning.chains import Generation, Sampling
+
+log = logging.getLogger(__name__)
+
+
+def _buckets(maximum: int, smallest: int = 16) -> list[int]:
+  out, size = [], smallest
+  while size < maximum:
+    out.append(size)
+    size *= 2
+  return out + [maximum]
+
+
+def config_from_meta(meta: dict) -> t5.T5Config:
+  fields = dict(meta["model_config"])
+  fields["mlp_activations"] = tuple(fields["mlp_activations"])
+  return t5.T5Config(**fields)
+
+
+def read_checkpoint_meta(model_dir: str) -> dict:
+  """The JSON meta of the latest checkpoint in a model dir (model config, vocabulary)."""
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{model_dir}: no checkpoints")
+    return json.load(open(os.path.join(checkpointer.directory, str(step), "meta",
+                                       "metadata")))
+  finally:
+    checkpointer.close()
+
+
+@dataclasses.dataclass
+class LoadedStudent:
+  config: t5.T5Config
+  params: Any  # host arrays
+  vocabulary: str
+  source: str
+
+
+def load(path: str, *, model_config: Optional[t5.T5Config] = None,
+         vocabulary: str = "") -> LoadedStudent:
+  """Parameters, config and vocabulary path from a model dir or a Hugging Face folder.
+
+  A model dir's checkpoint meta records the model config and the vocabulary it
+  was trained with; explicit arguments override them.
+  """
+  if os.path.exists(os.path.join(path, "config.json")):
+    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
+    config, params = load_hf_t5(path)
+    if model_config is not None:
+      config = config.replace(dtype=model_config.dtype)
+    spiece = os.path.join(path, "spiece.model")
+    vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
+    if not vocab:
+      raise ValueError(f"{path}: no spiece.model; set VOCABULARY")
+    return LoadedStudent(config, params, vocab, path)
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  meta = read_checkpoint_meta(path)
+  config = model_config or config_from_meta(meta)
+  checkpointer = checkpoints.Checkpointer(os.path.join(path, "checkpoints"))
+  try:
+    params = checkpointer.restore_params()
+  finally:
+    checkpointer.close()
+  vocab = vocabulary or meta.get("vocabulary", "")
+  if not vocab:
+    raise ValueError(f"{path}: the checkpoint does not record its vocabulary; set "
+                     "VOCABULARY")
+  return LoadedStudent(config, params, vocab, path)
+
+
+class Student:
+  """Generation and scoring with one set of parameters on a mesh."""
+
+  def __init__(self, config: t5.T5Config, params: Any, codec: vocabularies.TextCodec, *,
+               partitioner: Optional[partitioning.Partitioner] = None,
+               batch_size: int = 64, max_input_length: int = 256,
+               max_decode_length: int = 128):
+    self.config = config
+    self.codec = codec
+    self.partitioner = partitioner or partitioning.Partitioner(
+        partitioning.create_mesh(devices=jax.local_devices()))
+    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
+    self.batch_size = -(-batch_size // data) * data
+    self.max_input_length = max_input_length
+    self.max_decode_length = max_decode_length
+    self.model = t5.T5(config)
+    if codec.vocab_size > config.vocab_size:
+      raise ValueError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
+                       f"model's embedding has {config.vocab_size}")
+    boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+    shardings = self.partitioner.param_shardings(boxed)
+    self.params = jax.device_put(params, shardings)
+    self._fns: dict[tuple, Any] = {}
+    self.truncated_inputs = 0
+
+  @classmethod
+  def from_path(cls, path: str, *, model_config: Optional[t5.T5Config] = None,
+                vocabulary: str = "", **kwargs) -> "Student":
+    loaded = load(path, model_config=model_config, vocabulary=vocabulary)
+    return cls(loaded.config, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
+               **kwargs)
+
+  # ------------------------------------------------------------- batching
+
+  def _encode_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+    rows = []
+    for text in texts:
+      ids = self.codec.encode(text) + [self.codec.eos_id]
+      if len(ids) > self.max_input_length:
+        # Keep the end: the stage cue ("Recall:", "Summarize:") is last.
+        self.truncated_inputs += 1
+        ids = ids[-self.max_input_length:]
+      rows.append(ids)
+    return rows
+
+  def _pad(self, rows: list[list[int]], length: int,
+           num_rows: Optional[int] = None) -> np.ndarray:
+    out = np.zeros((num_rows or self.batch_size, length), np.int32)
+    for i, ids in enumerate(rows):
+      out[i, :len(ids)] = ids
+    return out
+
+  def _chunks(self, rows: list[list[int]], rows_per_call: int):
+    for start in range(0, len(rows), rows_per_call):
+      chunk = rows[start:start + rows_per_call]
+      longest = max(len(r) for r in chunk)
+      length = next(b for b in _buckets(self.max_input_length) if b >= longest)
+      yield start, chunk, length
+
+  def _shard(self, array: np.ndarray) -> jax.Array:
+    # The mesh is this process's own (sampling is sharded by process).
+    return jax.device_put(array, self.partitioner.data_sharding(array.ndim))
+
+  # ------------------------------------------------------------ generation
+
+  def _decode_fn(self, sampling: Sampling, num_samples: int, max_length: int):
+    key = ("decode", sampling.temperature, sampling.top_k, sampling.top_p, num_samples,
+           max_length)
+    if key not in self._fns:
+      model, eos = self.model, self.codec.eos_id
+
+      def fn(params, tokens, rng):
+        if sampling.temperature == 0:
+          result = decoding.greedy_decode(model, params, tokens, max_length=max_length,
+                                          eos_id=eos)
+        else:
+          result = decoding.sample_decode(
+              model, params, tokens, rng, max_length=max_length, num_samples=num_samples,
+              temperature=sampling.temperature, top_k=sampling.top_k,
+              top_p=sampling.top_p, eos_id=eos)
+        return result
+      self._fns[key] = self.partitioner.partition(fn)
+    return self._fns[key]
+
+  def generate(self, prompts: Sequence[str], sampling: Sampling,
+               seed: int = 0) -> list[list[Generation]]:
+    """`sampling.num_samples` continuations of every prompt (1 when greedy).
+
+    Samples are a function of (seed, the prompt's index in `prompts`), so a
+    resumed job that asks again gets the same text.
+    """
+    num = 1 if sampling.temperature == 0 else sampling.num_samples
+    max_length = sampling.max_length or self.max_decode_length
+    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
+    # Inputs per call: a multiple of the data axis; each is decoded `num` times.
+    per_call = max(data, (self.batch_size // num) // data * data)
+    fn = self._decode_fn(sampling, num, max_length)
+    out: list[list[Generation]] = []
+    rows = self._encode_inputs(prompts)
+    for start, chunk, length in self._chunks(rows, per_call):
+      tokens = self._pad(chunk, length, per_call)
+      rng = jax.random.fold_in(jax.random.key(seed), start)
+      result = jax.device_get(fn(self.params, self._shard(tokens), rng))
+      for i in range(len(chunk)):
+        samples = []
+        for j in range(num):
+          row = i * num + j
+          n = int(result.lengths[row])
+          ids = result.tokens[row, :n]
+          finished = n < max_length or (n == max_length and ids[-1] == self.codec.eos_id)
+          samples.append(Generation(
+              text=self.codec.decode(ids), logprob=float(result.token_logprobs[row].sum()),
+              num_tokens=n, finished=bool(finished)))
+        out.append(samples)
+    return out
+
+  # --------------------------------------------------------------- scoring
+
+  def _score_fn(self):
+    if "score" not in self._fns:
+      model = self.model
+
+      def fn(params, inputs, targets):
+        decoder_inputs = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+        logits = model.apply({"params": params}, inputs, decoder_inputs)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return jnp.where(targets > 0, token, 0.0)
+      self._fns["score"] = self.partitioner.partition(fn)
+    return self._fns["score"]
+
+  def score(self, inputs: Sequence[str], targets: Sequence[str]) -> list[dict[str, Any]]:
+    """Log-likelihood of each target (EOS included) given its input."""
+    if len(inputs) != len(targets):
+      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    fn = self._score_fn()
+    input_rows = self._encode_inputs(inputs)
+    target_rows = [self.codec.encode(t) + [self.codec.eos_id] for t in targets]
+    out = []
+    for start, chunk, length in self._chunks(input_rows, self.batch_size):
+      tchunk = target_rows[start:start + len(chunk)]
+      longest = max(len(t) for t in tchunk)
+      tlength = next(b for b in _buckets(max(self.max_decode_length, longest))
+                     if b >= longest)
+      token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length)),
+                                     self._shard(self._pad(tchunk, tlength))))
+      for i, ids in enumerate(tchunk):
+        values = token_logp[i, :len(ids)]
+        out.append({"logprob": float(values.sum()), "num_tokens": len(ids),
+                    "token_logprobs": [float(v) for v in values]})
+    return out

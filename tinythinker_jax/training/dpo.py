@@ -1,0 +1,124 @@
+"""Preference losses (DPO, RPO, IPO) and the model that owns them for phase 2.
+
+With policy log-probabilities `pi_c, pi_r` and the reference policy's `ref_c,
+ref_r` of the chosen and rejected sequences (summed over tokens, EOS included),
+`h = (pi_c - ref_c) - (pi_r - ref_r)` and per pair:
+
+- sigmoid DPO (Rafailov et al. 2023): `-log sigmoid(beta * h)`;
+- IPO (Azar et al. 2023): `(h - 1 / (2 * beta)) ** 2`;
+- RPO (Pang et al. 2024, TinyThinker's phase 2) adds `alpha * NLL(chosen) / |chosen|`,
+  the chosen sequence's mean token negative log-likelihood.
+
+`PreferenceModel` plugs into the phase-1 trainer unchanged: like
+`EncoderDecoderModel` it returns loss *sums* and metric sums, and the
+normalizer (the number of real pairs), so microbatching composes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from tinythinker_jax.models.t5 import T5
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+SIGMOID = "sigmoid"
+IPO = "ipo"
+PREFERENCE_FEATURES = ("encoder_input_tokens", "chosen_target_tokens",
+                       "rejected_target_tokens", "reference_chosen_logps",
+                       "reference_rejected_logps")
+
+
+def preference_losses(policy_chosen: Array, policy_rejected: Array, ref_chosen: Array,
+                      ref_rejected: Array, *, beta: float, loss_type: str = SIGMOID
+                      ) -> tuple[Array, Array]:
+  """Per-pair preference losses and the implicit reward margins `h`."""
+  h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+  if loss_type == SIGMOID:
+    return -jax.nn.log_sigmoid(beta * h), h
+  if loss_type == IPO:
+    return (h - 1.0 / (2.0 * beta)) ** 2, h
+  raise ValueError(f"loss_type={loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
+
+
+def sequence_logps(logits: Array, targets: Array) -> tuple[Array, Array]:
+  """Summed token log-probabilities of `targets` (0 = padding) and their lengths."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  mask = (targets > 0).astype(jnp.float32)
+  return jnp.sum(token * mask, axis=-1), jnp.sum(mask, axis=-1)
+
+
+def _shift_right(targets: Array) -> Array:
+  return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceModel:
+  """DPO/IPO with an optional RPO NLL term, over (prompt, chosen, rejected) batches.
+
+  Batch features: `encoder_input_tokens`, `chosen_target_tokens`,
+  `rejected_target_tokens` ([batch, length], EOS-terminated, 0-padded),
+  `reference_chosen_logps` and `reference_rejected_logps` ([batch]), and
+  optionally `pair_weights` ([batch]; 0 for padding rows).
+  """
+
+  module: T5
+  beta: float = 0.5
+  alpha: float = 0.5  # RPO's NLL weight; 0 for plain DPO/IPO
+  loss_type: str = SIGMOID
+
+  def __post_init__(self):
+    if self.loss_type not in (SIGMOID, IPO):
+      raise ValueError(f"loss_type={self.loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
+    if self.beta <= 0:
+      raise ValueError(f"beta={self.beta} must be > 0")
+
+  def policy_logps(self, params: Any, batch: Batch,
+                   dropout_rng: Optional[Array] = None) -> tuple[Array, ...]:
+    """(chosen logp, chosen length, rejected logp, rejected length), one forward pass."""
+    chosen, rejected = batch["chosen_target_tokens"], batch["rejected_target_tokens"]
+    n = chosen.shape[0]
+    enc = jnp.concatenate([batch["encoder_input_tokens"]] * 2, axis=0)
+    targets = jnp.concatenate([chosen, rejected], axis=0)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    logits = self.module.apply({"params": params}, enc, _shift_right(targets),
+                               enable_dropout=dropout_rng is not None, rngs=rngs)
+    logps, lengths = sequence_logps(logits, targets)
+    return logps[:n], lengths[:n], logps[n:], lengths[n:]
+
+  def loss_sums(self, params: Any, batch: Batch,
+                dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+    pi_c, len_c, pi_r, _ = self.policy_logps(params, batch, dropout_rng)
+    ref_c = batch["reference_chosen_logps"].astype(jnp.float32)
+    ref_r = batch["reference_rejected_logps"].astype(jnp.float32)
+    weights = batch.get("pair_weights")
+    weights = jnp.ones_like(pi_c) if weights is None else weights.astype(jnp.float32)
+    pref, h = preference_losses(pi_c, pi_r, ref_c, ref_r, beta=self.beta,
+                                loss_type=self.loss_type)
+    nll = -pi_c / jnp.maximum(len_c, 1.0)
+    per_pair = pref + self.alpha * nll
+    loss = jnp.sum(weights * per_pair)
+    return loss, {
+        "loss": loss, "preference_loss": jnp.sum(weights * pref),
+        "nll": jnp.sum(weights * nll), "num_examples": jnp.sum(weights),
+        "reward_accuracy": jnp.sum(weights * (h > 0)),
+        "chosen_reward": jnp.sum(weights * self.beta * (pi_c - ref_c)),
+        "rejected_reward": jnp.sum(weights * self.beta * (pi_r - ref_r)),
+    }
+
+  def normalizer(self, sums: dict[str, Array]) -> Array:
+    return jnp.maximum(sums["num_examples"], 1.0)
+
+  def metrics(self, sums: dict[str, Array]) -> dict[str, Array]:
+    n = self.normalizer(sums)
+    chosen, rejected = sums["chosen_reward"] / n, sums["rejected_reward"] / n
+    return {"loss": sums["loss"] / n, "preference_loss": sums["preference_loss"] / n,
+            "nll": sums["nll"] / n, "accuracy": sums["reward_accuracy"] / n,
+            "chosen_reward": chosen, "rejected_reward": rejected,
+            "margin": chosen - rejected, "examples": sums["num_examples"]}
