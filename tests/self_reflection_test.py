@@ -181,6 +181,19 @@ def test_sample_builds_pairs_with_reference_logps(student):
       assert math.isclose(p[f"reference_{field}_logp"], expected, rel_tol=1e-4,
                           abs_tol=2e-4), (p, field, expected)
 
+  # One phase-2 training run on these pairs: `tinythinker train` with runs/dpo.gin.
+  out = cli("train", "--gin_file=runs/dpo.gin", "--gin.MODEL_DIR='dpo'",
+            "--gin.INITIAL_CHECKPOINT_PATH='model'", "--gin.PAIRS_PATH='samples/pairs.jsonl'",
+            "--gin.INPUT_LENGTH=96", "--gin.TARGET_LENGTH=32",
+            "--gin.self_reflection.DpoSettings.batch_size=8",
+            "--gin.self_reflection.DpoSettings.train_steps=3",
+            "--gin.self_reflection.DpoSettings.log_every=1", cwd=student)
+  assert out.startswith("step 3:")
+  rows = [json.loads(l) for l in (student / "dpo" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+  assert rows[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-3)
+  assert "self_reflection.run_dpo" in (student / "dpo" / "config.gin").read_text()
+
 
 def test_two_rounds_of_self_reflection_from_gin(student):
   args = ["--gin_file=experiments/coin_flip_reflect.gin", "--gin.INITIAL_MODEL_DIR='model'",

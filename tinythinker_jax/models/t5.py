@@ -256,38 +256,41 @@ class MultiHeadAttention(nn.Module):
       return (_constrain(k, ("batch", "length", "heads", "kv")),
               _constrain(v, ("batch", "length", "heads", "kv")))
 
+    # Decode-mode caches are laid out [batch, heads, length, kv], so each step's
+    # attention is a batched matmul over leading (batch, heads) dims with no
+    # per-step transpose of the cache (several times faster on CPU).
+    heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731
     if decode and self.cross:
-      stepping = self.has_variable("cache", "cached_key")
-      if stepping:
+      if self.has_variable("cache", "cached_key"):
         key = self.get_variable("cache", "cached_key")
         value = self.get_variable("cache", "cached_value")
       else:
-        key, value = project_kv()
+        key, value = map(heads_first, project_kv())
         self.put_variable("cache", "cached_key", key)
         self.put_variable("cache", "cached_value", value)
     elif decode:
-      key, value = project_kv()
+      key, value = map(heads_first, project_kv())
       stepping = self.has_variable("cache", "cached_key")
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
                                    value.dtype)
       if stepping:
-        start = (0, cache_index, 0, 0)
+        start = (0, 0, cache_index, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
                                                           start)
         key, value = cached_key.value, cached_value.value
     else:
-      key, value = project_kv()
+      key, value = map(heads_first, project_kv())
 
     logits_dtype = jnp.float32 if cfg.float32_attention_logits else cfg.compute_dtype
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(logits_dtype),
+    logits = jnp.einsum("bqhd,bhkd->bhqk", query.astype(logits_dtype),
                         key.astype(logits_dtype))
     logits = logits + bias.astype(logits_dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(cfg.compute_dtype)
     if not deterministic and cfg.dropout_rate > 0:
       weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(cfg.compute_dtype))
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights, value.astype(cfg.compute_dtype))
     out = DenseGeneral(features=(inputs_q.shape[-1],), kernel_axes=("heads", "kv", "embed"),
                        num_contracting=2, kernel_init=base_init,
                        dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
