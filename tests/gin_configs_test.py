@@ -85,3 +85,43 @@ def test_misspelt_binding_is_named():
 def test_missing_gin_file_is_named():
   with pytest.raises(gin_utils.GinConfigError, match="models/t5_9/small.gin"):
     gin_utils.parse(["models/t5_9/small.gin"])
+
+
+# Every run and experiment config parses with its required macros bound, and the
+# settings it binds resolve (a misspelt or unknown binding fails here).
+REQUIRED = {"RUN_DIR": "'/tmp/r'", "DATASET": "'coin_flip'", "DATASET_PATH": "'/d'",
+            "PROMPTS_DIR": "'/p'", "INITIAL_CHECKPOINT_PATH": "'/m'", "VOCABULARY": "'/v'",
+            "MODEL_DIR": "'/tmp/m'", "OUTPUT_DIR": "'/tmp/o'", "RECORDS_PATH": "'/r'",
+            "PAIRS_PATH": "'/p.jsonl'", "INITIAL_MODEL_DIR": "'/i'",
+            "MIXTURE_OR_TASK_NAME": "'x'", "TASK_FEATURE_LENGTHS": "{'inputs': 8}",
+            "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'"}
+CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.gin",
+           "runs/reflect.gin", "runs/demo.gin", "runs/teach.gin",
+           "experiments/coin_flip_tinythinker.gin", "experiments/coin_flip_reflect.gin",
+           "experiments/coin_flip_finetune_cot.gin", "experiments/csqa_pipeline.gin",
+           "experiments/date_finetune_cot_pipeline.gin",
+           "experiments/csqa_tinythinker_phase1.gin"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_run_and_experiment_configs_parse(config):
+  import os
+  assert os.path.exists(os.path.join(gin_utils.GIN_CONFIGS_DIR, config))
+  text = open(os.path.join(gin_utils.GIN_CONFIGS_DIR, config)).read()
+  includes = "".join(open(os.path.join(gin_utils.GIN_CONFIGS_DIR, line.split("'")[1])).read()
+                     for line in text.splitlines() if line.startswith("include"))
+  bindings = [f"{k} = {v}" for k, v in REQUIRED.items()
+              if f"{k} = %gin.REQUIRED" in text + includes]
+  if "models/" not in text and "MODEL_CONFIG" in text + includes:
+    config_files = ["models/t5_1_1/tiny.gin", config]
+    bindings.append("DROPOUT_RATE = 0.0")
+  else:
+    config_files = [config]
+  gin.clear_config()
+  try:
+    gin_utils.parse(config_files, bindings)
+    for name in ("MODEL_CONFIG",):
+      if f"%{name}" in text + includes:
+        assert isinstance(gin_utils.resolve(gin_utils.query(name)), t5.T5Config)
+  finally:
+    gin.clear_config()

@@ -11,8 +11,10 @@ import functools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -193,6 +195,38 @@ def test_sample_builds_pairs_with_reference_logps(student):
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
   assert rows[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-3)
   assert "self_reflection.run_dpo" in (student / "dpo" / "config.gin").read_text()
+
+
+def test_sigkilled_sample_resumes_without_redoing_shards(student):
+  """Killed after its first shards, `sample` finishes with the same pairs as a run
+  that was never interrupted, and leaves finished shards untouched."""
+  args = [sys.executable, "-m", "tinythinker_jax.main", "sample", "--gin.MODEL_DIR='model'",
+          f"--gin.RECORDS_PATH='{student}/rationales/coin_flip/tinythinker/train/records.jsonl'",
+          "--gin.MAX_EXAMPLES=24", "--gin.INPUT_LENGTH=96", "--gin.TARGET_LENGTH=32",
+          "--gin.self_reflection.SampleSettings.num_recall_samples=6",
+          "--gin.self_reflection.SampleSettings.shard_size=4"]
+  straight = student / "sample_straight"
+  killed = student / "sample_killed"
+  subprocess.run(args + [f"--gin.OUTPUT_DIR='{straight}'"], check=True, cwd=student,
+                 capture_output=True, timeout=900)
+  process = subprocess.Popen(args + [f"--gin.OUTPUT_DIR='{killed}'"], cwd=student,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  shard_dir = killed / "shards"
+  deadline = time.time() + 600
+  while time.time() < deadline and len(list(shard_dir.glob("questions-*.jsonl"))) < 2:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  finished = {p.name: (p.stat().st_mtime_ns, p.read_text())
+              for p in shard_dir.glob("questions-*.jsonl")}
+  assert 2 <= len(finished) < 6, finished.keys()
+  assert not (killed / "pairs.jsonl").exists()
+  subprocess.run(args + [f"--gin.OUTPUT_DIR='{killed}'"], check=True, cwd=student,
+                 capture_output=True, timeout=900)
+  for name, (mtime, text) in finished.items():
+    assert (shard_dir / name).stat().st_mtime_ns == mtime
+    assert (shard_dir / name).read_text() == text
+  assert (killed / "pairs.jsonl").read_text() == (straight / "pairs.jsonl").read_text()
 
 
 def test_two_rounds_of_self_reflection_from_gin(student):

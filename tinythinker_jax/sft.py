@@ -12,7 +12,9 @@ stage mixtures train on the interleaved schedule (`interleave_interval`,
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -72,6 +74,15 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
         except FileNotFoundError:
           continue  # That split has no records (e.g. no validation rationales).
         manifest["tasks"][name][split] = meta["num_examples"]
+        if meta["examples_at_length_limit"]:
+          message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
+                     f"{meta['num_examples']} examples reach TASK_FEATURE_LENGTHS="
+                     f"{dict(feature_lengths)} and are truncated (a TinyThinker stage "
+                     "input loses its final cue); raise TASK_FEATURE_LENGTHS")
+          logging.warning(message)
+          print(f"warning: {message}", file=sys.stderr)
+          manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
+              meta["examples_at_length_limit"]
     os.makedirs(data_dir, exist_ok=True)
     with open(manifest_path + ".tmp", "w") as f:
       json.dump(manifest, f, indent=2)

@@ -17,6 +17,7 @@ of Examples. The split recipes are the papers':
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Callable, Optional
@@ -209,6 +210,10 @@ DATASETS: dict[str, DatasetSpec] = {
                             "train/validation/test.jsonl"),
     "coin_flip": DatasetSpec("coin_flip", AnswerType.YES_NO,
                              _synthetic(synthetic.coin_flip_example), "(generated)", 2),
+    "coin_flip_long": DatasetSpec(
+        "coin_flip_long", AnswerType.YES_NO,
+        _synthetic(functools.partial(synthetic.coin_flip_example, min_people=4,
+                                     max_people=6)), "(generated, 4-6 people)", 2),
     "last_letter": DatasetSpec("last_letter", AnswerType.TEXT,
                                _synthetic(synthetic.last_letter_example), "(generated)"),
 }

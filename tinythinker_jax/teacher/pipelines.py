@@ -237,14 +237,15 @@ def rule_based_outcome(example: Example, method: Method) -> Outcome:
     if example.task != "coin_flip":
       raise ValueError(f"{example.id}: rule-based TinyThinker rationales exist for "
                        "coin_flip only")
+    # The key information is how many people flip the coin (a compact recall
+    # learns faster than one that copies names); each option's reason derives
+    # the final side from its parity.
     flips = example.rationale.count(" flips :")
-    parity = "an even" if flips % 2 == 0 else "an odd"
     heads = flips % 2 == 0
-    analyses = {
-        "A": f"{parity} number of flips leaves the coin {'heads' if heads else 'tails'} "
-             f"up, so it is {'still' if heads else 'not'} heads up.",
-        "B": f"{parity} number of flips leaves the coin {'heads' if heads else 'tails'} "
-             f"up, so 'no' is {'wrong' if heads else 'right'}."}
+    parity = f"{flips} is {'even' if heads else 'odd'}, so the coin ends " \
+        f"{'heads' if heads else 'tails'} up"
+    analyses = {"A": f"{parity}, so it is {'still' if heads else 'not'} heads up.",
+                "B": f"{parity}, so 'no' is {'wrong' if heads else 'right'}."}
     record = dict(base, label=example.gold_label,
                   recall=f"The coin is flipped {flips} times.", analyses=analyses)
   return Outcome(kept=[record], teacher_correct=1, teacher_total=1)

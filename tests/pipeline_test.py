@@ -1,0 +1,142 @@
+"""`tinythinker demo` / `pipeline` end to end, killed inside and between stages, and
+the export checked against transformers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+SHORT = ["--gin.workflow.StudentRecipe.train_steps=40",
+         "--gin.workflow.StudentRecipe.checkpoint_every=20",
+         "--gin.workflow.StudentRecipe.batch_size=16",
+         "--gin.workflow.StudentRecipe.warmup_steps=4",
+         "--gin.MAX_TRAIN_EXAMPLES=400", "--gin.MAX_TEST_EXAMPLES=16",
+         "--gin.EVAL_NUM_RUNS=2", "--gin.workflow.run_pipeline.max_validation_examples=16",
+         "--gin.workflow.run_pipeline.max_reflect_examples=16",
+         "--gin.self_reflection.SampleSettings.num_recall_samples=4",
+         "--gin.self_reflection.DpoSettings.train_steps=4",
+         "--gin.self_reflection.DpoSettings.batch_size=8"]
+
+
+def demo_command(run_dir):
+  return [sys.executable, "-m", "tinythinker_jax.main", "demo", f"--output_dir={run_dir}",
+          *SHORT]
+
+
+def manifest(run_dir):
+  path = run_dir / "pipeline.json"
+  if not path.exists():
+    return {"stages": {}}
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return {"stages": {}}
+
+
+def run_until(run_dir, condition, timeout=900):
+  """Starts the demo and SIGKILLs it once `condition()` holds."""
+  process = subprocess.Popen(demo_command(run_dir), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None and not condition():
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before the kill point"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+  # Killed inside a stage: Fine-tune-CoT's student has saved step 20 of 40.
+  ftc = run_dir / "students" / "finetune_cot" / "checkpoints" / "20"
+  run_until(run_dir, ftc.exists)
+  first = manifest(run_dir)
+  assert "train_vanilla" in first["stages"] and "train_finetune_cot" not in first["stages"]
+  # Killed between stages: as soon as phase 1 of the TinyThinker student is recorded.
+  run_until(run_dir, lambda: "train_tinythinker" in manifest(run_dir)["stages"])
+  result = subprocess.run(demo_command(run_dir), capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return run_dir, first, result.stdout
+
+
+def test_killed_pipeline_finishes_without_redoing_work(finished_run):
+  run_dir, first, stdout = finished_run
+  final = manifest(run_dir)
+  assert list(final["stages"]) == ["teach", "vocab", "train_vanilla", "train_finetune_cot",
+                                   "train_tinythinker", "reflect", "evaluate", "export",
+                                   "report"]
+  assert final["runs"] == 3
+  # Stages finished before a kill were not run again.
+  for stage, record in first["stages"].items():
+    assert final["stages"][stage] == record
+  assert final["stages"]["train_finetune_cot"]["run"] == 2
+  assert final["stages"]["reflect"]["run"] == 3
+  assert "[teach] done before; skipped" in stdout
+  # The interrupted student resumed from its checkpoint: no step was logged twice
+  # before the kill point, and it ended at 40.
+  rows = [json.loads(line) for line in
+          (run_dir / "students" / "finetune_cot" / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps.count(10) == 1 and steps.count(20) == 1 and steps[-1] == 40
+
+
+def test_report_has_every_student_and_plots(finished_run):
+  run_dir, _, _ = finished_run
+  report = (run_dir / "report" / "report.md").read_text()
+  for name in ("vanilla (answer only)", "Fine-tune-CoT", "TinyThinker, phase 1",
+               "TinyThinker, after self-reflection", "Chance: 50.0%",
+               "rule-based", "Sample reasoning chains"):
+    assert name in report, name
+  for png in ("accuracy.png", "training_curves.png", "self_reflection.png"):
+    data = (run_dir / "report" / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+  evaluated = manifest(run_dir)["stages"]["evaluate"]["outputs"]["reports"]
+  for name, r in evaluated.items():
+    records = [json.loads(line) for p in sorted((run_dir / "evaluate" / name / "greedy")
+                                                .glob("greedy-*.jsonl"))
+               for line in p.read_text().splitlines()]
+    assert r["greedy"]["accuracy"] == pytest.approx(np.mean([x["correct"]
+                                                             for x in records]))
+    assert f"{100 * r['greedy']['accuracy']:.1f}%" in report
+
+
+def test_export_round_trips_through_transformers(finished_run):
+  """transformers loads the exported folder (weights and tokenizer) and its greedy
+  output equals ours, token for token."""
+  import torch
+  import transformers
+  from tinythinker_jax.data import datasets
+  from tinythinker_jax.reasoning import chains, formats
+  from tinythinker_jax.student import Student
+  run_dir, _, _ = finished_run
+  exported = json.loads((run_dir / "pipeline.json").read_text())["stages"]["export"]
+  hf_dir = exported["outputs"]["hf_model"]
+  assert sorted(os.listdir(hf_dir)) == [
+      "config.json", "generation_config.json", "model.safetensors",
+      "special_tokens_map.json", "spiece.model", "tokenizer_config.json"]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  model = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
+  ours = Student.from_path(exported["outputs"]["from"], batch_size=8, max_input_length=96,
+                           max_decode_length=40)
+  examples = datasets.load_dataset("coin_flip", seed=0)["test"][:6]
+  prompts = [formats.recall_input(e) for e in examples]
+  prompts += [formats.analyze_input(e, formats.ensure_period(e.rationale), "A")
+              for e in examples[:2]]
+  generated = ours.generate(prompts, chains.GREEDY)
+  for prompt, (generation,) in zip(prompts, generated):
+    ids = tokenizer(prompt).input_ids
+    assert ids == ours.codec.encode(prompt) + [1]
+    with torch.no_grad():
+      out = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False,
+                           num_beams=1)
+    hf_ids = [int(t) for t in out[0, 1:]]  # drop the decoder start token
+    hf_ids = hf_ids[:hf_ids.index(1) + 1] if 1 in hf_ids else hf_ids
+    assert len(hf_ids) == generation.num_tokens
+    assert tokenizer.decode(hf_ids, skip_special_tokens=True) == generation.text

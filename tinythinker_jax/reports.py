@@ -1,0 +1,169 @@
+"""The pipeline's `report/`: report.md with PNG plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
+         "tinythinker": "TinyThinker, phase 1",
+         "tinythinker_reflected": "TinyThinker, after self-reflection",
+         "summarize": "TinyThinker ablation: summarize only",
+         "recall_summarize": "TinyThinker ablation: recall + summarize",
+         "analyze_summarize": "TinyThinker ablation: analyze + summarize"}
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _curve(model_dir: str, key: str = "train/loss") -> tuple[list[int], list[float]]:
+  rows = [r for r in _read_jsonl(os.path.join(model_dir, "metrics.jsonl")) if key in r]
+  return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
+           reflect: Mapping[str, Any] | None, labels: Mapping[str, str]) -> list[str]:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  files = []
+
+  names = list(reports)
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  width = 0.38
+  for offset, key, label in ((-width / 2, "greedy", "greedy"),
+                             (width / 2, "self_consistency", "self-consistency")):
+    values = [100 * (reports[n].get(key) or {}).get("accuracy", 0.0) for n in names]
+    bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+    ax.bar_label(bars, fmt="%.0f", fontsize=8)
+  chance = next((r.get("chance") for r in reports.values() if r.get("chance")), None)
+  if chance:
+    ax.axhline(100 * chance, color="gray", linestyle="--", label="chance")
+  ax.set_xticks(range(len(names)), [labels.get(n, n).replace(", ", ",\n") for n in names],
+                fontsize=8)
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_ylim(0, 105)
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
+  plt.close(fig)
+  files.append("accuracy.png")
+
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  for name, model_dir in students.items():
+    if name == "tinythinker_reflected":
+      continue
+    steps, losses = _curve(model_dir)
+    if steps:
+      ax.plot(steps, losses, label=labels.get(name, name))
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss (per target token)")
+  ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "training_curves.png"), dpi=120)
+  plt.close(fig)
+  files.append("training_curves.png")
+
+  if reflect and reflect.get("rounds"):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    rounds = [0] + [r["round"] for r in reflect["rounds"]]
+    accuracies = [reflect["initial"]["validation_accuracy"]] + [
+        r.get("validation_accuracy") for r in reflect["rounds"]]
+    left.plot([r for r, a in zip(rounds, accuracies) if a is not None],
+              [100 * a for a in accuracies if a is not None], marker="o")
+    left.set_xlabel("self-reflection round")
+    left.set_ylabel("validation chain accuracy (%)")
+    left.set_xticks(rounds)
+    for r in reflect["rounds"]:
+      if r.get("model_dir"):
+        steps, losses = _curve(r["model_dir"], "train/preference_loss")
+        right.plot(steps, losses, label=f"round {r['round']}")
+    right.set_xlabel("DPO step")
+    right.set_ylabel("preference loss")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "self_reflection.png"), dpi=120)
+    plt.close(fig)
+    files.append("self_reflection.png")
+  return files
+
+
+def write_report(run_dir: str, manifest: Mapping[str, Any],
+                 students: Mapping[str, str]) -> dict[str, Any]:
+  out = os.path.join(run_dir, "report")
+  os.makedirs(out, exist_ok=True)
+  stages = manifest["stages"]
+  reports = stages["evaluate"]["outputs"]["reports"]
+  reflect = stages.get("reflect", {}).get("outputs")
+  labels = dict(NAMES)
+  if reflect:
+    kept = reflect["best"]["round"]
+    labels["tinythinker_reflected"] = (
+        f"TinyThinker, after self-reflection (round {kept})" if kept else
+        "TinyThinker, after self-reflection (no round beat phase 1; phase 1 kept)")
+  plots = _plots(out, reports, students, reflect, labels)
+  settings = manifest["settings"]
+  lines = [f"# tinythinker report: {settings['dataset']}", "",
+           f"Teacher: {settings['teacher']}. Students: T5 "
+           f"{settings['model_config']['emb_dim']}d, "
+           f"{settings['model_config']['num_encoder_layers']}+"
+           f"{settings['model_config']['num_decoder_layers']} layers, "
+           f"{settings['recipe']['train_steps']} phase-1 steps of "
+           f"{settings['recipe']['batch_size']}.", ""]
+
+  lines += ["## Test accuracy", "",
+            "| student | greedy | self-consistency | format errors (greedy) | examples |",
+            "|---|---|---|---|---|"]
+  for name, r in reports.items():
+    sc = r.get("self_consistency")
+    sc_text = f"{sc['accuracy']:.1%} ({sc['num_runs']} runs)" if sc else "-"
+    lines.append(f"| {labels.get(name, name)} | {r['greedy']['accuracy']:.1%} | {sc_text} | "
+                 f"{r['greedy']['format_error_rate']:.1%} | "
+                 f"{r['greedy']['num_examples']} |")
+  chance = next((r.get("chance") for r in reports.values() if r.get("chance")), None)
+  if chance:
+    lines += ["", f"Chance: {chance:.1%}."]
+  lines += ["", "![accuracy](accuracy.png)", ""]
+
+  lines += ["## Teacher", "", "| rationales | teacher | questions | kept | dropped | "
+            "teacher accuracy |", "|---|---|---|---|---|---|"]
+  for key, s in stages["teach"]["outputs"]["summaries"].items():
+    accuracy = "-" if s["teacher_accuracy"] is None else f"{s['teacher_accuracy']:.1%}"
+    dropped = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "0"
+    lines.append(f"| {key} | {s['teacher']} | {s['examples']} | {s['kept']} | {dropped} | "
+                 f"{accuracy} |")
+  lines += ["", "## Training", "", "![training curves](training_curves.png)", ""]
+  if reflect:
+    lines += ["## Self-reflection", "",
+              "| round | preference pairs | validation chain accuracy |", "|---|---|---|",
+              f"| 0 (phase 1) | - | {reflect['initial']['validation_accuracy']:.1%} |"]
+    for r in reflect["rounds"]:
+      accuracy = ("skipped: " + r["skipped"]) if r.get("skipped") else \
+          f"{r['validation_accuracy']:.1%}"
+      lines.append(f"| {r['round']} | {r['pairs']} | {accuracy} |")
+    lines += ["", f"Kept: round {reflect['best']['round']}.", "",
+              "![self-reflection](self_reflection.png)", ""]
+  lines += ["## Sample reasoning chains (greedy, test)", ""]
+  for name in reports:
+    chains = reports[name].get("sample_chains") or []
+    if chains:
+      lines.append(f"**{labels.get(name, name)}**")
+      lines.append("")
+      for c in chains[:2]:
+        lines.append(f"- gold {c['gold']}, predicted {c['answer']}: `{c['chain']}`")
+      lines.append("")
+  lines += ["## Stages", "", "| stage | seconds | finished in run |", "|---|---|---|"]
+  for name, s in stages.items():
+    lines.append(f"| {name} | {s['seconds']} | {s['run']} |")
+  lines += ["", "Evaluation records: `evaluate/<student>/`; students: `students/`; "
+            "Hugging Face export: `export/hf_model/`."]
+  text = "\n".join(lines) + "\n"
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(text)
+  return {"report": os.path.join(out, "report.md"), "plots": plots}
