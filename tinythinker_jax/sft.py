@@ -73,12 +73,18 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
                                          os.path.join(data_dir, name, split))
         except FileNotFoundError:
           continue  # That split has no records (e.g. no validation rationales).
+        except seqio_arrays.EmptySplitError:
+          if split == "train":
+            raise
+          print(f"warning: {name} {split}: no examples; training goes on without them",
+                file=sys.stderr)
+          continue
         manifest["tasks"][name][split] = meta["num_examples"]
         if meta["examples_at_length_limit"]:
           message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
                      f"{meta['num_examples']} examples reach TASK_FEATURE_LENGTHS="
-                     f"{dict(feature_lengths)} and are truncated (a TinyThinker stage "
-                     "input loses its final cue); raise TASK_FEATURE_LENGTHS")
+                     f"{dict(feature_lengths)} and are truncated at the end (a "
+                     "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
           logging.warning(message)
           print(f"warning: {message}", file=sys.stderr)
           manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
