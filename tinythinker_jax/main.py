@@ -105,8 +105,9 @@ def _train(args: argparse.Namespace, bindings: Sequence[str]) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import partitioning, sft  # pylint: disable=import-outside-toplevel
   coordinator = _query_or("COORDINATOR_ADDRESS")
-  if coordinator:  # Before anything touches a device.
-    partitioning.initialize_distributed(coordinator, _query_or("NUM_PROCESSES"),
+  if coordinator:  # Before anything touches a device; 'auto': JAX finds the cluster.
+    partitioning.initialize_distributed(None if coordinator == "auto" else coordinator,
+                                        _query_or("NUM_PROCESSES"),
                                         _query_or("PROCESS_ID"))
   run = gin_utils.resolve(_query_or("TRAIN_RUN")) or gin.get_configurable(sft.run)
   model_dir = gin_utils.query("MODEL_DIR")

@@ -163,7 +163,9 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         progress: bool = True, stop_after: Optional[int] = None) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting."""
   if coordinator_address and not jax.distributed.is_initialized():
-    partitioning.initialize_distributed(coordinator_address, num_processes, process_id)
+    partitioning.initialize_distributed(
+        None if coordinator_address == "auto" else coordinator_address, num_processes,
+        process_id)
   manifest = prepare_data(mixture_or_task_name, task_feature_lengths,
                           data_dir or os.path.join(model_dir, "data"),
                           records_dir=records_dir, vocabulary=vocabulary)
