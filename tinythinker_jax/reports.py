@@ -83,7 +83,7 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
     for r in reflect["rounds"]:
       if r.get("model_dir"):
         steps, losses = _curve(r["model_dir"], "train/preference_loss")
-        right.plot(steps, losses, label=f"round {r['round']}")
+        right.plot(steps, losses, marker=".", label=f"round {r['round']}")
     right.set_xlabel("DPO step")
     right.set_ylabel("preference loss")
     right.legend(fontsize=8)
