@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -68,13 +67,6 @@ def load_examples(dataset: str, dataset_path: str = "", split: str = "test",
   return list(examples), spec.answer_type
 
 
-def _barrier(name: str):
-  if jax.process_count() == 1:
-    return None
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return lambda: multihost_utils.sync_global_devices(name)
-
-
 def infer_records(examples: Sequence[Example], generate: chains.GenerateFn, *,
                   fmt: Format, answer_type: AnswerType, sampled: bool = False,
                   num_runs: int = 1, temperature: float = 0.7, seed: int = 0
@@ -111,7 +103,8 @@ def infer(student, examples: Sequence[Example], *, fmt: Format, answer_type: Ans
                             name=name, shard_size=shard_size,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), settings=settings,
-                            progress=progress, barrier=_barrier(f"infer_{name}"))
+                            progress=progress,
+                            barrier=lambda: shards.sync_processes(f"infer_{name}"))
 
 
 def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -205,12 +198,9 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
        "chain": _chain_text(r["runs"][0])} for r in greedy[:3]]
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
-    for name, text in (("report.json", json.dumps(report, indent=2)),
-                       ("report.md", markdown_report(report))):
-      tmp = os.path.join(output_dir, name + ".tmp")
-      with open(tmp, "w") as f:
-        f.write(text)
-      os.replace(tmp, os.path.join(output_dir, name))
+    shards.write_json_atomically(os.path.join(output_dir, "report.json"), report)
+    shards.write_text_atomically(os.path.join(output_dir, "report.md"),
+                                 markdown_report(report))
   return report
 
 

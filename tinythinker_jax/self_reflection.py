@@ -184,13 +184,11 @@ def sample(student, examples: Sequence[Example], teacher: Mapping[str, TeacherFi
       directory=os.path.join(output_dir, "shards"), name="questions",
       shard_size=settings.shard_size, process_index=jax.process_index(),
       process_count=jax.process_count(), settings=dataclasses.asdict(settings),
-      progress=progress, barrier=evaluation._barrier("sample"))  # pylint: disable=protected-access
+      progress=progress, barrier=lambda: shards.sync_processes("sample"))
   summary = _summary(records)
   if jax.process_index() == 0:
     shards.write_jsonl_atomically(pairs_path, [p for r in records for p in r["pairs"]])
-    with open(summary_path + ".tmp", "w") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(summary_path + ".tmp", summary_path)
+    shards.write_json_atomically(summary_path, summary)
   return summary
 
 
@@ -270,12 +268,8 @@ def _prepare_pairs(pairs_path: str, data_dir: str, codec: vocabularies.TextCodec
       counts[stage] = int(len(features["encoder_input_tokens"]))
     manifest = {"source": source, "counts": counts, "dropped": dropped}
     os.makedirs(data_dir, exist_ok=True)
-    with open(manifest_path + ".tmp", "w") as f:
-      json.dump(manifest, f, indent=2)
-    os.replace(manifest_path + ".tmp", manifest_path)
-  barrier = evaluation._barrier("dpo_data")  # pylint: disable=protected-access
-  if barrier:
-    barrier()
+    shards.write_json_atomically(manifest_path, manifest)
+  shards.sync_processes("dpo_data")
   with open(manifest_path) as f:
     return json.load(f)
 
@@ -337,13 +331,6 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
 # -------------------------------------------------------------- iteration
 
 
-def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
 def validate(model_dir: str, examples: Sequence[Example], answer_type, *,
              output_dir: str, student: evaluation.StudentSettings, vocabulary: str = "",
              progress: bool = True) -> float:
@@ -388,7 +375,7 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
                      "validation_accuracy": accuracy}
     state["initial"] = dict(state["best"])
     if jax.process_index() == 0:
-      _write_json(state_path, state)
+      shards.write_json_atomically(state_path, state)
   for round_index in range(len(state["rounds"]) + 1, rounds + 1):
     round_dir = os.path.join(output_dir, f"round_{round_index}")
     policy_dir = state["best"]["model_dir"]
@@ -418,7 +405,7 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
                          "validation_accuracy": accuracy}
     state["rounds"].append(record)
     if jax.process_index() == 0:
-      _write_json(state_path, state)
+      shards.write_json_atomically(state_path, state)
     log.info("round %d: %s; best is round %d (%.3f)", round_index,
              record.get("validation_accuracy", record.get("skipped")),
              state["best"]["round"], state["best"]["validation_accuracy"])

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from tinythinker_jax import partitioning
+from tinythinker_jax import partitioning, shards
 from tinythinker_jax.data import arrays
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import models, optimizers, trainer
@@ -90,12 +90,8 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
           manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
               meta["examples_at_length_limit"]
     os.makedirs(data_dir, exist_ok=True)
-    with open(manifest_path + ".tmp", "w") as f:
-      json.dump(manifest, f, indent=2)
-    os.replace(manifest_path + ".tmp", manifest_path)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("tinythinker_prepare_data")
+    shards.write_json_atomically(manifest_path, manifest)
+  shards.sync_processes("tinythinker_prepare_data")
   with open(manifest_path) as f:
     return json.load(f)
 

@@ -34,6 +34,28 @@ def write_jsonl_atomically(path: str, records: Iterable[dict[str, Any]]) -> None
   os.replace(tmp, path)
 
 
+def write_text_atomically(path: str, text: str) -> None:
+  """The whole text or the previous file: a temporary file, fsynced, then renamed."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  write_text_atomically(path, json.dumps(value, indent=2))
+
+
+def sync_processes(name: str) -> None:
+  """Waits for every process (a no-op with one)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
@@ -53,10 +75,7 @@ def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
                        f"({', '.join(changed)} differ); use a new output folder or "
                        "delete it")
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(wanted, f, indent=2)
-  os.replace(tmp, path)
+  write_json_atomically(path, wanted)
 
 
 def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict]], *,

@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from tinythinker_jax import evaluation, self_reflection
+from tinythinker_jax import evaluation, self_reflection, shards
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.formats import Format
@@ -92,10 +92,7 @@ class Manifest:
     return self.data["stages"][stage]["outputs"]
 
   def _write(self) -> None:
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.data, f, indent=2)
-    os.replace(tmp, self.path)
+    shards.write_json_atomically(self.path, self.data)
 
 
 def _stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]],
