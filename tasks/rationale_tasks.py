@@ -98,7 +98,10 @@ def _postprocess(answer_type: AnswerType, fmt: formats.Format):
       return gold.decode("utf-8") if isinstance(gold, bytes) else gold
     if fmt in STAGE_FORMATS:
       return answers.extract_tinythinker_answer(text)
-    return answers.extract_answer(text, answer_type)
+    # Fine-tune-CoT's evaluator: the first candidate after `-->` (the last one
+    # when it is missing); a vanilla output has no prefix: its first candidate.
+    prefix = None if fmt is formats.Format.VANILLA else answers.ANSWER_ARROW
+    return answers.extract_answer(text, answer_type, prefix=prefix)
   return postprocess
 
 

@@ -167,3 +167,25 @@ def test_synthetic_generators_are_seeded_and_exact():
     assert ex.answer == "".join(w[-1] for w in words).lower()
   flip = synthetic.coin_flip(np.random.default_rng(0), 9)
   assert len(flip.steps) == 9
+
+
+def test_numeric_and_lower_case_labels_become_letters(tmp_path):
+  """ARC's files label some questions 1..4; every format here reads letters.
+  The original labels stay in `source`."""
+  arc = tmp_path / "arc.jsonl"
+  arc.write_text(json.dumps({
+      "id": "Mercury_1", "answerKey": "3",
+      "question": {"stem": "Which is a gas?", "choices": [
+          {"label": "1", "text": "ice"}, {"label": "2", "text": "rock"},
+          {"label": "3", "text": "steam"}, {"label": "4", "text": "wood"}]}}) + "\n")
+  [example] = loaders.load_arc_style_jsonl(str(arc), "arc")
+  assert example.labels == ("A", "B", "C", "D") and example.answer == "C"
+  assert example.choice_text("C") == "steam"
+  assert example.source == f"{arc}:1 (labels 1,2,3,4 -> A,B,C,D)"
+  assert formats.options_line(example) == "(A) ice (B) rock (C) steam (D) wood"
+  generic = tmp_path / "mc.jsonl"
+  generic.write_text(json.dumps({"question": "q", "answer": "b", "choices": [
+      {"label": "a", "text": "x"}, {"label": "b", "text": "y"}]}) + "\n")
+  [example] = loaders.load_generic_mc_jsonl(str(generic))
+  assert (example.labels, example.answer) == (("A", "B"), "B")
+  assert example.source.endswith("(labels a,b -> A,B)")

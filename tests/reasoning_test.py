@@ -10,7 +10,10 @@ L, N, Y, T = AnswerType.LETTER, AnswerType.NUMBER, AnswerType.YES_NO, AnswerType
 
 @pytest.mark.parametrize("text,kind,labels,expected", [
     ("Blotters absorb ink. --> E", L, "ABCDE", "E"),
-    ("Option A is tempting, but C is right", L, "ABCDE", "C"),  # last candidate
+    ("Option A is tempting, but C is right", L, "ABCDE", "C"),  # no arrow: last
+    ("Because of D --> B, not C", L, "ABCDE", "B"),  # first after the arrow
+    ("Bob Dylan. --> Elvis", L, "ABCDE", None),  # capitals inside words
+    ("Both. --> E", L, "ABCDE", "E"),
     ("--> F", L, "ABCDEF", "F"),
     ("--> F", L, "ABC", None),  # Shuffled Objects only has A-C
     ("He has 1,234 apples and gives 34. --> 1,200", N, "", "1200"),
@@ -22,6 +25,38 @@ L, N, Y, T = AnswerType.LETTER, AnswerType.NUMBER, AnswerType.YES_NO, AnswerType
 ])
 def test_extract_answer(text, kind, labels, expected):
   assert answers.extract_answer(text, kind, tuple(labels)) == expected
+
+
+AIRPORT = labelled(["suitcase", "bedroom", "shop", "car", "airport"])
+
+
+@pytest.mark.parametrize("reply,expected", [
+    # Real chat replies to Fine-tune-CoT's "...Therefore, the answer is".
+    (" (E) airport. Drawstring bags are often used at Departures.", "E"),
+    ("The correct answer is (E) airport. Drawstring bags are common.", "E"),
+    ("Therefore, the answer is E.", "E"),
+    ("**Answer: C**\n\nBecause shops sell Drawstring bags.", "C"),
+    ("A drawstring bag would most likely be found at the (E).", "E"),  # "A" article
+    ("A is the best choice here.", "A"),
+    ("I think it's D, the car.", "D"),
+    ("Looking at options A to E, the answer is C because shops sell them.", "C"),
+    (" an airport, where travellers carry bags.", "E"),  # the option's text
+    ("Bedroom.", "B"),
+    ("in the car", "D"),
+    ("Nobody knows.", None),
+])
+def test_teacher_answers_from_chat_replies(reply, expected):
+  assert answers.extract_teacher_answer(reply, L, "ABCDE", AIRPORT) == expected
+
+
+@pytest.mark.parametrize("reply,expected", [
+    (" no. Aristotle lived before laptops.", "no"),
+    ("The answer is yes, no doubt.", "yes"),
+    (" 42. So 42 - 7 = 35 is not it.", "42"),
+])
+def test_teacher_answers_of_other_kinds(reply, expected):
+  kind = N if expected.isdigit() else Y
+  assert answers.extract_teacher_answer(reply, kind, ()) == expected
 
 
 def test_number_comparison_uses_float_tolerance():
@@ -36,7 +71,8 @@ def test_scores_accuracy_contains_and_format():
   scores = answers.score(outputs, ["7", "7", "9", "1"], N)
   assert scores.count == 4
   assert scores.accuracy == pytest.approx(2 / 4)  # "7" and "9" (last candidate, no arrow)
-  assert scores.contains_answer == pytest.approx(3 / 4)
+  # The reference evaluator's candidates come from after the arrow when it has one.
+  assert scores.contains_answer == pytest.approx(2 / 4)
   assert scores.correct_format == pytest.approx(2 / 4)
 
 

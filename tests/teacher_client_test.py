@@ -1,6 +1,7 @@
 """The teacher client against a real local HTTP server with scripted faults."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -208,7 +209,7 @@ def test_tinythinker_pipeline_validates_dedups_and_relabels(tmp_path, shared_dat
   with _tinythinker_server(replies) as server:
     config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
     settings = pipelines.TinyThinkerSettings(
-        num_samples=5, relabel_by_majority=relabel,
+        num_samples=5, relabel_by_majority=relabel, few_shot="system", format_retries=0,
         instruction_file=str(prompts_dir / "request.json"),
         exemplar_file=str(prompts_dir / "csqa_cot.json"))
     summary = pipelines.teach([example], method=pipelines.Method.TINYTHINKER,
@@ -231,4 +232,105 @@ def test_tinythinker_pipeline_validates_dedups_and_relabels(tmp_path, shared_dat
     assert [r["label"] for r in records] == [gold]
     assert records[0]["recall"] == "A blow against reforms makes the efforts useless."
     assert records[0]["analyses"]["A"] == "reason A."
-    assert summary.dropped[f"teacher marks {other} correct"] == 3
+    assert summary.dropped["teacher disagrees with the label"] == 3
+  dropped = [json.loads(l) for l in (tmp_path / "dropped.jsonl").read_text().splitlines()]
+  assert all(d["gold"] == gold for d in dropped)  # Disagreements can be read off.
+  assert summary.parse_rate == pytest.approx(4 / 5)
+
+
+def _structured_reply(key_info, correct, labels="ABCDE"):
+  return json.dumps({"key_information": key_info, "explanations": [
+      {"option": l, "verdict": "correct" if l == correct else "incorrect",
+       "explanation": f"Because reason {l}."} for l in labels]})
+
+
+def test_tinythinker_structured_output_with_retries_and_resume(tmp_path, shared_data):
+  """The JSON path end to end against an OpenAI-compatible server: a per-question
+  schema in `response_format`, exemplars as chat turns, unparsable replies retried
+  with new seeds, and a rerun served from the cache."""
+  csqa = datasets.load_dataset("csqa", str(shared_data / "tinythinker" / "csqa"))["train"]
+  examples = csqa[:2]
+  prompts_dir = shared_data / "tinythinker" / "prompts"
+
+  class JsonServer(FaultServer):
+    """Answers with the schema's JSON: the first reply of each question is cut
+    off (max_tokens), every other reply is valid and marks the gold option."""
+
+    def completion(self, body, index):
+      payload = super().completion(body, index)
+      schema = body["response_format"]["schema"]
+      items = schema["properties"]["explanations"]["prefixItems"]
+      labels = "".join(i["properties"]["option"]["enum"][0] for i in items)
+      example = next(e for e in examples if body["messages"][-1]["content"].startswith(
+          e.question))
+      # Key information far apart in edit distance, so that none is a duplicate.
+      word = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+              "india", "juliet"][index % 10]
+      reply = _structured_reply(" ".join([word] * 4) + f" of {example.id}.",
+                                example.answer, labels)
+      if "seed" not in body and index % 4 == 1:
+        reply = reply[:40]
+      payload["choices"][0]["message"]["content"] = reply
+      return payload
+
+  settings = pipelines.TinyThinkerSettings(
+      num_samples=2, num_shots=2, structured_output="json_object", format_retries=2,
+      instruction_file=str(prompts_dir / "request.json"),
+      exemplar_file=str(prompts_dir / "csqa_cot.json"))
+  kwargs = dict(method=pipelines.Method.TINYTHINKER, answer_type=AnswerType.LETTER,
+                output_dir=str(tmp_path), tinythinker=settings, progress=False)
+  with JsonServer(choices_per_request=1) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", max_concurrency=1,
+                           **FAST)
+    summary = pipelines.teach(examples, teacher=config, **kwargs)
+    requests = list(server.requests)
+  first = requests[0]
+  assert first["response_format"]["type"] == "json_object"
+  assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant",
+                                                   "user", "assistant", "user"]
+  assert json.loads(first["messages"][2]["content"])["key_information"]
+  assert first["max_tokens"] > 256  # Budgeted for the whole object.
+  retries = [r for r in requests if "seed" in r]
+  cut = sum(1 for i, r in enumerate(requests, 1) if "seed" not in r and i % 4 == 1)
+  assert cut >= 1 and len(retries) == cut and len({r["seed"] for r in retries}) == cut
+  assert summary.format_retries == summary.recovered_by_retry == cut
+  assert summary.samples == 4 and summary.parse_rate == 1.0 and summary.kept == 4
+  assert summary.settings["structured_output"] == "json_object"
+  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  assert {r["sample_index"] for r in records} == {0, 1}
+  for r in records:
+    assert json.loads(r["raw_reply"])["key_information"] == r["recall"]
+    assert r["rationale_text"].startswith(f"Key Information: {r['recall']}\nExplanations: "
+                                          "A is ")
+    assert r["analyses"]["B"] == "reason B."
+  with JsonServer(choices_per_request=1) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
+    again = pipelines.teach(examples, teacher=config, **kwargs)
+    assert server.requests == []  # Structured requests and their retries are cached.
+  assert again.kept == 4 and again.recovered_by_retry == cut
+
+
+def test_finetune_cot_step_two_constrained_to_the_labels(tmp_path, shared_data):
+  example = datasets.load_dataset(
+      "csqa", str(shared_data / "tinythinker" / "csqa"))["train"][0]
+
+  class Server(FaultServer):
+
+    def completion(self, body, index):
+      payload = super().completion(body, index)
+      if "response_format" in body:
+        enum = body["response_format"]["json_schema"]["schema"]["properties"]["answer"]
+        assert enum["enum"] == list(example.labels)
+        payload["choices"][0]["message"]["content"] = json.dumps(
+            {"answer": example.answer})
+      return payload
+
+  with Server(choices_per_request=1) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
+    summary = pipelines.teach(
+        [example], method=pipelines.Method.FINETUNE_COT, answer_type=AnswerType.LETTER,
+        output_dir=str(tmp_path), teacher=config, progress=False,
+        finetune_cot=pipelines.FinetuneCotSettings(structured_output="json_schema"))
+    step1, step2 = server.requests
+  assert "response_format" not in step1 and step2["response_format"]["type"] == "json_schema"
+  assert summary.kept == 1 and summary.teacher_accuracy == 1.0

@@ -14,6 +14,21 @@ NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
          "analyze_summarize": "TinyThinker ablation: analyze + summarize"}
 
 
+def _percent(value) -> str:
+  return "-" if value is None else f"{value:.1%}"
+
+
+def teacher_row(key: str, s: dict) -> str:
+  """One teaching summary (summary.json) as a row of the report's teacher table."""
+  samples = s.get("samples") or 0
+  dropped = ", ".join(f"{k}: {v} ({v / samples:.0%})" for k, v in s["dropped"].items()
+                      ) if samples else ""
+  return (f"| {key} | {s['teacher']} | {s['examples']} | {samples} | "
+          f"{_percent(s.get('parse_rate'))} | {s['kept']} ({_percent(s.get('kept_rate'))}) "
+          f"| {dropped or '0'} | {s.get('format_retries', 0)} "
+          f"({s.get('recovered_by_retry', 0)}) | {_percent(s['teacher_accuracy'])} |")
+
+
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
@@ -131,13 +146,11 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
     lines += ["", f"Chance: {chance:.1%}."]
   lines += ["", "![accuracy](accuracy.png)", ""]
 
-  lines += ["## Teacher", "", "| rationales | teacher | questions | kept | dropped | "
-            "teacher accuracy |", "|---|---|---|---|---|---|"]
+  lines += ["## Teacher", "", "| rationales | teacher | questions | samples | parsed | "
+            "kept | dropped (share of samples) | format retries (recovered) | "
+            "teacher accuracy |", "|---|---|---|---|---|---|---|---|---|"]
   for key, s in stages["teach"]["outputs"]["summaries"].items():
-    accuracy = "-" if s["teacher_accuracy"] is None else f"{s['teacher_accuracy']:.1%}"
-    dropped = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "0"
-    lines.append(f"| {key} | {s['teacher']} | {s['examples']} | {s['kept']} | {dropped} | "
-                 f"{accuracy} |")
+    lines.append(teacher_row(key, s))
   lines += ["", "## Training", "", "![training curves](training_curves.png)", ""]
   if reflect:
     lines += ["## Self-reflection", "",

@@ -12,7 +12,7 @@ import re
 from typing import Any, Iterator, Optional
 
 from tinythinker_jax.data.schema import (YES_NO_CHOICES, Choice, DataError, Example,
-                                         labelled)
+                                         labelled, letter_labels)
 
 
 def _read_json(path: str) -> Any:
@@ -83,11 +83,15 @@ def load_arc_style_jsonl(path: str, task: str) -> list[Example]:
     where = f"{path}:{line_no}"
     choices = _choices(_field(record, "question.choices", where), where)
     answer = record.get("answerKey")  # The official test files have no labels.
-    if answer is not None and answer not in {c.label for c in choices}:
-      raise DataError(f"{where}: answerKey {answer!r} is not one of the choices")
+    if answer is not None:
+      answer = str(answer)
+      if answer not in {c.label for c in choices}:
+        raise DataError(f"{where}: answerKey {answer!r} is not one of the choices")
+    choices, answer, note = letter_labels(choices, answer)
     examples.append(Example(id=str(_field(record, "id", where)),
                             question=str(_field(record, "question.stem", where)),
-                            answer=answer, choices=choices, source=where, task=task))
+                            answer=answer, choices=choices,
+                            source=f"{where} ({note})" if note else where, task=task))
   return examples
 
 
@@ -264,10 +268,12 @@ def load_generic_mc_jsonl(path: str, task: str = "") -> list[Example]:
           raise DataError(f"{where}: answer {answer!r} is neither a label nor exactly "
                           "one choice's text")
         answer = matches[0]
+    choices, answer, note = letter_labels(choices, answer)
     examples.append(Example(id=str(record.get("id", f"{name}:{line_no}")),
                             question=str(_field(record, "question", where)),
                             answer=answer, choices=choices,
-                            rationale=record.get("rationale"), source=where, task=name))
+                            rationale=record.get("rationale"),
+                            source=f"{where} ({note})" if note else where, task=name))
   return examples
 
 

@@ -82,6 +82,23 @@ def labelled(texts: Sequence[str], start: str = "A") -> tuple[Choice, ...]:
 YES_NO_CHOICES = labelled(["yes", "no"])
 
 
+def letter_labels(choices: Sequence[Choice], answer: Optional[str]
+                  ) -> tuple[tuple[Choice, ...], Optional[str], str]:
+  """Choices relabelled A, B, C, ... in their order, with the answer mapped.
+
+  Files label options `1`..`4` (parts of ARC), `a`..`d` or otherwise; every
+  format and extractor here reads letters. Returns the choices, the answer and
+  a note recording the original labels (empty when they were already A, B, ...).
+  """
+  choices = tuple(choices)
+  letters = labelled([c.text for c in choices])
+  if tuple(c.label for c in choices) == tuple(c.label for c in letters):
+    return choices, answer, ""
+  mapping = {c.label: l.label for c, l in zip(choices, letters)}
+  note = "labels " + ",".join(mapping) + " -> " + ",".join(mapping.values())
+  return letters, mapping.get(answer, answer) if answer is not None else None, note
+
+
 class DataError(ValueError):
   """A dataset file does not have the expected format; names file and line."""
 

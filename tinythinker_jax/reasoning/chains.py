@@ -113,7 +113,10 @@ def run_single_pass(examples: Sequence[Example], generate: GenerateFn, *, fmt: F
         answer = parsed.value[1] if parsed.ok else None
         error = parsed.error
       else:
-        answer = answers.extract_answer(g.text, answer_type, example.labels or "ABCDE")
+        # Fine-tune-CoT's evaluator reads a vanilla output with no prefix: the
+        # first candidate.
+        answer = answers.extract_answer(g.text, answer_type, example.labels or "ABCDE",
+                                        prefix=None)
         error = None if answer is not None else "no answer in the output"
       runs.append(ChainRun(g.text, answer, error, logprobs={"output": g.logprob}))
     results.append(runs)

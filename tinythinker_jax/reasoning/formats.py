@@ -100,7 +100,7 @@ def parse_finetune_cot(text: str, answer_type: AnswerType,
   """`rationale --> answer` into (rationale, canonical answer)."""
   if answers.ANSWER_ARROW not in text:
     return Parsed.fail("no '-->' separating rationale and answer")
-  rationale, _ = text.rsplit(answers.ANSWER_ARROW, 1)
+  rationale, _ = text.split(answers.ANSWER_ARROW, 1)  # The evaluator reads the first.
   answer = answers.extract_answer(text, answer_type, labels)
   if answer is None:
     return Parsed.fail("no answer after '-->'")

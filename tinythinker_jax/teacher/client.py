@@ -74,12 +74,20 @@ class Prompt:
   max_tokens: int = 128
   top_p: float = 1.0
   stop: tuple[str, ...] = ()
+  seed: Optional[int] = None  # Set for retries, so each retry is a new request.
+  # More request fields as a JSON object, such as structured output's
+  # `response_format` (kept as text so that a Prompt stays hashable).
+  extra_json: str = ""
 
   def content(self, config: TeacherConfig) -> dict[str, Any]:
     body: dict[str, Any] = {"model": config.model, "temperature": self.temperature,
                             "max_tokens": self.max_tokens, "top_p": self.top_p}
     if self.stop:
       body["stop"] = list(self.stop)
+    if self.seed is not None:
+      body["seed"] = self.seed
+    if self.extra_json:
+      body.update(json.loads(self.extra_json))
     if Endpoint(config.endpoint) is Endpoint.CHAT:
       messages = list(self.messages) or [("user", self.text)]
       body["messages"] = [{"role": r, "content": c} for r, c in messages]

@@ -43,7 +43,7 @@ def smollm2_gguf() -> Optional[str]:
 @dataclasses.dataclass
 class LocalServer:
   gguf: str
-  n_ctx: int = 2048
+  n_ctx: int = 4096  # Room for 8 exemplars as chat turns plus a JSON reply.
   n_threads: int = 2
   startup_timeout_s: float = 120.0
   port: Optional[int] = None

@@ -4,11 +4,14 @@ Fine-tune-CoT: two-step zero-shot chain of thought, `num_samples` rationales
 per question (greedy for one, temperature sampling for "diverse reasoning"),
 keeping those whose extracted answer equals the gold answer.
 
-TinyThinker: an instruction plus k random few-shot exemplars, the gold answer
-given as a hint; every option line is validated, near-duplicate key
-information (edit distance <= 10) is dropped, and at most `max_per_question`
-samples are kept. Replacing the gold label with the teacher's majority vote is
-an explicit option (`relabel_by_majority`, off by default).
+TinyThinker: an instruction plus k random few-shot exemplars (as chat turns
+or in the system message), the gold answer given as a hint, and optionally a
+per-question JSON schema (structured output); every reply is read into key
+information and one verdict per option (`replies`), unreadable replies are
+retried with new seeds, near-duplicate key information (edit distance <= 10)
+is dropped, and at most `max_per_question` samples are kept. Replacing the
+gold label with the teacher's majority vote is an explicit option
+(`relabel_by_majority`, off by default).
 
 Outputs in `output_dir`: `records.jsonl` (kept rationales with provenance),
 `dropped.jsonl` (with reasons), `summary.json`, and the append-only
@@ -33,8 +36,8 @@ import tqdm
 
 from tinythinker_jax import shards
 from tinythinker_jax.data.schema import AnswerType, Example
-from tinythinker_jax.reasoning import answers, formats
-from tinythinker_jax.teacher import prompts
+from tinythinker_jax.reasoning import answers
+from tinythinker_jax.teacher import prompts, replies
 from tinythinker_jax.teacher.cache import CompletionCache
 from tinythinker_jax.teacher.client import Prompt, TeacherClient, TeacherConfig
 
@@ -50,12 +53,19 @@ class Method(enum.Enum):
   TINYTHINKER = "tinythinker"
 
 
+STRUCTURED_MODES = ("none", "json_schema", "json_object", "guided_json")
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneCotSettings:
   num_samples: int = 1  # D: 1 is greedy; Fine-tune-CoT's diverse reasoning uses 8 or 64.
   temperature: float = 0.7  # Used when num_samples > 1.
   max_tokens: int = 128
   answer_max_tokens: int = 32
+  # Step 2 constrained to the task's answers (an enum of the labels, yes/no, a
+  # number): one of STRUCTURED_MODES, or None for the teacher's default
+  # ('json_object' for the local llama.cpp teacher, 'none' for other endpoints).
+  structured_output: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +73,27 @@ class TinyThinkerSettings:
   num_samples: int = 8  # n: 8 for CSQA, 4 for OBQA and StrategyQA.
   max_per_question: Optional[int] = None  # Defaults to num_samples.
   temperature: float = 0.8
-  max_tokens: int = 256
+  max_tokens: int = 256  # Raised to what the schema admits under structured output.
   num_shots: int = 8  # 8 for CSQA and StrategyQA, 7 for OBQA.
   instruction_file: Optional[str] = None  # TinyThinker's request.json.
   exemplar_file: Optional[str] = None  # *_cot.json.
   min_edit_distance: int = 10  # Key information within this distance is a duplicate.
   relabel_by_majority: bool = False
+  # The reply as a JSON object of a per-question schema (replies.rationale_schema):
+  # one of STRUCTURED_MODES, or None for the teacher's default ('json_object'
+  # for the local llama.cpp teacher, 'none' for other endpoints).
+  structured_output: Optional[str] = None
+  # Exemplars as user/assistant 'turns' or inside the 'system' message (the
+  # paper's request). Completions endpoints always get one prompt.
+  few_shot: str = "turns"
+  format_retries: int = 2  # New-seed requests for a sample that cannot be parsed.
+
+
+def _structured_mode(value: Optional[str]) -> str:
+  mode = value or "none"
+  if mode not in STRUCTURED_MODES:
+    raise ValueError(f"structured_output={value!r}; expected one of {STRUCTURED_MODES}")
+  return mode
 
 
 @dataclasses.dataclass
@@ -78,7 +103,10 @@ class Outcome:
   kept: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   teacher_correct: int = 0
-  teacher_total: int = 0
+  teacher_total: int = 0  # Samples whose answer could be read.
+  samples: int = 0  # Samples asked for (retries not counted).
+  format_retries: int = 0  # Extra requests made for unparsable samples.
+  recovered_by_retry: int = 0  # Samples parsed only on a retry.
 
 
 def _provenance(teacher: str, template: str, sampling: dict[str, Any]) -> dict[str, Any]:
@@ -86,39 +114,77 @@ def _provenance(teacher: str, template: str, sampling: dict[str, Any]) -> dict[s
           "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
 
 
-def _drop(outcome: Outcome, example: Example, index: int, reason: str, text: str) -> None:
+def _drop(outcome: Outcome, example: Example, index: int, reason: str, text: str,
+          **extra: Any) -> None:
+  """A dropped sample keeps the gold answer, so disagreements can be read."""
   outcome.dropped.append({"id": example.id, "sample_index": index, "reason": reason,
-                          "text": text})
+                          "gold": example.answer, "text": text, **extra})
+
+
+def answer_schema(example: Example, answer_type: AnswerType) -> dict[str, Any]:
+  """Fine-tune-CoT step 2's reply as `{"answer": ...}` of the task's kind."""
+  if answer_type is AnswerType.LETTER:
+    answer = {"type": "string", "enum": list(example.labels or answers.DEFAULT_LABELS)}
+  elif answer_type is AnswerType.YES_NO:
+    answer = {"type": "string", "enum": ["yes", "no"]}
+  elif answer_type is AnswerType.NUMBER:
+    answer = {"type": "number"}
+  else:
+    answer = {"type": "string", "maxLength": 64}
+  return {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
+          "additionalProperties": False}
+
+
+def _teacher_answer(text: str, example: Example, answer_type: AnswerType,
+                    structured: bool) -> Optional[str]:
+  labels = example.labels or answers.DEFAULT_LABELS
+  if structured:
+    try:
+      value = json.loads(text).get("answer")
+    except (json.JSONDecodeError, AttributeError):
+      value = None
+    if value is not None:
+      text = str(value)
+  return answers.extract_teacher_answer(text, answer_type, labels, example.choices)
 
 
 async def teach_finetune_cot(client: TeacherClient, example: Example,
                              answer_type: AnswerType,
                              settings: FinetuneCotSettings) -> Outcome:
   temperature = 0.0 if settings.num_samples == 1 else settings.temperature
+  mode = _structured_mode(settings.structured_output)
   step1 = Prompt(text=prompts.zero_shot_cot_reasoning(example), temperature=temperature,
                  max_tokens=settings.max_tokens)
+  extra = "" if mode == "none" else json.dumps(
+      replies.response_format(mode, answer_schema(example, answer_type)))
   provenance = _provenance(
       client.config.describe(), prompts.FINETUNE_COT_TEMPLATE_VERSION,
       {"temperature": temperature, "max_tokens": settings.max_tokens,
-       "num_samples": settings.num_samples, "answer_max_tokens": settings.answer_max_tokens})
-  outcome = Outcome()
+       "num_samples": settings.num_samples, "answer_max_tokens": settings.answer_max_tokens,
+       "structured_output": mode})
+  outcome = Outcome(samples=settings.num_samples)
   rationales = await client.samples(step1, settings.num_samples)
   answer_prompts = [Prompt(text=prompts.zero_shot_cot_answer(step1.text, r.text),
-                           temperature=0.0, max_tokens=settings.answer_max_tokens)
+                           temperature=0.0, max_tokens=settings.answer_max_tokens,
+                           extra_json=extra)
                     for r in rationales]
-  replies = await asyncio.gather(*(client.samples(p, 1) for p in answer_prompts))
-  for rationale, [reply] in zip(rationales, replies):
-    predicted = answers.extract_answer(reply.text, answer_type, example.labels or
-                                       ("A", "B", "C", "D", "E"))
-    outcome.teacher_total += 1
+  replies_ = await asyncio.gather(*(client.samples(p, 1) for p in answer_prompts))
+  for rationale, [reply] in zip(rationales, replies_):
+    predicted = _teacher_answer(reply.text, example, answer_type, mode != "none")
     correct = answers.answers_match(predicted, example.answer, answer_type)
-    outcome.teacher_correct += correct
+    if predicted is not None:
+      outcome.teacher_total += 1
+      outcome.teacher_correct += correct
     text = rationale.text.strip()
     if not text:
       _drop(outcome, example, rationale.sample_index, "empty rationale", reply.text)
+    elif predicted is None:
+      _drop(outcome, example, rationale.sample_index, "no answer found", reply.text,
+            rationale=text)
     elif not correct:
       _drop(outcome, example, rationale.sample_index,
-            "answer differs from gold" if predicted else "no answer found", reply.text)
+            f"answer differs from gold: teacher {predicted}, gold {example.answer}",
+            reply.text, rationale=text, teacher_answer=predicted)
     else:
       outcome.kept.append({
           "id": example.id, "method": Method.FINETUNE_COT.value,
@@ -128,39 +194,34 @@ async def teach_finetune_cot(client: TeacherClient, example: Example,
   return outcome
 
 
-def parse_tinythinker_reply(text: str, labels: Sequence[str]
-                            ) -> formats.Parsed[tuple[str, dict[str, formats.OptionVerdict]]]:
-  """`Key Information: ...\\nExplanations: A is ... Because ...\\n...` -> fields."""
-  key_info, verdicts = None, {}
-  for raw in text.splitlines():
-    line = raw.strip()
-    if not line or line == "###":
-      continue
-    if line.startswith("Key Information:"):
-      key_info = line[len("Key Information:"):].strip() or key_info
-      continue
-    if line.startswith("Explanations:"):
-      line = line[len("Explanations:"):].strip()
-      if not line:
-        continue
-    if key_info is None:
-      key_info = line  # The reply may continue right after "Key Information:".
-      continue
-    parsed = formats.parse_option_line(line)
-    if not parsed.ok:
-      return formats.Parsed.fail(parsed.error)
-    if parsed.value.label in verdicts:
-      return formats.Parsed.fail(f"option {parsed.value.label} explained twice")
-    verdicts[parsed.value.label] = parsed.value
-  if not key_info:
-    return formats.Parsed.fail("no key information")
-  if sorted(verdicts) != sorted(labels):
-    return formats.Parsed.fail(f"options explained: {''.join(sorted(verdicts)) or 'none'}; "
-                               f"expected {''.join(labels)}")
-  correct = [v.label for v in verdicts.values() if v.correct]
-  if len(correct) != 1:
-    return formats.Parsed.fail(f"{len(correct)} options marked correct")
-  return formats.Parsed((key_info, verdicts))
+def _retry_seed(base: int, example_id: str, sample_index: int, attempt: int) -> int:
+  """A 31-bit seed per (run seed, example, sample, attempt), drawn from one SeedSequence."""
+  words = [base, sample_index, attempt] + list(example_id.encode("utf-8"))
+  return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def tinythinker_request(example: Example, settings: TinyThinkerSettings,
+                        instruction: str, exemplars: Sequence[dict[str, Any]],
+                        rng: np.random.Generator, endpoint: str) -> Prompt:
+  """One question's request: exemplars laid out per `settings.few_shot`, the
+  gold hint, and under structured output the question's own schema."""
+  mode = _structured_mode(settings.structured_output)
+  structured = mode != "none"
+  messages = prompts.tinythinker_messages(example, example.gold_label, instruction,
+                                          exemplars, settings.num_shots, rng,
+                                          settings.few_shot, structured)
+  max_tokens = settings.max_tokens
+  extra = ""
+  if structured:
+    max_tokens = max(max_tokens, replies.structured_token_budget(example))
+    # Key order is kept: a grammar generates properties in the schema's order.
+    extra = json.dumps(replies.response_format(mode, replies.rationale_schema(example)))
+  if endpoint == "completions":
+    return Prompt(text=prompts.completion_prompt(messages),
+                  temperature=settings.temperature, max_tokens=max_tokens, stop=("###",),
+                  extra_json=extra)
+  return Prompt(messages=messages, temperature=settings.temperature,
+                max_tokens=max_tokens, extra_json=extra)
 
 
 async def teach_tinythinker(client: TeacherClient, example: Example,
@@ -170,24 +231,53 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
   gold = example.gold_label
   if gold is None:
     raise ValueError(f"{example.source or example.id}: TinyThinker needs a gold option")
-  messages = prompts.tinythinker_messages(example, gold, instruction, exemplars,
-                                          settings.num_shots, rng)
-  request = Prompt(messages=messages, temperature=settings.temperature,
-                   max_tokens=settings.max_tokens)
+  mode = _structured_mode(settings.structured_output)
+  request = tinythinker_request(example, settings, instruction, exemplars, rng,
+                                client.config.endpoint)
   provenance = _provenance(
       client.config.describe(), prompts.TINYTHINKER_TEMPLATE_VERSION,
-      {"temperature": settings.temperature, "max_tokens": settings.max_tokens,
-       "num_samples": settings.num_samples, "num_shots": settings.num_shots})
-  outcome = Outcome()
+      {"temperature": settings.temperature, "max_tokens": request.max_tokens,
+       "num_samples": settings.num_samples, "num_shots": settings.num_shots,
+       "few_shot": settings.few_shot, "structured_output": mode})
+  outcome = Outcome(samples=settings.num_samples)
+
+  structured = mode != "none"
+
+  async def parsed_sample(sample):
+    """The sample's parse; while it fails, up to `format_retries` new-seed
+    requests (cached like any other). A failure keeps the first reply's error."""
+    parsed = replies.parse_reply(sample.text, example, structured)
+    attempt = 0
+    while not parsed.ok and attempt < settings.format_retries:
+      attempt += 1
+      retry = dataclasses.replace(request, seed=_retry_seed(
+          client.config.seed, example.id, sample.sample_index, attempt))
+      [again] = await client.samples(retry, 1)
+      outcome.format_retries += 1
+      retried = replies.parse_reply(again.text, example, structured)
+      if retried.ok:
+        outcome.recovered_by_retry += 1
+        return dataclasses.replace(again, sample_index=sample.sample_index), retried, \
+            attempt
+    return sample, parsed, attempt
+
   valid = []
-  for sample in await client.samples(request, settings.num_samples):
-    parsed = parse_tinythinker_reply(sample.text, example.labels)
+  for sample, parsed, attempts in await asyncio.gather(
+      *(parsed_sample(s) for s in await client.samples(request, settings.num_samples))):
     if not parsed.ok:
-      _drop(outcome, example, sample.sample_index, f"format: {parsed.error}", sample.text)
+      _drop(outcome, example, sample.sample_index, f"format: {parsed.error}", sample.text,
+            retries=attempts)
       continue
     key_info, verdicts = parsed.value
-    marked = next(v.label for v in verdicts.values() if v.correct)
     outcome.teacher_total += 1
+    correct = [v.label for v in verdicts.values() if v.correct]
+    if len(correct) != 1:
+      _drop(outcome, example, sample.sample_index,
+            f"not exactly one option marked correct: {len(correct)}"
+            + (f" ({', '.join(correct)})" if correct else ""), sample.text,
+            rendered=replies.render_text(key_info, verdicts))
+      continue
+    marked = correct[0]
     outcome.teacher_correct += marked == gold
     valid.append((sample, key_info, verdicts, marked))
   label = gold
@@ -197,21 +287,24 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
   limit = settings.max_per_question or settings.num_samples
   kept_infos: list[str] = []
   for sample, key_info, verdicts, marked in valid:
+    rendered = replies.render_text(key_info, verdicts)
     if marked != label:
       _drop(outcome, example, sample.sample_index,
-            f"teacher marks {marked} correct; the label is {label}", sample.text)
+            f"teacher marks {marked} correct; the label is {label}", sample.text,
+            rendered=rendered)
     elif any(editdistance.eval(key_info, k) <= settings.min_edit_distance
              for k in kept_infos):
       _drop(outcome, example, sample.sample_index, "near-duplicate key information",
-            sample.text)
+            sample.text, rendered=rendered)
     elif len(kept_infos) >= limit:
       _drop(outcome, example, sample.sample_index, "over the per-question limit",
-            sample.text)
+            sample.text, rendered=rendered)
     else:
       kept_infos.append(key_info)
       record = {"id": example.id, "method": Method.TINYTHINKER.value,
                 "example": example.to_json(), "label": label, "recall": key_info,
                 "analyses": {l: verdicts[l].reason for l in example.labels},
+                "rationale_text": rendered, "raw_reply": sample.text,
                 "sample_index": sample.sample_index, "provenance": provenance}
       if label != gold:
         record["relabelled_from"] = gold
@@ -262,13 +355,31 @@ class Summary:
   samples: int = 0
   kept: int = 0
   dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Samples whose reply could be read (a TinyThinker rationale that parsed, a
+  # Fine-tune-CoT answer that was found), over all samples.
+  parsed: int = 0
+  parse_rate: Optional[float] = None
+  kept_rate: Optional[float] = None
+  drop_rates: dict[str, float] = dataclasses.field(default_factory=dict)
+  # Of the parsed samples, those whose answer equals the gold answer.
   teacher_accuracy: Optional[float] = None
+  format_retries: int = 0  # Extra requests made for unparsable samples...
+  recovered_by_retry: int = 0  # ...and the samples they recovered.
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
   usage: dict[str, Any] = dataclasses.field(default_factory=dict)
   torn_cache_lines: int = 0
 
 
+DROP_KINDS = {"format:": "format", "teacher marks": "teacher disagrees with the label",
+              "answer differs": "answer differs from gold"}
+
+
 def _reason_kind(reason: str) -> str:
-  return reason.split(":")[0] if reason.startswith("format:") else reason.split(";")[0]
+  """The reason's category for counting (details such as letters stripped)."""
+  for prefix, kind in DROP_KINDS.items():
+    if reason.startswith(prefix):
+      return kind
+  return reason.split(":")[0]
 
 
 def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> Summary:
@@ -278,8 +389,15 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   summary.samples = len(kept) + len(dropped)
   summary.dropped = dict(collections.Counter(_reason_kind(d["reason"]) for d in dropped))
   total = sum(o.teacher_total for o in outcomes)
+  summary.parsed = total
+  if summary.samples:
+    summary.parse_rate = total / summary.samples
+    summary.kept_rate = summary.kept / summary.samples
+    summary.drop_rates = {k: v / summary.samples for k, v in summary.dropped.items()}
   summary.teacher_accuracy = (sum(o.teacher_correct for o in outcomes) / total
                               if total else None)
+  summary.format_retries = sum(o.format_retries for o in outcomes)
+  summary.recovered_by_retry = sum(o.recovered_by_retry for o in outcomes)
   shards.write_jsonl_atomically(os.path.join(output_dir, RECORDS), kept)
   shards.write_jsonl_atomically(os.path.join(output_dir, DROPPED), dropped)
   with open(os.path.join(output_dir, SUMMARY), "w") as f:
@@ -295,6 +413,8 @@ async def _teach_async(examples: Sequence[Example], method: Method,
   exemplars = (prompts.load_exemplars(tinythinker.exemplar_file)
                if tinythinker.exemplar_file else [])
   summary = Summary(method.value, config.describe(), examples=len(examples))
+  summary.settings = dataclasses.asdict(
+      finetune_cot if method is Method.FINETUNE_COT else tinythinker)
   with CompletionCache(os.path.join(output_dir, CACHE)) as cache:
     summary.torn_cache_lines = cache.torn_lines
     async with TeacherClient(config, cache) as client:

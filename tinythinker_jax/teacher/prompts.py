@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from tinythinker_jax.data.schema import Example
+from tinythinker_jax.data.schema import Choice, Example
 from tinythinker_jax.reasoning import formats
 
 FINETUNE_COT_TEMPLATE_VERSION = "finetune-cot/zero-shot-cot/v1"
-TINYTHINKER_TEMPLATE_VERSION = "tinythinker/key-information-explanations/v1"
+TINYTHINKER_TEMPLATE_VERSION = "tinythinker/key-information-explanations/v2"
 
 # Used when no request.json is given: the same instruction as TinyThinker's.
 DEFAULT_INSTRUCTION = (
@@ -75,14 +76,91 @@ def load_exemplars(path: str) -> list[dict[str, Any]]:
   return exemplars
 
 
+JSON_INSTRUCTION = (
+    "\nReply with one JSON object and nothing else: {\"key_information\": the key "
+    "information in one sentence, \"explanations\": one object per option, in the "
+    "options' order, {\"option\": its letter, \"verdict\": \"correct\" or "
+    "\"incorrect\", \"explanation\": one sentence starting with Because}}.\n")
+
+FEW_SHOT_LAYOUTS = ("turns", "system")
+
+
+def exemplar_hint(exemplar: dict[str, Any]) -> str:
+  """The label an exemplar's explanations mark correct (its user turn's hint)."""
+  for line in exemplar["Explanations"]:
+    match = re.match(r"\s*([A-Z])\s+is\s+correct\b", line)
+    if match:
+      return match.group(1)
+  raise ValueError(f"exemplar {exemplar['Q'][:60]!r}: no option is marked correct")
+
+
+def _exemplar_example(exemplar: dict[str, Any]) -> Example:
+  options = re.findall(r"(?:^|,\s*)([A-Z])\.\s*(.*?)(?=,\s*[A-Z]\.\s|$)",
+                       exemplar["Options"])
+  return Example(id="exemplar", question=exemplar["Q"], answer=exemplar_hint(exemplar),
+                 choices=tuple(Choice(l, t.strip()) for l, t in options))
+
+
+def exemplar_reply(exemplar: dict[str, Any], structured: bool) -> str:
+  """The exemplar's answer as the teacher should write it: the paper's text,
+  or the JSON object of structured output."""
+  if not structured:
+    explanations = "\n".join(exemplar["Explanations"])
+    return f"Key Information: {exemplar['Key Information']}\nExplanations: {explanations}"
+  items = []
+  for line in exemplar["Explanations"]:
+    match = re.match(r"\s*([A-Z])\s+is\s+(correct|incorrect)\.\s*(.*)$", line, re.S)
+    if match:
+      items.append({"option": match.group(1), "verdict": match.group(2),
+                    "explanation": match.group(3).strip()})
+  return json.dumps({"key_information": exemplar["Key Information"],
+                     "explanations": items}, ensure_ascii=False)
+
+
 def tinythinker_messages(example: Example, hint_label: str, instruction: str,
                          exemplars: Sequence[dict[str, Any]], num_shots: int,
-                         rng: np.random.Generator) -> tuple[tuple[str, str], ...]:
-  """System message (instruction + k random exemplars) and the user query."""
-  chosen = rng.choice(len(exemplars), size=min(num_shots, len(exemplars)), replace=False)
-  shots = "\n".join(render_exemplar(exemplars[i]) for i in sorted(chosen))
-  system = f"{instruction.rstrip()}\n\n{shots}\n###" if shots else instruction
-  return (("system", system), ("user", tinythinker_query(example, hint_label)))
+                         rng: np.random.Generator, layout: str = "system",
+                         structured: bool = False) -> tuple[tuple[str, str], ...]:
+  """The chat request: the instruction, k random exemplars and the user query.
+
+  `layout='system'` puts the exemplars in the system message, delimited by ###
+  (TinyThinker's own request); `'turns'` gives each as a user turn (its
+  question with the hint) and an assistant turn (its rationale), which chat
+  models follow more closely. `structured` asks for the JSON object of
+  `replies.rationale_schema`, and writes the exemplars' replies in it.
+  """
+  if layout not in FEW_SHOT_LAYOUTS:
+    raise ValueError(f"TinyThinkerSettings.few_shot={layout!r}; expected one of "
+                     f"{FEW_SHOT_LAYOUTS}")
+  chosen = sorted(rng.choice(len(exemplars), size=min(num_shots, len(exemplars)),
+                             replace=False)) if exemplars else []
+  system = instruction.rstrip() + "\n"
+  if structured:
+    system += JSON_INSTRUCTION
+  query = tinythinker_query(example, hint_label)
+  if layout == "system":
+    shots = "\n".join(render_exemplar(exemplars[i]) for i in chosen)
+    if shots:
+      system = f"{system}\n{shots}\n###"
+    return (("system", system), ("user", query))
+  turns: list[tuple[str, str]] = [("system", system)]
+  for i in chosen:
+    shot = _exemplar_example(exemplars[i])
+    turns += [("user", tinythinker_query(shot, shot.answer)),
+              ("assistant", exemplar_reply(exemplars[i], structured))]
+  return tuple(turns) + (("user", query),)
+
+
+def completion_prompt(messages: Sequence[tuple[str, str]]) -> str:
+  """Chat turns flattened into one prompt for a completions endpoint, ending
+  where the assistant's reply starts."""
+  parts = []
+  for role, content in messages:
+    if role == "assistant":
+      parts.append(f"{content}\n###")
+    else:
+      parts.append(content if role == "system" else f"###\n{content}")
+  return "\n".join(parts) + "\n"
 
 
 def default_exemplar_file(prompts_dir: str, dataset: str) -> Optional[str]:

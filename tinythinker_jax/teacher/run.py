@@ -48,6 +48,13 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
         tinythinker, exemplar_file=exemplar_file,
         instruction_file=tinythinker.instruction_file or
         (instruction if os.path.exists(instruction) else None))
+  # Structured output is on by default for the local llama.cpp teacher (its
+  # server takes a schema under 'json_object'); other endpoints opt in.
+  default_mode = "json_object" if teacher == "local" else "none"
+  if finetune_cot.structured_output is None:
+    finetune_cot = dataclasses.replace(finetune_cot, structured_output=default_mode)
+  if tinythinker.structured_output is None:
+    tinythinker = dataclasses.replace(tinythinker, structured_output=default_mode)
   run = lambda config: pipelines.teach(  # noqa: E731
       examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
       teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed,
