@@ -10,7 +10,7 @@ teacher's accuracy against gold.
   .venv/bin/python benchmarks/local_teacher_bench.py \\
       --csqa=../shared/data/tinythinker/csqa --prompts=../shared/data/tinythinker/prompts
 
-(about 15 minutes on 2 CPU cores with the defaults: 20 questions, 1 sample, 4 shots)
+(about 25 minutes on 2 CPU cores for 10 questions, 1 sample, 4 shots; the default is 20)
 
 Needs `make install` (llama.cpp's server and SmolLM2-135M); `--gguf` takes
 another GGUF file. Each configuration writes under --output_dir and is cached

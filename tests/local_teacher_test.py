@@ -134,6 +134,7 @@ def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
     httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0)
 
 
+@pytest.mark.slow  # About 3-4 minutes of llama.cpp on 2 cores.
 def test_structured_tinythinker_replies_parse_on_twenty_questions(shared_data, tmp_path):
   """The local teacher's default (structured output, exemplars as chat turns) on
   20 CommonsenseQA questions: at least 95% of the replies parse on the first

@@ -1,12 +1,14 @@
 """The teacher client against a real local HTTP server with scripted faults."""
 
 import asyncio
+import dataclasses
 import json
 import time
 
 import pytest
 
 from tests.openai_fault_server import FaultServer
+from tinythinker_jax import reports
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.teacher import pipelines
@@ -233,6 +235,11 @@ def test_tinythinker_pipeline_validates_dedups_and_relabels(tmp_path, shared_dat
     assert records[0]["recall"] == "A blow against reforms makes the efforts useless."
     assert records[0]["analyses"]["A"] == "reason A."
     assert summary.dropped["teacher disagrees with the label"] == 3
+    # The pipeline report's teacher row, by hand: 5 samples, 4 parsed, 1 kept.
+    row = reports.teacher_row("tinythinker/train", dataclasses.asdict(summary))
+    assert row == ("| tinythinker/train | scripted @ " + server.base_url + " (chat) | 1 | 5 "
+                   "| 80.0% | 1 (20.0%) | format: 1 (20%), teacher disagrees with the "
+                   "label: 3 (60%) | 0 (0) | 25.0% |")
   dropped = [json.loads(l) for l in (tmp_path / "dropped.jsonl").read_text().splitlines()]
   assert all(d["gold"] == gold for d in dropped)  # Disagreements can be read off.
   assert summary.parse_rate == pytest.approx(4 / 5)

@@ -113,6 +113,10 @@ def test_key_information_over_several_lines_and_explanations_that_wrap():
      "prey.\nC. natural habitat: prey.\nD. dense forest: hm.\nE. henhouse: guarded.",
      "option A has no verdict: 'A. race track: maybe.'"),
     ("A is incorrect. Because no.", "no key information before 'A is incorrect. Because no.'"),
+    ("Key Information: Foxes hunt.\nOptions: A. race track, B. populated areas\n"
+     "A. race track - incorrect.\nB is incorrect. Because b.\nC is correct. Because c.\n"
+     "D is incorrect. Because d.\nE is incorrect. Because e.",
+     "option A has no explanation: 'A. race track - incorrect.'"),
 ])
 def test_unreadable_replies_fail_quoting_the_line(reply, reason):
   parsed = replies.parse_reply(reply, FOX, structured=False)

@@ -145,7 +145,8 @@ _BULLET = re.compile(r"^\s*(?:[-*•·]|\d+[.)])\s+")
 _HEADING = re.compile(r"^#+\s*")
 _KEY_HEADER = re.compile(r"^(?:the\s+)?key\s+(?:information|info|points?|concepts?)\s*:\s*",
                          re.I)
-_EXPLANATIONS_HEADER = re.compile(r"^(?:explanations?|analysis|options?)\s*:\s*", re.I)
+_EXPLANATIONS_HEADER = re.compile(r"^(?:explanations?|analysis)\s*:\s*", re.I)
+_ECHO = re.compile(r"^(?:options|choices|answer choices|question|q)\s*:", re.I)
 _CHOICE_WORD = r"(?:\s+(?:answer|option|choice))?"
 _NEGATIVE = re.compile(
     r"\b(?:incorrect|wrong|false|(?:not|isn'?t)\s+(?:the\s+|a\s+)?(?:correct|right|best|"
@@ -214,6 +215,8 @@ def _split_reason(body: str, span: Optional[tuple[int, int]]) -> str:
     before = body[:span[0]].strip()
     if len(after.split()) >= 3 and len(before.split()) <= 3:
       return _reason(after)
+    if len((before + " " + after).split()) < 2:
+      return ""  # A verdict with no explanation ("A. race track - incorrect.").
   return _reason(body)
 
 
@@ -232,8 +235,8 @@ def parse_text(text: str, example: Example) -> Parsed[Rationale]:
   in_key = False
   for raw in text.splitlines():
     line = _clean(raw)
-    if not line or set(line) <= set("#-=*_ "):
-      continue
+    if not line or set(line) <= set("#-=*_ ") or _ECHO.match(line):
+      continue  # Blank, a rule, or the question / options repeated.
     key = _KEY_HEADER.match(line)
     if key:
       in_key = True
