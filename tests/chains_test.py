@@ -8,7 +8,7 @@ import pytest
 
 from tinythinker_jax import shards, vocabularies
 from tinythinker_jax.data.schema import AnswerType, Example, labelled
-from tinythinker_jax.reasoning import chains, reflection
+from tinythinker_jax.reasoning import chains, preferences
 from tinythinker_jax.reasoning.chains import ChainRun, Generation, Sampling
 from tinythinker_jax.reasoning.formats import Format
 
@@ -113,7 +113,7 @@ def test_single_pass_finetune_cot_and_vanilla():
 
 def test_balance_drops_shared_strings_fills_from_teacher_and_resamples():
   rng = np.random.default_rng(0)
-  triples = reflection.balance(["a", "b", "shared"], ["x", "shared", "y", "z", "w"],
+  triples = preferences.balance(["a", "b", "shared"], ["x", "shared", "y", "z", "w"],
                                ["t1", "a", "x", "t2"], rng)
   chosen = [c for c, _, _ in triples]
   rejected = [r for _, r, _ in triples]
@@ -121,20 +121,20 @@ def test_balance_drops_shared_strings_fills_from_teacher_and_resamples():
   # 2 student chosen vs 4 rejected: two teacher strings (not 'a', not 'x') fill in.
   assert sorted(set(chosen)) == ["a", "b", "t1", "t2"]
   assert sorted(rejected) == ["w", "x", "y", "z"]
-  assert {s for c, _, s in triples if c.startswith("t")} == {reflection.TEACHER}
+  assert {s for c, _, s in triples if c.startswith("t")} == {preferences.TEACHER}
   # More chosen than rejected: rejected are resampled, every chosen is used once.
-  triples = reflection.balance(["a", "b", "c", "d"], ["x"], [], rng)
+  triples = preferences.balance(["a", "b", "c", "d"], ["x"], [], rng)
   assert [c for c, _, _ in triples] == ["a", "b", "c", "d"]
   assert [r for _, r, _ in triples] == ["x"] * 4
-  assert reflection.balance(["a"], [], ["t"], rng) == []  # nothing was wrong
-  assert reflection.balance([], ["x"], [], rng) == []  # nothing to prefer
-  assert len(reflection.balance(["a", "b", "c"], ["x"], [], rng, max_pairs=2)) == 2
+  assert preferences.balance(["a"], [], ["t"], rng) == []  # nothing was wrong
+  assert preferences.balance([], ["x"], [], rng) == []  # nothing to prefer
+  assert len(preferences.balance(["a", "b", "c"], ["x"], [], rng, max_pairs=2)) == 2
 
 
 def test_balance_is_seeded():
   args = (["a"], ["x", "y", "z"], [])
-  one = reflection.balance(*args, np.random.default_rng(5))
-  two = reflection.balance(*args, np.random.default_rng(5))
+  one = preferences.balance(*args, np.random.default_rng(5))
+  two = preferences.balance(*args, np.random.default_rng(5))
   assert one == two
 
 
@@ -142,17 +142,17 @@ def test_recall_and_analyze_pairs_follow_the_chains():
   runs = chains.run_staged([EXAMPLE], Scripted(tinythinker_rule),
                            recall=Sampling(temperature=0.7), num_runs=3)[0]
   rng = np.random.default_rng(0)
-  pairs = reflection.recall_pairs(EXAMPLE, runs, ["Teacher recall"], rng)
+  pairs = preferences.recall_pairs(EXAMPLE, runs, ["Teacher recall"], rng)
   assert [(p.chosen, p.rejected, p.chosen_source) for p in pairs] == [
       ("Milk is kept cold.", "Milk is kept hot.", "student")]
   assert pairs[0].prompt.endswith("\nRecall:")
-  chosen = reflection.chosen_recalls(EXAMPLE, runs, ["Teacher recall"], limit=2)
+  chosen = preferences.chosen_recalls(EXAMPLE, runs, ["Teacher recall"], limit=2)
   assert chosen == ["Milk is kept cold."]
   # Analyses after one recall: two runs reach B (gold), one reaches A.
   analysed = [ChainRun("", "B", analyses={"A": "a1", "B": "b1", "C": "c1"}),
               ChainRun("", "A", analyses={"A": "a2", "B": "b2", "C": "c1"}),
               ChainRun("", "B", analyses={"A": "a1", "B": "b3", "C": "c3"})]
-  pairs = reflection.analyze_pairs(EXAMPLE, "Milk is kept cold.", analysed,
+  pairs = preferences.analyze_pairs(EXAMPLE, "Milk is kept cold.", analysed,
                                    {"A": "teacher A", "B": "teacher B"}, rng)
   by_option = {}
   for p in pairs:

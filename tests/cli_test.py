@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from tinythinker_jax import main
+import pytest
+
+from tinythinker_jax import errors, gin_utils, main
 
 DESIGN_VERBS = ("teach", "train", "sample", "evaluate", "infer", "score", "export",
                 "pipeline", "demo", "vocab", "data")
@@ -30,15 +32,15 @@ def test_required_gin_macros_are_named():
 
 
 def test_gin_flag_rewriting():
-  rest, bindings = main.gin_utils.rewrite_gin_args(
-      ["demo", "--gin.MODEL_DIR='/tmp/x'", "--gin.workflow.run_pipeline.split_seed=3",
+  rest, bindings = gin_utils.rewrite_gin_args(
+      ["demo", "--gin.MODEL_DIR='/tmp/x'", "--gin.pipeline.run_pipeline.split_seed=3",
        "--output_dir=x"])
   assert rest == ["demo", "--output_dir=x"]
-  assert bindings == ["MODEL_DIR = '/tmp/x'", "workflow.run_pipeline.split_seed = 3"]
+  assert bindings == ["MODEL_DIR = '/tmp/x'", "pipeline.run_pipeline.split_seed = 3"]
 
 
 def test_misspelt_gin_binding_fails_naming_it(tmp_path):
-  result = run_cli("demo", f"--output_dir={tmp_path}", "--gin.workflow.run_pipeline.stepz=3")
+  result = run_cli("demo", f"--output_dir={tmp_path}", "--gin.pipeline.run_pipeline.stepz=3")
   assert result.returncode == 2
   assert "stepz" in result.stderr and "Traceback" not in result.stderr
 
@@ -62,3 +64,29 @@ def test_teach_verb_with_the_rule_based_teacher(tmp_path):
   assert "run.teach_dataset" in (tmp_path / "config.gin").read_text()
   missing = run_cli("teach", f"--gin.OUTPUT_DIR='{tmp_path}'")
   assert missing.returncode == 2 and "DATASET" in missing.stderr
+
+
+def test_user_errors_exit_2_in_one_line_and_bugs_keep_their_traceback(capsys):
+  def bad_input(args, bindings):
+    raise errors.UserError("data.jsonl:3: no 'question' key")
+
+  def bug(args, bindings):
+    raise KeyError("internal")
+
+  assert gin_utils.run("tinythinker x", lambda p: None, bad_input, []) == 2
+  assert capsys.readouterr().err == "tinythinker x: data.jsonl:3: no 'question' key\n"
+  with pytest.raises(KeyError, match="internal"):
+    gin_utils.run("tinythinker x", lambda p: None, bug, [])
+  # A subprocess shows the traceback of a bug, not a one-line message.
+  result = run_cli("score", "--model_dir=/nonexistent", "--input=a", "--target=b")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "/nonexistent" in result.stderr
+
+
+def test_every_verb_module_runs_as_a_module_and_main_only_dispatches():
+  import importlib
+  for verb, (module, _) in main.BINARIES.items():
+    binary = importlib.import_module(f"tinythinker_jax.{module}")
+    assert callable(binary.main), verb
+  result = run_cli("--help", module="tinythinker_jax.eval")
+  assert result.returncode == 0 and "--gin_file" in result.stdout

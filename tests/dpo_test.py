@@ -94,7 +94,7 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   batch = _batch(np.random.default_rng(2), tiny_config.vocab_size)
   model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
   # The reference is the initial policy, so the starting margin is exactly 0.
-  pc, _, pr, _ = model.policy_logps(params, batch)
+  pc, _, pr, _, _ = model.policy_logps(params, batch)
   batch["reference_chosen_logps"] = np.asarray(pc)
   batch["reference_rejected_logps"] = np.asarray(pr)
   optimizer = optax.adam(1e-2)

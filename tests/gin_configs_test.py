@@ -96,7 +96,8 @@ REQUIRED = {"RUN_DIR": "'/tmp/r'", "DATASET": "'coin_flip'", "DATASET_PATH": "'/
             "MIXTURE_OR_TASK_NAME": "'x'", "TASK_FEATURE_LENGTHS": "{'inputs': 8}",
             "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'"}
 CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.gin",
-           "runs/reflect.gin", "runs/demo.gin", "runs/teach.gin",
+           "runs/reflect.gin", "runs/demo.gin", "runs/demo_local.gin", "runs/teach.gin",
+           "runs/sft.gin", "runs/pipeline.gin",
            "experiments/coin_flip_tinythinker.gin", "experiments/coin_flip_reflect.gin",
            "experiments/coin_flip_finetune_cot.gin", "experiments/csqa_pipeline.gin",
            "experiments/date_finetune_cot_pipeline.gin",
@@ -112,7 +113,7 @@ def test_run_and_experiment_configs_parse(config):
                      for line in text.splitlines() if line.startswith("include"))
   bindings = [f"{k} = {v}" for k, v in REQUIRED.items()
               if f"{k} = %gin.REQUIRED" in text + includes]
-  if "models/" not in text and "MODEL_CONFIG" in text + includes:
+  if "include 'models/" not in text + includes and "MODEL_CONFIG" in text + includes:
     config_files = ["models/t5_1_1/tiny.gin", config]
     bindings.append("DROPOUT_RATE = 0.0")
   else:
@@ -123,5 +124,31 @@ def test_run_and_experiment_configs_parse(config):
     for name in ("MODEL_CONFIG",):
       if f"%{name}" in text + includes:
         assert isinstance(gin_utils.resolve(gin_utils.query(name)), t5.T5Config)
+  finally:
+    gin.clear_config()
+
+
+def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
+  """The pipeline's two `TrainSettings` (scopes `phase1/` and `dpo/`) resolve to
+  their own values, and phase 2 keeps TinyThinker's recipe."""
+  from tinythinker_jax import pipeline, train
+  from tinythinker_jax.training import recipe
+  gin.clear_config()
+  try:
+    gin_utils.parse(["runs/demo.gin"], ["phase1/recipe.TrainSettings.max_grad_norm = 1.0"])
+    with gin.config_scope("phase1"):
+      phase1 = gin.get_configurable(recipe.TrainSettings)()
+    dpo_settings = gin.get_configurable(train.DpoSettings)()
+    assert (phase1.train_steps, phase1.optimizer, phase1.learning_rate,
+            phase1.max_grad_norm) == (400, "adamw", 3e-3, 1.0)
+    phase2 = dpo_settings.train
+    assert (phase2.batch_size, phase2.num_epochs, phase2.optimizer, phase2.schedule,
+            phase2.warmup_fraction, phase2.max_grad_norm, phase2.z_loss) == (
+                32, 1.0, "adamw", "cosine", 0.1, None, 0.0)
+    assert phase2.learning_rate == 1e-4  # the demo's from-scratch student
+    assert (dpo_settings.beta, dpo_settings.alpha, dpo_settings.input_length) == (
+        0.5, 0.5, 120)
+    assert gin.query_parameter("pipeline.run_pipeline.interleave_interval") == 1
+    del pipeline
   finally:
     gin.clear_config()

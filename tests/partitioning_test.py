@@ -77,13 +77,22 @@ def _get(tree, path):
   return tree
 
 
-@pytest.mark.parametrize("data,model,param_dims", [(1, 1, 1), (8, 1, 1), (2, 4, 1),
-                                                   (1, 8, 1), (2, 4, 2), (8, 1, 2)])
-def test_sharded_step_matches_one_device(tiny_config, data, model, param_dims):
+@pytest.fixture(scope="module")
+def one_device_reference():
+  """(config, params, loss, grads) on one device, computed once for the module."""
+  from tests.conftest import make_tiny_config
+  config = make_tiny_config()
+  params = nn.unbox(t5.init_params(config, jax.random.key(0)))
+  loss, grads = jax.jit(_loss_and_grads(t5.T5(config)))(params, _batch(config))
+  return config, params, loss, grads
+
+
+@pytest.mark.parametrize("data,model,param_dims", [(8, 1, 1), (2, 4, 1), (1, 8, 1),
+                                                   (2, 4, 2), (8, 1, 2)])
+def test_sharded_step_matches_one_device(one_device_reference, data, model, param_dims):
+  tiny_config, params, ref_loss, ref_grads = one_device_reference
   module = t5.T5(tiny_config)
   batch = _batch(tiny_config)
-  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(0)))
-  ref_loss, ref_grads = jax.jit(_loss_and_grads(module))(params, batch)
 
   mesh = partitioning.create_mesh(data, model)
   assert mesh.shape == {"data": data, "model": model}

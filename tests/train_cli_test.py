@@ -1,8 +1,8 @@
 """`tinythinker train` end to end: seqio task -> arrays -> training, as subprocesses.
 
 A SIGKILL mid-run resumes to the same parameters as an uninterrupted run; two
-processes with 4 fake CPU devices each (gloo) take the same steps as one
-process with 8; and a tiny T5 learns a rationale task.
+processes with one fake CPU device each (gloo) take the same steps as one
+process with two (the mesh is what that test is about; the others run on one device); and a tiny T5 learns a rationale task.
 """
 
 import json
@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from tinythinker_jax import decoding, sft
+from tests.conftest import one_device_env
+
+from tinythinker_jax import decoding, materialize
 from tinythinker_jax.checkpoints import Checkpointer
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType
@@ -46,7 +48,7 @@ def data(tmp_path_factory):
   texts = [t for e in splits["train"] for t in (e.question, e.rationale)]
   spm = vocabularies.train_sentencepiece(texts + ["--> yes no"], 128, str(root / "spm"),
                                          model_type="word", hard_vocab_limit=False)
-  manifest = sft.prepare_data(TASK, LENGTHS, str(root / "data"),
+  manifest = materialize.prepare_data(TASK, LENGTHS, str(root / "data"),
                               records_dir=str(root / "rationales"), vocabulary=spm)
   assert manifest["tasks"][TASK] == {"train": 2000, "validation": 300}
   return root, spm
@@ -57,16 +59,14 @@ def command(data_dir, model_dir, steps, *extra):
           "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/sft.gin",
           f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
           f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}",
-          f"--gin.sft.run.data_dir='{data_dir}'", "--gin.NUM_EMBEDDINGS=256",
+          f"--gin.train.run.data_dir='{data_dir}'", "--gin.NUM_EMBEDDINGS=256",
           "--gin.ACTIVATION_DTYPE='float32'", "--gin.OPTIMIZER='adamw'",
           "--gin.SCHEDULE='cosine'", "--gin.LEARNING_RATE=2e-3", "--gin.WARMUP_STEPS=5",
-          "--gin.sft.run.log_every=1", *extra]
+          "--gin.recipe.TrainSettings.log_every=1", *extra]
 
 
 def env(devices):
-  e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return e
+  return one_device_env(devices)
 
 
 def train_ok(cmd, devices):
@@ -93,12 +93,13 @@ def losses(model_dir):
 def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   root, _ = data
   extra = SMALL + ["--gin.DROPOUT_RATE=0.1", "--gin.BATCH_SIZE=16",
-                   "--gin.sft.run.checkpoint_every=5", "--gin.sft.run.eval_every=0"]
+                   "--gin.recipe.TrainSettings.checkpoint_every=5",
+                   "--gin.recipe.TrainSettings.eval_every=0"]
   straight = tmp_path / "straight"
-  train_ok(command(root / "data", straight, 30, *extra), 8)
+  train_ok(command(root / "data", straight, 30, *extra), 1)
 
   killed = tmp_path / "killed"
-  process = subprocess.Popen(command(root / "data", killed, 30, *extra), env=env(8),
+  process = subprocess.Popen(command(root / "data", killed, 30, *extra), env=env(1),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 300
   while not (killed / "checkpoints" / "15").exists():
@@ -107,10 +108,10 @@ def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (killed / "checkpoints" / "30").exists()
-  train_ok(command(root / "data", killed, 30, *extra), 8)
+  train_ok(command(root / "data", killed, 30, *extra), 1)
   a, b = final_params(straight, 30), final_params(killed, 30)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a, b)
-  assert "sft.run" in (killed / "config.gin").read_text()
+  assert "train.run" in (killed / "config.gin").read_text()
 
 
 def free_port():
@@ -122,15 +123,16 @@ def free_port():
 def test_two_processes_take_the_same_steps_as_one(data, tmp_path):
   root, _ = data
   extra = SMALL + ["--gin.DROPOUT_RATE=0.0", "--gin.BATCH_SIZE=16",
-                   "--gin.sft.run.checkpoint_every=100", "--gin.sft.run.eval_every=0"]
+                   "--gin.recipe.TrainSettings.checkpoint_every=100",
+                   "--gin.recipe.TrainSettings.eval_every=0"]
   one = tmp_path / "one"
-  train_ok(command(root / "data", one, 8, *extra), 8)
+  train_ok(command(root / "data", one, 8, *extra), 2)
   two = tmp_path / "two"
   address = f"127.0.0.1:{free_port()}"
   workers = [subprocess.Popen(
       command(root / "data", two, 8, *extra, f"--gin.COORDINATOR_ADDRESS='{address}'",
               "--gin.NUM_PROCESSES=2", f"--gin.PROCESS_ID={i}"),
-      env=env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      env=env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [w.communicate(timeout=600) for w in workers]
   for w, (_, err) in zip(workers, outputs):
@@ -147,8 +149,9 @@ def test_tiny_t5_learns_a_rationale_task(data, tmp_path):
   root, spm = data
   model_dir = tmp_path / "learn"
   train_ok(command(root / "data", model_dir, 150, "--gin.DROPOUT_RATE=0.0",
-                   "--gin.BATCH_SIZE=32", "--gin.sft.run.checkpoint_every=150",
-                   "--gin.sft.run.eval_every=75", "--gin.sft.run.eval_batches=4"), 1)
+                   "--gin.BATCH_SIZE=32", "--gin.recipe.TrainSettings.checkpoint_every=150",
+                   "--gin.recipe.TrainSettings.eval_every=75",
+                   "--gin.recipe.TrainSettings.eval_batches=4"), 1)
   with open(model_dir / "metrics.jsonl") as f:
     evals = [json.loads(l) for l in f if "eval/" in l]
   key = f"eval/{TASK}/loss"

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tinythinker_jax import partitioning, sft
+from tinythinker_jax import partitioning, student
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import models, optimizers, trainer
@@ -24,7 +24,7 @@ def copy_task(vocab: int, batch: int):
 
 
 def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatches=1,
-        optimizer="adamw", batch=8, stop_after=None):
+        optimizer="adamw", batch=8, stop_after=None, save_every=3):
   partitioner = partitioning.Partitioner(
       partitioning.create_mesh(data, model),
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
@@ -34,7 +34,7 @@ def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatch
       optimizer=optimizers.make_optimizer(optimizer, schedule), partitioner=partitioner,
       batch_fn=copy_task(config.vocab_size, batch), global_batch_size=batch,
       train_steps=steps, model_dir=str(model_dir), num_microbatches=microbatches,
-      checkpoint=trainer.CheckpointSettings(save_every=3, keep=2), log_every=1,
+      checkpoint=trainer.CheckpointSettings(save_every=save_every, keep=2), log_every=1,
       schedule=schedule, progress=False, stop_after=stop_after)
 
 
@@ -46,13 +46,26 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-4):
 
 
 
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """`run` on one device, computed once per (optimizer, steps) for the module."""
+  cache = {}
+
+  def get(config, optimizer="adamw", steps=6):
+    if (optimizer, steps) not in cache:
+      cache[optimizer, steps] = run(config, tmp_path_factory.mktemp("one"),
+                                    optimizer=optimizer, steps=steps, save_every=100)
+    return cache[optimizer, steps]
+  return get
+
+
 @pytest.mark.parametrize("data,model,param_dims,optimizer", [
     (2, 4, 1, "adamw"), (2, 4, 2, "adafactor"), (8, 1, 2, "adamw")])
-def test_mesh_runs_match_one_device(tiny_config, tmp_path, data, model, param_dims,
-                                    optimizer):
-  single = run(tiny_config, tmp_path / "one", optimizer=optimizer)
+def test_mesh_runs_match_one_device(tiny_config, tmp_path, one_device, data, model,
+                                    param_dims, optimizer):
+  single = one_device(tiny_config, optimizer)
   sharded = run(tiny_config, tmp_path / "mesh", data=data, model=model,
-                param_dims=param_dims, optimizer=optimizer)
+                param_dims=param_dims, optimizer=optimizer, save_every=100)
   assert int(sharded.state.step) == 6
   np.testing.assert_allclose(sharded.last_metrics["loss"], single.last_metrics["loss"],
                              rtol=1e-5)
@@ -64,15 +77,15 @@ def test_mesh_runs_match_one_device(tiny_config, tmp_path, data, model, param_di
   assert kernel.sharding.is_equivalent_to(expected, kernel.ndim)
 
 
-def test_microbatched_accumulation_equals_full_batch(tiny_config, tmp_path):
-  full = run(tiny_config, tmp_path / "full", steps=4)
-  micro = run(tiny_config, tmp_path / "micro", steps=4, microbatches=4)
+def test_microbatched_accumulation_equals_full_batch(tiny_config, tmp_path, one_device):
+  full = one_device(tiny_config, steps=4)
+  micro = run(tiny_config, tmp_path / "micro", steps=4, microbatches=4, save_every=100)
   np.testing.assert_allclose(micro.last_metrics["loss"], full.last_metrics["loss"],
                              rtol=1e-5)
   assert_trees_close(micro.state.params, full.state.params)
 
 
-def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
+def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_device):
   first = run(tiny_config, tmp_path / "m", data=2, model=4, steps=6)
   saved = jax.device_get(first.state)
   again = run(tiny_config, tmp_path / "m", data=8, model=1, steps=6)
@@ -83,16 +96,16 @@ def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
   assert kernel.sharding.mesh.shape == {"data": 8, "model": 1}
   # Continuing on the new mesh gives the steps an uninterrupted run would take.
   longer = run(tiny_config, tmp_path / "m", data=1, model=8, steps=9)
-  straight = run(tiny_config, tmp_path / "straight", steps=9)
+  straight = one_device(tiny_config, steps=9)
   assert_trees_close(longer.state.params, straight.state.params)
 
 
-def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path):
+def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
   partial = run(tiny_config, tmp_path / "k", steps=9, stop_after=5)
   assert int(partial.state.step) == 5
   resumed = run(tiny_config, tmp_path / "k", steps=9)
   assert resumed.resumed_from == 5
-  straight = run(tiny_config, tmp_path / "s", steps=9)
+  straight = one_device(tiny_config, steps=9)
   assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=1e-7)
   steps = sorted(int(p.name) for p in (tmp_path / "k" / "checkpoints").iterdir()
                  if p.name.isdigit())
@@ -122,7 +135,8 @@ def test_schedules_by_hand():
 def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
   params = jax.device_get(nn.unbox(t5.init_params(tiny_config, jax.random.key(5))))
   save_hf_t5(tiny_config, params, str(tmp_path / "hf"))
-  loaded = sft.load_initial_params(str(tmp_path / "hf"), tiny_config)
+  loaded = student.load(str(tmp_path / "hf"), model_config=tiny_config,
+                        require_vocabulary=False).params
   partitioner = partitioning.Partitioner(partitioning.create_mesh(2, 4))
   result = trainer.train(
       model=models.EncoderDecoderModel(t5.T5(tiny_config)), model_config=tiny_config,
@@ -132,6 +146,7 @@ def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
       train_steps=1, model_dir=str(tmp_path / "run"), initial_params=lambda: loaded,
       progress=False, stop_after=0)
   assert_trees_close(result.state.params, params, rtol=0, atol=0)
-  with pytest.raises(ValueError, match="mlp_dim=64 in its config.json, but the gin "
-                                       "model config has 96"):
-    sft.load_initial_params(str(tmp_path / "hf"), tiny_config.replace(mlp_dim=96))
+  with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH=.*: mlp_dim=64 in the "
+                                       "checkpoint, but the model config has 96"):
+    student.load(str(tmp_path / "hf"), model_config=tiny_config.replace(mlp_dim=96),
+                 require_vocabulary=False, binding="INITIAL_CHECKPOINT_PATH")

@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tinythinker_jax import errors
+
 
 def abstract_like(tree: Any, mesh: Optional[jax.sharding.Mesh] = None) -> Any:
   """ShapeDtypeStructs with the arrays' shardings (scalars: replicated on `mesh`)."""
@@ -55,7 +57,7 @@ class Checkpointer:
     """The parameters of a checkpoint as host arrays, whatever mesh wrote them."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{self.directory}: no checkpoints")
+      raise errors.MissingFileError(f"{self.directory}: no checkpoints")
     path = os.path.join(self.directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)

@@ -126,10 +126,16 @@ def categorical(rng: Array, logits: Array) -> Array:
   One uniform number per row instead of `jax.random.categorical`'s one Gumbel
   number per vocabulary entry, which dominates a sampling step's time on CPU
   for 32k-token vocabularies. Tokens of probability 0 (-inf logits) are never
-  drawn: a flat stretch of the CDF cannot hold a strict crossing.
+  drawn: a flat stretch of the CDF cannot hold a strict crossing. `rng` is one
+  key, or one key per row (shape `logits.shape[:-1]`), which makes each row's
+  draw independent of the rows it is batched with.
   """
   cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
-  u = jax.random.uniform(rng, logits.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
+  if rng.shape and rng.shape == logits.shape[:-1]:
+    u = jax.vmap(lambda k: jax.random.uniform(k, (1,), jnp.float32))(rng)
+  else:
+    u = jax.random.uniform(rng, logits.shape[:-1] + (1,), jnp.float32)
+  u = u * cdf[..., -1:]
   index = jnp.sum(cdf < u, axis=-1)
   return jnp.minimum(index, logits.shape[-1] - 1).astype(jnp.int32)
 
@@ -139,10 +145,23 @@ def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Arra
                   top_k: int = 0, top_p: float = 1.0, eos_id: int = 1) -> DecodeResult:
   """`num_samples` sampled continuations per input, as rows `[batch * num_samples]`
   (the samples of input i are rows i * num_samples ...). Log-probabilities are
-  the model's own (temperature 1, unfiltered), as DPO needs them."""
+  the model's own (temperature 1, unfiltered), as DPO needs them.
+
+  `rng` is one key per input (shape `[batch]`), or one key from which input
+  i's is `fold_in(rng, i)`. Sample j of input i at step t draws with
+  `fold_in(fold_in(key_i, j), t)`, so what an input gets depends only on its
+  key: not on the batch size, its row, or how rows are spread over devices.
+  """
+  batch = encoder_input_tokens.shape[0]
+  if rng.shape != (batch,):
+    rng = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+  sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+      jnp.arange(num_samples)))(rng).reshape(batch * num_samples)
+
   def choose(step, logits):
-    return sample_token(jax.random.fold_in(rng, step), logits, temperature=temperature,
-                        top_k=top_k, top_p=top_p)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(sample_keys)
+    return sample_token(step_keys, logits, temperature=temperature, top_k=top_k,
+                        top_p=top_p)
   return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id, choose,
                       repeats=num_samples)
 

@@ -1,6 +1,96 @@
-"""`python -m tinythinker_jax.export`: the same as `tinythinker export`."""
+"""`tinythinker export`: a student as a Hugging Face T5 folder with its tokenizer.
 
-from tinythinker_jax import main
+The folder holds `config.json`, `generation_config.json`, safetensors weights,
+and the tokenizer: the SentencePiece model as `spiece.model` with
+`tokenizer_config.json` / `special_tokens_map.json` for `T5Tokenizer` (seqio's
+extra ids become `<extra_id_N>`), or `ByT5Tokenizer` settings for the byte
+vocabulary. `transformers` loads it with `from_pretrained`, and a gs:// vocabulary
+is copied through TensorFlow's gfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from typing import Optional, Sequence
+
+from tinythinker_jax import errors, gin_utils
+from tinythinker_jax import student as student_lib
+from tinythinker_jax import vocabularies
+from tinythinker_jax.convert.hf import save_hf_t5
+
+SPIECE = "spiece.model"
+
+
+def _write_json(path: str, value) -> None:
+  with open(path, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+
+
+def write_tokenizer(vocabulary: str, output_dir: str,
+                    extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
+                    model_max_length: int = 512) -> None:
+  special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+  if vocabulary == vocabularies.BYTE:
+    config = dict(special, tokenizer_class="ByT5Tokenizer", extra_ids=extra_ids)
+  else:
+    target = os.path.join(output_dir, SPIECE)
+    if vocabulary.startswith("gs://"):
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      tf.io.gfile.copy(vocabulary, target, overwrite=True)
+    else:
+      if not os.path.exists(vocabulary):
+        raise errors.MissingFileError(f"vocabulary {vocabulary!r} not found")
+      shutil.copyfile(vocabulary, target)
+    config = dict(special, tokenizer_class="T5Tokenizer", extra_ids=extra_ids,
+                  legacy=False, model_max_length=model_max_length)
+    special = dict(special, additional_special_tokens=[
+        f"<extra_id_{i}>" for i in range(extra_ids)])
+  _write_json(os.path.join(output_dir, "tokenizer_config.json"), config)
+  _write_json(os.path.join(output_dir, "special_tokens_map.json"), special)
+
+
+def export_student(model_dir: str, output_dir: str, *, vocabulary: str = "",
+                   dtype: Optional[str] = None) -> str:
+  """Writes `model_dir`'s latest checkpoint as a Hugging Face T5 folder."""
+  loaded = student_lib.load(model_dir, vocabulary=vocabulary)
+  tmp = output_dir.rstrip("/") + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  save_hf_t5(loaded.config, loaded.params, tmp, dtype=dtype)
+  _write_json(os.path.join(tmp, "generation_config.json"),
+              {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
+  write_tokenizer(loaded.vocabulary, tmp)
+  if os.path.exists(output_dir):
+    shutil.rmtree(output_dir)
+  os.replace(tmp, output_dir)  # A complete folder or none.
+  return output_dir
+
+
+def _add_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--model_dir", required=True, help="one of our model dirs")
+  p.add_argument("--output_dir", required=True, help="the Hugging Face folder to write")
+  p.add_argument("--vocabulary", default="", help="default: the checkpoint's own")
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                 help="weights dtype (default: as stored)")
+
+
+def _export(args: argparse.Namespace, bindings: list[str]) -> int:
+  gin_utils.parse_flags(args, bindings)
+  path = export_student(args.model_dir, args.output_dir, vocabulary=args.vocabulary,
+                        dtype=args.dtype)
+  print(f"wrote {path}: load it with "
+        f"transformers.T5ForConditionalGeneration.from_pretrained({path!r})")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run("tinythinker export", _add_flags, _export, argv,
+                       "write a student as a Hugging Face T5 folder (safetensors, config, "
+                       "SentencePiece tokenizer)")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="export"))
+  gin_utils.run_as_module(__spec__)

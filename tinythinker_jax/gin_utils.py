@@ -2,20 +2,28 @@
 
 Library modules never import gin; gin files name library callables through
 `from __gin__ import dynamic_registration`. Include paths are resolved against
-the working directory, the project's `gin_configs/` folder, and any extra
-search paths.
+the working directory, the package's `gin_configs/` folder (package data, so
+an installed wheel finds `runs/sft.gin`), and any extra search paths.
+
+The binaries share the helpers at the end: `add_gin_flags`, `parse_flags` and
+`run`, which turns `errors.UserError` into one line on stderr and exit code 2
+and lets every other exception keep its traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import importlib.util  # noqa: F401  gin 0.5 needs it imported for relative includes.
 import logging
 import os
-from typing import Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "gin_configs")
+from tinythinker_jax import errors
+
+GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
 
 
 class _DropSearchMisses(logging.Filter):
@@ -36,7 +44,7 @@ def _quiet_search():
     root.removeFilter(handler_filter)
 
 
-class GinConfigError(ValueError):
+class GinConfigError(errors.UserError):
   """A gin file or binding could not be parsed or names something unknown."""
 
 
@@ -111,3 +119,89 @@ def write_operative_config(directory: str, filename: str = "config.gin") -> str:
   with open(path, "w") as f:
     f.write(gin.config_str())
   return path
+
+
+def query_or(name: str, default=None):
+  """`query(name)`, or `default` when the macro is not bound."""
+  try:
+    return query(name)
+  except GinConfigError:
+    return default
+
+
+# ------------------------------------------------------------------ binaries
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  """t5x's gin flags: --gin_file (repeatable), --gin_bindings, --gin_search_paths."""
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin config file (repeatable); resolved against the working "
+                      "directory and the package's gin_configs/")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding such as \"MODEL_DIR='/tmp/run'\" (repeatable); "
+                      "--gin.NAME=VALUE works too")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="extra folders to resolve gin includes in")
+
+
+def parse_flags(args: argparse.Namespace, bindings: Sequence[str] = (),
+                default_gin_file: Optional[str] = None) -> None:
+  """Parses the binary's gin files (or its default run config) and bindings."""
+  gin_files = list(args.gin_file) or ([default_gin_file] if default_gin_file else [])
+  all_bindings = list(args.gin_bindings) + list(bindings)
+  if gin_files or all_bindings:
+    parse(gin_files, all_bindings, args.gin_search_paths)
+
+
+def run(prog: str, build_parser: Callable[[argparse.ArgumentParser], None],
+        handler: Callable[[argparse.Namespace, list[str]], int],
+        argv: Optional[Sequence[str]] = None, description: str = "") -> int:
+  """A binary's `main`: flags (gin ones included), then `handler(args, bindings)`.
+
+  `errors.UserError` (bad input: a file, line, key or binding) is printed as
+  one line with exit code 2; anything else propagates with its traceback.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog=prog, description=description)
+  add_gin_flags(parser)
+  build_parser(parser)
+  try:
+    argv, bindings = rewrite_gin_args(argv)
+    args = parser.parse_args(argv)
+    return handler(args, bindings)
+  except errors.UserError as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    return 2
+
+
+def configured_binary(fn: Callable, default_gin_file: str, output_macro: str
+                      ) -> Callable[[argparse.Namespace, list[str]], int]:
+  """A binary's handler that calls one gin-configured library function.
+
+  It parses the gin flags (default: `default_gin_file`), writes the operative
+  config to the folder `output_macro` names, calls `fn` with its gin bindings
+  and prints the result (as JSON unless it is a string).
+  """
+  def handler(args: argparse.Namespace, bindings: Sequence[str]) -> int:
+    import json  # pylint: disable=import-outside-toplevel
+    import gin  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    parse_flags(args, bindings, default_gin_file)
+    output_dir = query(output_macro)
+    if jax.process_index() == 0:
+      write_operative_config(output_dir)
+    result = gin.get_configurable(fn)()
+    if jax.process_index() == 0:
+      print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return 0
+  return handler
+
+
+def run_as_module(spec) -> None:
+  """`python -m tinythinker_jax.VERB`: runs the package's own copy of the module.
+
+  Run as `__main__`, a binary's functions are not the ones its gin files name
+  (gin registers `tinythinker_jax.VERB.fn`), so the binary re-enters through
+  the imported module.
+  """
+  sys.exit(importlib.import_module(spec.name).main())

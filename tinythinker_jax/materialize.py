@@ -1,6 +1,116 @@
-"""`python -m tinythinker_jax.materialize`: the same as `tinythinker materialize`."""
+"""`tinythinker materialize`: a seqio task's splits as the arrays training reads.
 
-from tinythinker_jax import main
+`prepare_data` is what `tinythinker train` calls first: it materialises each
+task of `MIXTURE_OR_TASK_NAME` (split by split) into `<data_dir>/<task>/<split>`
+(needs seqio/TensorFlow) and records the mixture's expansion in a manifest, so
+later runs, and hosts without TensorFlow, read the arrays directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+
+from tinythinker_jax import errors, gin_utils, shards
+
+MANIFEST = "manifest.json"
+
+
+def _expand(name: str) -> list[str]:
+  import seqio  # pylint: disable=import-outside-toplevel
+  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise errors.UserError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or "
+                     f"mixture ({e})") from e
+  return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [
+      provider.name]
+
+
+def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
+                 data_dir: str, splits: Sequence[str] = ("train", "validation"),
+                 records_dir: str = "", vocabulary: str = "") -> dict[str, Any]:
+  """Materialises the tasks' splits once; returns the manifest."""
+  manifest_path = os.path.join(data_dir, MANIFEST)
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    if (manifest["name"] == mixture_or_task_name and
+        manifest["feature_lengths"] == dict(feature_lengths)):
+      return manifest
+  if jax.process_index() == 0:
+    # The registered tasks find their files and vocabulary through these.
+    if records_dir:
+      os.environ["TINYTHINKER_RECORDS_DIR"] = records_dir
+    if vocabulary:
+      os.environ["TINYTHINKER_VOCAB"] = vocabulary
+    from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
+    import seqio  # pylint: disable=import-outside-toplevel
+    names = _expand(mixture_or_task_name)
+    manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
+                "tasks": {}}
+    for name in names:
+      vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+      manifest["vocab_size"] = vocab.vocab_size
+      manifest["tasks"][name] = {}
+      for split in splits:
+        try:
+          meta = seqio_arrays.materialize(name, split, feature_lengths,
+                                         os.path.join(data_dir, name, split))
+        except FileNotFoundError:
+          continue  # That split has no records (e.g. no validation rationales).
+        except seqio_arrays.EmptySplitError:
+          if split == "train":
+            raise
+          print(f"warning: {name} {split}: no examples; training goes on without them",
+                file=sys.stderr)
+          continue
+        manifest["tasks"][name][split] = meta["num_examples"]
+        if meta["examples_at_length_limit"]:
+          message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
+                     f"{meta['num_examples']} examples reach TASK_FEATURE_LENGTHS="
+                     f"{dict(feature_lengths)} and are truncated at the end (a "
+                     "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
+          logging.warning(message)
+          print(f"warning: {message}", file=sys.stderr)
+          manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
+              meta["examples_at_length_limit"]
+    os.makedirs(data_dir, exist_ok=True)
+    shards.write_json_atomically(manifest_path, manifest)
+  shards.sync_processes("tinythinker_prepare_data")
+  with open(manifest_path) as f:
+    return json.load(f)
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--task", required=True, help="a seqio task or mixture name")
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--inputs_length", type=int, required=True)
+  parser.add_argument("--targets_length", type=int, required=True)
+  parser.add_argument("--records_dir", default="", help="$TINYTHINKER_RECORDS_DIR")
+  parser.add_argument("--vocabulary", default="", help="$TINYTHINKER_VOCAB")
+
+
+def _materialize(args: argparse.Namespace, bindings: list[str]) -> int:
+  gin_utils.parse_flags(args, bindings)
+  lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  manifest = prepare_data(args.task, lengths, args.output_dir,
+                          records_dir=args.records_dir, vocabulary=args.vocabulary)
+  print(json.dumps(manifest, indent=2))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run("tinythinker materialize", _add_flags, _materialize, argv,
+                       "write a seqio task's splits as the arrays training reads")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="materialize"))
+  gin_utils.run_as_module(__spec__)

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tinythinker_jax import errors
+
 MeshAxes = Union[None, str, tuple[str, ...]]
 LogicalAxisRules = tuple[tuple[str, MeshAxes], ...]
 
@@ -54,7 +56,7 @@ def standard_logical_axis_rules(
   elif dims == (2, 2):
     rules = base + [("embed", MODEL_AXIS), ("embed", DATA_AXIS)]
   else:
-    raise ValueError(f"activation_partitioning_dims={activation_partitioning_dims}, "
+    raise errors.UserError(f"activation_partitioning_dims={activation_partitioning_dims}, "
                      f"parameter_partitioning_dims={parameter_partitioning_dims}: "
                      "each must be 1 or 2")
   rules += [("relpos_buckets", None), ("abspos_buckets", None), ("length", None),
@@ -74,19 +76,19 @@ def create_mesh(data_parallelism: int = -1, model_parallelism: int = 1,
   """
   devices = list(jax.devices() if devices is None else devices)
   if model_parallelism < 1:
-    raise ValueError(f"model_parallelism={model_parallelism} must be >= 1")
+    raise errors.UserError(f"model_parallelism={model_parallelism} must be >= 1")
   if data_parallelism == -1:
     if len(devices) % model_parallelism:
-      raise ValueError(f"model_parallelism={model_parallelism} does not divide the "
+      raise errors.UserError(f"model_parallelism={model_parallelism} does not divide the "
                        f"{len(devices)} devices")
     data_parallelism = len(devices) // model_parallelism
   size = data_parallelism * model_parallelism
   if size > len(devices) or size < 1:
-    raise ValueError(f"mesh {data_parallelism}x{model_parallelism} needs {size} "
+    raise errors.UserError(f"mesh {data_parallelism}x{model_parallelism} needs {size} "
                      f"devices; {len(devices)} are available")
   if size < len(devices):
     if jax.process_count() > 1:
-      raise ValueError(f"mesh {data_parallelism}x{model_parallelism} leaves devices "
+      raise errors.UserError(f"mesh {data_parallelism}x{model_parallelism} leaves devices "
                        "out; a multi-process mesh must use all of them")
     devices = devices[:size]
   shape = (data_parallelism, model_parallelism)
@@ -128,11 +130,11 @@ class Partitioner:
   def _check_rules(self):
     for rule in self.rules:
       if len(rule) != 2 or not isinstance(rule[0], str):
-        raise ValueError(f"logical axis rule {rule!r} is not (name, mesh_axes)")
+        raise errors.UserError(f"logical axis rule {rule!r} is not (name, mesh_axes)")
       axes = rule[1] if isinstance(rule[1], tuple) else (rule[1],)
       for axis in axes:
         if axis is not None and axis not in self.mesh.axis_names:
-          raise ValueError(f"logical axis rule {rule!r} names mesh axis {axis!r}; the "
+          raise errors.UserError(f"logical axis rule {rule!r} names mesh axis {axis!r}; the "
                            f"mesh has {self.mesh.axis_names}")
 
   @contextlib.contextmanager
@@ -193,7 +195,7 @@ class Partitioner:
     """The contiguous slice of the global batch that this process supplies."""
     data_size = self.mesh.shape[DATA_AXIS]
     if global_batch_size % data_size:
-      raise ValueError(f"batch size {global_batch_size} does not split evenly over "
+      raise errors.UserError(f"batch size {global_batch_size} does not split evenly over "
                        f"the {data_size}-way data axis")
     sharding = self.data_sharding(1)
     index_map = sharding.addressable_devices_indices_map((global_batch_size,))
@@ -203,7 +205,7 @@ class Partitioner:
     local = stop - start
     if global_batch_size % local or start % local or \
         sum(b - a for a, b in slices) != local:
-      raise ValueError(f"batch size {global_batch_size} does not split evenly over "
+      raise errors.UserError(f"batch size {global_batch_size} does not split evenly over "
                        f"the {self.mesh.shape[DATA_AXIS]}-way data axis")
     return DataLayout(global_batch_size, start // local, global_batch_size // local)
 

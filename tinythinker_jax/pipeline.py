@@ -1,6 +1,302 @@
-"""`python -m tinythinker_jax.pipeline`: the same as `tinythinker pipeline`."""
+"""`tinythinker pipeline`: dataset -> distilled students in one run folder.
 
-from tinythinker_jax import main
+Stages, each in its own subfolder of `run_dir`, in order:
+
+| stage | what | outputs |
+|---|---|---|
+| `teach` | the teacher's rationales for train and validation (`teacher.run`) | `rationales/<dataset>/<method>/<split>/` |
+| `vocab` | a SentencePiece vocabulary on the rendered student texts (unless given) | `vocab/spm.model` |
+| `train_<format>` | phase 1 for each student format (`train.run`) | `students/<format>/` |
+| `reflect` | TinyThinker's self-reflection rounds (`reflect.run_reflect`) | `reflect/` |
+| `evaluate` | greedy and self-consistency accuracy of every student on the test split | `evaluate/<student>/report.{json,md}` |
+| `export` | the final TinyThinker (or last) student as a Hugging Face T5 folder | `export/hf_model/` |
+| `report` | `report.md` with PNG plots: teacher statistics, accuracies, curves, chains | `report/` |
+
+`pipeline.json` (the manifest) records each finished stage with its outputs and
+time. A finished stage is skipped; an unfinished one resumes from what it left
+(the teacher's completion cache, orbax checkpoints, evaluation shards, the
+reflection state), so a run killed at any point and started again finishes
+without redoing finished work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from tinythinker_jax import errors, gin_utils
+from tinythinker_jax import sample as sample_lib
+from tinythinker_jax import shards
+from tinythinker_jax import student as student_lib
+from tinythinker_jax import train as train_lib
+from tinythinker_jax.data import datasets
+from tinythinker_jax.models import t5
+from tinythinker_jax.reasoning.formats import Format
+from tinythinker_jax.training import recipe as recipe_lib
+
+MANIFEST = "pipeline.json"
+METHOD_OF = {"vanilla": "finetune_cot", "finetune_cot": "finetune_cot",
+             "tinythinker": "tinythinker", "summarize": "tinythinker",
+             "recall_summarize": "tinythinker", "analyze_summarize": "tinythinker"}
+STAGED = ("tinythinker", "summarize", "recall_summarize", "analyze_summarize")
+
+
+# Phase 1 of the pipeline's students, unless `train_settings` says otherwise: AdamW,
+# cosine decay with warm-up (TinyThinker's), 1000 steps.
+PHASE1 = recipe_lib.TrainSettings(batch_size=64, train_steps=1000, optimizer="adamw",
+                                  schedule="cosine", learning_rate=5e-4, warmup_steps=100)
+
+
+class Manifest:
+  """`pipeline.json`: finished stages, written atomically after each one."""
+
+  def __init__(self, run_dir: str, settings: dict[str, Any]):
+    self.path = os.path.join(run_dir, MANIFEST)
+    self.data: dict[str, Any] = {"settings": settings, "stages": {}, "runs": 0}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        saved = json.load(f)
+      if saved.get("settings") != json.loads(json.dumps(settings)):
+        changed = sorted(k for k in set(saved.get("settings", {})) | set(settings)
+                         if saved.get("settings", {}).get(k) != json.loads(
+                             json.dumps(settings.get(k))))
+        raise errors.UserError(f"{self.path}: this run folder was made with other settings "
+                         f"({', '.join(changed)}); use a new run folder")
+      self.data = saved
+    self.data["runs"] = self.data.get("runs", 0) + 1
+    self._write()
+
+  def done(self, stage: str) -> bool:
+    return stage in self.data["stages"]
+
+  def finish(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
+    self.data["stages"][stage] = {"outputs": outputs, "seconds": round(seconds, 1),
+                                  "run": self.data["runs"]}
+    self._write()
+
+  def outputs(self, stage: str) -> dict[str, Any]:
+    return self.data["stages"][stage]["outputs"]
+
+  def _write(self) -> None:
+    shards.write_json_atomically(self.path, self.data)
+
+
+def _stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]],
+           log: Callable[[str], None]) -> dict[str, Any]:
+  if manifest.done(name):
+    log(f"[{name}] done before; skipped")
+    return manifest.outputs(name)
+  log(f"[{name}]")
+  start = time.time()
+  outputs = fn()
+  manifest.finish(name, outputs, time.time() - start)
+  return outputs
+
+
+def _records_dir(run_dir: str) -> str:
+  return os.path.join(run_dir, "rationales")
+
+
+def records_path(run_dir: str, dataset: str, method: str, split: str) -> str:
+  """Where `tasks/` looks for a dataset's records under the run's rationales."""
+  return os.path.join(_records_dir(run_dir), dataset.replace("/", "_"), method, split,
+                      "records.jsonl")
+
+
+def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
+                 dataset_path: str = "", teacher: str = "rule_based",
+                 teacher_config=None, gguf: str = "", prompts_dir: str = "",
+                 finetune_cot_settings=None, tinythinker_settings=None,
+                 student_formats: Sequence[str] = ("vanilla", "finetune_cot",
+                                                   "tinythinker"),
+                 max_train_examples: Optional[int] = None,
+                 max_validation_examples: Optional[int] = None,
+                 max_test_examples: Optional[int] = None,
+                 max_reflect_examples: Optional[int] = None, split_seed: int = 0,
+                 vocabulary: str = "", vocab_size: int = 8000,
+                 vocab_model_type: str = "unigram",
+                 train_settings: recipe_lib.TrainSettings = PHASE1,
+                 input_length: int = 256, target_length: int = 128,
+                 interleave_interval: int = 100,
+                 initial_checkpoint_path: Optional[str] = None, reflect_rounds: int = 0,
+                 sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
+                 dpo_settings: train_lib.DpoSettings = train_lib.DpoSettings(),
+                 student: student_lib.StudentSettings = student_lib.StudentSettings(),
+                 eval_num_runs: int = 5, eval_temperature: float = 0.7,
+                 export: bool = True, report: bool = True, progress: bool = True,
+                 stop_after_stage: Optional[str] = None) -> dict[str, Any]:
+  """Runs (or resumes) every stage; returns the manifest.
+
+  Phase 1 of every student format trains with `train_settings` (the same
+  `TrainSettings` as `tinythinker train`) on `input_length`/`target_length`
+  arrays; TinyThinker's stages interleave every `interleave_interval` steps.
+  """
+  from tinythinker_jax import reflect as reflect_lib  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.teacher import run as teach_run  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    raise errors.UserError("`pipeline` runs on one host (its teach stage calls the teacher "
+                     "once); on several hosts run `teach` on one, then `train`, `sample`, "
+                     "`reflect` and `evaluate` on all")
+  for fmt in student_formats:
+    if fmt not in METHOD_OF:
+      raise errors.UserError(f"STUDENT_FORMATS: {fmt!r} is not one of {sorted(METHOD_OF)}")
+  spec = datasets.get_spec(dataset)
+  os.makedirs(run_dir, exist_ok=True)
+  settings = {"dataset": dataset, "dataset_path": dataset_path, "teacher": teacher,
+              "student_formats": list(student_formats),
+              "max_train_examples": max_train_examples, "split_seed": split_seed,
+              "model_config": dataclasses.asdict(model_config),
+              "train_settings": recipe_lib.jsonable(train_settings),
+              "lengths": [input_length, target_length],
+              "interleave_interval": interleave_interval,
+              "initial_checkpoint_path": initial_checkpoint_path,
+              "reflect_rounds": reflect_rounds}
+  manifest = Manifest(run_dir, settings)
+  log = print if progress else (lambda _: None)
+  methods = sorted({METHOD_OF[f] for f in student_formats})
+  stages_done: list[str] = []
+
+  def stop(name: str) -> bool:
+    stages_done.append(name)
+    return stop_after_stage == name
+
+  # ---- teach
+  teach_settings = {k: v for k, v in (("finetune_cot", finetune_cot_settings),
+                                      ("tinythinker", tinythinker_settings)) if v}
+
+  def teach() -> dict[str, Any]:
+    summaries = {}
+    for method in methods:
+      for split, cap in (("train", max_train_examples),
+                         ("validation", max_validation_examples)):
+        out = os.path.dirname(records_path(run_dir, dataset, method, split))
+        summary = teach_run.teach_dataset(
+            dataset=dataset, output_dir=out, dataset_path=dataset_path, split=split,
+            method=method, teacher=teacher, teacher_config=teacher_config, gguf=gguf,
+            max_examples=cap, seed=split_seed, prompts_dir=prompts_dir,
+            progress=progress, **teach_settings)
+        summaries[f"{method}/{split}"] = dataclasses.asdict(summary)
+        if split == "train" and summary.kept == 0:
+          raise errors.UserError(f"teach: the teacher kept no {method} rationales for "
+                           f"{dataset} train ({summary.dropped}); see {out}/dropped.jsonl")
+    return {"summaries": summaries, "records_dir": _records_dir(run_dir)}
+  _stage(manifest, "teach", teach, log)
+  if stop("teach"):
+    return manifest.data
+
+  # ---- vocabulary
+  def vocab() -> dict[str, Any]:
+    if vocabulary:
+      return {"vocabulary": vocabulary}
+    from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
+    texts = []
+    for fmt in student_formats:
+      texts.extend(vocabularies.iter_rendered(
+          [records_path(run_dir, dataset, METHOD_OF[fmt], "train")], fmt))
+    path = vocabularies.train_sentencepiece(
+        texts, vocab_size, os.path.join(run_dir, "vocab", "spm"),
+        model_type=vocab_model_type, hard_vocab_limit=False, seed=split_seed)
+    return {"vocabulary": os.path.abspath(path)}
+  vocab_path = _stage(manifest, "vocab", vocab, log)["vocabulary"]
+  if stop("vocab"):
+    return manifest.data
+
+  # ---- phase 1, one student per format
+  lengths = {"inputs": input_length, "targets": target_length}
+  num_options = spec.num_options or 1
+  for fmt in student_formats:
+    def train(fmt=fmt) -> dict[str, Any]:
+      model_dir = os.path.join(run_dir, "students", fmt)
+      staged = fmt in STAGED
+      result = train_lib.run(
+          model_dir=model_dir, model_config=model_config,
+          mixture_or_task_name=f"tinythinker.{dataset.replace('/', '_')}.{fmt}",
+          task_feature_lengths=lengths, settings=train_settings,
+          records_dir=_records_dir(run_dir), vocabulary=vocab_path,
+          initial_checkpoint_path=initial_checkpoint_path,
+          interleave_interval=interleave_interval if staged else None,
+          num_options=num_options if staged else None, progress=progress)
+      return {"model_dir": model_dir, "metrics": result.last_metrics}
+    _stage(manifest, f"train_{fmt}", train, log)
+    if stop(f"train_{fmt}"):
+      return manifest.data
+
+  # ---- phase 2
+  students = {fmt: os.path.join(run_dir, "students", fmt) for fmt in student_formats}
+  if "tinythinker" in student_formats and reflect_rounds > 0:
+    def reflect() -> dict[str, Any]:
+      state = reflect_lib.run_reflect(
+          output_dir=os.path.join(run_dir, "reflect"),
+          initial_model_dir=students["tinythinker"],
+          records_path=records_path(run_dir, dataset, "tinythinker", "train"),
+          dataset=dataset, dataset_path=dataset_path,
+          max_validation_examples=max_validation_examples,
+          max_train_examples=max_reflect_examples or max_train_examples,
+          split_seed=split_seed, rounds=reflect_rounds, sample_settings=sample_settings,
+          dpo_settings=dpo_settings, student=student, progress=progress)
+      return {"best": state["best"], "initial": state["initial"],
+              "rounds": [{k: r.get(k) for k in ("round", "validation_accuracy", "skipped",
+                                                "model_dir")} | {"pairs": r["samples"]
+                                                                 ["pairs"]}
+                         for r in state["rounds"]]}
+    best = _stage(manifest, "reflect", reflect, log)["best"]
+    students["tinythinker_reflected"] = best["model_dir"]
+    if stop("reflect"):
+      return manifest.data
+
+  # ---- evaluation of every student on the test split
+  def evaluate() -> dict[str, Any]:
+    from tinythinker_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+    examples, answer_type = datasets.load_split(dataset, dataset_path, "test",
+                                                split_seed, max_test_examples)
+    reports = {}
+    for name, model_dir in students.items():
+      fmt = "tinythinker" if name == "tinythinker_reflected" else name
+      log(f"  evaluating {name}")
+      policy = student_lib.build(model_dir, settings=student)
+      reports[name] = eval_lib.evaluate(
+          policy, examples, fmt=Format(fmt), answer_type=answer_type,
+          output_dir=os.path.join(run_dir, "evaluate", name), num_runs=eval_num_runs,
+          temperature=eval_temperature, seed=split_seed, progress=progress,
+          describe={"model": model_dir, "dataset": dataset, "split": "test"})
+    return {"reports": reports}
+  _stage(manifest, "evaluate", evaluate, log)
+  if stop("evaluate"):
+    return manifest.data
+
+  # ---- export
+  final = students.get("tinythinker_reflected") or students.get("tinythinker") or \
+      students[student_formats[-1]]
+  if export:
+    def export_stage() -> dict[str, Any]:
+      from tinythinker_jax import export as export_lib  # pylint: disable=import-outside-toplevel
+      path = export_lib.export_student(final, os.path.join(run_dir, "export", "hf_model"),
+                                       vocabulary=vocab_path)
+      return {"hf_model": path, "from": final}
+    _stage(manifest, "export", export_stage, log)
+    if stop("export"):
+      return manifest.data
+
+  # ---- report
+  if report:
+    def report_stage() -> dict[str, Any]:
+      from tinythinker_jax import reports  # pylint: disable=import-outside-toplevel
+      return reports.write_report(run_dir, manifest.data, students)
+    _stage(manifest, "report", report_stage, log)
+  return manifest.data
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run(
+      "tinythinker pipeline", lambda parser: None,
+      gin_utils.configured_binary(run_pipeline, "runs/pipeline.gin", "RUN_DIR"), argv,
+      "teach -> phase 1 -> (sample -> DPO) x k -> evaluate -> export -> report, in one "
+      "resumable run folder")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="pipeline"))
+  gin_utils.run_as_module(__spec__)

@@ -1,6 +1,123 @@
-"""`python -m tinythinker_jax.reflect`: the same as `tinythinker reflect`."""
+"""`tinythinker reflect`: TinyThinker's phase 2, sample -> pairs -> DPO -> validate, iterated.
 
-from tinythinker_jax import main
+k rounds of `sample.sample` (the policy's own chains into preference pairs),
+`train.run_dpo` (DPO/RPO from that policy as reference) and greedy
+TinyThinker chain accuracy on the validation split, keeping the best policy;
+resumable between and within rounds (`reflect_state.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+
+from tinythinker_jax import gin_utils
+from tinythinker_jax import infer as infer_lib
+from tinythinker_jax import sample as sample_lib
+from tinythinker_jax import seeds, shards
+from tinythinker_jax import student as student_lib
+from tinythinker_jax import train as train_lib
+from tinythinker_jax.data import datasets
+from tinythinker_jax.data.schema import Example
+from tinythinker_jax.reasoning.formats import Format
+
+log = logging.getLogger(__name__)
+
+
+def validate(model_dir: str, examples: Sequence[Example], answer_type, *,
+             output_dir: str, student: student_lib.StudentSettings, vocabulary: str = "",
+             progress: bool = True) -> float:
+  """Greedy TinyThinker chain accuracy (TinyThinker's model selection)."""
+  policy = student_lib.build(model_dir, vocabulary=vocabulary, settings=student)
+  records = infer_lib.infer(policy, examples, fmt=Format.TINYTHINKER,
+                             answer_type=answer_type, output_dir=output_dir,
+                             name="validation", progress=progress)
+  return infer_lib.summarize_records(records)["accuracy"]
+
+
+def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
+                dataset: str, dataset_path: str = "", validation_split: str = "validation",
+                max_validation_examples: Optional[int] = None,
+                max_train_examples: Optional[int] = None, split_seed: int = 0,
+                rounds: int = 5, vocabulary: str = "",
+                sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
+                dpo_settings: train_lib.DpoSettings = train_lib.DpoSettings(),
+                student: student_lib.StudentSettings = student_lib.StudentSettings(),
+                progress: bool = True) -> dict[str, Any]:
+  """k rounds of sample -> pairs -> DPO -> validate, keeping the best policy.
+
+  Round r samples with, and takes as DPO reference, the best policy so far.
+  State is in `<output_dir>/reflect_state.json`; a restarted run skips
+  finished rounds, and within a round the sampler and trainer resume.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  state_path = os.path.join(output_dir, "reflect_state.json")
+  state: dict[str, Any] = {"rounds": [], "best": None}
+  if os.path.exists(state_path):
+    with open(state_path) as f:
+      state = json.load(f)
+  questions, teacher = sample_lib.read_teacher_records(records_path)
+  questions = questions[:max_train_examples] if max_train_examples else questions
+  valid, answer_type = datasets.load_split(dataset, dataset_path, validation_split,
+                                                split_seed, max_validation_examples)
+  if state["best"] is None:
+    accuracy = validate(initial_model_dir, valid, answer_type,
+                        output_dir=os.path.join(output_dir, "round_0"), student=student,
+                        vocabulary=vocabulary, progress=progress)
+    state["best"] = {"round": 0, "model_dir": os.path.abspath(initial_model_dir),
+                     "validation_accuracy": accuracy}
+    state["initial"] = dict(state["best"])
+    if jax.process_index() == 0:
+      shards.write_json_atomically(state_path, state)
+  for round_index in range(len(state["rounds"]) + 1, rounds + 1):
+    round_dir = os.path.join(output_dir, f"round_{round_index}")
+    policy_dir = state["best"]["model_dir"]
+    policy = student_lib.build(policy_dir, vocabulary=vocabulary, settings=student)
+    settings = dataclasses.replace(
+        sample_settings, seed=seeds.derive(sample_settings.seed, "reflect_round",
+                                           round_index))
+    summary = sample_lib.sample(policy, questions, teacher, output_dir=os.path.join(round_dir,
+                                                                         "samples"),
+                     settings=settings, progress=progress)
+    del policy
+    record: dict[str, Any] = {"round": round_index, "policy": policy_dir,
+                              "samples": summary}
+    if summary["pairs"] == 0:
+      record["skipped"] = "no preference pairs: every sampled chain agreed"
+    else:
+      model_dir = os.path.join(round_dir, "model")
+      result = train_lib.run_dpo(model_dir=model_dir,
+                       pairs_path=os.path.join(round_dir, "samples", "pairs.jsonl"),
+                       initial_checkpoint_path=policy_dir, settings=dpo_settings,
+                       vocabulary=vocabulary, progress=progress)
+      accuracy = validate(model_dir, valid, answer_type, output_dir=round_dir,
+                          student=student, vocabulary=vocabulary, progress=progress)
+      record.update(model_dir=os.path.abspath(model_dir), validation_accuracy=accuracy,
+                    train_metrics=result.last_metrics)
+      if accuracy > state["best"]["validation_accuracy"]:
+        state["best"] = {"round": round_index, "model_dir": os.path.abspath(model_dir),
+                         "validation_accuracy": accuracy}
+    state["rounds"].append(record)
+    if jax.process_index() == 0:
+      shards.write_json_atomically(state_path, state)
+    log.info("round %d: %s; best is round %d (%.3f)", round_index,
+             record.get("validation_accuracy", record.get("skipped")),
+             state["best"]["round"], state["best"]["validation_accuracy"])
+  return state
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run(
+      "tinythinker reflect", lambda parser: None,
+      gin_utils.configured_binary(run_reflect, "runs/reflect.gin", "OUTPUT_DIR"), argv,
+      "iterated self-reflection: k rounds of sample -> DPO/RPO -> validate, keeping "
+      "the best")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="reflect"))
+  gin_utils.run_as_module(__spec__)

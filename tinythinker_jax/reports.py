@@ -124,13 +124,15 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
         "TinyThinker, after self-reflection (no round beat phase 1; phase 1 kept)")
   plots = _plots(out, reports, students, reflect, labels)
   settings = manifest["settings"]
+  phase1 = settings["train_settings"]
+  length = (f"{phase1['train_steps']} phase-1 steps" if phase1["train_steps"] else
+            f"{phase1['num_epochs']} phase-1 epochs")
   lines = [f"# tinythinker report: {settings['dataset']}", "",
            f"Teacher: {settings['teacher']}. Students: T5 "
            f"{settings['model_config']['emb_dim']}d, "
            f"{settings['model_config']['num_encoder_layers']}+"
            f"{settings['model_config']['num_decoder_layers']} layers, "
-           f"{settings['recipe']['train_steps']} phase-1 steps of "
-           f"{settings['recipe']['batch_size']}.", ""]
+           f"{length} with batches of {phase1['batch_size']}.", ""]
 
   lines += ["## Test accuracy", "",
             "| student | greedy | self-consistency | format errors (greedy) | examples |",

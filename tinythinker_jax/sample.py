@@ -1,6 +1,183 @@
-"""`python -m tinythinker_jax.sample`: the same as `tinythinker sample`."""
+"""`tinythinker sample`: self-reflection data from the student's own chains.
 
-from tinythinker_jax import main
+With the current policy, sample each training question's recall
+`num_recall_samples` times (T=0.7; the rest of the chain greedy) and build
+recall pairs; for chosen recalls sample the per-option analyses and build
+analyze pairs (`reasoning.preferences`); score every chosen and rejected
+sequence with the policy, which is the reference of the next DPO round.
+Sharded by process and resumable by shard.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+
+from tinythinker_jax import errors, gin_utils, seeds, shards
+from tinythinker_jax import student as student_lib
+from tinythinker_jax.data import datasets
+from tinythinker_jax.data.schema import Example
+from tinythinker_jax.models import t5
+from tinythinker_jax.reasoning import chains, preferences
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """TinyThinker's self-reflection sampling recipe (METHODS.md)."""
+
+  num_recall_samples: int = 10
+  temperature: float = 0.7
+  top_k: int = 0
+  top_p: float = 1.0
+  max_chosen_recalls: int = 2  # chosen recalls whose analyses are sampled
+  num_analyze_samples: int = 4  # analysis sets sampled per chosen recall
+  max_recall_pairs: Optional[int] = None  # per question
+  max_analyze_pairs: Optional[int] = None  # per question, option and recall
+  shard_size: int = 64  # questions per resumable shard
+  seed: int = 0
+
+
+# ------------------------------------------------------------------ teacher
+
+
+@dataclasses.dataclass
+class TeacherFields:
+  recalls: list[str] = dataclasses.field(default_factory=list)
+  analyses: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+def read_teacher_records(path: str) -> tuple[list[Example], dict[str, TeacherFields]]:
+  """TinyThinker teacher records: the questions (in order) and their fields by id."""
+  if not os.path.exists(path):
+    raise errors.MissingFileError(f"{path}: no teacher records (run `tinythinker teach` with "
+                            "METHOD='tinythinker')")
+  examples, fields = [], {}
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        example_id = record["id"]
+        if example_id not in fields:
+          examples.append(Example.from_json(record["example"]))
+          fields[example_id] = TeacherFields()
+        fields[example_id].recalls.append(record["recall"])
+        fields[example_id].analyses.append(dict(record["analyses"]))
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise errors.UserError(f"{path}:{line_no}: not a TinyThinker record ({e})") from e
+  return examples, fields
+
+
+# ----------------------------------------------------------------- sampling
+
+
+def sample_questions(student, examples: Sequence[Example],
+                     teacher: Mapping[str, TeacherFields], settings: SampleSettings,
+                     seed: int) -> list[dict[str, Any]]:
+  """One record per question: its sampled answers and its preference pairs."""
+  stage = chains.Sampling(settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+  runs = chains.run_staged(examples, student.generate, recall=stage, num_runs=
+                           settings.num_recall_samples, seed=seed)
+  rng = seeds.rng(seed, "pair_choices")
+  out: list[dict[str, Any]] = []
+  analyze_jobs: list[tuple[int, str]] = []
+  for i, (example, example_runs) in enumerate(zip(examples, runs)):
+    fields = teacher.get(example.id, TeacherFields())
+    pairs = preferences.recall_pairs(example, example_runs, fields.recalls, rng,
+                                    settings.max_recall_pairs)
+    out.append({"id": example.id, "gold": example.gold_label,
+                "recall_answers": [r.answer for r in example_runs],
+                "pairs": [p.to_json() for p in pairs]})
+    for recall in preferences.chosen_recalls(example, example_runs, fields.recalls,
+                                            settings.max_chosen_recalls):
+      analyze_jobs.append((i, recall))
+  if analyze_jobs and settings.num_analyze_samples > 0:
+    analyzed = chains.run_staged(
+        [examples[i] for i, _ in analyze_jobs], student.generate, analyze=stage,
+        recalls=[[r] * settings.num_analyze_samples for _, r in analyze_jobs],
+        seed=seeds.derive(seed, "analyze_samples"))
+    for (i, recall), job_runs in zip(analyze_jobs, analyzed):
+      fields = teacher.get(examples[i].id, TeacherFields())
+      pairs = preferences.analyze_pairs(examples[i], recall, job_runs,
+                                       fields.analyses[0] if fields.analyses else None,
+                                       rng, settings.max_analyze_pairs)
+      out[i]["pairs"].extend(p.to_json() for p in pairs)
+  flat = [p for record in out for p in record["pairs"]]
+  if flat:
+    prompts = [p["prompt"] for p in flat]
+    scores = student.score(prompts + prompts, [p["chosen"] for p in flat] +
+                           [p["rejected"] for p in flat])
+    for p, c, r in zip(flat, scores[:len(flat)], scores[len(flat):]):
+      p["reference_chosen_logp"] = c["logprob"]
+      p["reference_rejected_logp"] = r["logprob"]
+  return out
+
+
+def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  pairs = [p for r in records for p in r["pairs"]]
+  by_stage = collections.Counter(p["stage"] for p in pairs)
+  sources = collections.Counter(f"{p['stage']}/{p['chosen_source']}" for p in pairs)
+  answers = [(a, r["gold"]) for r in records for a in r["recall_answers"]]
+  return {"questions": len(records), "pairs": len(pairs), "pairs_by_stage": dict(by_stage),
+          "chosen_sources": dict(sources),
+          "sampled_chain_accuracy": sum(a == g for a, g in answers) / max(len(answers), 1),
+          "questions_with_pairs": sum(bool(r["pairs"]) for r in records)}
+
+
+def sample(student, examples: Sequence[Example], teacher: Mapping[str, TeacherFields], *,
+           output_dir: str, settings: SampleSettings = SampleSettings(),
+           progress: bool = True) -> dict[str, Any]:
+  """Writes `<output_dir>/pairs.jsonl` and `summary.json`; returns the summary."""
+  pairs_path = os.path.join(output_dir, "pairs.jsonl")
+  summary_path = os.path.join(output_dir, "summary.json")
+  if os.path.exists(summary_path) and os.path.exists(pairs_path):
+    with open(summary_path) as f:
+      return json.load(f)  # Finished before.
+  records = shards.run_sharded(
+      examples, lambda items, k: sample_questions(student, items, teacher, settings,
+                                                  seeds.derive(settings.seed, "sample_shard", k)),
+      directory=os.path.join(output_dir, "shards"), name="questions",
+      shard_size=settings.shard_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), settings=dataclasses.asdict(settings),
+      progress=progress, barrier=lambda: shards.sync_processes("sample"))
+  summary = _summary(records)
+  if jax.process_index() == 0:
+    shards.write_jsonl_atomically(pairs_path, [p for r in records for p in r["pairs"]])
+    shards.write_json_atomically(summary_path, summary)
+  return summary
+
+
+def run_sample(*, model_dir: str, output_dir: str, records_path: str,
+               dataset: str = "", dataset_path: str = "", split: str = "train",
+               split_seed: int = 0, max_examples: Optional[int] = None,
+               vocabulary: str = "", model_config: Optional[t5.T5Config] = None,
+               settings: SampleSettings = SampleSettings(),
+               student: student_lib.StudentSettings = student_lib.StudentSettings(),
+               progress: bool = True) -> dict[str, Any]:
+  """`tinythinker sample`: the questions are the teacher records' (or a dataset split's)."""
+  questions, teacher = read_teacher_records(records_path)
+  if dataset:
+    questions, _ = datasets.load_split(dataset, dataset_path, split, split_seed)
+  questions = questions[:max_examples] if max_examples else questions
+  policy = student_lib.build(model_dir, vocabulary=vocabulary,
+                                    model_config=model_config, settings=student)
+  return sample(policy, questions, teacher, output_dir=output_dir, settings=settings,
+                progress=progress)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run(
+      "tinythinker sample", lambda parser: None,
+      gin_utils.configured_binary(run_sample, "runs/sample.gin", "OUTPUT_DIR"), argv,
+      "self-reflection data: sample the student's chains, build preference pairs "
+      "with reference log-probabilities")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="sample"))
+  gin_utils.run_as_module(__spec__)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import tqdm
 
+from tinythinker_jax import errors
+
 T = TypeVar("T")
 MANIFEST = "shards.json"
 
@@ -57,8 +59,20 @@ def sync_processes(name: str) -> None:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a JSONL file; a malformed line is an error naming file and line."""
+  try:
+    f = open(path, encoding="utf-8")
+  except FileNotFoundError:
+    raise errors.MissingFileError(f"{path}: not found") from None
+  records = []
+  with f:
+    for line_no, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise errors.UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+  return records
 
 
 def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
@@ -71,7 +85,7 @@ def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
       found = json.load(f)
     if found != json.loads(json.dumps(wanted)):
       changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-      raise ValueError(f"{path}: this folder holds shards made with other settings "
+      raise errors.UserError(f"{path}: this folder holds shards made with other settings "
                        f"({', '.join(changed)} differ); use a new output folder or "
                        "delete it")
     return
@@ -89,7 +103,7 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   `barrier`, when several processes share the folder).
   """
   if shard_size < 1:
-    raise ValueError(f"shard_size={shard_size} must be >= 1")
+    raise errors.UserError(f"shard_size={shard_size} must be >= 1")
   os.makedirs(directory, exist_ok=True)
   total = max(1, -(-len(items) // shard_size))
   if process_index == 0:
@@ -111,6 +125,6 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   for k in range(total):
     path = _shard_path(directory, name, k, total)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path}: shard {k} is missing (did another process fail?)")
+      raise errors.MissingFileError(f"{path}: shard {k} is missing (did another process fail?)")
     out.extend(read_jsonl(path))
   return out

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinythinker_jax import decoding, partitioning, vocabularies
+from tinythinker_jax import decoding, errors, partitioning, vocabularies
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.chains import Generation, Sampling
+from tinythinker_jax.training import models as training_models
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def read_checkpoint_meta(model_dir: str) -> dict:
   try:
     step = checkpointer.latest_step()
     if step is None:
-      raise FileNotFoundError(f"{model_dir}: no checkpoints")
+      raise errors.MissingFileError(f"{model_dir}: no checkpoints")
     return json.load(open(os.path.join(checkpointer.directory, str(step), "meta",
                                        "metadata")))
   finally:
@@ -60,40 +61,81 @@ def read_checkpoint_meta(model_dir: str) -> dict:
 class LoadedStudent:
   config: t5.T5Config
   params: Any  # host arrays
-  vocabulary: str
+  vocabulary: str  # "" when neither the checkpoint nor the caller names one
   source: str
 
 
-def load(path: str, *, model_config: Optional[t5.T5Config] = None,
-         vocabulary: str = "") -> LoadedStudent:
-  """Parameters, config and vocabulary path from a model dir or a Hugging Face folder.
+ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
+                       "num_decoder_layers", "vocab_size", "mlp_activations",
+                       "logits_via_embedding")
 
+
+def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
+         require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
+  """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
+
+  The one loader for "an HF folder or one of our model dirs": initial weights
+  of both phases, the DPO reference, evaluation, sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
-  was trained with; explicit arguments override them.
+  was trained with. With `model_config` given, the stored architecture must
+  match it (`binding` names the setting in the error) and its dtypes are used.
   """
+  where = f"{binding}={path}" if binding else path
   if os.path.exists(os.path.join(path, "config.json")):
     from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
     config, params = load_hf_t5(path)
-    if model_config is not None:
-      config = config.replace(dtype=model_config.dtype)
     spiece = os.path.join(path, "spiece.model")
     vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
-    if not vocab:
-      raise ValueError(f"{path}: no spiece.model; set VOCABULARY")
-    return LoadedStudent(config, params, vocab, path)
-  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  meta = read_checkpoint_meta(path)
-  config = model_config or config_from_meta(meta)
-  checkpointer = checkpoints.Checkpointer(os.path.join(path, "checkpoints"))
-  try:
-    params = checkpointer.restore_params()
-  finally:
-    checkpointer.close()
-  vocab = vocabulary or meta.get("vocabulary", "")
-  if not vocab:
-    raise ValueError(f"{path}: the checkpoint does not record its vocabulary; set "
-                     "VOCABULARY")
+  else:
+    from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    try:
+      meta = read_checkpoint_meta(path)
+    except FileNotFoundError:
+      raise errors.MissingFileError(
+          f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
+          "checkpoints") from None
+    config = config_from_meta(meta)
+    checkpointer = checkpoints.Checkpointer(os.path.join(path, "checkpoints"))
+    try:
+      params = checkpointer.restore_params()
+    finally:
+      checkpointer.close()
+    vocab = vocabulary or meta.get("vocabulary", "")
+  if model_config is not None:
+    for field in ARCHITECTURE_FIELDS:
+      if getattr(config, field) != getattr(model_config, field):
+        raise errors.UserError(
+            f"{where}: {field}={getattr(config, field)!r} in the checkpoint, but the "
+            f"model config has {getattr(model_config, field)!r}")
+    config = model_config
+  if require_vocabulary and not vocab:
+    raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
+                           "spiece.model or recorded vocabulary); set VOCABULARY")
   return LoadedStudent(config, params, vocab, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSettings:
+  """How a student is placed and batched for generation."""
+
+  batch_size: int = 64  # rows per decode call (inputs x samples)
+  max_input_length: int = 256
+  max_decode_length: int = 128
+  data_parallelism: int = -1  # over this process's devices
+  model_parallelism: int = 1
+
+
+def build(model_dir: str, *, vocabulary: str = "",
+          model_config: Optional[t5.T5Config] = None,
+          settings: StudentSettings = StudentSettings()) -> "Student":
+  """A `Student` on this process's devices (sampling is sharded by process)."""
+  mesh = partitioning.create_mesh(settings.data_parallelism, settings.model_parallelism,
+                                  devices=jax.local_devices())
+  return Student.from_path(
+      model_dir, model_config=model_config, vocabulary=vocabulary,
+      partitioner=partitioning.Partitioner(mesh), batch_size=settings.batch_size,
+      max_input_length=settings.max_input_length,
+      max_decode_length=settings.max_decode_length)
 
 
 class Student:
@@ -113,7 +155,7 @@ class Student:
     self.max_decode_length = max_decode_length
     self.model = t5.T5(config)
     if codec.vocab_size > config.vocab_size:
-      raise ValueError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
+      raise errors.UserError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
                        f"model's embedding has {config.vocab_size}")
     boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
     shardings = self.partitioner.param_shardings(boxed)
@@ -184,8 +226,10 @@ class Student:
                seed: int = 0) -> list[list[Generation]]:
     """`sampling.num_samples` continuations of every prompt (1 when greedy).
 
-    Samples are a function of (seed, the prompt's index in `prompts`), so a
-    resumed job that asks again gets the same text.
+    Prompt p's samples are drawn with the key `fold_in(key(seed), p)` (its
+    index in `prompts`), so they do not depend on the batch size, the rows it
+    shares a call with, or the number of devices; a resumed job that asks
+    again gets the same text.
     """
     num = 1 if sampling.temperature == 0 else sampling.num_samples
     max_length = sampling.max_length or self.max_decode_length
@@ -197,7 +241,9 @@ class Student:
     rows = self._encode_inputs(prompts)
     for start, chunk, length in self._chunks(rows, per_call):
       tokens = self._pad(chunk, length, per_call)
-      rng = jax.random.fold_in(jax.random.key(seed), start)
+      base = jax.random.key(seed)
+      rng = jax.vmap(lambda i, b=base: jax.random.fold_in(b, i))(
+          jnp.arange(start, start + per_call))
       result = jax.device_get(fn(self.params, self._shard(tokens), rng))
       for i in range(len(chunk)):
         samples = []
@@ -219,18 +265,14 @@ class Student:
       model = self.model
 
       def fn(params, inputs, targets):
-        decoder_inputs = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-        logits = model.apply({"params": params}, inputs, decoder_inputs)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return jnp.where(targets > 0, token, 0.0)
+        return training_models.target_token_logps(model, params, inputs, targets)[0]
       self._fns["score"] = self.partitioner.partition(fn)
     return self._fns["score"]
 
   def score(self, inputs: Sequence[str], targets: Sequence[str]) -> list[dict[str, Any]]:
     """Log-likelihood of each target (EOS included) given its input."""
     if len(inputs) != len(targets):
-      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+      raise errors.UserError(f"{len(inputs)} inputs but {len(targets)} targets")
     fn = self._score_fn()
     input_rows = self._encode_inputs(inputs)
     target_rows = [self.codec.encode(t) + [self.codec.eos_id] for t in targets]

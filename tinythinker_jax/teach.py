@@ -1,6 +1,35 @@
-"""`python -m tinythinker_jax.teach`: the same as `tinythinker teach`."""
+"""`tinythinker teach`: teacher rationales for a dataset (Fine-tune-CoT, TinyThinker).
 
-from tinythinker_jax import main
+Runs `teacher.run.teach_dataset` as `runs/teach.gin` and the flags configure
+it; prints the teacher's summary (kept, dropped and parse rates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Optional, Sequence
+
+from tinythinker_jax import gin_utils
+
+
+def _teach(args: argparse.Namespace, bindings: list[str]) -> int:
+  gin_utils.parse_flags(args, bindings, "runs/teach.gin")
+  import gin  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
+  output_dir = gin_utils.query("OUTPUT_DIR")
+  summary = gin.get_configurable(run.teach_dataset)()
+  gin_utils.write_operative_config(output_dir)
+  print(json.dumps(dataclasses.asdict(summary), indent=2))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run("tinythinker teach", lambda parser: None, _teach, argv,
+                       "write teacher rationales for a dataset (Fine-tune-CoT, "
+                       "TinyThinker)")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="teach"))
+  gin_utils.run_as_module(__spec__)

@@ -1,6 +1,225 @@
-"""`python -m tinythinker_jax.train`: the same as `tinythinker train`."""
+"""`tinythinker train`: phase 1 (rationales) or phase 2 (preference pairs).
 
-from tinythinker_jax import main
+Both phases go through `training.recipe.fit` with a `TrainSettings` (optimizer,
+schedule, clipping, z-loss, microbatching, mesh and partitioning rules,
+checkpoints); they differ only in the model's loss and the data.
+
+- `run` (gin: `runs/sft.gin`): phase 1. Its data comes from seqio tasks named
+  t5x-style (`MIXTURE_OR_TASK_NAME`), materialised once into
+  `<model_dir>/data` (`materialize.prepare_data`). TinyThinker's stage
+  mixtures train on the interleaved schedule (`interleave_interval`,
+  `num_options`); other mixtures interleave their tasks by size.
+- `run_dpo` (gin: `runs/dpo.gin`): phase 2, DPO/RPO/IPO from a reference
+  policy on its own preference pairs (`tinythinker sample`), recall and
+  analyze batches interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from tinythinker_jax import errors, gin_utils, materialize, partitioning
+from tinythinker_jax import student as student_lib
+from tinythinker_jax import vocabularies
+from tinythinker_jax.data import arrays, pair_arrays
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import dpo, models, recipe, trainer
+
+STAGES = ("recall", "analyze", "summarize")
+
+
+def _stream_name(task: str) -> str:
+  last = task.rsplit(".", 1)[-1]
+  return last if last in STAGES else task
+
+
+def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
+                  max_batches: int) -> list[dict[str, np.ndarray]]:
+  """The first examples in order, in full batches; padding rows weigh nothing."""
+  batches = []
+  total = min(dataset.num_examples, batch_size * max_batches)
+  for start in range(0, total, batch_size):
+    rows = np.arange(start, start + batch_size)
+    valid = rows < total
+    rows = np.where(valid, rows, 0)
+    batch = {k: np.asarray(v[rows]) for k, v in dataset.arrays.items()}
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"] * valid[:, None]
+    batches.append({k: v[local] for k, v in batch.items()})
+  return batches
+
+
+def _initial_params(path: Optional[str], config: t5.T5Config, binding: str):
+  if not path:
+    return None
+  return lambda: student_lib.load(path, model_config=config, require_vocabulary=False,
+                                  binding=binding).params
+
+
+def _absolute(path: str) -> str:
+  return path if not path or "://" in path or path == "byte" else os.path.abspath(path)
+
+
+# ------------------------------------------------------------------ phase 1
+
+
+def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
+        task_feature_lengths: Mapping[str, int],
+        settings: recipe.TrainSettings = recipe.TrainSettings(),
+        records_dir: str = "", vocabulary: str = "", data_dir: Optional[str] = None,
+        label_smoothing: float = 0.0,
+        loss_normalizing_factor: Any = models.NUM_REAL_TARGET_TOKENS,
+        initial_checkpoint_path: Optional[str] = None,
+        interleave_interval: Optional[int] = None, num_options: Optional[int] = None,
+        coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+        process_id: Optional[int] = None, progress: bool = True,
+        stop_after: Optional[int] = None) -> trainer.TrainResult:
+  """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting."""
+  if coordinator_address and not jax.distributed.is_initialized():
+    partitioning.initialize_distributed(
+        None if coordinator_address == "auto" else coordinator_address, num_processes,
+        process_id)
+  root = data_dir or os.path.join(model_dir, "data")
+  manifest = materialize.prepare_data(mixture_or_task_name, task_feature_lengths, root,
+                                      records_dir=records_dir, vocabulary=vocabulary)
+  if model_config.vocab_size < manifest["vocab_size"]:
+    raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
+                           f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
+  train_sets = {_stream_name(t): arrays.ArrayDataset(os.path.join(root, t, "train"))
+                for t, splits in manifest["tasks"].items() if "train" in splits}
+  if not train_sets:
+    raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
+                           "a train split")
+  if interleave_interval:
+    stages = tuple(s for s in STAGES if s in train_sets)
+    if set(stages) != set(train_sets):
+      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
+                             f"{sorted(train_sets)}")
+    schedule = arrays.InterleavedSchedule.tinythinker(interleave_interval,
+                                                      num_options or 1, stages)
+  else:
+    schedule = recipe.proportional_schedule(
+        {n: d.num_examples for n, d in train_sets.items()}, sorted(train_sets))
+
+  validation = {f"eval/{_stream_name(task)}": os.path.join(root, task, "validation")
+                for task, splits in manifest["tasks"].items() if "validation" in splits}
+
+  def eval_fns(model, partitioner, local):
+    if not settings.eval_every:
+      return {}
+    return {name: trainer.evaluate_loss(model, partitioner, _eval_batches(
+        arrays.ArrayDataset(path), settings.batch_size, local, settings.eval_batches))
+            for name, path in validation.items()}
+
+  def model_fn(config):
+    return models.EncoderDecoderModel(t5.T5(config), z_loss=settings.z_loss,
+                                      label_smoothing=label_smoothing,
+                                      loss_normalizing_factor=loss_normalizing_factor)
+
+  return recipe.fit(
+      model_fn=model_fn, model_config=model_config, datasets=train_sets,
+      schedule=schedule, settings=settings, model_dir=model_dir,
+      initial_params=_initial_params(initial_checkpoint_path, model_config,
+                                     "INITIAL_CHECKPOINT_PATH"),
+      eval_fns=eval_fns, progress=progress, stop_after=stop_after,
+      meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
+            "task_feature_lengths": dict(task_feature_lengths),
+            "vocabulary": _absolute(vocabulary or
+                                    os.environ.get("TINYTHINKER_VOCAB", ""))}).result
+
+
+# ------------------------------------------------------------------ phase 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DpoSettings:
+  """Phase 2's loss and lengths; `train` is how it is trained (TinyThinker's
+  recipe: RPO, beta 0.5, alpha 0.5, AdamW lr 5e-6, batch 32, cosine, 10% warm-up)."""
+
+  beta: float = 0.5
+  alpha: float = 0.5
+  loss_type: str = dpo.SIGMOID
+  input_length: int = 256
+  target_length: int = 128
+  train: recipe.TrainSettings = recipe.TrainSettings(
+      batch_size=32, num_epochs=1.0, optimizer="adamw", schedule="cosine",
+      learning_rate=5e-6, warmup_fraction=0.1, z_loss=0.0, dropout_rate=0.0,
+      keep_checkpoints=1)
+
+
+def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
+            settings: DpoSettings = DpoSettings(), vocabulary: str = "",
+            model_config: Optional[t5.T5Config] = None, progress: bool = True,
+            stop_after: Optional[int] = None) -> trainer.TrainResult:
+  """Phase-2 training from the reference policy on its own preference pairs."""
+  reference = student_lib.load(initial_checkpoint_path, model_config=model_config,
+                               vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH")
+  codec = vocabularies.TextCodec(reference.vocabulary)
+  manifest = pair_arrays.prepare(pairs_path, os.path.join(model_dir, "data"), codec,
+                                 settings.input_length, settings.target_length)
+  if not manifest["counts"]:
+    raise errors.UserError(
+        f"PAIRS_PATH={pairs_path}: no preference pairs fit input_length="
+        f"{settings.input_length}/target_length={settings.target_length} (dropped: "
+        f"{manifest['dropped']})")
+  datasets = {s: arrays.ArrayDataset(os.path.join(model_dir, "data", s),
+                                     dpo.PREFERENCE_FEATURES)
+              for s in manifest["counts"]}
+
+  def model_fn(config):
+    return dpo.PreferenceModel(t5.T5(config), beta=settings.beta, alpha=settings.alpha,
+                               loss_type=settings.loss_type, z_loss=settings.train.z_loss)
+
+  return recipe.fit(
+      model_fn=model_fn, model_config=reference.config, datasets=datasets,
+      schedule=recipe.proportional_schedule(manifest["counts"], pair_arrays.STAGES),
+      settings=settings.train, model_dir=model_dir,
+      initial_params=lambda: reference.params, progress=progress, stop_after=stop_after,
+      binding="DpoSettings.train",
+      meta={"phase": "dpo", "reference": os.path.abspath(initial_checkpoint_path),
+            "pairs": os.path.abspath(pairs_path), "vocabulary": reference.vocabulary,
+            "pairs_by_stage": manifest["counts"]}).result
+
+
+# ------------------------------------------------------------------ binary
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--stop_after", type=int, default=None,
+                      help="stop (after checkpointing) at this step, e.g. to test "
+                      "resumption")
+
+
+def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+  gin_utils.parse_flags(args, bindings, "runs/sft.gin")
+  import gin  # pylint: disable=import-outside-toplevel
+  coordinator = gin_utils.query_or("COORDINATOR_ADDRESS")
+  if coordinator:  # Before anything touches a device; 'auto': JAX finds the cluster.
+    partitioning.initialize_distributed(None if coordinator == "auto" else coordinator,
+                                        gin_utils.query_or("NUM_PROCESSES"),
+                                        gin_utils.query_or("PROCESS_ID"))
+  fn = gin_utils.resolve(gin_utils.query_or("TRAIN_RUN")) or gin.get_configurable(run)
+  model_dir = gin_utils.query("MODEL_DIR")
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(model_dir)
+  result = fn(stop_after=args.stop_after)
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(model_dir)
+    print(f"step {int(result.state.step)}: " + ", ".join(
+        f"{k}={v:.4g}" for k, v in sorted(result.last_metrics.items())))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return gin_utils.run("tinythinker train", _add_flags, _train, argv,
+                       "train a student: phase 1 on rationales (runs/sft.gin) or "
+                       "phase 2's DPO/RPO on preference pairs (runs/dpo.gin)")
+
 
 if __name__ == "__main__":
-  raise SystemExit(main.main(verb="train"))
+  gin_utils.run_as_module(__spec__)

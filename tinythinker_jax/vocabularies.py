@@ -16,6 +16,7 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
+from tinythinker_jax import errors
 from tinythinker_jax.data import loaders
 
 BYTE = "byte"
@@ -32,7 +33,7 @@ def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   if path_or_kind == BYTE:
     return seqio.ByteVocabulary(extra_ids=extra_ids)
   if not path_or_kind.startswith("gs://") and not os.path.exists(path_or_kind):
-    raise FileNotFoundError(f"SentencePiece model {path_or_kind!r} not found")
+    raise errors.MissingFileError(f"SentencePiece model {path_or_kind!r} not found")
   return seqio.SentencePieceVocabulary(path_or_kind, extra_ids=extra_ids)
 
 
@@ -67,7 +68,7 @@ def iter_text(files: Sequence[str]) -> Iterator[str]:
         try:
           data = json.load(f)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}: invalid JSON: {e}") from e
+          raise errors.UserError(f"{path}: invalid JSON: {e}") from e
       yield from _strings_from_json(data)
     else:
       with open(path, encoding="utf-8") as f:
@@ -109,7 +110,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: st
       if len(sentences) >= max_sentences:
         break
   if not sentences:
-    raise ValueError("no text to train a vocabulary on")
+    raise errors.UserError("no text to train a vocabulary on")
   directory = os.path.dirname(os.path.abspath(output_prefix))
   os.makedirs(directory, exist_ok=True)
   model = io.BytesIO()
@@ -126,7 +127,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: st
         minloglevel=2)
   except RuntimeError as e:
     if "Vocabulary size" in str(e) or "vocab_size" in str(e):
-      raise ValueError(f"vocabulary size {vocab_size} does not fit this text: {e}. "
+      raise errors.UserError(f"vocabulary size {vocab_size} does not fit this text: {e}. "
                        "Use a smaller --size.") from e
     raise
   path = output_prefix + ".model"
@@ -165,7 +166,7 @@ class TextCodec:
         with tf.io.gfile.GFile(path_or_kind, "rb") as f:
           proto = f.read()
       elif not os.path.exists(path_or_kind):
-        raise FileNotFoundError(f"SentencePiece model {path_or_kind!r} not found")
+        raise errors.MissingFileError(f"SentencePiece model {path_or_kind!r} not found")
       else:
         with open(path_or_kind, "rb") as f:
           proto = f.read()

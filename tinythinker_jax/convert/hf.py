@@ -25,6 +25,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from tinythinker_jax import errors
 from tinythinker_jax.models import t5
 from tinythinker_jax.models.t5 import T5Config
 
@@ -39,26 +40,26 @@ _HF_TO_ACT = {"relu": "relu", "gelu_new": "gelu", "gelu": "gelu_exact", "silu": 
 _ACT_TO_HF = {v: k for k, v in _HF_TO_ACT.items()}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError):
   """A checkpoint does not fit the configuration (missing tensor, wrong shape)."""
 
 
 def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32") -> T5Config:
   """Builds our T5Config from a Hugging Face `config.json` dictionary."""
   if hf_config.get("model_type", "t5") not in ("t5", "mt5"):
-    raise ValueError(f"config.json: model_type={hf_config.get('model_type')!r} is not "
+    raise errors.UserError(f"config.json: model_type={hf_config.get('model_type')!r} is not "
                      "a T5 model")
   proj = hf_config.get("feed_forward_proj", "relu")
   parts = proj.split("-")
   gated = parts[0] == "gated"
   if (gated and len(parts) != 2) or (not gated and len(parts) != 1):
-    raise ValueError(f"config.json: feed_forward_proj={proj!r} is not '<act>' or "
+    raise errors.UserError(f"config.json: feed_forward_proj={proj!r} is not '<act>' or "
                      "'gated-<act>'")
   act_name = parts[-1]
   if gated and act_name == "gelu":
     act_name = "gelu_new"  # HF's own backwards-compatibility rule.
   if act_name not in _HF_TO_ACT:
-    raise ValueError(f"config.json: feed_forward_proj={proj!r}: activation "
+    raise errors.UserError(f"config.json: feed_forward_proj={proj!r}: activation "
                      f"{act_name!r} is not supported ({sorted(_HF_TO_ACT)})")
   act = _HF_TO_ACT[act_name]
   num_layers = hf_config["num_layers"]
@@ -91,10 +92,10 @@ def config_to_hf(config: T5Config) -> dict[str, Any]:
   elif len(acts) == 1 and acts[0] in _ACT_TO_HF:
     proj = _ACT_TO_HF[acts[0]]
     if proj == "gelu_new":
-      raise ValueError("mlp_activations=('gelu',) (tanh gelu, ungated) has no "
+      raise errors.UserError("mlp_activations=('gelu',) (tanh gelu, ungated) has no "
                        "Hugging Face T5 equivalent")
   else:
-    raise ValueError(f"mlp_activations={acts} has no Hugging Face T5 equivalent")
+    raise errors.UserError(f"mlp_activations={acts} has no Hugging Face T5 equivalent")
   return {
       "architectures": ["T5ForConditionalGeneration"],
       "model_type": "t5",
@@ -237,13 +238,13 @@ def _weight_files(path: str) -> tuple[str, list[str]]:
         try:
           weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-          raise ValueError(f"{join(index_name)}: not a valid index file ({e})") from e
+          raise errors.UserError(f"{join(index_name)}: not a valid index file ({e})") from e
       return fmt, [join(n) for n in sorted(set(weight_map.values()))]
   if os.path.exists(join(SAFETENSORS)):
     return "safetensors", [join(SAFETENSORS)]
   if os.path.exists(join(PYTORCH_BIN)):
     return "torch", [join(PYTORCH_BIN)]
-  raise FileNotFoundError(
+  raise errors.MissingFileError(
       f"{path}: no {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or "
       f"{PYTORCH_BIN_INDEX} found")
 
@@ -282,14 +283,14 @@ def load_hf_t5(path: str, *, dtype: str = "float32",
     with open(config_path) as f:
       hf_config = json.load(f)
   except FileNotFoundError:
-    raise FileNotFoundError(f"{config_path}: not found; is {path} a Hugging Face "
+    raise errors.MissingFileError(f"{config_path}: not found; is {path} a Hugging Face "
                             "model folder?") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{config_path}: invalid JSON: {e}") from e
+    raise errors.UserError(f"{config_path}: invalid JSON: {e}") from e
   try:
     config = config_from_hf(hf_config, dtype=dtype).replace(param_dtype=param_dtype)
   except KeyError as e:
-    raise ValueError(f"{config_path}: missing key {e.args[0]!r}") from e
+    raise errors.UserError(f"{config_path}: missing key {e.args[0]!r}") from e
   fmt, files = _weight_files(path)
   tensors = _read_tensors(fmt, files)
   params = params_from_hf_tensors(config, tensors, source=path)

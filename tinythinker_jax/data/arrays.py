@@ -20,6 +20,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from tinythinker_jax import errors, seeds
+
 FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
             "decoder_loss_weights")
 META = "meta.json"
@@ -30,7 +32,7 @@ def write_features(directory: str, features: Mapping[str, np.ndarray],
   """Writes `{name: [N, length]}` arrays atomically (a complete folder or none)."""
   sizes = {len(v) for v in features.values()}
   if len(sizes) != 1:
-    raise ValueError(f"features have different example counts: {sizes}")
+    raise errors.UserError(f"features have different example counts: {sizes}")
   tmp = directory.rstrip("/") + ".tmp"
   os.makedirs(tmp, exist_ok=True)
   for name, array in features.items():
@@ -51,7 +53,7 @@ class ArrayDataset:
   def __init__(self, directory: str, features: Sequence[str] = FEATURES):
     meta_path = os.path.join(directory, META)
     if not os.path.exists(meta_path):
-      raise FileNotFoundError(f"{directory}: no {META}; materialise the task first "
+      raise errors.MissingFileError(f"{directory}: no {META}; materialise the task first "
                               "(`tinythinker materialize`)")
     with open(meta_path) as f:
       self.meta = json.load(f)
@@ -60,7 +62,7 @@ class ArrayDataset:
                    for name in features}
     self.num_examples = int(self.meta["num_examples"])
     if self.num_examples == 0:
-      raise ValueError(f"{directory}: no examples")
+      raise errors.UserError(f"{directory}: no examples")
 
   def indices(self, seed: int, position: int, batch_size: int) -> np.ndarray:
     """Example indices of the `position`-th batch of this stream (epochs reshuffle)."""
@@ -69,7 +71,7 @@ class ArrayDataset:
     filled = 0
     while filled < batch_size:
       epoch, offset = divmod(start + filled, self.num_examples)
-      order = np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+      order = seeds.rng(seed, "epoch_order", epoch).permutation(self.num_examples)
       take = min(batch_size - filled, self.num_examples - offset)
       out[filled:filled + take] = order[offset:offset + take]
       filled += take
@@ -116,9 +118,9 @@ class BatchSource:
                schedule: Optional[InterleavedSchedule] = None,
                local: slice = slice(None)):
     if schedule is None and len(datasets) != 1:
-      raise ValueError("several datasets need a schedule")
+      raise errors.UserError("several datasets need a schedule")
     if schedule is not None and set(schedule.streams) - set(datasets):
-      raise ValueError(f"schedule streams {schedule.streams} lack datasets "
+      raise errors.UserError(f"schedule streams {schedule.streams} lack datasets "
                        f"({sorted(datasets)})")
     self.datasets = dict(datasets)
     self.batch_size = batch_size
@@ -133,5 +135,5 @@ class BatchSource:
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     stream, position = self.stream_at(step)
-    seed = self.seed * 1000 + sorted(self.datasets).index(stream)
+    seed = seeds.derive(self.seed, f"batches/{stream}")
     return self.datasets[stream].batch(seed, position, self.batch_size, self.local)

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from tinythinker_jax import errors
 from tinythinker_jax.data import loaders, synthetic
 from tinythinker_jax.data.schema import AnswerType, DataError, Example
 
@@ -61,7 +62,7 @@ def _carve_validation(train: list[Example], seed: int, size: int) -> tuple[list,
 
 def _require(path: str, kind: str) -> str:
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: not found (expected {kind})")
+    raise errors.MissingFileError(f"{path}: not found (expected {kind})")
   return path
 
 
@@ -86,7 +87,7 @@ def _strategyqa(path: str, seed: int) -> Splits:
   if os.path.isdir(path):
     found = loaders.first_existing(path, ["task.json", "strategyqa_train.json"])
     if found is None:
-      raise FileNotFoundError(f"{path}: no task.json (BIG-bench) or strategyqa_train.json")
+      raise errors.MissingFileError(f"{path}: no task.json (BIG-bench) or strategyqa_train.json")
     path = found
   with open(_require(path, "a StrategyQA json file"), encoding="utf-8") as f:
     head = f.read(1).strip() or "["
@@ -138,7 +139,7 @@ def _generic(path: str, seed: int) -> Splits:
       file = os.path.join(path, f"{split}.jsonl")
       splits[split] = loaders.load_generic_mc_jsonl(file) if os.path.exists(file) else []
     if not splits["train"]:
-      raise FileNotFoundError(f"{path}: no train.jsonl")
+      raise errors.MissingFileError(f"{path}: no train.jsonl")
     if not splits["validation"]:
       splits["train"], splits["validation"] = _carve_validation(
           splits["train"], seed, len(splits["train"]) // 10)
@@ -225,10 +226,23 @@ for _task, _type in _FTC_TYPES.items():
 
 def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
-    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    raise errors.UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
   return DATASETS[name]
 
 
 def load_dataset(name: str, path: str = "", seed: int = 0) -> Splits:
   """Loads and splits a named dataset; see the module docstring for the recipes."""
   return get_spec(name).load(path, seed)
+
+
+def load_split(name: str, path: str = "", split: str = "test", seed: int = 0,
+               max_examples: Optional[int] = None) -> tuple[list[Example], AnswerType]:
+  """One split's examples (the first `max_examples`) and the dataset's answer type."""
+  spec = get_spec(name)
+  splits = load_dataset(name, path, seed)
+  if split not in splits:
+    raise errors.UserError(f"split={split!r}; {name} has {list(splits)}")
+  examples = splits[split][:max_examples] if max_examples else splits[split]
+  if not examples:
+    raise errors.UserError(f"{name} {split}: no examples")
+  return list(examples), spec.answer_type

@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any, Iterator, Optional
 
+from tinythinker_jax import errors
 from tinythinker_jax.data.schema import (YES_NO_CHOICES, Choice, DataError, Example,
                                          labelled, letter_labels)
 
@@ -20,7 +21,7 @@ def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: not found") from None
+    raise errors.MissingFileError(f"{path}: not found") from None
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
 
@@ -42,7 +43,7 @@ def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
   try:
     f = open(path, encoding="utf-8")
   except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: not found") from None
+    raise errors.MissingFileError(f"{path}: not found") from None
   with f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():

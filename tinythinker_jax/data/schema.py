@@ -6,6 +6,8 @@ import dataclasses
 import enum
 from typing import Any, Optional, Sequence
 
+from tinythinker_jax import errors
+
 
 class AnswerType(enum.Enum):
   """How a task's answers are written, extracted and compared (METHODS.md)."""
@@ -99,6 +101,6 @@ def letter_labels(choices: Sequence[Choice], answer: Optional[str]
   return letters, mapping.get(answer, answer) if answer is not None else None, note
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """A dataset file does not have the expected format; names file and line."""
 

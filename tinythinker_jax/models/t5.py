@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinythinker_jax import errors
+
 Array = jax.Array
 
 # A large finite negative number: fully masked rows stay finite (t5x's choice).
@@ -72,20 +74,20 @@ class T5Config:
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
     for name in self.mlp_activations:
       if name not in _ACTIVATIONS:
-        raise ValueError(
+        raise errors.UserError(
             f"T5Config.mlp_activations: unknown activation {name!r}; "
             f"known: {sorted(_ACTIVATIONS)}")
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in _DTYPES:
-        raise ValueError(f"T5Config.{field}={getattr(self, field)!r}; "
+        raise errors.UserError(f"T5Config.{field}={getattr(self, field)!r}; "
                          f"expected one of {sorted(_DTYPES)}")
     if self.remat_policy not in _REMAT_POLICIES:
-      raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}; "
+      raise errors.UserError(f"T5Config.remat_policy={self.remat_policy!r}; "
                        f"expected one of {_REMAT_POLICIES}")
     for field in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
                   "num_encoder_layers", "num_decoder_layers"):
       if getattr(self, field) <= 0:
-        raise ValueError(f"T5Config.{field} must be positive, "
+        raise errors.UserError(f"T5Config.{field} must be positive, "
                          f"got {getattr(self, field)}")
 
   @property

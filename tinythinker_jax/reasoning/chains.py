@@ -20,6 +20,7 @@ import collections
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+from tinythinker_jax import seeds
 from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import answers, formats
 from tinythinker_jax.reasoning.formats import Format, Stage
@@ -151,7 +152,7 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
   elif Stage.RECALL in stages:
     n = num_runs if recall.temperature > 0 else 1
     generated = generate([formats.recall_input(ex) for ex in examples],
-                         recall.with_samples(n), seed)
+                         recall.with_samples(n), seeds.derive(seed, "recall"))
     chains = [[(formats.ensure_period(g.text), g.logprob) for g in gens] * (num_runs // n)
               for gens in generated]
   else:
@@ -166,7 +167,8 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
         for label in example.labels:
           keys.append((i, r, label))
           prompts.append(formats.analyze_input(example, recall_text, label))
-    outputs = generate(prompts, analyze.with_samples(1), seed + 1)
+    outputs = generate(prompts, analyze.with_samples(1),
+                       seeds.derive(seed, "analyze"))
     for (i, r, label), gens in zip(keys, outputs):
       if analyses[i][r] is None:
         analyses[i][r] = {}
@@ -178,7 +180,8 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
     for r, (recall_text, _) in enumerate(runs):
       keys.append((i, r))
       prompts.append(formats.summarize_input(example, recall_text, analyses[i][r]))
-  outputs = generate(prompts, summarize.with_samples(1), seed + 2)
+  outputs = generate(prompts, summarize.with_samples(1),
+                     seeds.derive(seed, "summarize"))
   results: list[list[ChainRun]] = [[] for _ in examples]
   for (i, r), gens in zip(keys, outputs):
     example, text = examples[i], gens[0].text

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import httpx
 
+from tinythinker_jax import errors
 from tinythinker_jax.teacher.cache import CompletionCache, request_key
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Prompt:
       body["messages"] = [{"role": r, "content": c} for r, c in messages]
     else:
       if self.messages:
-        raise ValueError("a completions endpoint takes a text prompt, not messages")
+        raise errors.UserError("a completions endpoint takes a text prompt, not messages")
       body["prompt"] = self.text
     return body
 

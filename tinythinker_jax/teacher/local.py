@@ -21,6 +21,7 @@ from typing import Optional
 
 import httpx
 
+from tinythinker_jax import errors
 from tinythinker_jax.teacher.client import TeacherConfig
 
 
@@ -78,7 +79,7 @@ class LocalServer:
 
   def start(self) -> "LocalServer":
     if not os.path.exists(self.gguf):
-      raise FileNotFoundError(f"{self.gguf}: GGUF model file not found")
+      raise errors.MissingFileError(f"{self.gguf}: GGUF model file not found")
     if importlib.util.find_spec("llama_cpp") is None:
       raise RuntimeError("the local teacher needs llama.cpp's server: "
                          "pip install 'tinythinker_jax[teacher]'")

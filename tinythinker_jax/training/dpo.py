@@ -22,7 +22,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from tinythinker_jax import errors
 from tinythinker_jax.models.t5 import T5
+from tinythinker_jax.training import models
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -43,19 +45,7 @@ def preference_losses(policy_chosen: Array, policy_rejected: Array, ref_chosen: 
     return -jax.nn.log_sigmoid(beta * h), h
   if loss_type == IPO:
     return (h - 1.0 / (2.0 * beta)) ** 2, h
-  raise ValueError(f"loss_type={loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
-
-
-def sequence_logps(logits: Array, targets: Array) -> tuple[Array, Array]:
-  """Summed token log-probabilities of `targets` (0 = padding) and their lengths."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  mask = (targets > 0).astype(jnp.float32)
-  return jnp.sum(token * mask, axis=-1), jnp.sum(mask, axis=-1)
-
-
-def _shift_right(targets: Array) -> Array:
-  return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  raise errors.UserError(f"loss_type={loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,29 +62,36 @@ class PreferenceModel:
   beta: float = 0.5
   alpha: float = 0.5  # RPO's NLL weight; 0 for plain DPO/IPO
   loss_type: str = SIGMOID
+  z_loss: float = 0.0  # t5x's z-loss on the policy's logits, per real token
 
   def __post_init__(self):
     if self.loss_type not in (SIGMOID, IPO):
-      raise ValueError(f"loss_type={self.loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
+      raise errors.UserError(f"loss_type={self.loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
     if self.beta <= 0:
-      raise ValueError(f"beta={self.beta} must be > 0")
+      raise errors.UserError(f"beta={self.beta} must be > 0")
 
   def policy_logps(self, params: Any, batch: Batch,
                    dropout_rng: Optional[Array] = None) -> tuple[Array, ...]:
-    """(chosen logp, chosen length, rejected logp, rejected length), one forward pass."""
+    """(chosen logp, chosen length, rejected logp, rejected length, z-loss term per
+    pair), from one forward pass over the chosen and rejected rows."""
     chosen, rejected = batch["chosen_target_tokens"], batch["rejected_target_tokens"]
     n = chosen.shape[0]
     enc = jnp.concatenate([batch["encoder_input_tokens"]] * 2, axis=0)
     targets = jnp.concatenate([chosen, rejected], axis=0)
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    logits = self.module.apply({"params": params}, enc, _shift_right(targets),
-                               enable_dropout=dropout_rng is not None, rngs=rngs)
-    logps, lengths = sequence_logps(logits, targets)
-    return logps[:n], lengths[:n], logps[n:], lengths[n:]
+    token_logps, logits = models.target_token_logps(self.module, params, enc, targets,
+                                                    dropout_rng)
+    mask = (targets > 0).astype(jnp.float32)
+    logps, lengths = jnp.sum(token_logps, axis=-1), jnp.sum(mask, axis=-1)
+    z = jnp.zeros((n,), jnp.float32)
+    if self.z_loss:
+      log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+      per_row = jnp.sum(jnp.square(log_z) * mask, axis=-1) / jnp.maximum(lengths, 1.0)
+      z = self.z_loss * (per_row[:n] + per_row[n:])
+    return logps[:n], lengths[:n], logps[n:], lengths[n:], z
 
   def loss_sums(self, params: Any, batch: Batch,
                 dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
-    pi_c, len_c, pi_r, _ = self.policy_logps(params, batch, dropout_rng)
+    pi_c, len_c, pi_r, _, z = self.policy_logps(params, batch, dropout_rng)
     ref_c = batch["reference_chosen_logps"].astype(jnp.float32)
     ref_r = batch["reference_rejected_logps"].astype(jnp.float32)
     weights = batch.get("pair_weights")
@@ -102,11 +99,12 @@ class PreferenceModel:
     pref, h = preference_losses(pi_c, pi_r, ref_c, ref_r, beta=self.beta,
                                 loss_type=self.loss_type)
     nll = -pi_c / jnp.maximum(len_c, 1.0)
-    per_pair = pref + self.alpha * nll
+    per_pair = pref + self.alpha * nll + z
     loss = jnp.sum(weights * per_pair)
     return loss, {
         "loss": loss, "preference_loss": jnp.sum(weights * pref),
-        "nll": jnp.sum(weights * nll), "num_examples": jnp.sum(weights),
+        "nll": jnp.sum(weights * nll), "z_loss": jnp.sum(weights * z),
+        "num_examples": jnp.sum(weights),
         "reward_accuracy": jnp.sum(weights * (h > 0)),
         "chosen_reward": jnp.sum(weights * self.beta * (pi_c - ref_c)),
         "rejected_reward": jnp.sum(weights * self.beta * (pi_r - ref_r)),
@@ -119,6 +117,6 @@ class PreferenceModel:
     n = self.normalizer(sums)
     chosen, rejected = sums["chosen_reward"] / n, sums["rejected_reward"] / n
     return {"loss": sums["loss"] / n, "preference_loss": sums["preference_loss"] / n,
-            "nll": sums["nll"] / n, "accuracy": sums["reward_accuracy"] / n,
+            "nll": sums["nll"] / n, "z_loss": sums["z_loss"] / n, "accuracy": sums["reward_accuracy"] / n,
             "chosen_reward": chosen, "rejected_reward": rejected,
             "margin": chosen - rejected, "examples": sums["num_examples"]}

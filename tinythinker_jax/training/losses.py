@@ -63,3 +63,15 @@ def compute_weighted_cross_entropy(
     total_loss = total_loss / loss_normalizing_factor
     total_z = total_z / loss_normalizing_factor
   return total_loss, total_z, jnp.sum(weights)
+
+
+def token_logps(logits: Array, targets: Array) -> Array:
+  """log p(target token) per position, 0 where `targets` is padding (0).
+
+  The one sequence log-probability of the project: DPO's policy, the
+  reference log-probabilities stored with preference pairs, and `score` all
+  sum these, so the policy and its reference are computed by the same code.
+  """
+  logits = logits.astype(jnp.float32)
+  gold = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.where(targets > 0, gold - jax.nn.logsumexp(logits, axis=-1), 0.0)

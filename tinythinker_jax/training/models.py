@@ -14,8 +14,9 @@ from typing import Any, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from tinythinker_jax import errors
 from tinythinker_jax.models.t5 import T5
-from tinythinker_jax.training import losses
+from tinythinker_jax.training import losses, step
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -38,7 +39,7 @@ class EncoderDecoderModel:
     factor = self.loss_normalizing_factor
     if not (factor is None or isinstance(factor, (int, float)) or
             factor in (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS)):
-      raise ValueError(f"loss_normalizing_factor={factor!r}: expected a number, None, "
+      raise errors.UserError(f"loss_normalizing_factor={factor!r}: expected a number, None, "
                        f"{NUM_REAL_TARGET_TOKENS!r} or {NUM_TOTAL_TARGET_TOKENS!r}")
 
   def loss_sums(self, params: Any, batch: Batch,
@@ -77,3 +78,18 @@ class EncoderDecoderModel:
     return {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
             "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
             "examples": sums["num_examples"]}
+
+
+def target_token_logps(module: T5, params: Any, encoder_input_tokens: Array,
+                       targets: Array, dropout_rng: Optional[Array] = None
+                       ) -> tuple[Array, Array]:
+  """Teacher-forced `(token log-probs [batch, length], logits)` of `targets`.
+
+  `targets` are EOS-terminated and 0-padded; the decoder reads them shifted
+  right (`step.shift_right`). Padding positions have log-probability 0.
+  """
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+  logits = module.apply({"params": params}, encoder_input_tokens,
+                        step.shift_right(targets), enable_dropout=dropout_rng is not None,
+                        rngs=rngs)
+  return losses.token_logps(logits, targets), logits

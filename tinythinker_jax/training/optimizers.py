@@ -5,6 +5,8 @@ from __future__ import annotations
 import optax
 import jax.numpy as jnp
 
+from tinythinker_jax import errors
+
 SCHEDULES = ("constant", "rsqrt", "cosine")
 OPTIMIZERS = ("adafactor", "adamw")
 
@@ -22,11 +24,11 @@ def make_schedule(name: str = "rsqrt", *, learning_rate: float = 1.0,
     return lambda step: learning_rate * jax_rsqrt(jnp.maximum(step, max(warmup_steps, 1)))
   if name == "cosine":
     if total_steps <= warmup_steps:
-      raise ValueError(f"cosine schedule: total_steps={total_steps} must exceed "
+      raise errors.UserError(f"cosine schedule: total_steps={total_steps} must exceed "
                        f"warmup_steps={warmup_steps}")
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
                                               total_steps, end_value)
-  raise ValueError(f"schedule {name!r}: expected one of {SCHEDULES}")
+  raise errors.UserError(f"schedule {name!r}: expected one of {SCHEDULES}")
 
 
 def jax_rsqrt(x):
@@ -47,7 +49,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
   elif name == "adamw":
     optimizer = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
   else:
-    raise ValueError(f"optimizer {name!r}: expected one of {OPTIMIZERS}")
+    raise errors.UserError(f"optimizer {name!r}: expected one of {OPTIMIZERS}")
   if grad_clip_norm:
     optimizer = optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
   return optimizer

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import tqdm
 
-from tinythinker_jax import checkpoints
+from tinythinker_jax import checkpoints, errors
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.training import step as step_lib
@@ -59,14 +59,14 @@ def check_params_fit(params: Any, abstract: Any, source: str) -> None:
   for path, leaf in expected.items():
     name = "/".join(str(getattr(k, "key", k)) for k in path)
     if path not in flat:
-      raise ValueError(f"{source}: parameter {name} (shape {leaf.shape}) is missing")
+      raise errors.UserError(f"{source}: parameter {name} (shape {leaf.shape}) is missing")
     if tuple(flat[path].shape) != tuple(leaf.shape):
-      raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[path].shape)}; "
+      raise errors.UserError(f"{source}: parameter {name} has shape {tuple(flat[path].shape)}; "
                        f"the model config needs {tuple(leaf.shape)}")
   extra = set(flat) - set(expected)
   if extra:
     name = "/".join(str(getattr(k, "key", k)) for k in sorted(extra, key=str)[0])
-    raise ValueError(f"{source}: parameter {name} is not in the model config")
+    raise errors.UserError(f"{source}: parameter {name} is not in the model config")
 
 
 def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransformation,
@@ -80,7 +80,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
           stop_after: Optional[int] = None) -> TrainResult:
   """Trains to `train_steps`; `stop_after` ends early (after saving) for tests."""
   if global_batch_size % num_microbatches:
-    raise ValueError(f"batch size {global_batch_size} is not divisible by "
+    raise errors.UserError(f"batch size {global_batch_size} is not divisible by "
                      f"num_microbatches={num_microbatches}")
   rng = jax.random.key(seed)
   init_fn = lambda r: t5.init_params(model_config, r)  # noqa: E731
@@ -104,7 +104,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
       state, saved_meta = checkpointer.restore(latest, checkpoints.abstract_like(
           state, partitioner.mesh))
     except ValueError as e:
-      raise ValueError(f"{checkpointer.directory}/{latest}: the checkpoint does not fit "
+      raise errors.UserError(f"{checkpointer.directory}/{latest}: the checkpoint does not fit "
                        f"the current model or optimizer configuration: {e}") from e
     resumed_from = latest
     log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
@@ -135,7 +135,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     for step in range(start, end):
       local = batch_fn(step)
       if len(next(iter(local.values()))) != layout.local_batch_size:
-        raise ValueError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
+        raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                          f"examples; this process feeds {layout.local_batch_size}")
       state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
       done = step + 1

@@ -1,5 +1,7 @@
-"""Issue 5 end to end on a tiny TinyThinker student trained here (CLI subprocesses):
-`infer`, `evaluate`, `score`, `sample` and a two-round `reflect` from gin configs.
+"""Issue 5 end to end on the session's tiny TinyThinker student (`tiny_student`):
+`infer`, `evaluate`, `score`, `sample`, phase-2 `train` and a two-round `reflect`
+from gin configs, run through each binary's `main` in this process on one device
+(the SIGKILL test runs `sample` as a subprocess).
 
 Each output is checked against an independent recomputation: chain records
 against the examples' gold labels, report figures against the records,
@@ -16,49 +18,43 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+from tests.conftest import STUDENT_CONFIG, one_device_env
 from tinythinker_jax import checkpoints, vocabularies
 from tinythinker_jax.data import datasets
-from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning import formats
-from tinythinker_jax.teacher import pipelines
 
-SMALL = ["--gin.t5.T5Config.emb_dim=32", "--gin.t5.T5Config.num_heads=2",
-         "--gin.t5.T5Config.head_dim=16", "--gin.t5.T5Config.mlp_dim=64",
-         "--gin.t5.T5Config.num_encoder_layers=2", "--gin.t5.T5Config.num_decoder_layers=2"]
-LENGTHS = ["--gin.evaluation.StudentSettings.max_input_length=96",
-           "--gin.evaluation.StudentSettings.max_decode_length=32"]
+ONE_DEVICE = ["--gin.student.StudentSettings.data_parallelism=1"]
+LENGTHS = ["--gin.student.StudentSettings.max_input_length=96",
+           "--gin.student.StudentSettings.max_decode_length=32"] + ONE_DEVICE
 
 
 def cli(verb, *args, cwd):
-  result = subprocess.run([sys.executable, "-m", "tinythinker_jax.main", verb, *args],
-                          capture_output=True, text=True, timeout=900, cwd=cwd)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
+  """`tinythinker VERB ARGS` through the binary's `main`, in this process."""
+  import contextlib
+  import io
+  import gin
+  from tinythinker_jax import main
+  gin.clear_config()
+  out = io.StringIO()
+  previous = os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(out):
+      assert main.main([verb, *args]) == 0
+  finally:
+    os.chdir(previous)
+    gin.clear_config()
+  return out.getvalue()
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-  """Rule-based TinyThinker rationales for Coin Flip and a briefly trained tiny T5
-  (half-trained on purpose: its chains are right and wrong, as phase 2 needs)."""
-  root = tmp_path_factory.mktemp("tt")
-  splits = datasets.load_dataset("coin_flip", seed=0)
-  for split in ("train", "validation"):
-    pipelines.teach(splits[split], method=pipelines.Method.TINYTHINKER,
-                    answer_type=AnswerType.YES_NO,
-                    output_dir=str(root / "rationales" / "coin_flip" / "tinythinker" / split),
-                    teacher=None, progress=False)
-  records = root / "rationales" / "coin_flip" / "tinythinker" / "train" / "records.jsonl"
-  cli("vocab", f"--input={records}", "--format=tinythinker", "--size=64",
-      "--model_type=word", f"--output={root / 'spm'}", cwd=root)
-  cli("train", "--gin_file=experiments/coin_flip_tinythinker.gin",
-      "--gin.MODEL_DIR='model'", "--gin.RECORDS_DIR='rationales'",
-      f"--gin.VOCABULARY='{root / 'spm.model'}'", "--gin.TRAIN_STEPS=200",
-      "--gin.BATCH_SIZE=16", "--gin.sft.run.eval_every=0", *SMALL, cwd=root)
-  return root
+def student(tiny_student):
+  return tiny_student
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,10 +69,7 @@ def _params(model_dir):
 def teacher_forced_logp(model_dir, vocab, prompt, target):
   """log p(target + EOS | prompt): one full forward pass and an explicit sum."""
   params = _params(str(model_dir))
-  config = t5.T5Config(vocab_size=256, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                       num_encoder_layers=2, num_decoder_layers=2,
-                       mlp_activations=("gelu", "linear"), logits_via_embedding=False,
-                       dropout_rate=0.0)
+  config = t5.T5Config(**STUDENT_CONFIG)
   codec = vocabularies.TextCodec(vocab)
   enc = np.array([codec.encode(prompt) + [1]], np.int32)
   tgt = codec.encode(target) + [1]
@@ -153,8 +146,8 @@ def test_sample_builds_pairs_with_reference_logps(student):
   cli("sample", "--gin.MODEL_DIR='model'", "--gin.OUTPUT_DIR='samples'",
       f"--gin.RECORDS_PATH='{student}/rationales/coin_flip/tinythinker/train/records.jsonl'",
       "--gin.MAX_EXAMPLES=24", "--gin.INPUT_LENGTH=96", "--gin.TARGET_LENGTH=32",
-      "--gin.self_reflection.SampleSettings.num_recall_samples=6",
-      "--gin.self_reflection.SampleSettings.shard_size=8", cwd=student)
+      "--gin.sample.SampleSettings.num_recall_samples=6",
+      "--gin.sample.SampleSettings.shard_size=8", *ONE_DEVICE, cwd=student)
   pairs = [json.loads(line) for line in
            (student / "samples" / "pairs.jsonl").read_text().splitlines()]
   summary = json.loads((student / "samples" / "summary.json").read_text())
@@ -183,37 +176,49 @@ def test_sample_builds_pairs_with_reference_logps(student):
       assert math.isclose(p[f"reference_{field}_logp"], expected, rel_tol=1e-4,
                           abs_tol=2e-4), (p, field, expected)
 
-  # One phase-2 training run on these pairs: `tinythinker train` with runs/dpo.gin.
-  out = cli("train", "--gin_file=runs/dpo.gin", "--gin.MODEL_DIR='dpo'",
-            "--gin.INITIAL_CHECKPOINT_PATH='model'", "--gin.PAIRS_PATH='samples/pairs.jsonl'",
-            "--gin.INPUT_LENGTH=96", "--gin.TARGET_LENGTH=32",
-            "--gin.self_reflection.DpoSettings.batch_size=8",
-            "--gin.self_reflection.DpoSettings.train_steps=3",
-            "--gin.self_reflection.DpoSettings.log_every=1", cwd=student)
-  assert out.startswith("step 3:")
+  # One phase-2 training run on these pairs, on the phase-1 path's full settings:
+  # FSDP over 8 devices (parameters' embed dimension sharded over `data`), two
+  # microbatches, gradient clipping and z-loss.
+  from tinythinker_jax import train
+  from tinythinker_jax.training import recipe
+  settings = train.DpoSettings(input_length=96, target_length=32, train=recipe.TrainSettings(
+      batch_size=8, train_steps=3, optimizer="adamw", schedule="cosine",
+      learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=1e-4,
+      num_microbatches=2, parameter_partitioning_dims=2, log_every=1,
+      async_checkpoints=False))
+  result = train.run_dpo(model_dir=str(student / "dpo"),
+                         pairs_path=str(student / "samples" / "pairs.jsonl"),
+                         initial_checkpoint_path=str(student / "model"), settings=settings,
+                         progress=False)
+  assert int(result.state.step) == 3
+  specs = {str(x.sharding.spec) for x in jax.tree.leaves(result.state.params)}
+  assert any("data" in spec for spec in specs), specs  # FSDP: parameters over `data`
   rows = [json.loads(l) for l in (student / "dpo" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+  # The reference is the policy itself, so DPO starts at log 2 (z-loss is apart).
   assert rows[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-3)
-  assert "self_reflection.run_dpo" in (student / "dpo" / "config.gin").read_text()
+  assert rows[0]["train/z_loss"] > 0 and rows[0]["train/grad_norm"] > 0
 
 
 def test_sigkilled_sample_resumes_without_redoing_shards(student):
   """Killed after its first shards, `sample` finishes with the same pairs as a run
   that was never interrupted, and leaves finished shards untouched."""
-  args = [sys.executable, "-m", "tinythinker_jax.main", "sample", "--gin.MODEL_DIR='model'",
+  args = ["--gin.MODEL_DIR='model'",
           f"--gin.RECORDS_PATH='{student}/rationales/coin_flip/tinythinker/train/records.jsonl'",
           "--gin.MAX_EXAMPLES=24", "--gin.INPUT_LENGTH=96", "--gin.TARGET_LENGTH=32",
-          "--gin.self_reflection.SampleSettings.num_recall_samples=6",
-          "--gin.self_reflection.SampleSettings.shard_size=4"]
+          "--gin.sample.SampleSettings.num_recall_samples=6",
+          "--gin.sample.SampleSettings.shard_size=4", *ONE_DEVICE]
   straight = student / "sample_straight"
   killed = student / "sample_killed"
-  subprocess.run(args + [f"--gin.OUTPUT_DIR='{straight}'"], check=True, cwd=student,
-                 capture_output=True, timeout=900)
-  process = subprocess.Popen(args + [f"--gin.OUTPUT_DIR='{killed}'"], cwd=student,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  cli("sample", *args, f"--gin.OUTPUT_DIR='{straight}'", cwd=student)
+  process = subprocess.Popen(
+      [sys.executable, "-m", "tinythinker_jax.sample", *args,
+       f"--gin.OUTPUT_DIR='{killed}'"], cwd=student, env=one_device_env(),
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   shard_dir = killed / "shards"
   deadline = time.time() + 600
   while time.time() < deadline and len(list(shard_dir.glob("questions-*.jsonl"))) < 2:
+    assert process.poll() is None, "sample ended before it was killed"
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
   process.wait()
@@ -221,8 +226,7 @@ def test_sigkilled_sample_resumes_without_redoing_shards(student):
               for p in shard_dir.glob("questions-*.jsonl")}
   assert 2 <= len(finished) < 6, finished.keys()
   assert not (killed / "pairs.jsonl").exists()
-  subprocess.run(args + [f"--gin.OUTPUT_DIR='{killed}'"], check=True, cwd=student,
-                 capture_output=True, timeout=900)
+  cli("sample", *args, f"--gin.OUTPUT_DIR='{killed}'", cwd=student)
   for name, (mtime, text) in finished.items():
     assert (shard_dir / name).stat().st_mtime_ns == mtime
     assert (shard_dir / name).read_text() == text
@@ -234,10 +238,12 @@ def test_two_rounds_of_self_reflection_from_gin(student):
           "--gin.OUTPUT_DIR='reflect'",
           f"--gin.RECORDS_PATH='{student}/rationales/coin_flip/tinythinker/train/records.jsonl'",
           "--gin.MAX_TRAIN_EXAMPLES=24", "--gin.MAX_VALIDATION_EXAMPLES=32",
-          "--gin.self_reflection.SampleSettings.num_recall_samples=6",
-          "--gin.self_reflection.DpoSettings.batch_size=16",
-          "--gin.self_reflection.DpoSettings.train_steps=6",
-          "--gin.self_reflection.DpoSettings.log_every=1"]
+          "--gin.sample.SampleSettings.num_recall_samples=6",
+          "--gin.dpo/recipe.TrainSettings.batch_size=16",
+          "--gin.dpo/recipe.TrainSettings.num_epochs=None",
+          "--gin.dpo/recipe.TrainSettings.train_steps=6",
+          "--gin.dpo/recipe.TrainSettings.data_parallelism=1",
+          "--gin.dpo/recipe.TrainSettings.log_every=1", *ONE_DEVICE]
   cli("reflect", *args, cwd=student)
   state = json.loads((student / "reflect" / "reflect_state.json").read_text())
   assert [r["round"] for r in state["rounds"]] == [1, 2]

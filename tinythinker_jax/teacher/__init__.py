@@ -1,0 +1,1 @@
+"""Teachers: an OpenAI-compatible client, prompts, reply parsing, the rationale pipelines."""

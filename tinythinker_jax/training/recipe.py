@@ -1,0 +1,147 @@
+"""The one student-training path: phase 1, phase 2 and the pipeline all call `fit`.
+
+`TrainSettings` holds everything about *how* a student is trained that does
+not depend on the phase: batch and length of training, optimizer, schedule,
+gradient clipping, z-loss, microbatching, the mesh and its partitioning rules
+(FSDP with `parameter_partitioning_dims=2`), checkpoints, logging and seed.
+A phase supplies only *what* is trained: its model with its loss (token
+cross-entropy, or a preference loss), its array datasets with their
+interleaving, its initial parameters and its evaluation hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tinythinker_jax import errors, partitioning
+from tinythinker_jax.data import arrays
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import optimizers, trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """How a student is trained, shared by both phases (gin: `recipe.TrainSettings`)."""
+
+  batch_size: int = 64
+  # Length: `train_steps`, or `num_epochs` over the materialised arrays (all
+  # streams together); exactly one should be set.
+  train_steps: Optional[int] = None
+  num_epochs: Optional[float] = None
+  optimizer: str = "adafactor"
+  schedule: str = "constant"
+  learning_rate: float = 1e-3
+  warmup_steps: int = 0
+  warmup_fraction: Optional[float] = None  # of the training steps; overrides warmup_steps
+  weight_decay: float = 0.0
+  max_grad_norm: Optional[float] = None  # global-norm clipping (HF Trainer: 1.0)
+  z_loss: float = 1e-4
+  num_microbatches: int = 1
+  dropout_rate: Optional[float] = None  # None: the model config's
+  # Mesh and t5x's logical-axis rules.
+  data_parallelism: int = -1
+  model_parallelism: int = 1
+  parameter_partitioning_dims: int = 1
+  activation_partitioning_dims: int = 1
+  additional_rules: Optional[Sequence[tuple]] = None
+  # Checkpoints, logging, evaluation.
+  checkpoint_every: int = 1000
+  keep_checkpoints: Optional[int] = 3
+  async_checkpoints: bool = True
+  log_every: int = 10
+  eval_every: int = 0
+  eval_batches: int = 8
+  seed: int = 0
+
+  def steps_for(self, num_examples: int, binding: str = "TrainSettings") -> int:
+    """Training steps: `train_steps`, or `num_epochs` over `num_examples`."""
+    if self.train_steps and self.num_epochs:
+      raise errors.UserError(f"{binding}: set train_steps or num_epochs, not both "
+                             f"(train_steps={self.train_steps}, "
+                             f"num_epochs={self.num_epochs})")
+    if self.train_steps:
+      return int(self.train_steps)
+    if self.num_epochs:
+      return max(1, math.ceil(self.num_epochs * num_examples / self.batch_size))
+    raise errors.UserError(f"{binding}: set train_steps or num_epochs")
+
+  def partitioner(self) -> partitioning.Partitioner:
+    mesh = partitioning.create_mesh(self.data_parallelism, self.model_parallelism)
+    return partitioning.Partitioner(mesh, partitioning.standard_logical_axis_rules(
+        self.activation_partitioning_dims, self.parameter_partitioning_dims,
+        self.additional_rules))
+
+
+def proportional_schedule(counts: Mapping[str, int],
+                          order: Sequence[str]) -> Optional[arrays.InterleavedSchedule]:
+  """Streams interleaved in proportion to their sizes (None for one stream)."""
+  names = tuple(n for n in order if n in counts)
+  if len(names) < 2:
+    return None
+  sizes = np.array([counts[n] for n in names], float)
+  per_cycle = np.maximum(1, np.round(sizes / sizes.min())).astype(int)
+  return arrays.InterleavedSchedule(names, tuple(int(c) for c in per_cycle))
+
+
+@dataclasses.dataclass
+class Fitted:
+  result: trainer.TrainResult
+  train_steps: int
+
+
+def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
+        datasets: Mapping[str, arrays.ArrayDataset],
+        schedule: Optional[arrays.InterleavedSchedule], settings: TrainSettings,
+        model_dir: str, initial_params: Optional[Callable[[], Any]] = None,
+        eval_fns: Optional[Callable[[Any, partitioning.Partitioner, slice],
+                                    Mapping[str, trainer.EvalFn]]] = None,
+        meta: Optional[dict] = None, progress: bool = True,
+        stop_after: Optional[int] = None, binding: str = "TrainSettings") -> Fitted:
+  """Trains `model_fn(config)` on `datasets` as `settings` say; resumes in `model_dir`.
+
+  `model_fn` builds the model with its loss from the (dropout-adjusted) config;
+  `eval_fns(model, partitioner, local_slice)` builds the evaluation hooks.
+  """
+  if len(datasets) > 1 and schedule is None:
+    raise errors.UserError(f"{sorted(datasets)}: several streams need a schedule")
+  config = model_config if settings.dropout_rate is None else model_config.replace(
+      dropout_rate=settings.dropout_rate)
+  steps = settings.steps_for(sum(d.num_examples for d in datasets.values()), binding)
+  warmup = (int(settings.warmup_fraction * steps) if settings.warmup_fraction is not None
+            else settings.warmup_steps)
+  lr = optimizers.make_schedule(settings.schedule, learning_rate=settings.learning_rate,
+                                warmup_steps=warmup,
+                                total_steps=max(steps, warmup + 1))
+  partitioner = settings.partitioner()
+  layout = partitioner.data_layout(settings.batch_size)
+  source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
+                              local=layout.local_slice)
+  model = model_fn(config)
+  result = trainer.train(
+      model=model, model_config=config,
+      optimizer=optimizers.make_optimizer(settings.optimizer, lr,
+                                          weight_decay=settings.weight_decay,
+                                          grad_clip_norm=settings.max_grad_norm),
+      partitioner=partitioner, batch_fn=source, global_batch_size=settings.batch_size,
+      train_steps=steps, model_dir=model_dir, seed=settings.seed,
+      num_microbatches=settings.num_microbatches, dropout=config.dropout_rate > 0,
+      checkpoint=trainer.CheckpointSettings(settings.checkpoint_every,
+                                            settings.keep_checkpoints,
+                                            settings.async_checkpoints),
+      initial_params=initial_params, log_every=settings.log_every,
+      eval_every=settings.eval_every,
+      eval_fns=eval_fns(model, partitioner, layout.local_slice) if eval_fns else {},
+      schedule=lr, progress=progress, stop_after=stop_after,
+      meta=dict(meta or {}, train_settings=jsonable(settings)))
+  return Fitted(result, steps)
+
+
+def jsonable(settings: TrainSettings) -> dict[str, Any]:
+  out = dataclasses.asdict(settings)
+  if out["additional_rules"] is not None:
+    out["additional_rules"] = [list(r) for r in out["additional_rules"]]
+  return out
