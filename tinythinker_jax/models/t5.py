@@ -156,10 +156,14 @@ class DenseGeneral(nn.Module):
       return flat.reshape(shape)
 
     kernel = _param(self, "kernel", init, kernel_shape, self.kernel_axes, self.param_dtype)
-    contract = tuple(range(x.ndim - self.num_contracting, x.ndim))
-    return jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((contract, tuple(range(self.num_contracting))), ((), ())))
+    # One 2-D matmul, [tokens, fan_in] x [fan_in, fan_out]: its two backward
+    # matmuls are plain 2-D ones too, which XLA's CPU backend runs without
+    # transposing copies of the activations (a dot_general over several batch
+    # and contracting dimensions got a relayout copy per layer).
+    batch_shape = x.shape[:x.ndim - self.num_contracting]
+    y = jnp.dot(x.reshape((-1, fan_in)).astype(self.dtype),
+                kernel.reshape((fan_in, -1)).astype(self.dtype))
+    return y.reshape(batch_shape + tuple(self.features))
 
 
 class Embed(nn.Module):
