@@ -302,6 +302,15 @@ class MultiHeadAttention(nn.Module):
     return _constrain(out, ("batch", "length", "embed"))
 
 
+def _gate(activations: Sequence[str], *projections: Array) -> Array:
+  """The product of each activation applied to its projection."""
+  hidden = None
+  for name, h in zip(activations, projections):
+    h = _ACTIVATIONS[name](h)
+    hidden = h if hidden is None else hidden * h
+  return hidden
+
+
 class MlpBlock(nn.Module):
   """T5's feed-forward block: one projection per activation, multiplied."""
 
@@ -312,12 +321,16 @@ class MlpBlock(nn.Module):
     cfg = self.config
     dense = functools.partial(DenseGeneral, dtype=cfg.compute_dtype,
                               param_dtype=cfg.parameter_dtype)
-    hidden = None
-    for i, name in enumerate(cfg.mlp_activations):
+    projections = []
+    for i in range(len(cfg.mlp_activations)):
       layer_name = "wi" if len(cfg.mlp_activations) == 1 else f"wi_{i}"
-      h = _ACTIVATIONS[name](dense(features=(cfg.mlp_dim,), kernel_axes=("embed", "mlp"),
-                                   name=layer_name)(x))
-      hidden = h if hidden is None else hidden * h
+      projections.append(dense(features=(cfg.mlp_dim,), kernel_axes=("embed", "mlp"),
+                               name=layer_name)(x))
+    # Under differentiation only the projections are kept for the backward
+    # pass; the activations and their product are recomputed from them there
+    # (elementwise, fused into the backward's own passes). Otherwise the
+    # gated GELU's intermediates (tanh, cubes, products) are all kept.
+    hidden = jax.checkpoint(functools.partial(_gate, cfg.mlp_activations))(*projections)
     hidden = _constrain(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
     out = dense(features=(x.shape[-1],), kernel_axes=("mlp", "embed"), name="wo")(hidden)
