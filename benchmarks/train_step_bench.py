@@ -2,7 +2,8 @@
 
 Both models get the same configuration (a model gin file), the same token batch
 (no padding, so both average the loss over the same tokens), the same optimizer
-settings and the same thread count, in one process. After warm-up the two are
+settings and the same thread count, in one process. PyTorch's AdamW is the fused
+one by default (`--torch_adamw`), as the Hugging Face Trainer uses with torch >= 2.8. After warm-up the two are
 timed in alternating rounds and the median step time of each is reported.
 
   python benchmarks/train_step_bench.py --model=t5_1_1/small --batch=8 \
@@ -32,6 +33,10 @@ def parse_args(argv=None):
   p.add_argument("--steps_per_round", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--skip_torch", action="store_true", help="time ours only (no torch)")
+  p.add_argument("--torch_adamw", default="fused", choices=["fused", "foreach", "for-loop"],
+                 help="torch.optim.AdamW implementation; 'fused' is what the Hugging Face "
+                      "Trainer uses by default with torch >= 2.8 ('for-loop' is "
+                      "torch.optim.AdamW's own default on CPU)")
   p.add_argument("--json", help="also write the results here")
   return p.parse_args(argv)
 
@@ -86,7 +91,7 @@ class OursStep:
 class TorchStep:
   """Hugging Face's T5ForConditionalGeneration with torch.optim.AdamW."""
 
-  def __init__(self, config, enc, targets, threads):
+  def __init__(self, config, enc, targets, threads, adamw="fused"):
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     from tinythinker_jax.convert import hf  # pylint: disable=import-outside-toplevel
@@ -99,8 +104,11 @@ class TorchStep:
     if not config.logits_via_embedding:
       self.model.lm_head.weight = torch.nn.Parameter(
           torch.randn(config.vocab_size, config.emb_dim))
+    implementation = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                      "for-loop": {"foreach": False}}[adamw]
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4,
-                                       betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+                                       betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                                       **implementation)
     self.enc = torch.tensor(enc, dtype=torch.long)
     self.labels = torch.tensor(targets, dtype=torch.long)
     self.autocast = config.dtype == "bfloat16"
@@ -113,7 +121,7 @@ class TorchStep:
     loss.backward()
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def time_steps(step, n):
@@ -133,7 +141,8 @@ def main(argv=None):
   import jax  # pylint: disable=import-outside-toplevel
   runners = {"ours (JAX)": OursStep(config, enc, targets)}
   if not args.skip_torch:
-    runners["Hugging Face (PyTorch)"] = TorchStep(config, enc, targets, args.threads)
+    runners["Hugging Face (PyTorch)"] = TorchStep(config, enc, targets, args.threads,
+                                                  args.torch_adamw)
   for step in runners.values():
     time_steps(step, args.warmup)
   samples = {name: [] for name in runners}
@@ -144,7 +153,8 @@ def main(argv=None):
   results = {"model": args.model, "batch": args.batch, "input_length": args.input_length,
              "target_length": args.target_length, "dtype": args.dtype,
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-             "threads": args.threads, "timed_steps": args.rounds * args.steps_per_round}
+             "threads": args.threads, "timed_steps": args.rounds * args.steps_per_round,
+             "torch_adamw": None if args.skip_torch else args.torch_adamw}
   for name, times in samples.items():
     median = statistics.median(times)
     results[name] = {"median_step_s": round(median, 4),

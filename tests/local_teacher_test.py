@@ -88,26 +88,26 @@ def test_tinythinker_pipeline_runs_against_llama_cpp(server, shared_data, tmp_pa
   out = tmp_path / "tt"
   before = server.requests_served()
   command = teach_command(server, out, csqa, "tinythinker", [
-      "--gin.MAX_EXAMPLES=2", f"--gin.run.teach_dataset.prompts_dir='{prompts}'",
-      "--gin.pipelines.TinyThinkerSettings.num_samples=2",
+      "--gin.MAX_EXAMPLES=1", f"--gin.run.teach_dataset.prompts_dir='{prompts}'",
+      "--gin.pipelines.TinyThinkerSettings.num_samples=1",
       "--gin.pipelines.TinyThinkerSettings.num_shots=2",
       "--gin.pipelines.TinyThinkerSettings.max_tokens=96"])
   result = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  # llama.cpp ignores n, so each of the 2 x 2 samples is its own request, and so
-  # is each retry of a reply that could not be parsed.
+  # One question, one sample: one request, and one per retry of a reply that
+  # could not be parsed.
   retries = json.loads((out / "summary.json").read_text())["format_retries"]
-  assert server.requests_served() - before == 4 + retries
+  assert server.requests_served() - before == 1 + retries
   first_summary = (out / "summary.json").read_text()
   again = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   # The rerun is served from the cache.
-  assert server.requests_served() - before == 4 + retries
+  assert server.requests_served() - before == 1 + retries
   assert json.loads((out / "summary.json").read_text())["kept"] == json.loads(
       first_summary)["kept"]
   summary = json.loads((out / "summary.json").read_text())
-  assert summary["samples"] == 4
-  assert summary["kept"] + sum(summary["dropped"].values()) == 4
+  assert summary["samples"] == 1
+  assert summary["kept"] + sum(summary["dropped"].values()) == 1
   dropped = [json.loads(l) for l in (out / "dropped.jsonl").read_text().splitlines()]
   assert all(d["reason"] and d["text"] is not None for d in dropped)
   with CompletionCache(str(out / "completions.jsonl")) as cache:

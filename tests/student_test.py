@@ -37,9 +37,10 @@ def test_greedy_text_equals_direct_decoding_on_any_mesh(tiny_config):
                              rtol=1e-5)
   # The reference: greedy_decode on each prompt alone, unpadded, no batching.
   codec = vocabularies.TextCodec("byte", extra_ids=0)
+  decode = jax.jit(lambda p, e: decoding.greedy_decode(t5.T5(config), p, e, max_length=6))
   for prompt, (generation,) in zip(PROMPTS, a):
     enc = np.array([codec.encode(prompt) + [1]], np.int32)
-    out = decoding.greedy_decode(t5.T5(config), params, enc, max_length=6)
+    out = decode(params, enc)
     n = int(out.lengths[0])
     assert generation.text == codec.decode(np.asarray(out.tokens[0, :n]))
     assert generation.num_tokens == n

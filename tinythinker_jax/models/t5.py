@@ -158,10 +158,14 @@ class DenseGeneral(nn.Module):
       return flat.reshape(shape)
 
     kernel = _param(self, "kernel", init, kernel_shape, self.kernel_axes, self.param_dtype)
-    contract = tuple(range(x.ndim - self.num_contracting, x.ndim))
-    return jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((contract, tuple(range(self.num_contracting))), ((), ())))
+    # One 2-D matmul, [tokens, fan_in] x [fan_in, fan_out]: its two backward
+    # matmuls are plain 2-D ones too, which XLA's CPU backend runs without
+    # transposing copies of the activations (a dot_general over several batch
+    # and contracting dimensions got a relayout copy per layer).
+    batch_shape = x.shape[:x.ndim - self.num_contracting]
+    y = jnp.dot(x.reshape((-1, fan_in)).astype(self.dtype),
+                kernel.reshape((fan_in, -1)).astype(self.dtype))
+    return y.reshape(batch_shape + tuple(self.features))
 
 
 class Embed(nn.Module):
@@ -300,6 +304,15 @@ class MultiHeadAttention(nn.Module):
     return _constrain(out, ("batch", "length", "embed"))
 
 
+def _gate(activations: Sequence[str], *projections: Array) -> Array:
+  """The product of each activation applied to its projection."""
+  hidden = None
+  for name, h in zip(activations, projections):
+    h = _ACTIVATIONS[name](h)
+    hidden = h if hidden is None else hidden * h
+  return hidden
+
+
 class MlpBlock(nn.Module):
   """T5's feed-forward block: one projection per activation, multiplied."""
 
@@ -310,12 +323,16 @@ class MlpBlock(nn.Module):
     cfg = self.config
     dense = functools.partial(DenseGeneral, dtype=cfg.compute_dtype,
                               param_dtype=cfg.parameter_dtype)
-    hidden = None
-    for i, name in enumerate(cfg.mlp_activations):
+    projections = []
+    for i in range(len(cfg.mlp_activations)):
       layer_name = "wi" if len(cfg.mlp_activations) == 1 else f"wi_{i}"
-      h = _ACTIVATIONS[name](dense(features=(cfg.mlp_dim,), kernel_axes=("embed", "mlp"),
-                                   name=layer_name)(x))
-      hidden = h if hidden is None else hidden * h
+      projections.append(dense(features=(cfg.mlp_dim,), kernel_axes=("embed", "mlp"),
+                               name=layer_name)(x))
+    # Under differentiation only the projections are kept for the backward
+    # pass; the activations and their product are recomputed from them there
+    # (elementwise, fused into the backward's own passes). Otherwise the
+    # gated GELU's intermediates (tanh, cubes, products) are all kept.
+    hidden = jax.checkpoint(functools.partial(_gate, cfg.mlp_activations))(*projections)
     hidden = _constrain(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
     out = dense(features=(x.shape[-1],), kernel_axes=("mlp", "embed"), name="wo")(hidden)

@@ -54,9 +54,10 @@ class EncoderDecoderModel:
     if weights is None:
       weights = (targets > 0).astype(jnp.float32)
     weights = weights.astype(jnp.float32)
-    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
+    # `correct` counts tokens whose target has the largest logit; it comes from
+    # the loss's own pass over the logits (no separate argmax pass).
+    loss, z_loss, weight_sum, correct = losses.compute_weighted_cross_entropy_and_hits(
         logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss)
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
     return loss, {"loss": loss, "z_loss": z_loss, "weight_sum": weight_sum,
                   "correct": correct, "num_examples": jnp.asarray(targets.shape[0],
                                                                   jnp.float32),
