@@ -59,8 +59,10 @@ def one_device(tmp_path_factory):
   return get
 
 
+# The step's numbers on 2x4 without FSDP are partitioning_test's; here the loop
+# with its optimizer state, on FSDP meshes.
 @pytest.mark.parametrize("data,model,param_dims,optimizer", [
-    (2, 4, 1, "adamw"), (2, 4, 2, "adafactor"), (8, 1, 2, "adamw")])
+    (2, 4, 2, "adafactor"), (8, 1, 2, "adamw")])
 def test_mesh_runs_match_one_device(tiny_config, tmp_path, one_device, data, model,
                                     param_dims, optimizer):
   single = one_device(tiny_config, optimizer)
