@@ -89,7 +89,10 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
       gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
                                           finalize_config=finalize)
   except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as e:
-    raise GinConfigError(f"gin: {e}") from e
+    # gin appends the whole operative config to some errors; the binding is named
+    # before it.
+    message = str(e).split(" in config string:")[0]
+    raise GinConfigError(f"gin: {message}") from e
 
 
 def query(name: str):
