@@ -65,6 +65,21 @@ def tiny_config():
   return make_tiny_config()
 
 
+def teach_coin_flip(root: pathlib.Path, method: str) -> dict:
+  """Rule-based rationales for Coin Flip's train and validation splits under
+  `root/rationales/coin_flip/<method>/<split>/`; returns the splits."""
+  from tinythinker_jax.data import datasets
+  from tinythinker_jax.data.schema import AnswerType
+  from tinythinker_jax.teacher import pipelines
+  splits = datasets.load_dataset("coin_flip", seed=0)
+  for split in ("train", "validation"):
+    pipelines.teach(splits[split], method=pipelines.Method(method),
+                    answer_type=AnswerType.YES_NO,
+                    output_dir=str(root / "rationales" / "coin_flip" / method / split),
+                    teacher=None, progress=False)
+  return splits
+
+
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory) -> pathlib.Path:
   """A run folder with rule-based TinyThinker rationales for Coin Flip
@@ -72,18 +87,10 @@ def tiny_student(tmp_path_factory) -> pathlib.Path:
   (`model/`), trained in this process on one device. It is half-trained on
   purpose: its chains are right and wrong, as phase 2 needs."""
   from tinythinker_jax import train, vocabularies
-  from tinythinker_jax.data import datasets
-  from tinythinker_jax.data.schema import AnswerType
   from tinythinker_jax.models import t5
-  from tinythinker_jax.teacher import pipelines
   from tinythinker_jax.training import recipe
   root = tmp_path_factory.mktemp("tiny_student")
-  splits = datasets.load_dataset("coin_flip", seed=0)
-  for split in ("train", "validation"):
-    pipelines.teach(splits[split], method=pipelines.Method.TINYTHINKER,
-                    answer_type=AnswerType.YES_NO,
-                    output_dir=str(root / "rationales" / "coin_flip" / "tinythinker" / split),
-                    teacher=None, progress=False)
+  teach_coin_flip(root, "tinythinker")
   records = root / "rationales" / "coin_flip" / "tinythinker" / "train" / "records.jsonl"
   vocab = vocabularies.train_sentencepiece(
       vocabularies.iter_rendered([str(records)], "tinythinker"), 64, str(root / "spm"),

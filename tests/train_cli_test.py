@@ -17,15 +17,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import one_device_env
+from tests.conftest import one_device_env, teach_coin_flip
 
 from tinythinker_jax import decoding, materialize
 from tinythinker_jax.checkpoints import Checkpointer
-from tinythinker_jax.data import arrays, datasets
+from tinythinker_jax.data import arrays
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning import answers
-from tinythinker_jax.teacher import pipelines
 
 TASK = "tinythinker.coin_flip.finetune_cot"
 LENGTHS = {"inputs": 40, "targets": 32}
@@ -38,12 +37,7 @@ SMALL = ["--gin.t5.T5Config.emb_dim=32", "--gin.t5.T5Config.num_heads=2",
 def data(tmp_path_factory):
   """Rule-based rationales for coin flip, a word vocabulary, materialised arrays."""
   root = tmp_path_factory.mktemp("coin")
-  splits = datasets.load_dataset("coin_flip", seed=0)
-  for split in ("train", "validation"):
-    pipelines.teach(splits[split], method=pipelines.Method.FINETUNE_COT,
-                    answer_type=AnswerType.YES_NO,
-                    output_dir=str(root / "rationales" / "coin_flip" / "finetune_cot" / split),
-                    teacher=None, progress=False)
+  splits = teach_coin_flip(root, "finetune_cot")
   from tinythinker_jax import vocabularies
   texts = [t for e in splits["train"] for t in (e.question, e.rationale)]
   spm = vocabularies.train_sentencepiece(texts + ["--> yes no"], 128, str(root / "spm"),

@@ -3,8 +3,9 @@
 `seed * 1000 + k` style derivations collide (seed 1, k 0 is seed 0, k 1000)
 and tie unrelated random streams together. Here every stream is named: a
 purpose string (its CRC32 is the stream's id) and integer indices, mixed by
-`numpy.random.SeedSequence` (host-side randomness, integer seeds) or folded
-into a JAX key with `jax.random.fold_in` (device-side randomness).
+`numpy.random.SeedSequence`. Device-side randomness folds indices into a JAX
+key with `jax.random.fold_in` where it is drawn (`decoding.sample_decode`,
+`Student.generate`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,3 @@ def rng(seed: int, purpose: str, *index: int) -> np.random.Generator:
 def derive(seed: int, purpose: str, *index: int) -> int:
   """A 31-bit integer seed for the stream (for APIs that take an int)."""
   return int(sequence(seed, purpose, *index).generate_state(1)[0] >> 1)
-
-
-def key(seed: int, purpose: str, *index: int):
-  """A JAX PRNG key: `key(seed)` with the purpose and each index folded in."""
-  import jax  # pylint: disable=import-outside-toplevel
-  out = jax.random.fold_in(jax.random.key(int(seed)), _purpose_id(purpose) & 0x7FFFFFFF)
-  for i in index:
-    out = jax.random.fold_in(out, int(i))
-  return out

@@ -239,12 +239,14 @@ class Student:
     fn = self._decode_fn(sampling, num, max_length)
     out: list[list[Generation]] = []
     rows = self._encode_inputs(prompts)
+    # One key per prompt (and per padding row of the last call), made once.
+    base = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.arange(-(-len(rows) // per_call) * per_call))
     for start, chunk, length in self._chunks(rows, per_call):
       tokens = self._pad(chunk, length, per_call)
-      base = jax.random.key(seed)
-      rng = jax.vmap(lambda i, b=base: jax.random.fold_in(b, i))(
-          jnp.arange(start, start + per_call))
-      result = jax.device_get(fn(self.params, self._shard(tokens), rng))
+      result = jax.device_get(fn(self.params, self._shard(tokens),
+                                 keys[start:start + per_call]))
       for i in range(len(chunk)):
         samples = []
         for j in range(num):
