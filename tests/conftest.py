@@ -18,8 +18,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ.get(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import functools  # noqa: E402
 import pathlib  # noqa: E402
 
+import filelock  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -60,6 +63,38 @@ def make_tiny_config():
                      relative_attention_max_distance=16)
 
 
+@functools.lru_cache(maxsize=None)
+def jitted_forward(config):
+  """`T5(config).apply` under `jax.jit`: test references run whole programs, not
+  op by op (eager dispatch compiles every op anew for each input shape)."""
+  import jax
+  from tinythinker_jax.models import t5
+  return jax.jit(lambda params, enc, dec: t5.T5(config).apply({"params": params}, enc, dec))
+
+
+def init_params(config, seed: int = 0):
+  """Unboxed T5 parameters from `key(seed)`, initialised under `jax.jit`."""
+  import flax.linen as nn
+  import jax
+  from tinythinker_jax.models import t5
+  return jax.jit(lambda r: nn.unbox(t5.init_params(config, r)))(jax.random.key(seed))
+
+
+def teacher_forced_logps(config, params, prompt_ids, target_ids, bucket=64):
+  """log p(target_ids[t] | prompt_ids, target_ids[:t]) for each t, from one
+  teacher-forced forward pass and a float64 log-softmax written out by hand.
+  Inputs are zero-padded to a multiple of `bucket` (fewer shapes to compile): T5
+  masks encoder padding, and the decoder is causal, so padding changes nothing."""
+  def pad(ids):
+    return np.array([list(ids) + [0] * (-len(ids) % bucket)], np.int32)
+  logits = np.asarray(jitted_forward(config)(params, pad(prompt_ids),
+                                             pad([0] + list(target_ids[:-1]))),
+                      np.float64)[0]
+  logits -= logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return [float(logp[i, t]) for i, t in enumerate(target_ids)]
+
+
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
@@ -86,10 +121,24 @@ def tiny_student(tmp_path_factory) -> pathlib.Path:
   (`rationales/`), a word vocabulary (`spm.model`) and a briefly trained tiny T5
   (`model/`), trained in this process on one device. It is half-trained on
   purpose: its chains are right and wrong, as phase 2 needs."""
+  # Under pytest-xdist every worker asks for it: the first builds it in the
+  # run's shared temporary folder, under a file lock; the others wait and reuse it.
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = shared.parent  # the run's folder, above each worker's own
+  root = shared / "tiny_student"
+  with filelock.FileLock(str(shared / "tiny_student.lock")):
+    if not (root / "done").exists():
+      _train_tiny_student(root)
+      (root / "done").write_text("")
+  return root
+
+
+def _train_tiny_student(root: pathlib.Path) -> None:
   from tinythinker_jax import train, vocabularies
   from tinythinker_jax.models import t5
   from tinythinker_jax.training import recipe
-  root = tmp_path_factory.mktemp("tiny_student")
+  root.mkdir(parents=True, exist_ok=True)
   teach_coin_flip(root, "tinythinker")
   records = root / "rationales" / "coin_flip" / "tinythinker" / "train" / "records.jsonl"
   vocab = vocabularies.train_sentencepiece(
@@ -104,4 +153,3 @@ def tiny_student(tmp_path_factory) -> pathlib.Path:
                 checkpoint_every=200, async_checkpoints=False),
             records_dir=str(root / "rationales"), vocabulary=vocab,
             interleave_interval=10, num_options=2, progress=False)
-  return root

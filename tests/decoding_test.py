@@ -2,13 +2,13 @@
 
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
+from tests.conftest import init_params, jitted_forward
 from tinythinker_jax import decoding
 from tinythinker_jax.models import t5
 
@@ -38,8 +38,9 @@ def reference_probs(temperature=1.0, top_k=0, top_p=1.0):
 def test_sampled_frequencies_match_the_filtered_softmax(temperature, top_k, top_p):
   n = 40_000
   logits = jnp.broadcast_to(jnp.asarray(LOGITS), (n, LOGITS.shape[1]))
-  draws = np.asarray(jax.jit(lambda r: decoding.sample_token(
-      r, logits, temperature=temperature, top_k=top_k, top_p=top_p))(jax.random.key(0)))
+  # The logits are an argument, not a closed-over constant XLA would fold at compile time.
+  draws = np.asarray(jax.jit(lambda r, x: decoding.sample_token(
+      r, x, temperature=temperature, top_k=top_k, top_p=top_p))(jax.random.key(0), logits))
   expected = reference_probs(temperature, top_k, top_p)
   counts = np.bincount(draws, minlength=len(expected))
   assert np.all(counts[expected == 0] == 0)  # Filtered tokens are never drawn.
@@ -68,7 +69,7 @@ def tiny():
                        num_encoder_layers=1, num_decoder_layers=2,
                        mlp_activations=("gelu", "linear"), logits_via_embedding=False,
                        dropout_rate=0.0)
-  params = nn.unbox(t5.init_params(config, jax.random.key(4)))
+  params = init_params(config, 4)
   # Sharpen the output layer so the search problem is not flat.
   params["decoder"]["logits_dense"]["kernel"] = params["decoder"]["logits_dense"]["kernel"] * 3
   enc = jnp.asarray([[2, 3, 4, 5, 1], [5, 5, 2, 1, 0]], jnp.int32)
@@ -86,8 +87,8 @@ def brute_force_best(model, params, enc_row, max_length, vocab=6, eos=1):
     padded[i, :len(seq)] = seq
   decoder_in = np.pad(padded, ((0, 0), (1, 0)))[:, :-1]
   enc = jnp.repeat(enc_row[None], len(hypotheses), axis=0)
-  logp = np.asarray(jax.nn.log_softmax(model.apply({"params": params}, enc,
-                                                   jnp.asarray(decoder_in))))
+  logp = np.asarray(jax.nn.log_softmax(jitted_forward(model.config)(
+      params, enc, jnp.asarray(decoder_in))))
   scores = [sum(logp[i, t, tok] for t, tok in enumerate(seq))
             for i, seq in enumerate(hypotheses)]
   best = int(np.argmax(scores))
@@ -127,7 +128,7 @@ def test_sample_decode_several_samples_with_model_logprobs(tiny):
   # The returned log-probabilities are the model's: check them by teacher forcing.
   repeated = jnp.repeat(enc, 8, axis=0)
   decoder_in = jnp.pad(out.tokens, ((0, 0), (1, 0)))[:, :-1]
-  logp = jax.nn.log_softmax(model.apply({"params": params}, repeated, decoder_in))
+  logp = jax.nn.log_softmax(jitted_forward(model.config)(params, repeated, decoder_in))
   gathered = jnp.take_along_axis(logp, out.tokens[..., None], -1)[..., 0]
   mask = jnp.arange(4)[None] < out.lengths[:, None]
   np.testing.assert_allclose(jnp.where(mask, gathered, 0), out.token_logprobs, atol=1e-5)

@@ -2,13 +2,13 @@
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from tests.conftest import init_params, jitted_forward
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import dpo
 from tinythinker_jax.training import step as step_lib
@@ -35,7 +35,7 @@ def _hand_logps(module, params, enc, targets):
   for row in range(len(enc)):
     n = int((targets[row] > 0).sum())
     decoder_inputs = np.concatenate([[0], targets[row, :-1]])[None]
-    logits = np.asarray(module.apply({"params": params}, enc[row:row + 1], decoder_inputs),
+    logits = np.asarray(jitted_forward(module.config)(params, enc[row:row + 1], decoder_inputs),
                         np.float64)[0]
     total = 0.0
     for t in range(n):
@@ -51,7 +51,7 @@ def _hand_logps(module, params, enc, targets):
                                              ("ipo", 0.0)])
 def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alpha):
   module = t5.T5(tiny_config)
-  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(1)))
+  params = init_params(tiny_config, 1)
   batch = _batch(np.random.default_rng(0), tiny_config.vocab_size)
   beta = 0.5
   model = dpo.PreferenceModel(module, beta=beta, alpha=alpha, loss_type=loss_type)
@@ -77,7 +77,7 @@ def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alph
 
 def test_padding_pairs_weigh_nothing(tiny_config):
   module = t5.T5(tiny_config)
-  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(2)))
+  params = init_params(tiny_config, 2)
   batch = _batch(np.random.default_rng(1), tiny_config.vocab_size)
   model = dpo.PreferenceModel(module)
   first_two = {k: v[:2] for k, v in batch.items()}
@@ -90,7 +90,7 @@ def test_padding_pairs_weigh_nothing(tiny_config):
 def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   """The phase-1 train step, unchanged, optimises the preference model."""
   module = t5.T5(tiny_config)
-  params = nn.unbox(t5.init_params(tiny_config, jax.random.key(3)))
+  params = init_params(tiny_config, 3)
   batch = _batch(np.random.default_rng(2), tiny_config.vocab_size)
   model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
   # The reference is the initial policy, so the starting margin is exactly 0.
@@ -105,7 +105,9 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   s_micro, m_micro = micro(state, batch, jax.random.key(0))
   np.testing.assert_allclose(float(m_full["loss"]), math.log(2), rtol=1e-5)
   np.testing.assert_allclose(float(m_full["loss"]), float(m_micro["loss"]), rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+  # Adam's first step is ~lr * sign(g): a gradient entry near zero, summed in
+  # another order, can move by a visible fraction of lr (1e-5 is 0.1% of it).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                s_full.params, s_micro.params)
   for _ in range(20):
     s_full, metrics = full(s_full, batch, jax.random.key(0))

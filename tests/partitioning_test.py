@@ -80,9 +80,9 @@ def _get(tree, path):
 @pytest.fixture(scope="module")
 def one_device_reference():
   """(config, params, loss, grads) on one device, computed once for the module."""
-  from tests.conftest import make_tiny_config
+  from tests.conftest import init_params, make_tiny_config
   config = make_tiny_config()
-  params = nn.unbox(t5.init_params(config, jax.random.key(0)))
+  params = init_params(config, 0)
   loss, grads = jax.jit(_loss_and_grads(t5.T5(config)))(params, _batch(config))
   return config, params, loss, grads
 

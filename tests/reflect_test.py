@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import STUDENT_CONFIG, one_device_env
+from tests.conftest import STUDENT_CONFIG, one_device_env, teacher_forced_logps
 from tinythinker_jax import checkpoints, vocabularies
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
@@ -68,16 +68,11 @@ def _params(model_dir):
 
 def teacher_forced_logp(model_dir, vocab, prompt, target):
   """log p(target + EOS | prompt): one full forward pass and an explicit sum."""
-  params = _params(str(model_dir))
-  config = t5.T5Config(**STUDENT_CONFIG)
   codec = vocabularies.TextCodec(vocab)
-  enc = np.array([codec.encode(prompt) + [1]], np.int32)
-  tgt = codec.encode(target) + [1]
-  dec = np.array([[0] + tgt[:-1]], np.int32)
-  logits = np.asarray(t5.T5(config).apply({"params": params}, enc, dec), np.float64)[0]
-  logits -= logits.max(-1, keepdims=True)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  return float(sum(logp[i, t] for i, t in enumerate(tgt)))
+  return float(sum(teacher_forced_logps(t5.T5Config(**STUDENT_CONFIG),
+                                        _params(str(model_dir)),
+                                        codec.encode(prompt) + [1],
+                                        codec.encode(target) + [1])))
 
 
 def test_infer_and_score(student):

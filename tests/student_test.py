@@ -1,9 +1,9 @@
 """`Student`: batched text generation and scoring, sharded over the data axis."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 
+from tests.conftest import init_params, teacher_forced_logps
 from tinythinker_jax import decoding, partitioning, vocabularies
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.chains import Sampling
@@ -25,7 +25,7 @@ def _config(tiny_config):
 
 def test_greedy_text_equals_direct_decoding_on_any_mesh(tiny_config):
   config = _config(tiny_config)
-  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(0))))
+  params = jax.device_get(init_params(config, 0))
   one = _student(config, params, 1, batch_size=4, max_input_length=64,
                  max_decode_length=6)
   eight = _student(config, params, 8, batch_size=8, max_input_length=64,
@@ -48,28 +48,22 @@ def test_greedy_text_equals_direct_decoding_on_any_mesh(tiny_config):
 
 def test_score_equals_a_teacher_forced_forward_pass(tiny_config):
   config = _config(tiny_config)
-  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  params = jax.device_get(init_params(config, 1))
   student = _student(config, params, 8, batch_size=16, max_input_length=64,
                      max_decode_length=8)
   targets = ["so", "the answer is", "B.", "a much longer target than eight tokens"]
   scored = student.score(PROMPTS[:4], targets)
   codec = student.codec
   for prompt, target, result in zip(PROMPTS, targets, scored):
-    enc = np.array([codec.encode(prompt) + [1]], np.int32)
     tgt = codec.encode(target) + [1]
-    logits = np.asarray(t5.T5(config).apply({"params": params}, enc,
-                                            np.array([[0] + tgt[:-1]], np.int32)),
-                        np.float64)[0]
-    logits -= logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    expected = [logp[i, t] for i, t in enumerate(tgt)]
+    expected = teacher_forced_logps(config, params, codec.encode(prompt) + [1], tgt)
     assert result["num_tokens"] == len(tgt)
     np.testing.assert_allclose(result["token_logprobs"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_samples_are_a_function_of_the_seed(tiny_config):
   config = _config(tiny_config)
-  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  params = jax.device_get(init_params(config, 1))
   student = _student(config, params, 8, batch_size=16, max_input_length=64,
                      max_decode_length=8)
   sampling = Sampling(temperature=1.0, num_samples=4)
@@ -83,7 +77,7 @@ def test_samples_are_a_function_of_the_seed(tiny_config):
 
 def test_long_inputs_keep_their_end(tiny_config):
   config = _config(tiny_config)
-  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(2))))
+  params = jax.device_get(init_params(config, 2))
   student = _student(config, params, 1, batch_size=2, max_input_length=16,
                      max_decode_length=4)
   long_prompt = "x" * 40 + "Recall:"

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import init_params
 from tinythinker_jax import decoding
 from tinythinker_jax.models import t5
 
@@ -17,7 +18,7 @@ def _jit_apply(model):
 
 
 def _params(config, seed=1):
-  return nn.unbox(t5.init_params(config, jax.random.key(seed)))
+  return init_params(config, seed)
 
 
 def _tokens(rng, shape, vocab, pad_from=None):

@@ -87,7 +87,7 @@ def losses(model_dir):
 def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   root, _ = data
   extra = SMALL + ["--gin.DROPOUT_RATE=0.1", "--gin.BATCH_SIZE=16",
-                   "--gin.recipe.TrainSettings.checkpoint_every=5",
+                   "--gin.recipe.TrainSettings.checkpoint_every=10",
                    "--gin.recipe.TrainSettings.eval_every=0"]
   straight = tmp_path / "straight"
   train_ok(command(root / "data", straight, 30, *extra), 1)
@@ -96,7 +96,7 @@ def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   process = subprocess.Popen(command(root / "data", killed, 30, *extra), env=env(1),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 300
-  while not (killed / "checkpoints" / "15").exists():
+  while not (killed / "checkpoints" / "10").exists():
     assert process.poll() is None and time.monotonic() < deadline
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
@@ -139,12 +139,19 @@ def test_two_processes_take_the_same_steps_as_one(data, tmp_path):
                final_params(two, 8), final_params(one, 8))
 
 
+# The demo's student: 64-wide, 2+2 layers.
+LEARNER = dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=256, num_encoder_layers=2,
+               num_decoder_layers=2)
+
+
 def test_tiny_t5_learns_a_rationale_task(data, tmp_path):
   root, spm = data
   model_dir = tmp_path / "learn"
   train_ok(command(root / "data", model_dir, 200, "--gin.DROPOUT_RATE=0.0",
+                   *[f"--gin.t5.T5Config.{k}={v}" for k, v in LEARNER.items()],
+                   "--gin.LEARNING_RATE=3e-3",
                    "--gin.BATCH_SIZE=32", "--gin.recipe.TrainSettings.checkpoint_every=200",
-                   "--gin.recipe.TrainSettings.eval_every=75",
+                   "--gin.recipe.TrainSettings.eval_every=100",
                    "--gin.recipe.TrainSettings.eval_batches=4"), 1)
   with open(model_dir / "metrics.jsonl") as f:
     evals = [json.loads(l) for l in f if "eval/" in l]
@@ -153,10 +160,8 @@ def test_tiny_t5_learns_a_rationale_task(data, tmp_path):
   assert evals[-1][key] < 0.25 * evals[0][key]
 
   # Greedy answers on held-out questions, decoded with the KV cache.
-  config = t5.T5Config(vocab_size=256, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512,
-                       num_encoder_layers=3, num_decoder_layers=3,
-                       mlp_activations=("gelu", "linear"), logits_via_embedding=False,
-                       dropout_rate=0.0)
+  config = t5.T5Config(vocab_size=256, mlp_activations=("gelu", "linear"),
+                       logits_via_embedding=False, dropout_rate=0.0, **LEARNER)
   params = final_params(model_dir, 200)
   validation = arrays.ArrayDataset(str(root / "data" / TASK / "validation"))
   enc = np.asarray(validation.arrays["encoder_input_tokens"][:128])

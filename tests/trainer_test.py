@@ -1,10 +1,10 @@
 """The phase-1 trainer in-process: meshes, accumulation, resharded restore, schedules."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from tests.conftest import init_params
 from tinythinker_jax import partitioning, student
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.models import t5
@@ -88,16 +88,17 @@ def test_microbatched_accumulation_equals_full_batch(tiny_config, tmp_path, one_
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_device):
-  first = run(tiny_config, tmp_path / "m", data=2, model=4, steps=6)
+  # FSDP on 8x1 (the step test_mesh_runs_match_one_device compiled), then 2x4.
+  first = run(tiny_config, tmp_path / "m", data=8, model=1, param_dims=2, steps=6)
   saved = jax.device_get(first.state)
-  again = run(tiny_config, tmp_path / "m", data=8, model=1, steps=6)
+  again = run(tiny_config, tmp_path / "m", data=2, model=4, param_dims=2, steps=6)
   assert again.resumed_from == 6
   assert_trees_close(again.state.params, saved.params, rtol=0, atol=0)
   assert_trees_close(again.state.opt_state, saved.opt_state, rtol=0, atol=0)
   kernel = again.state.params["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-  assert kernel.sharding.mesh.shape == {"data": 8, "model": 1}
+  assert kernel.sharding.mesh.shape == {"data": 2, "model": 4}
   # Continuing on the new mesh gives the steps an uninterrupted run would take.
-  longer = run(tiny_config, tmp_path / "m", data=1, model=8, steps=9)
+  longer = run(tiny_config, tmp_path / "m", data=2, model=4, param_dims=2, steps=9)
   straight = one_device(tiny_config, steps=9)
   assert_trees_close(longer.state.params, straight.state.params)
 
@@ -135,7 +136,7 @@ def test_schedules_by_hand():
 
 
 def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
-  params = jax.device_get(nn.unbox(t5.init_params(tiny_config, jax.random.key(5))))
+  params = jax.device_get(init_params(tiny_config, 5))
   save_hf_t5(tiny_config, params, str(tmp_path / "hf"))
   loaded = student.load(str(tmp_path / "hf"), model_config=tiny_config,
                         require_vocabulary=False).params

@@ -14,19 +14,8 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec
 
 from tinythinker_jax import errors
-
-
-def abstract_like(tree: Any, mesh: Optional[jax.sharding.Mesh] = None) -> Any:
-  """ShapeDtypeStructs with the arrays' shardings (scalars: replicated on `mesh`)."""
-  def leaf(x):
-    sharding = x.sharding
-    if mesh is not None and getattr(x, "ndim", 0) == 0:
-      sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-  return jax.tree.map(leaf, tree)
 
 
 class Checkpointer:

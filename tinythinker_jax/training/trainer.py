@@ -92,26 +92,40 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                           keep=checkpoint.keep,
                                           asynchronous=checkpoint.asynchronous)
   latest = checkpointer.latest_step()
-  params, _ = partitioner.init(init_fn, rng)
-  if latest is None and initial_params is not None:
-    loaded = initial_params()
-    check_params_fit(loaded, nn.unbox(boxed), "initial checkpoint")
-    params = jax.device_put(loaded, param_shardings)
-  state = create(params)
   resumed_from = None
-  if latest is not None:
+  if latest is None:
+    params, _ = partitioner.init(init_fn, rng)
+    if initial_params is not None:
+      loaded = initial_params()
+      check_params_fit(loaded, nn.unbox(boxed), "initial checkpoint")
+      params = jax.device_put(loaded, param_shardings)
+    state = create(params)
+  else:
+    # Restored into the layout `create` gives, from shapes alone: nothing is
+    # initialised first, so the state is never held twice.
+    abstract_params = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        nn.unbox(boxed), param_shardings)
+    shardings = create.lower(abstract_params).compile().output_shardings
+    target = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(lambda p: step_lib.TrainState.create(p, optimizer),
+                       abstract_params), shardings)
     try:
-      state, saved_meta = checkpointer.restore(latest, checkpoints.abstract_like(
-          state, partitioner.mesh))
+      state, saved_meta = checkpointer.restore(latest, target)
     except ValueError as e:
       raise errors.UserError(f"{checkpointer.directory}/{latest}: the checkpoint does not fit "
                        f"the current model or optimizer configuration: {e}") from e
     resumed_from = latest
     log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
              saved_meta.get("seed"))
+  # The step returns the state in the layout it takes, so the second step does
+  # not compile again for a layout XLA's propagation chose for the first one.
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
   step_fn = partitioner.partition(
       step_lib.make_train_step(model, optimizer, num_microbatches=num_microbatches,
-                               dropout=dropout), donate_argnums=(0,))
+                               dropout=dropout), donate_argnums=(0,),
+      out_shardings=(state_shardings, partitioner.replicated))
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
   base_meta = dict(meta or {}, seed=seed, global_batch_size=global_batch_size,
