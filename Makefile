@@ -27,14 +27,19 @@ $(DEMO_INSTALLED): setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[seqio]'
 	touch $(DEMO_INSTALLED)
 
-# The default suite skips tests marked slow; pytest's exit code 5 (no tests
-# collected) is reported, not treated as a failure.
+# The default suite skips tests marked slow, and runs on every core
+# (pytest-xdist, one worker per core; a test file stays on one worker, so its
+# module fixtures are built once). pytest's exit code 5 (no tests collected) is
+# reported, not treated as a failure.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 test: $(INSTALLED)
-	$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then \
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then \
 	  echo "pytest: no tests collected"; exit 0; fi; exit $$rc; }
 
 test-all: $(INSTALLED)
-	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "" $(PYTEST_ARGS)
 
 demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/tinythinker demo

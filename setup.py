@@ -41,6 +41,8 @@ _TEACHER = [
 ]
 _TEST = [
     "pytest>=8",
+    "pytest-xdist>=3.5",  # `make test` runs the suite on every core
+    "filelock>=3.12",  # the session's tiny student is built once across workers
     "torch>=2.5",
     "transformers>=5.0,<6",
 ] + _TEACHER

@@ -133,21 +133,3 @@ def test_finetune_cot_and_vanilla_and_step_by_step():
   assert sbs["predict"].inputs.startswith("predict: What absorbs ink?")
   assert sbs["explain"].targets == "Blotters absorb ink."
   assert sbs["predict"].targets == "E"
-
-
-@pytest.mark.parametrize("line,ok,label,correct,reason", [
-    ("A is incorrect. Because a pocket is storage.", True, "A", False, "a pocket is storage."),
-    ("E is correct. Because a blotter absorbs ink.", True, "E", True, "a blotter absorbs ink."),
-    ("B is incorrect. Although hands touch ink, no.", True, "B", False,
-     "Although hands touch ink, no."),
-    ("C is correct. It is.", False, None, None, None),
-    ("C might be correct. Because x.", False, None, None, None),
-])
-def test_option_lines(line, ok, label, correct, reason):
-  parsed = formats.parse_option_line(line)
-  assert parsed.ok == ok
-  if ok:
-    assert (parsed.value.label, parsed.value.correct, parsed.value.reason) == (
-        label, correct, reason)
-  else:
-    assert parsed.error

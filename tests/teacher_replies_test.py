@@ -106,27 +106,37 @@ def test_key_information_over_several_lines_and_explanations_that_wrap():
   assert got["A"] == (False, "race tracks have no prey.")
 
 
-@pytest.mark.parametrize("reply,reason", [
-    ("Key Information: Foxes hunt.\nA is incorrect. Because no.\nC is correct. Because yes.",
-     "no explanation for options B, D, E (last line: 'C is correct. Because yes.')"),
-    ("Key Information: Foxes hunt.\nA. race track: maybe.\nB. populated areas: no "
-     "prey.\nC. natural habitat: prey.\nD. dense forest: hm.\nE. henhouse: guarded.",
-     "option A has no verdict: 'A. race track: maybe.'"),
-    ("A is incorrect. Because no.", "no key information before 'A is incorrect. Because no.'"),
-    ("Key Information: Foxes hunt.\nOptions: A. race track, B. populated areas\n"
-     "A. race track - incorrect.\nB is incorrect. Because b.\nC is correct. Because c.\n"
-     "D is incorrect. Because d.\nE is incorrect. Because e.",
-     "option A has no explanation: 'A. race track - incorrect.'"),
-])
-def test_unreadable_replies_fail_quoting_the_line(reply, reason):
-  parsed = replies.parse_reply(reply, FOX, structured=False)
-  assert not parsed.ok and parsed.error == reason
-
-
 def structured_reply(verdicts, key="Foxes hunt prey in the wild."):
   return json.dumps({"key_information": key, "explanations": [
       {"option": l, "verdict": v, "explanation": f"Because reason {l}."}
       for l, v in verdicts]})
+
+
+@pytest.mark.parametrize("structured,reply,reason", [
+    (False, "Key Information: Foxes hunt.\nA is incorrect. Because no.\nC is correct. Because "
+     "yes.", "no explanation for options B, D, E (last line: 'C is correct. Because yes.')"),
+    (False, "Key Information: Foxes hunt.\nA. race track: maybe.\nB. populated areas: no "
+     "prey.\nC. natural habitat: prey.\nD. dense forest: hm.\nE. henhouse: guarded.",
+     "option A has no verdict: 'A. race track: maybe.'"),
+    (False, "A is incorrect. Because no.",
+     "no key information before 'A is incorrect. Because no.'"),
+    (False, "Key Information: Foxes hunt.\nOptions: A. race track, B. populated areas\n"
+     "A. race track - incorrect.\nB is incorrect. Because b.\nC is correct. Because c.\n"
+     "D is incorrect. Because d.\nE is incorrect. Because e.",
+     "option A has no explanation: 'A. race track - incorrect.'"),
+    (True, '{"key_information": "Foxes hunt", "explanations": [{"option": "A", "verd',
+     "reply is not valid JSON"),
+    (True, structured_reply([("A", "incorrect"), ("C", "correct")]),
+     "no explanation for options B, D, E"),
+    (True, structured_reply([(l, "maybe") for l in "ABCDE"]),
+     "option A: verdict 'maybe' is not correct/incorrect"),
+    (True, structured_reply([(l, "incorrect") for l in "ABCDEF"]),
+     "explanation for unknown option 'F'"),
+])
+def test_unreadable_replies_fail_naming_what_is_wrong(structured, reply, reason):
+  """Text replies quote the line at fault; JSON replies name the schema's break."""
+  parsed = replies.parse_reply(reply, FOX, structured=structured)
+  assert not parsed.ok and parsed.error.startswith(reason), parsed.error
 
 
 def test_structured_reply_and_rendering_back_to_the_papers_text():
@@ -142,21 +152,6 @@ def test_structured_reply_and_rendering_back_to_the_papers_text():
   # The rendering is itself a reply in the paper's format.
   assert replies.parse_reply(replies.render_text(*parsed.value), FOX, False).value == \
       parsed.value
-
-
-@pytest.mark.parametrize("text,reason", [
-    ('{"key_information": "Foxes hunt", "explanations": [{"option": "A", "verd',
-     "reply is not valid JSON"),
-    (structured_reply([("A", "incorrect"), ("C", "correct")]),
-     "no explanation for options B, D, E"),
-    (structured_reply([(l, "maybe") for l in "ABCDE"]),
-     "option A: verdict 'maybe' is not correct/incorrect"),
-    (structured_reply([(l, "incorrect") for l in "ABCDEF"]),
-     "explanation for unknown option 'F'"),
-])
-def test_structured_replies_that_break_the_schema(text, reason):
-  parsed = replies.parse_reply(text, FOX, structured=True)
-  assert not parsed.ok and parsed.error.startswith(reason), parsed.error
 
 
 def test_schema_lists_every_option_once_in_order():

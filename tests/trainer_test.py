@@ -38,12 +38,19 @@ def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatch
       schedule=schedule, progress=False, stop_after=stop_after)
 
 
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-4):
-  """Different meshes sum in different orders, and Adam's m/sqrt(v) amplifies that
-  where gradients are near zero; 1e-4 is ~3% of one step's update (lr 3e-3)."""
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
-                                                       rtol=rtol, atol=atol), a, b)
-
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-4, outliers=1e-3, outlier_atol=1e-3):
+  """Leaf by leaf, within `atol` + `rtol`, except at most a fraction `outliers` of
+  entries that may reach `outlier_atol`. Different meshes sum in different
+  orders, and Adam's m/sqrt(v) turns that into a visible step where a gradient
+  entry is near zero (a dead GELU unit: up to ~10% of lr 3e-3 after a few
+  steps); 1e-4 is ~3% of one step's update. A layout bug moves whole rows or
+  blocks, not one entry in a thousand."""
+  def check(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    far = np.abs(x - y) > atol + rtol * np.abs(y)
+    assert far.mean() <= outliers, (far.sum(), far.size)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=max(atol, outlier_atol))
+  jax.tree.map(check, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,8 @@ def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_de
   saved = jax.device_get(first.state)
   again = run(tiny_config, tmp_path / "m", data=2, model=4, param_dims=2, steps=6)
   assert again.resumed_from == 6
-  assert_trees_close(again.state.params, saved.params, rtol=0, atol=0)
-  assert_trees_close(again.state.opt_state, saved.opt_state, rtol=0, atol=0)
+  assert_trees_close(again.state.params, saved.params, rtol=0, atol=0, outliers=0)
+  assert_trees_close(again.state.opt_state, saved.opt_state, rtol=0, atol=0, outliers=0)
   kernel = again.state.params["encoder"]["layers_0"]["attention"]["query"]["kernel"]
   assert kernel.sharding.mesh.shape == {"data": 2, "model": 4}
   # Continuing on the new mesh gives the steps an uninterrupted run would take.
@@ -109,7 +116,8 @@ def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
   resumed = run(tiny_config, tmp_path / "k", steps=9)
   assert resumed.resumed_from == 5
   straight = one_device(tiny_config, steps=9)
-  assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=1e-7)
+  assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=1e-7,
+                     outliers=0)
   steps = sorted(int(p.name) for p in (tmp_path / "k" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [6, 9]  # keep=2
@@ -148,7 +156,7 @@ def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
       partitioner=partitioner, batch_fn=copy_task(128, 8), global_batch_size=8,
       train_steps=1, model_dir=str(tmp_path / "run"), initial_params=lambda: loaded,
       progress=False, stop_after=0)
-  assert_trees_close(result.state.params, params, rtol=0, atol=0)
+  assert_trees_close(result.state.params, params, rtol=0, atol=0, outliers=0)
   with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH=.*: mlp_dim=64 in the "
                                        "checkpoint, but the model config has 96"):
     student.load(str(tmp_path / "hf"), model_config=tiny_config.replace(mlp_dim=96),

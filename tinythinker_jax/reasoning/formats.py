@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from typing import Generic, Mapping, Optional, Sequence, TypeVar
 
 from tinythinker_jax.data.schema import AnswerType, Example
@@ -215,32 +214,10 @@ def step_by_step(example: Example, rationale: str) -> dict[str, TextPair]:
           "explain": TextPair(f"explain: {question}", rationale.strip())}
 
 
-# ------------------------------------------------- teacher explanations (parsing)
-
-_VERDICT = re.compile(r"^\s*([A-Z])\s+is\s+(correct|incorrect)\.\s*(.*)$", re.S)
-_CONNECTIVE = re.compile(r"^(Because|Although|While)\b\s*(.*)$", re.S)
-
+# ------------------------------------------------- teacher explanations
 
 @dataclasses.dataclass(frozen=True)
 class OptionVerdict:
   label: str
   correct: bool
   reason: str  # The explanation with the verdict words stripped.
-
-
-def parse_option_line(line: str) -> Parsed[OptionVerdict]:
-  """`X is correct|incorrect. Because|Although|While ...` (TinyThinker's filter)."""
-  match = _VERDICT.match(line)
-  if not match:
-    return Parsed.fail(f"not '<letter> is correct|incorrect.': {line[:60]!r}")
-  label, verdict, rest = match.groups()
-  connective = _CONNECTIVE.match(rest)
-  if not connective:
-    return Parsed.fail(f"option {label}: the reason must start with Because, Although "
-                       "or While")
-  word, reason = connective.groups()
-  # 'Because' only introduces the reason; 'Although'/'While' open its clause.
-  reason = reason.strip() if word == "Because" else f"{word} {reason.strip()}"
-  if not reason:
-    return Parsed.fail(f"option {label}: empty reason")
-  return Parsed(OptionVerdict(label, verdict == "correct", reason))

@@ -231,9 +231,9 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
   gold = example.gold_label
   if gold is None:
     raise errors.UserError(f"{example.source or example.id}: TinyThinker needs a gold option")
-  mode = _structured_mode(settings.structured_output)
   request = tinythinker_request(example, settings, instruction, exemplars, rng,
-                                client.config.endpoint)
+                                client.config.endpoint)  # checks structured_output
+  mode = settings.structured_output or "none"
   provenance = _provenance(
       client.config.describe(), prompts.TINYTHINKER_TEMPLATE_VERSION,
       {"temperature": settings.temperature, "max_tokens": request.max_tokens,
