@@ -47,32 +47,45 @@ def _hand_logps(module, params, enc, targets):
   return out
 
 
-@pytest.mark.parametrize("loss_type,alpha", [("sigmoid", 0.5), ("sigmoid", 0.0),
-                                             ("ipo", 0.0)])
-def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alpha):
+@pytest.mark.parametrize("loss_type,alpha,nll_normalization", [
+    ("sigmoid", 0.5, "batch_tokens"), ("sigmoid", 0.5, "sequence"),
+    ("sigmoid", 0.0, "batch_tokens"), ("ipo", 0.0, "batch_tokens")])
+def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alpha,
+                                                    nll_normalization):
   module = t5.T5(tiny_config)
   params = init_params(tiny_config, 1)
   batch = _batch(np.random.default_rng(0), tiny_config.vocab_size)
   beta = 0.5
-  model = dpo.PreferenceModel(module, beta=beta, alpha=alpha, loss_type=loss_type)
+  model = dpo.PreferenceModel(module, beta=beta, alpha=alpha, loss_type=loss_type,
+                              nll_normalization=nll_normalization)
   loss, metrics = jax.jit(lambda p, b: step_lib.mean_loss(model, p, b))(params, batch)
 
   chosen = _hand_logps(module, params, batch["encoder_input_tokens"],
                        batch["chosen_target_tokens"])
   rejected = _hand_logps(module, params, batch["encoder_input_tokens"],
                          batch["rejected_target_tokens"])
-  expected, correct = [], 0
-  for i, ((pc, nc), (pr, _)) in enumerate(zip(chosen, rejected)):
-    h = (pc - batch["reference_chosen_logps"][i]) - (pr - batch["reference_rejected_logps"][i])
+  prefs, per_sequence_nll, correct = [], [], 0
+  for i, ((pc, nc), (pr, nr)) in enumerate(zip(chosen, rejected)):
+    rc, rr = batch["reference_chosen_logps"][i], batch["reference_rejected_logps"][i]
     if loss_type == "sigmoid":
-      pref = math.log(1 + math.exp(-beta * h))  # -log sigmoid(beta h)
-    else:
-      pref = (h - 1 / (2 * beta)) ** 2
-    expected.append(pref + alpha * (-pc / nc))
+      h = (pc - rc) - (pr - rr)
+      prefs.append(math.log(1 + math.exp(-beta * h)))  # -log sigmoid(beta h)
+    else:  # TRL's IPO: log-probabilities averaged over each sequence's tokens
+      h = (pc / nc - rc / nc) - (pr / nr - rr / nr)
+      prefs.append((h - 1 / (2 * beta)) ** 2)
+    per_sequence_nll.append(-pc / nc)
     correct += h > 0
-  np.testing.assert_allclose(float(loss), np.mean(expected), rtol=2e-5)
+  if nll_normalization == "batch_tokens":  # TRL 0.9.6: over all chosen tokens
+    nll = -sum(pc for pc, _ in chosen) / sum(nc for _, nc in chosen)
+  else:
+    nll = np.mean(per_sequence_nll)
+  np.testing.assert_allclose(float(loss), np.mean(prefs) + alpha * nll, rtol=2e-5)
   summary = model.metrics(metrics)
-  assert float(summary["accuracy"]) == correct / len(expected)
+  assert float(summary["accuracy"]) == correct / len(prefs)
+  np.testing.assert_allclose(float(summary["chosen_logp"]),
+                             np.mean([pc for pc, _ in chosen]), rtol=1e-5)
+  np.testing.assert_allclose(float(summary["rejected_logp"]),
+                             np.mean([pr for pr, _ in rejected]), rtol=1e-5)
 
 
 def test_padding_pairs_weigh_nothing(tiny_config):
@@ -93,6 +106,16 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   params = init_params(tiny_config, 3)
   batch = _batch(np.random.default_rng(2), tiny_config.vocab_size)
   model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
+  # RPO's batch-token NLL is normalised by the whole batch's tokens, microbatched too.
+  rpo = dpo.PreferenceModel(module, beta=0.5, alpha=0.5)
+  state = step_lib.TrainState.create(params, optax.sgd(0.1))
+  _, m_one = jax.jit(step_lib.make_train_step(rpo, optax.sgd(0.1)))(
+      state, batch, jax.random.key(0))
+  _, m_two = jax.jit(step_lib.make_train_step(rpo, optax.sgd(0.1), num_microbatches=2))(
+      state, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(m_two["loss"]), float(m_one["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m_two["grad_norm"]), float(m_one["grad_norm"]),
+                             rtol=1e-5)
   # The reference is the initial policy, so the starting margin is exactly 0.
   pc, _, pr, _, _ = model.policy_logps(params, batch)
   batch["reference_chosen_logps"] = np.asarray(pc)

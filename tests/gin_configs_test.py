@@ -135,16 +135,16 @@ def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
   from tinythinker_jax.training import recipe
   gin.clear_config()
   try:
-    gin_utils.parse(["runs/demo.gin"], ["phase1/recipe.TrainSettings.max_grad_norm = 1.0"])
+    gin_utils.parse(["runs/demo.gin"], ["phase1/recipe.TrainSettings.max_grad_norm = 0.5"])
     with gin.config_scope("phase1"):
       phase1 = gin.get_configurable(recipe.TrainSettings)()
     dpo_settings = gin.get_configurable(train.DpoSettings)()
     assert (phase1.train_steps, phase1.optimizer, phase1.learning_rate,
-            phase1.max_grad_norm) == (400, "adamw", 3e-3, 1.0)
+            phase1.max_grad_norm) == (400, "adamw", 3e-3, 0.5)
     phase2 = dpo_settings.train
     assert (phase2.batch_size, phase2.num_epochs, phase2.optimizer, phase2.schedule,
             phase2.warmup_fraction, phase2.max_grad_norm, phase2.z_loss) == (
-                32, 1.0, "adamw", "cosine", 0.1, None, 0.0)
+                32, 1.0, "adamw", "cosine", 0.1, 1.0, 0.0)
     assert phase2.learning_rate == 1e-4  # the demo's from-scratch student
     assert (dpo_settings.beta, dpo_settings.alpha, dpo_settings.input_length) == (
         0.5, 0.5, 120)

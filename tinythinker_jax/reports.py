@@ -86,7 +86,9 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
   files.append("training_curves.png")
 
   if reflect and reflect.get("rounds"):
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    # Validation per round, and TRL's DPO diagnostics per step of each round.
+    fig, axes = plt.subplots(2, 2, figsize=(8.5, 6))
+    (left, loss_ax), (acc_ax, reward_ax) = axes
     rounds = [0] + [r["round"] for r in reflect["rounds"]]
     accuracies = [reflect["initial"]["validation_accuracy"]] + [
         r.get("validation_accuracy") for r in reflect["rounds"]]
@@ -96,12 +98,24 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
     left.set_ylabel("validation chain accuracy (%)")
     left.set_xticks(rounds)
     for r in reflect["rounds"]:
-      if r.get("model_dir"):
-        steps, losses = _curve(r["model_dir"], "train/preference_loss")
-        right.plot(steps, losses, marker=".", label=f"round {r['round']}")
-    right.set_xlabel("DPO step")
-    right.set_ylabel("preference loss")
-    right.legend(fontsize=8)
+      if not r.get("model_dir"):
+        continue
+      label = f"round {r['round']}"
+      steps, losses = _curve(r["model_dir"], "train/preference_loss")
+      line, = loss_ax.plot(steps, losses, marker=".", label=label)
+      steps, accuracy = _curve(r["model_dir"], "train/accuracy")
+      acc_ax.plot(steps, [100 * a for a in accuracy], marker=".", color=line.get_color())
+      for key, style in (("train/chosen_reward", "-"), ("train/rejected_reward", "--")):
+        steps, rewards = _curve(r["model_dir"], key)
+        reward_ax.plot(steps, rewards, style, color=line.get_color())
+    loss_ax.set_xlabel("DPO step")
+    loss_ax.set_ylabel("preference loss")
+    loss_ax.legend(fontsize=8)
+    acc_ax.set_xlabel("DPO step")
+    acc_ax.set_ylabel("reward accuracy (%)")
+    reward_ax.set_xlabel("DPO step")
+    reward_ax.set_ylabel("reward: chosen (solid), rejected (dashed)")
+    reward_ax.axhline(0.0, color="grey", linewidth=0.5)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "self_reflection.png"), dpi=120)
     plt.close(fig)

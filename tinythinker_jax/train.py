@@ -144,12 +144,14 @@ class DpoSettings:
   beta: float = 0.5
   alpha: float = 0.5
   loss_type: str = dpo.SIGMOID
+  # RPO's NLL over all chosen tokens of the batch (TRL 0.9.6) or per sequence.
+  nll_normalization: str = dpo.BATCH_TOKENS
   input_length: int = 256
   target_length: int = 128
   train: recipe.TrainSettings = recipe.TrainSettings(
       batch_size=32, num_epochs=1.0, optimizer="adamw", schedule="cosine",
-      learning_rate=5e-6, warmup_fraction=0.1, z_loss=0.0, dropout_rate=0.0,
-      keep_checkpoints=1)
+      learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=0.0,
+      dropout_rate=0.0, keep_checkpoints=1)
 
 
 def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
@@ -173,7 +175,8 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
 
   def model_fn(config):
     return dpo.PreferenceModel(t5.T5(config), beta=settings.beta, alpha=settings.alpha,
-                               loss_type=settings.loss_type, z_loss=settings.train.z_loss)
+                               loss_type=settings.loss_type, z_loss=settings.train.z_loss,
+                               nll_normalization=settings.nll_normalization)
 
   return recipe.fit(
       model_fn=model_fn, model_config=reference.config, datasets=datasets,

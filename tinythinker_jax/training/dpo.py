@@ -5,13 +5,22 @@ ref_r` of the chosen and rejected sequences (summed over tokens, EOS included),
 `h = (pi_c - ref_c) - (pi_r - ref_r)` and per pair:
 
 - sigmoid DPO (Rafailov et al. 2023): `-log sigmoid(beta * h)`;
-- IPO (Azar et al. 2023): `(h - 1 / (2 * beta)) ** 2`;
-- RPO (Pang et al. 2024, TinyThinker's phase 2) adds `alpha * NLL(chosen) / |chosen|`,
-  the chosen sequence's mean token negative log-likelihood.
+- IPO (Azar et al. 2023): `(h - 1 / (2 * beta)) ** 2`, with every log-probability
+  averaged over its sequence's tokens, as TRL computes it;
+- RPO (Pang et al. 2024, TinyThinker's phase 2) adds `alpha` times the chosen
+  sequences' negative log-likelihood. By default it is averaged over all chosen
+  tokens of the batch, as TRL 0.9.6 (the version TinyThinker ran) does with
+  `CrossEntropyLoss`; `nll_normalization='sequence'` averages per sequence first.
 
 `PreferenceModel` plugs into the phase-1 trainer unchanged: like
 `EncoderDecoderModel` it returns loss *sums* and metric sums, and the
-normalizer (the number of real pairs), so microbatching composes exactly.
+normalizer (the number of real pairs), so microbatching composes exactly. The
+batch-token NLL needs the whole batch's token count: the train step hands
+`batch_totals(batch)`, taken before the batch is split, to every microbatch.
+
+Metrics follow TRL's names where they exist: `accuracy` (reward accuracy),
+`chosen_reward`/`rejected_reward` (`beta` times the log-ratio), `margin`, and the
+policy's `chosen_logp`/`rejected_logp` (summed over tokens, per pair).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ Batch = dict[str, Array]
 
 SIGMOID = "sigmoid"
 IPO = "ipo"
+BATCH_TOKENS = "batch_tokens"  # TRL 0.9.6
+SEQUENCE = "sequence"
 PREFERENCE_FEATURES = ("encoder_input_tokens", "chosen_target_tokens",
                        "rejected_target_tokens", "reference_chosen_logps",
                        "reference_rejected_logps")
@@ -63,12 +74,16 @@ class PreferenceModel:
   alpha: float = 0.5  # RPO's NLL weight; 0 for plain DPO/IPO
   loss_type: str = SIGMOID
   z_loss: float = 0.0  # t5x's z-loss on the policy's logits, per real token
+  nll_normalization: str = BATCH_TOKENS
 
   def __post_init__(self):
     if self.loss_type not in (SIGMOID, IPO):
       raise errors.UserError(f"loss_type={self.loss_type!r}: expected {SIGMOID!r} or {IPO!r}")
     if self.beta <= 0:
       raise errors.UserError(f"beta={self.beta} must be > 0")
+    if self.nll_normalization not in (BATCH_TOKENS, SEQUENCE):
+      raise errors.UserError(f"nll_normalization={self.nll_normalization!r}: expected "
+                             f"{BATCH_TOKENS!r} or {SEQUENCE!r}")
 
   def policy_logps(self, params: Any, batch: Batch,
                    dropout_rng: Optional[Array] = None) -> tuple[Array, ...]:
@@ -89,16 +104,40 @@ class PreferenceModel:
       z = self.z_loss * (per_row[:n] + per_row[n:])
     return logps[:n], lengths[:n], logps[n:], lengths[n:], z
 
-  def loss_sums(self, params: Any, batch: Batch,
-                dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
-    pi_c, len_c, pi_r, _, z = self.policy_logps(params, batch, dropout_rng)
+  @staticmethod
+  def batch_totals(batch: Batch) -> dict[str, Array]:
+    """Whole-batch counts the loss is normalised by: real pairs and their chosen
+    tokens (padding rows, `pair_weights` 0, count for neither)."""
+    weights = _weights(batch)
+    tokens = jnp.sum((batch["chosen_target_tokens"] > 0).astype(jnp.float32), axis=-1)
+    return {"pairs": jnp.sum(weights), "chosen_tokens": jnp.sum(weights * tokens)}
+
+  def loss_sums(self, params: Any, batch: Batch, dropout_rng: Optional[Array] = None,
+                totals: Optional[dict[str, Array]] = None
+                ) -> tuple[Array, dict[str, Array]]:
+    """Loss and metric sums over the pairs; `totals` are the whole batch's
+    `batch_totals` when `batch` is one microbatch of it."""
+    totals = self.batch_totals(batch) if totals is None else totals
+    pi_c, len_c, pi_r, len_r, z = self.policy_logps(params, batch, dropout_rng)
     ref_c = batch["reference_chosen_logps"].astype(jnp.float32)
     ref_r = batch["reference_rejected_logps"].astype(jnp.float32)
-    weights = batch.get("pair_weights")
-    weights = jnp.ones_like(pi_c) if weights is None else weights.astype(jnp.float32)
-    pref, h = preference_losses(pi_c, pi_r, ref_c, ref_r, beta=self.beta,
-                                loss_type=self.loss_type)
-    nll = -pi_c / jnp.maximum(len_c, 1.0)
+    weights = _weights(batch)
+    if self.loss_type == IPO:  # TRL: IPO on per-token average log-probabilities
+      c, r = jnp.maximum(len_c, 1.0), jnp.maximum(len_r, 1.0)
+      pref, h = preference_losses(pi_c / c, pi_r / r, ref_c / c, ref_r / r,
+                                  beta=self.beta, loss_type=IPO)
+      chosen_reward = self.beta * (pi_c - ref_c) / c
+      rejected_reward = self.beta * (pi_r - ref_r) / r
+    else:
+      pref, h = preference_losses(pi_c, pi_r, ref_c, ref_r, beta=self.beta,
+                                  loss_type=self.loss_type)
+      chosen_reward, rejected_reward = self.beta * (pi_c - ref_c), self.beta * (pi_r - ref_r)
+    if self.nll_normalization == BATCH_TOKENS:
+      # Summed over pairs and divided by the pairs by the trainer, this is the
+      # batch's total chosen NLL over its total chosen tokens.
+      nll = -pi_c * totals["pairs"] / jnp.maximum(totals["chosen_tokens"], 1.0)
+    else:
+      nll = -pi_c / jnp.maximum(len_c, 1.0)
     per_pair = pref + self.alpha * nll + z
     loss = jnp.sum(weights * per_pair)
     return loss, {
@@ -106,8 +145,10 @@ class PreferenceModel:
         "nll": jnp.sum(weights * nll), "z_loss": jnp.sum(weights * z),
         "num_examples": jnp.sum(weights),
         "reward_accuracy": jnp.sum(weights * (h > 0)),
-        "chosen_reward": jnp.sum(weights * self.beta * (pi_c - ref_c)),
-        "rejected_reward": jnp.sum(weights * self.beta * (pi_r - ref_r)),
+        "chosen_reward": jnp.sum(weights * chosen_reward),
+        "rejected_reward": jnp.sum(weights * rejected_reward),
+        "chosen_logp": jnp.sum(weights * pi_c),
+        "rejected_logp": jnp.sum(weights * pi_r),
     }
 
   def normalizer(self, sums: dict[str, Array]) -> Array:
@@ -117,6 +158,14 @@ class PreferenceModel:
     n = self.normalizer(sums)
     chosen, rejected = sums["chosen_reward"] / n, sums["rejected_reward"] / n
     return {"loss": sums["loss"] / n, "preference_loss": sums["preference_loss"] / n,
-            "nll": sums["nll"] / n, "z_loss": sums["z_loss"] / n, "accuracy": sums["reward_accuracy"] / n,
+            "nll": sums["nll"] / n, "z_loss": sums["z_loss"] / n,
+            "accuracy": sums["reward_accuracy"] / n,
             "chosen_reward": chosen, "rejected_reward": rejected,
-            "margin": chosen - rejected, "examples": sums["num_examples"]}
+            "margin": chosen - rejected, "chosen_logp": sums["chosen_logp"] / n,
+            "rejected_logp": sums["rejected_logp"] / n, "examples": sums["num_examples"]}
+
+
+def _weights(batch: Batch) -> Array:
+  weights = batch.get("pair_weights")
+  ones = jnp.ones(batch["chosen_target_tokens"].shape[:1], jnp.float32)
+  return ones if weights is None else weights.astype(jnp.float32)

@@ -51,12 +51,22 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   divided once by the normalizer of the whole batch, so the update equals the
   single-batch update.
   """
-  grad_fn = jax.grad(lambda p, b, r: model.loss_sums(p, b, r), has_aux=True)
+  # A model whose loss is normalised by whole-batch counts (DPO's batch-token
+  # NLL) takes them, computed before the split, in every microbatch.
+  batch_totals = getattr(model, "batch_totals", None)
+
+  def loss_fn(params, batch, rng, totals):
+    if totals is None:
+      return model.loss_sums(params, batch, rng)
+    return model.loss_sums(params, batch, rng, totals)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def step(state: TrainState, batch: Batch, rng: Array):
+    totals = None if batch_totals is None else batch_totals(batch)
     dropout_rng = jax.random.fold_in(rng, state.step) if dropout else None
     if num_microbatches == 1:
-      grads, sums = grad_fn(state.params, batch, dropout_rng)
+      grads, sums = grad_fn(state.params, batch, dropout_rng, totals)
     else:
       micro = jax.tree.map(
           lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) +
@@ -65,11 +75,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
       def body(carry, inputs):
         index, microbatch = inputs
         r = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-        g, s = grad_fn(state.params, microbatch, r)
+        g, s = grad_fn(state.params, microbatch, r, totals)
         return jax.tree.map(jnp.add, carry, (g, s)), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), dropout_rng))
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), dropout_rng, totals))
       (grads, sums), _ = jax.lax.scan(body, zeros,
                                       (jnp.arange(num_microbatches), micro))
     denom = model.normalizer(sums)
