@@ -86,7 +86,8 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   init_fn = lambda r: t5.init_params(model_config, r)  # noqa: E731
   boxed = jax.eval_shape(init_fn, rng)
   param_shardings = partitioner.param_shardings(boxed)
-  create = partitioner.partition(lambda p: step_lib.TrainState.create(p, optimizer))
+  create_state = lambda p: step_lib.TrainState.create(p, optimizer)  # noqa: E731
+  create = partitioner.partition(create_state)
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
                                           save_every=checkpoint.save_every,
                                           keep=checkpoint.keep,
@@ -109,8 +110,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     shardings = create.lower(abstract_params).compile().output_shardings
     target = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(lambda p: step_lib.TrainState.create(p, optimizer),
-                       abstract_params), shardings)
+        jax.eval_shape(create_state, abstract_params), shardings)
     try:
       state, saved_meta = checkpointer.restore(latest, target)
     except ValueError as e:
