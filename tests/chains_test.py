@@ -138,7 +138,7 @@ def test_balance_is_seeded():
   assert one == two
 
 
-def test_recall_and_analyze_pairs_follow_the_chains():
+def test_recall_pairs_and_pair_rows_follow_the_chains():
   runs = chains.run_staged([EXAMPLE], Scripted(tinythinker_rule),
                            recall=Sampling(temperature=0.7), num_runs=3)[0]
   rng = np.random.default_rng(0)
@@ -146,22 +146,72 @@ def test_recall_and_analyze_pairs_follow_the_chains():
   assert [(p.chosen, p.rejected, p.chosen_source) for p in pairs] == [
       ("Milk is kept cold.", "Milk is kept hot.", "student")]
   assert pairs[0].prompt.endswith("\nRecall:")
-  chosen = preferences.chosen_recalls(EXAMPLE, runs, ["Teacher recall"], limit=2)
-  assert chosen == ["Milk is kept cold."]
-  # Analyses after one recall: two runs reach B (gold), one reaches A.
-  analysed = [ChainRun("", "B", analyses={"A": "a1", "B": "b1", "C": "c1"}),
-              ChainRun("", "A", analyses={"A": "a2", "B": "b2", "C": "c1"}),
-              ChainRun("", "B", analyses={"A": "a1", "B": "b3", "C": "c3"})]
-  pairs = preferences.analyze_pairs(EXAMPLE, "Milk is kept cold.", analysed,
-                                   {"A": "teacher A", "B": "teacher B"}, rng)
-  by_option = {}
+  # The pair row is the chosen recall; its backup is its own (gold) chain's analyses.
+  (row,) = preferences.pair_rows(EXAMPLE, runs, pairs, ["Teacher recall"],
+                                 [{"A": "ta", "B": "tb", "C": "tc"}])
+  gold_run = next(r for r in runs if r.recall == "Milk is kept cold.")
+  assert (row.recall, row.backup, row.source) == ("Milk is kept cold.", gold_run.analyses,
+                                                  "student")
+  # A teacher-filled chosen recall takes the analyses the teacher wrote after it.
+  teacher_pair = preferences.PreferencePair("recall", EXAMPLE.id, "", "Teacher recall.",
+                                            "x", preferences.TEACHER)
+  (row,) = preferences.pair_rows(EXAMPLE, runs, [teacher_pair],
+                                 ["Other", "Teacher recall"],
+                                 [{"A": "no"}, {"A": "ta", "B": "tb"}])
+  assert (row.backup, row.source) == ({"A": "ta", "B": "tb"}, "teacher")
+
+
+def _pairs_by_prompt_option(pairs):
+  out = {}
   for p in pairs:
-    by_option.setdefault(p.option, []).append((p.chosen, p.rejected))
     assert p.prompt.endswith(f"Analyze: For option {p.option},")
-  # Gold option B: b1, b3 chosen vs b2; wrongly predicted A: a1 vs a2. C is not paired.
-  assert sorted(by_option) == ["A", "B"]
-  assert sorted(by_option["B"]) == [("b1", "b2"), ("b3", "b2")]
+    assert p.stage == "analyze" and p.recall == "Milk is kept cold."
+    out.setdefault(p.option, []).append((p.chosen, p.rejected))
+  return out
+
+
+def test_analyze_pairs_as_tinythinker_builds_them():
+  row = preferences.PairRow("Milk is kept cold.", {"A": "tA", "B": "tB", "C": "tC"},
+                            "teacher")
+  rng = np.random.default_rng(0)
+  # Gold is B. Two distinct gold chains (one duplicated), one chain predicting A,
+  # one predicting C, one unparsable (left out), one predicting A with the same
+  # analyses as a gold chain (dropped from both sides with it).
+  runs = [ChainRun("", "B", analyses={"A": "a1", "B": "b1", "C": "c1"}),
+          ChainRun("", "B", analyses={"A": "a1", "B": "b1", "C": "c1"}),
+          ChainRun("", "B", analyses={"A": "a3", "B": "b3", "C": "c3"}),
+          ChainRun("", "A", analyses={"A": "a2", "B": "b2", "C": "c1"}),
+          ChainRun("", "C", analyses={"A": "a4", "B": "b4", "C": "c4"}),
+          ChainRun("", None, analyses={"A": "a5", "B": "b5", "C": "c5"}),
+          ChainRun("", "A", analyses={"A": "a3", "B": "b3", "C": "c3"})]
+  pairs = preferences.analyze_pairs(EXAMPLE, row, runs, rng)
+  by_option = _pairs_by_prompt_option(pairs)
+  # One gold chain (b1) is left vs two wrong ones: each (gold, wrong) couple gives the
+  # gold option's pair and the wrong prediction's pair; only the chain that predicted
+  # A gives A's rejected analysis, only the one that predicted C gives C's.
+  assert sorted(by_option["B"]) == [("b1", "b2"), ("b1", "b4")]
   assert by_option["A"] == [("a1", "a2")]
+  assert by_option["C"] == [("c1", "c4")]
+  assert {p.chosen_source for p in pairs} == {"student"}
+  # More gold chains than wrong ones: the wrong one is reused for each.
+  runs = [ChainRun("", "B", analyses={"A": f"a{i}", "B": f"b{i}", "C": "c"})
+          for i in range(3)] + [ChainRun("", "C", analyses={"A": "x", "B": "y", "C": "z"})]
+  by_option = _pairs_by_prompt_option(preferences.analyze_pairs(EXAMPLE, row, runs, rng))
+  assert sorted(by_option["B"]) == [("b0", "y"), ("b1", "y"), ("b2", "y")]
+  assert by_option["C"] == [("c", "z")] * 3
+  # No chain reached the gold option: the row's backup analyses are chosen.
+  runs = [ChainRun("", "A", analyses={"A": "a1", "B": "b1", "C": "c1"}),
+          ChainRun("", "C", analyses={"A": "a2", "B": "b2", "C": "c2"})]
+  pairs = preferences.analyze_pairs(EXAMPLE, row, runs, rng)
+  assert sorted((p.option, p.chosen, p.rejected) for p in pairs) == [
+      ("A", "tA", "a1"), ("B", "tB", "b1"), ("B", "tB", "b2"), ("C", "tC", "c2")]
+  assert {p.chosen_source for p in pairs} == {"teacher"}
+  # Nothing was wrong: no pairs; a same-text pair carries no preference.
+  assert preferences.analyze_pairs(EXAMPLE, row, runs[:0] + [
+      ChainRun("", "B", analyses={"A": "a", "B": "b", "C": "c"})], rng) == []
+  same = [ChainRun("", "B", analyses={"A": "a", "B": "b", "C": "c"}),
+          ChainRun("", "A", analyses={"A": "a", "B": "b", "C": "c2"})]
+  assert preferences.analyze_pairs(EXAMPLE, row, same, rng) == []
 
 
 # ----------------------------------------------------------------- shards

@@ -94,14 +94,15 @@ REQUIRED = {"RUN_DIR": "'/tmp/r'", "DATASET": "'coin_flip'", "DATASET_PATH": "'/
             "MODEL_DIR": "'/tmp/m'", "OUTPUT_DIR": "'/tmp/o'", "RECORDS_PATH": "'/r'",
             "PAIRS_PATH": "'/p.jsonl'", "INITIAL_MODEL_DIR": "'/i'",
             "MIXTURE_OR_TASK_NAME": "'x'", "TASK_FEATURE_LENGTHS": "{'inputs': 8}",
-            "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'"}
+            "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'", "VALIDATION_DATASET_PATH": "'/d'"}
 CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.gin",
            "runs/reflect.gin", "runs/demo.gin", "runs/demo_local.gin", "runs/teach.gin",
            "runs/sft.gin", "runs/pipeline.gin",
            "experiments/coin_flip_tinythinker.gin", "experiments/coin_flip_reflect.gin",
            "experiments/coin_flip_finetune_cot.gin", "experiments/csqa_pipeline.gin",
            "experiments/date_finetune_cot_pipeline.gin",
-           "experiments/csqa_tinythinker_phase1.gin"]
+           "experiments/csqa_tinythinker_phase1.gin",
+           "experiments/coin_flip_longer_reflect.gin"]
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -18,6 +18,7 @@ from tests.conftest import one_device_env
 # pipeline's stages, resumption and outputs, not what the students learn.
 SHORT = ["--gin.phase1/recipe.TrainSettings.train_steps=30",
          "--gin.phase1/recipe.TrainSettings.checkpoint_every=10",
+         "--gin.phase1/recipe.TrainSettings.eval_every=15",
          "--gin.phase1/recipe.TrainSettings.batch_size=16",
          "--gin.phase1/recipe.TrainSettings.warmup_steps=4",
          "--gin.t5.T5Config.emb_dim=32", "--gin.t5.T5Config.num_heads=2",
@@ -92,6 +93,19 @@ def test_killed_pipeline_finishes_without_redoing_work(finished_run):
           (run_dir / "students" / "finetune_cot" / "metrics.jsonl").read_text().splitlines()]
   steps = [r["step"] for r in rows if "train/loss" in r]
   assert steps.count(10) == 1 and steps[-1] == 30
+  # Every student was validated by its greedy chains every 15 steps (a student from
+  # scratch is no candidate at step 0), and the best evaluation is marked.
+  for fmt in ("vanilla", "finetune_cot", "tinythinker"):
+    best = json.loads((run_dir / "students" / fmt / "best.json").read_text())
+    history = dict(best["history"])
+    assert sorted(history) == [15, 30]
+    for step, value in history.items():
+      chains = [json.loads(line) for line in (run_dir / "students" / fmt / "validation" /
+                                              f"step_{step}.jsonl").read_text().splitlines()]
+      assert len(chains) == 8
+      assert value == pytest.approx(np.mean([c["correct"] for c in chains]))
+    assert best["value"] == max(history.values())
+    assert (run_dir / "students" / fmt / "best_checkpoint" / str(best["step"])).is_dir()
 
 
 def test_report_has_every_student_and_plots(finished_run):

@@ -157,11 +157,14 @@ def test_sample_builds_pairs_with_reference_logps(student):
       assert p["prompt"] == formats.recall_input(example)
     else:
       assert p["prompt"] == formats.analyze_input(example, p["recall"], p["option"])
-    chosen, rejected = by_prompt[p["prompt"]]
-    chosen.add(p["chosen"])
-    rejected.add(p["rejected"])
+    if p["stage"] == "recall":
+      chosen, rejected = by_prompt[p["prompt"]]
+      chosen.add(p["chosen"])
+      rejected.add(p["rejected"])
+  # Recall strings in both sets were dropped (analyze chains are made distinct on
+  # their whole tuple of analyses, as TinyThinker does; chains_test checks that).
   for chosen, rejected in by_prompt.values():
-    assert not chosen & rejected  # strings in both sets were dropped
+    assert not chosen & rejected
   # Shards of 8 questions; a rerun finds the work done.
   assert len(list((student / "samples" / "shards").glob("questions-*.jsonl"))) == 3
   for p in pairs[:3] + pairs[-3:]:
@@ -238,6 +241,8 @@ def test_two_rounds_of_self_reflection_from_gin(student):
           "--gin.dpo/recipe.TrainSettings.batch_size=16",
           "--gin.dpo/recipe.TrainSettings.num_epochs=None",
           "--gin.dpo/recipe.TrainSettings.train_steps=6",
+          "--gin.dpo/recipe.TrainSettings.eval_every_epochs=None",
+          "--gin.dpo/recipe.TrainSettings.eval_every=3",
           "--gin.dpo/recipe.TrainSettings.data_parallelism=1",
           "--gin.dpo/recipe.TrainSettings.log_every=1", *ONE_DEVICE]
   cli("reflect", *args, cwd=student)
@@ -263,13 +268,26 @@ def test_two_rounds_of_self_reflection_from_gin(student):
     # The reference is the sampling policy (the starting point), so DPO starts at log 2.
     assert first["step"] == 1
     assert first["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    # Validated every 3 steps (the reference, step 0, is not a candidate); each
+    # evaluation's accuracy is its chains' mean, and the round keeps the best one.
+    history = dict(record["validation_history"])
+    assert sorted(history) == [3, 6]
+    for step, value in history.items():
+      chains = [json.loads(l) for l in open(os.path.join(model_dir, "validation",
+                                                          f"step_{step}.jsonl"))]
+      assert len(chains) == 32
+      assert value == pytest.approx(np.mean([c["correct"] for c in chains]))
+    assert record["validation_accuracy"] == max(history.values())
+    assert history[record["best_step"]] == max(history.values())
+    assert min(s for s, v in history.items() if v == max(history.values())) == \
+        record["best_step"]
     accuracies.append(record["validation_accuracy"])
   assert best["validation_accuracy"] == max(accuracies)
-  # Round 2 sampled with (and took as reference) the best policy after round 1.
+  # Round 2 sampled with (and took as reference) round 1's best evaluation, as
+  # TinyThinker's script does, even if it validated below phase 1's model.
   first_round = state["rounds"][0]
-  improved = first_round.get("validation_accuracy", -1) > initial["validation_accuracy"]
-  assert state["rounds"][1]["policy"] == (first_round["model_dir"] if improved
-                                          else initial["model_dir"])
+  assert state["rounds"][1]["policy"] == first_round.get("model_dir",
+                                                         initial["model_dir"])
   # Started again, it finds every round done and changes nothing.
   before = (student / "reflect" / "reflect_state.json").read_text()
   cli("reflect", *args, cwd=student)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import init_params
-from tinythinker_jax import partitioning, student
+from tinythinker_jax import checkpoints, partitioning, student
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import models, optimizers, trainer
@@ -24,7 +24,7 @@ def copy_task(vocab: int, batch: int):
 
 
 def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatches=1,
-        optimizer="adamw", batch=8, stop_after=None, save_every=3):
+        optimizer="adamw", batch=8, stop_after=None, save_every=3, **extra):
   partitioner = partitioning.Partitioner(
       partitioning.create_mesh(data, model),
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
@@ -35,7 +35,7 @@ def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatch
       batch_fn=copy_task(config.vocab_size, batch), global_batch_size=batch,
       train_steps=steps, model_dir=str(model_dir), num_microbatches=microbatches,
       checkpoint=trainer.CheckpointSettings(save_every=save_every, keep=2), log_every=1,
-      schedule=schedule, progress=False, stop_after=stop_after)
+      schedule=schedule, progress=False, stop_after=stop_after, **extra)
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-4, outliers=1e-3, outlier_atol=1e-3):
@@ -121,6 +121,33 @@ def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
   steps = sorted(int(p.name) for p in (tmp_path / "k" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [6, 9]  # keep=2
+
+
+def test_selection_keeps_the_best_evaluation_and_loaders_prefer_it(tiny_config, tmp_path):
+  seen = {}
+  scripted = {0: 0.1, 2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8}  # the tie at 8 keeps 4
+
+  def hook(params, step):
+    seen[step] = jax.device_get(params)
+    return {"chain_accuracy": scripted[step]}
+
+  kwargs = dict(steps=8, eval_every=2, eval_fns={"validation": hook},
+                select_metric="validation/chain_accuracy")
+  run(tiny_config, tmp_path / "s", stop_after=5, **kwargs)
+  assert checkpoints.read_best(str(tmp_path / "s"))["step"] == 4
+  final = run(tiny_config, tmp_path / "s", **kwargs)  # resumes at 5 and keeps the best
+  best = checkpoints.read_best(str(tmp_path / "s"))
+  assert (best["step"], best["value"], best["history"]) == (
+      4, 0.8, [[s, v] for s, v in scripted.items()])
+  exact = dict(rtol=0, atol=0, outliers=0)
+  load = lambda p: student.load(str(p), require_vocabulary=False).params  # noqa: E731
+  assert_trees_close(load(tmp_path / "s"), seen[4], **exact)
+  assert_trees_close(load(tmp_path / "s" / "checkpoints"), final.state.params, **exact)
+  assert_trees_close(load(tmp_path / "s" / "checkpoints" / "6"), seen[6], **exact)
+  assert student.read_checkpoint_meta(str(tmp_path / "s"))["step"] == 4
+  with pytest.raises(ValueError, match="not an evaluation metric"):
+    run(tiny_config, tmp_path / "t", steps=2, eval_every=2, eval_fns={"validation": hook},
+        select_metric="validation/accuracy")
 
 
 def test_checkpoint_that_does_not_fit_is_named(tiny_config, tmp_path):

@@ -5,10 +5,23 @@ JSON `meta` item (the data seed and position, the model config, the operative
 gin config). Restoring takes an abstract target whose leaves carry the
 shardings of the *current* mesh, so a checkpoint written on one mesh shape
 restores onto another.
+
+A model dir holds `checkpoints/` (the train state, for resuming) and, when a
+run selects by a validation metric, `best_checkpoint/` (the parameters of the
+best evaluation so far) with `best.json` naming its step and value.
+`locate(path)` says which parameters a path means:
+
+| path | parameters |
+|---|---|
+| `<model_dir>` | the best checkpoint if the run marked one, else the latest |
+| `<model_dir>/checkpoints` (or `best_checkpoint`) | the latest in that folder |
+| `<model_dir>/checkpoints/<step>` | that step |
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any, Optional
 
@@ -17,21 +30,79 @@ import orbax.checkpoint as ocp
 
 from tinythinker_jax import errors
 
+CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
+BEST_FILE = "best.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+  directory: str  # a CheckpointManager folder
+  step: Optional[int]  # None: its latest
+  model_dir: str
+  best: bool  # the run's marked best checkpoint
+
+
+def read_best(model_dir: str) -> Optional[dict]:
+  """`<model_dir>/best.json` (step, metric, value, history), or None."""
+  path = os.path.join(model_dir, BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_best(model_dir: str, best: dict) -> None:
+  path = os.path.join(model_dir, BEST_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(best, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def locate(path: str) -> Location:
+  """Which checkpoint a model path means (see the module docstring)."""
+  path = path.rstrip("/")
+  base = os.path.basename(path)
+  parent = os.path.dirname(path)
+  if base.isdigit() and os.path.basename(parent) in (CHECKPOINTS, BEST_CHECKPOINT):
+    return Location(parent, int(base), os.path.dirname(parent),
+                    os.path.basename(parent) == BEST_CHECKPOINT)
+  if base in (CHECKPOINTS, BEST_CHECKPOINT):
+    return Location(path, None, parent, base == BEST_CHECKPOINT)
+  best = read_best(path)
+  if best is not None and os.path.isdir(os.path.join(path, BEST_CHECKPOINT)):
+    return Location(os.path.join(path, BEST_CHECKPOINT), int(best["step"]), path, True)
+  return Location(os.path.join(path, CHECKPOINTS), None, path, False)
+
 
 class Checkpointer:
   """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
 
   def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = 3,
-               asynchronous: bool = True):
+               asynchronous: bool = True, create: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
+        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=create,
         enable_async_checkpointing=asynchronous)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def read_meta(self, step: Optional[int] = None) -> dict:
+    """A checkpoint's JSON meta (model config, vocabulary, seed) without its arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise errors.MissingFileError(f"{self.directory}: no checkpoints")
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    if not os.path.exists(path):
+      raise errors.MissingFileError(f"{self.directory}: no checkpoint at step {step}")
+    with open(path) as f:
+      return json.load(f)
 
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
@@ -48,6 +119,8 @@ class Checkpointer:
     if step is None:
       raise errors.MissingFileError(f"{self.directory}: no checkpoints")
     path = os.path.join(self.directory, str(step), "state")
+    if not os.path.isdir(path):
+      raise errors.MissingFileError(f"{self.directory}: no checkpoint at step {step}")
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)
     tree = getattr(metadata, "item_metadata", metadata)

@@ -32,6 +32,7 @@ from tinythinker_jax import sample as sample_lib
 from tinythinker_jax import shards
 from tinythinker_jax import student as student_lib
 from tinythinker_jax import train as train_lib
+from tinythinker_jax import validation as validation_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.formats import Format
@@ -133,6 +134,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   Phase 1 of every student format trains with `train_settings` (the same
   `TrainSettings` as `tinythinker train`) on `input_length`/`target_length`
   arrays; TinyThinker's stages interleave every `interleave_interval` steps.
+  With `train_settings.eval_every`, each student's greedy chains are validated
+  on the validation split and its best checkpoint is what later stages use.
   """
   from tinythinker_jax import reflect as reflect_lib  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import run as teach_run  # pylint: disable=import-outside-toplevel
@@ -219,7 +222,11 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
           records_dir=_records_dir(run_dir), vocabulary=vocab_path,
           initial_checkpoint_path=initial_checkpoint_path,
           interleave_interval=interleave_interval if staged else None,
-          num_options=num_options if staged else None, progress=progress)
+          num_options=num_options if staged else None, progress=progress,
+          validation=validation_lib.ChainValidation(
+              dataset=dataset, dataset_path=dataset_path, split_seed=split_seed,
+              max_examples=max_validation_examples, format=fmt,
+              batch_size=student.batch_size))
       return {"model_dir": model_dir, "metrics": result.last_metrics}
     _stage(manifest, f"train_{fmt}", train, log)
     if stop(f"train_{fmt}"):

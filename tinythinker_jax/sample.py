@@ -2,10 +2,11 @@
 
 With the current policy, sample each training question's recall
 `num_recall_samples` times (T=0.7; the rest of the chain greedy) and build
-recall pairs; for chosen recalls sample the per-option analyses and build
-analyze pairs (`reasoning.preferences`); score every chosen and rejected
-sequence with the policy, which is the reference of the next DPO round.
-Sharded by process and resumable by shard.
+recall pairs; after each distinct chosen recall of those pairs (a pair row)
+sample `num_analyze_samples` chains (every option's analysis at T=0.7, the
+summary greedy) and build analyze pairs (`reasoning.preferences`); score
+every chosen and rejected sequence with the policy, which is the reference
+of the next DPO round. Sharded by process and resumable by shard.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ class SampleSettings:
   temperature: float = 0.7
   top_k: int = 0
   top_p: float = 1.0
-  max_chosen_recalls: int = 2  # chosen recalls whose analyses are sampled
-  num_analyze_samples: int = 4  # analysis sets sampled per chosen recall
+  # Pair rows (distinct chosen recalls of a question's recall pairs) whose
+  # chains are sampled; None: all, as TinyThinker's script.
+  max_chosen_recalls: Optional[int] = None
+  num_analyze_samples: int = 10  # chains sampled per pair row
   max_recall_pairs: Optional[int] = None  # per question
-  max_analyze_pairs: Optional[int] = None  # per question, option and recall
+  max_analyze_pairs: Optional[int] = None  # per pair row
   shard_size: int = 64  # questions per resumable shard
   seed: int = 0
 
@@ -86,7 +89,7 @@ def sample_questions(student, examples: Sequence[Example],
                            settings.num_recall_samples, seed=seed)
   rng = seeds.rng(seed, "pair_choices")
   out: list[dict[str, Any]] = []
-  analyze_jobs: list[tuple[int, str]] = []
+  analyze_jobs: list[tuple[int, preferences.PairRow]] = []
   for i, (example, example_runs) in enumerate(zip(examples, runs)):
     fields = teacher.get(example.id, TeacherFields())
     pairs = preferences.recall_pairs(example, example_runs, fields.recalls, rng,
@@ -94,19 +97,17 @@ def sample_questions(student, examples: Sequence[Example],
     out.append({"id": example.id, "gold": example.gold_label,
                 "recall_answers": [r.answer for r in example_runs],
                 "pairs": [p.to_json() for p in pairs]})
-    for recall in preferences.chosen_recalls(example, example_runs, fields.recalls,
-                                            settings.max_chosen_recalls):
-      analyze_jobs.append((i, recall))
+    for row in preferences.pair_rows(example, example_runs, pairs, fields.recalls,
+                                     fields.analyses, settings.max_chosen_recalls):
+      analyze_jobs.append((i, row))
   if analyze_jobs and settings.num_analyze_samples > 0:
     analyzed = chains.run_staged(
         [examples[i] for i, _ in analyze_jobs], student.generate, analyze=stage,
-        recalls=[[r] * settings.num_analyze_samples for _, r in analyze_jobs],
+        recalls=[[row.recall] * settings.num_analyze_samples for _, row in analyze_jobs],
         seed=seeds.derive(seed, "analyze_samples"))
-    for (i, recall), job_runs in zip(analyze_jobs, analyzed):
-      fields = teacher.get(examples[i].id, TeacherFields())
-      pairs = preferences.analyze_pairs(examples[i], recall, job_runs,
-                                       fields.analyses[0] if fields.analyses else None,
-                                       rng, settings.max_analyze_pairs)
+    for (i, row), job_runs in zip(analyze_jobs, analyzed):
+      pairs = preferences.analyze_pairs(examples[i], row, job_runs, rng,
+                                        settings.max_analyze_pairs)
       out[i]["pairs"].extend(p.to_json() for p in pairs)
   flat = [p for record in out for p in record["pairs"]]
   if flat:

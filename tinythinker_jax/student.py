@@ -12,7 +12,6 @@ self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Optional, Sequence
@@ -43,16 +42,15 @@ def config_from_meta(meta: dict) -> t5.T5Config:
   return t5.T5Config(**fields)
 
 
-def read_checkpoint_meta(model_dir: str) -> dict:
-  """The JSON meta of the latest checkpoint in a model dir (model config, vocabulary)."""
+def read_checkpoint_meta(path: str) -> dict:
+  """The JSON meta of the checkpoint a model path means (`checkpoints.locate`)."""
   from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+  where = checkpoints.locate(path)
+  if not os.path.isdir(where.directory):
+    raise errors.MissingFileError(f"{path}: no checkpoints")
+  checkpointer = checkpoints.Checkpointer(where.directory, create=False)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise errors.MissingFileError(f"{model_dir}: no checkpoints")
-    return json.load(open(os.path.join(checkpointer.directory, str(step), "meta",
-                                       "metadata")))
+    return checkpointer.read_meta(where.step)
   finally:
     checkpointer.close()
 
@@ -74,6 +72,11 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
          require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
   """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
 
+  A model dir gives its best checkpoint when its run marked one (selection by
+  validation chain accuracy), else its latest; `<model_dir>/checkpoints` asks
+  for the latest and `<model_dir>/checkpoints/<step>` for one step
+  (`checkpoints.locate`).
+
   The one loader for "an HF folder or one of our model dirs": initial weights
   of both phases, the DPO reference, evaluation, sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
@@ -90,16 +93,19 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
     from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
       meta = read_checkpoint_meta(path)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
       raise errors.MissingFileError(
           f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
-          "checkpoints") from None
+          f"checkpoints ({e})") from None
     config = config_from_meta(meta)
-    checkpointer = checkpoints.Checkpointer(os.path.join(path, "checkpoints"))
+    location = checkpoints.locate(path)
+    checkpointer = checkpoints.Checkpointer(location.directory, create=False)
     try:
-      params = checkpointer.restore_params()
+      params = checkpointer.restore_params(location.step)
     finally:
       checkpointer.close()
+    if location.best:
+      log.info("%s: the best checkpoint (step %s)", path, meta.get("step"))
     vocab = vocabulary or meta.get("vocabulary", "")
   if model_config is not None:
     for field in ARCHITECTURE_FIELDS:

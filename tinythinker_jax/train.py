@@ -26,6 +26,7 @@ import numpy as np
 
 from tinythinker_jax import errors, gin_utils, materialize, partitioning
 from tinythinker_jax import student as student_lib
+from tinythinker_jax import validation as validation_lib
 from tinythinker_jax import vocabularies
 from tinythinker_jax.data import arrays, pair_arrays
 from tinythinker_jax.models import t5
@@ -77,9 +78,15 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         initial_checkpoint_path: Optional[str] = None,
         interleave_interval: Optional[int] = None, num_options: Optional[int] = None,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-        process_id: Optional[int] = None, progress: bool = True,
-        stop_after: Optional[int] = None) -> trainer.TrainResult:
-  """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting."""
+        process_id: Optional[int] = None,
+        validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
+        progress: bool = True, stop_after: Optional[int] = None) -> trainer.TrainResult:
+  """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
+
+  With `validation` naming a dataset, every `eval_every` steps also runs the
+  student's greedy chains on its split and keeps the best checkpoint by that
+  accuracy (both papers' model selection).
+  """
   if coordinator_address and not jax.distributed.is_initialized():
     partitioning.initialize_distributed(
         None if coordinator_address == "auto" else coordinator_address, num_processes,
@@ -106,15 +113,24 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
     schedule = recipe.proportional_schedule(
         {n: d.num_examples for n, d in train_sets.items()}, sorted(train_sets))
 
-  validation = {f"eval/{_stream_name(task)}": os.path.join(root, task, "validation")
+  loss_validation = {f"eval/{_stream_name(task)}": os.path.join(root, task, "validation")
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
 
+  vocabulary_path = _absolute(vocabulary or os.environ.get("TINYTHINKER_VOCAB", ""))
+
   def eval_fns(model, partitioner, local):
-    if not settings.eval_every:
+    if not (settings.eval_every or settings.eval_every_epochs):
       return {}
-    return {name: trainer.evaluate_loss(model, partitioner, _eval_batches(
+    hooks = {name: trainer.evaluate_loss(model, partitioner, _eval_batches(
         arrays.ArrayDataset(path), settings.batch_size, local, settings.eval_batches))
-            for name, path in validation.items()}
+             for name, path in loss_validation.items()}
+    if validation.enabled:
+      hooks[validation_lib.HOOK] = validation_lib.chain_accuracy_hook(
+          validation, model_config=model_config, vocabulary=vocabulary_path,
+          partitioner=partitioner, input_length=task_feature_lengths["inputs"],
+          target_length=task_feature_lengths["targets"], model_dir=model_dir,
+          skip_initial=not initial_checkpoint_path)
+    return hooks
 
   def model_fn(config):
     return models.EncoderDecoderModel(t5.T5(config), z_loss=settings.z_loss,
@@ -129,8 +145,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
       meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
             "task_feature_lengths": dict(task_feature_lengths),
-            "vocabulary": _absolute(vocabulary or
-                                    os.environ.get("TINYTHINKER_VOCAB", ""))}).result
+            "vocabulary": vocabulary_path}).result
 
 
 # ------------------------------------------------------------------ phase 2
@@ -138,8 +153,13 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
 
 @dataclasses.dataclass(frozen=True)
 class DpoSettings:
-  """Phase 2's loss and lengths; `train` is how it is trained (TinyThinker's
-  recipe: RPO, beta 0.5, alpha 0.5, AdamW lr 5e-6, batch 32, cosine, 10% warm-up)."""
+  """Phase 2's loss and lengths; `train` is how it is trained.
+
+  TinyThinker's recipe: RPO, beta 0.5, alpha 0.5, AdamW lr 5e-6, batch 32,
+  cosine with 10% warm-up, clipping at 1.0 (the HF Trainer's), 10 epochs over
+  the pairs with the validation chain accuracy every epoch (its
+  `strategy_interval` cycle) and the best evaluation kept.
+  """
 
   beta: float = 0.5
   alpha: float = 0.5
@@ -149,16 +169,25 @@ class DpoSettings:
   input_length: int = 256
   target_length: int = 128
   train: recipe.TrainSettings = recipe.TrainSettings(
-      batch_size=32, num_epochs=1.0, optimizer="adamw", schedule="cosine",
+      batch_size=32, num_epochs=10.0, optimizer="adamw", schedule="cosine",
       learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=0.0,
-      dropout_rate=0.0, keep_checkpoints=1)
+      dropout_rate=0.0, keep_checkpoints=1, eval_every_epochs=1.0)
 
 
 def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
             settings: DpoSettings = DpoSettings(), vocabulary: str = "",
-            model_config: Optional[t5.T5Config] = None, progress: bool = True,
-            stop_after: Optional[int] = None) -> trainer.TrainResult:
-  """Phase-2 training from the reference policy on its own preference pairs."""
+            model_config: Optional[t5.T5Config] = None,
+            validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
+            progress: bool = True, stop_after: Optional[int] = None
+            ) -> trainer.TrainResult:
+  """Phase-2 training from the reference policy on its own preference pairs.
+
+  With `validation` naming a dataset, the greedy chain accuracy on its split
+  is measured every `eval_every`(`_epochs`) and the best evaluation's
+  parameters are the model dir's best checkpoint (TinyThinker's selection;
+  the reference itself is not a candidate: `tinythinker reflect` compares
+  rounds).
+  """
   reference = student_lib.load(initial_checkpoint_path, model_config=model_config,
                                vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH")
   codec = vocabularies.TextCodec(reference.vocabulary)
@@ -178,11 +207,21 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
                                loss_type=settings.loss_type, z_loss=settings.train.z_loss,
                                nll_normalization=settings.nll_normalization)
 
+  def eval_fns(model, partitioner, local):
+    del model, local
+    if not validation.enabled:
+      return {}
+    return {validation_lib.HOOK: validation_lib.chain_accuracy_hook(
+        validation, model_config=reference.config, vocabulary=reference.vocabulary,
+        partitioner=partitioner, input_length=settings.input_length,
+        target_length=settings.target_length, model_dir=model_dir)}
+
   return recipe.fit(
       model_fn=model_fn, model_config=reference.config, datasets=datasets,
       schedule=recipe.proportional_schedule(manifest["counts"], pair_arrays.STAGES),
       settings=settings.train, model_dir=model_dir,
-      initial_params=lambda: reference.params, progress=progress, stop_after=stop_after,
+      initial_params=lambda: reference.params, eval_fns=eval_fns, eval_at_start=False,
+      progress=progress, stop_after=stop_after,
       binding="DpoSettings.train",
       meta={"phase": "dpo", "reference": os.path.abspath(initial_checkpoint_path),
             "pairs": os.path.abspath(pairs_path), "vocabulary": reference.vocabulary,

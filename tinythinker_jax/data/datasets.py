@@ -215,6 +215,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "coin_flip_long", AnswerType.YES_NO,
         _synthetic(functools.partial(synthetic.coin_flip_example, min_people=4,
                                      max_people=6)), "(generated, 4-6 people)", 2),
+    "coin_flip_longer": DatasetSpec(
+        "coin_flip_longer", AnswerType.YES_NO,
+        _synthetic(functools.partial(synthetic.coin_flip_example, min_people=6,
+                                     max_people=8)), "(generated, 6-8 people)", 2),
     "last_letter": DatasetSpec("last_letter", AnswerType.TEXT,
                                _synthetic(synthetic.last_letter_example), "(generated)"),
 }

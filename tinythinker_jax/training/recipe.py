@@ -53,7 +53,12 @@ class TrainSettings:
   keep_checkpoints: Optional[int] = 3
   async_checkpoints: bool = True
   log_every: int = 10
-  eval_every: int = 0
+  eval_every: int = 0  # steps between evaluations (0: none)
+  eval_every_epochs: Optional[float] = None  # or in epochs of the arrays
+  # Model selection: keep the parameters of the best `select_metric` evaluation
+  # (`validation/chain_accuracy` when the phase validates chains) as the model
+  # dir's best checkpoint, which every later stage loads. '' turns it off.
+  select_metric: str = "validation/chain_accuracy"
   eval_batches: int = 8
   seed: int = 0
 
@@ -68,6 +73,14 @@ class TrainSettings:
     if self.num_epochs:
       return max(1, math.ceil(self.num_epochs * num_examples / self.batch_size))
     raise errors.UserError(f"{binding}: set train_steps or num_epochs")
+
+  def eval_interval(self, num_examples: int) -> int:
+    """Steps between evaluations: `eval_every`, or `eval_every_epochs` in steps."""
+    if self.eval_every and self.eval_every_epochs:
+      raise errors.UserError("TrainSettings: set eval_every or eval_every_epochs, not both")
+    if self.eval_every_epochs:
+      return max(1, math.ceil(self.eval_every_epochs * num_examples / self.batch_size))
+    return int(self.eval_every)
 
   def partitioner(self) -> partitioning.Partitioner:
     mesh = partitioning.create_mesh(self.data_parallelism, self.model_parallelism)
@@ -99,7 +112,7 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
         model_dir: str, initial_params: Optional[Callable[[], Any]] = None,
         eval_fns: Optional[Callable[[Any, partitioning.Partitioner, slice],
                                     Mapping[str, trainer.EvalFn]]] = None,
-        meta: Optional[dict] = None, progress: bool = True,
+        meta: Optional[dict] = None, progress: bool = True, eval_at_start: bool = True,
         stop_after: Optional[int] = None, binding: str = "TrainSettings") -> Fitted:
   """Trains `model_fn(config)` on `datasets` as `settings` say; resumes in `model_dir`.
 
@@ -110,7 +123,9 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
     raise errors.UserError(f"{sorted(datasets)}: several streams need a schedule")
   config = model_config if settings.dropout_rate is None else model_config.replace(
       dropout_rate=settings.dropout_rate)
-  steps = settings.steps_for(sum(d.num_examples for d in datasets.values()), binding)
+  num_examples = sum(d.num_examples for d in datasets.values())
+  steps = settings.steps_for(num_examples, binding)
+  eval_every = settings.eval_interval(num_examples)
   warmup = (int(settings.warmup_fraction * steps) if settings.warmup_fraction is not None
             else settings.warmup_steps)
   lr = optimizers.make_schedule(settings.schedule, learning_rate=settings.learning_rate,
@@ -121,6 +136,10 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
   source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
                               local=layout.local_slice)
   model = model_fn(config)
+  hooks = dict(eval_fns(model, partitioner, layout.local_slice)) if eval_fns else {}
+  # Selection applies when a hook gives the metric (e.g. chain validation is on).
+  select = settings.select_metric if settings.select_metric and eval_every and any(
+      settings.select_metric.startswith(f"{name}/") for name in hooks) else None
   result = trainer.train(
       model=model, model_config=config,
       optimizer=optimizers.make_optimizer(settings.optimizer, lr,
@@ -133,9 +152,9 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
                                             settings.keep_checkpoints,
                                             settings.async_checkpoints),
       initial_params=initial_params, log_every=settings.log_every,
-      eval_every=settings.eval_every,
-      eval_fns=eval_fns(model, partitioner, layout.local_slice) if eval_fns else {},
-      schedule=lr, progress=progress, stop_after=stop_after,
+      eval_every=eval_every,
+      eval_fns=hooks, schedule=lr, progress=progress, stop_after=stop_after,
+      select_metric=select, eval_at_start=eval_at_start,
       meta=dict(meta or {}, train_settings=jsonable(settings)))
   return Fitted(result, steps)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -31,7 +32,7 @@ from tinythinker_jax.training.metric_writer import MetricWriter
 log = logging.getLogger(__name__)
 
 BatchFn = Callable[[int], Mapping[str, np.ndarray]]
-EvalFn = Callable[[Any], Mapping[str, float]]  # params -> metrics
+EvalFn = Callable[[Any, int], Mapping[str, float]]  # (params, step) -> metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,17 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
           eval_every: int = 0, eval_fns: Mapping[str, EvalFn] = (),
           meta: Optional[dict] = None, progress: bool = True,
           schedule: Optional[optax.Schedule] = None,
+          select_metric: Optional[str] = None, eval_at_start: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
-  """Trains to `train_steps`; `stop_after` ends early (after saving) for tests."""
+  """Trains to `train_steps`; `stop_after` ends early (after saving) for tests.
+
+  With `select_metric` (an evaluation metric's full name, e.g.
+  `validation/chain_accuracy`; higher is better), every evaluation that beats
+  the best so far saves the parameters to `<model_dir>/best_checkpoint` and
+  names its step in `<model_dir>/best.json`, which `student.load` then
+  prefers. The evaluation at step 0 (the initial parameters; unless
+  `eval_at_start=False`, or the hook gives nothing at step 0) is a candidate.
+  """
   if global_batch_size % num_microbatches:
     raise errors.UserError(f"batch size {global_batch_size} is not divisible by "
                      f"num_microbatches={num_microbatches}")
@@ -94,6 +104,22 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                           asynchronous=checkpoint.asynchronous)
   latest = checkpointer.latest_step()
   resumed_from = None
+  best: Optional[dict] = None
+  best_checkpointer = None
+  if select_metric:
+    if eval_every <= 0:
+      raise errors.UserError(f"selecting by {select_metric} needs evaluations: set "
+                             "TrainSettings.eval_every (or eval_every_epochs)")
+    best_dir = os.path.join(model_dir, checkpoints.BEST_CHECKPOINT)
+    if latest is None:  # A fresh run: a best left by an earlier run is stale.
+      if jax.process_index() == 0:
+        shutil.rmtree(best_dir, ignore_errors=True)
+        if os.path.exists(os.path.join(model_dir, checkpoints.BEST_FILE)):
+          os.remove(os.path.join(model_dir, checkpoints.BEST_FILE))
+    else:
+      best = checkpoints.read_best(model_dir)
+    best_checkpointer = checkpoints.Checkpointer(best_dir, save_every=1, keep=1,
+                                                 asynchronous=False)
   if latest is None:
     params, _ = partitioner.init(init_fn, rng)
     if initial_params is not None:
@@ -138,13 +164,36 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   tick, tick_step = time.time(), start
 
   def run_evals(done: int) -> None:
+    nonlocal best
+    current: dict[str, float] = {}
     for name, fn in dict(eval_fns).items():
-      results = dict(fn(state.params))
+      results = dict(fn(state.params, done))
       writer.write(done, {f"{name}/{k}": v for k, v in results.items()})
-      last.update({f"{name}/{k}": v for k, v in results.items()})
+      current.update({f"{name}/{k}": v for k, v in results.items()})
+    last.update(current)
+    if not select_metric:
+      return
+    if select_metric not in current:
+      if done == 0:
+        return  # The hook skips the initial parameters (e.g. a random init).
+      raise errors.UserError(f"select_metric={select_metric!r} is not an evaluation metric "
+                             f"(have {sorted(current)})")
+    value = float(current[select_metric])
+    history = (best or {}).get("history", [])
+    history = [h for h in history if h[0] < done] + [[done, value]]
+    if best is None or value > best["value"]:
+      if done not in best_checkpointer.all_steps():
+        best_checkpointer.save(done, {"params": state.params},
+                               dict(base_meta, step=done), force=True)
+      best = {"step": done, "metric": select_metric, "value": value}
+      log.info("step %d: %s=%.4f, the best so far", done, select_metric, value)
+    best = dict(best, history=history)
+    writer.write(done, {f"best/{select_metric}": best["value"]})
+    if jax.process_index() == 0:
+      checkpoints.write_best(model_dir, best)
 
   try:
-    if eval_every and start == 0:
+    if eval_every and eval_at_start and start == 0:
       run_evals(0)  # The baseline that later evaluations are read against.
     for step in range(start, end):
       local = batch_fn(step)
@@ -176,6 +225,8 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   finally:
     bar.close()
     checkpointer.close()
+    if best_checkpointer is not None:
+      best_checkpointer.close()
     writer.close()
   return TrainResult(state, last, resumed_from)
 
@@ -185,7 +236,8 @@ def evaluate_loss(model, partitioner: Partitioner, batches: list[Mapping[str, np
   """An eval hook: teacher-forced loss and token accuracy over fixed batches."""
   fn = partitioner.partition(lambda p, b: model.loss_sums(p, b)[1])
 
-  def run(params) -> dict[str, float]:
+  def run(params, step: int = 0) -> dict[str, float]:
+    del step
     totals: dict[str, float] = {}
     for batch in batches:
       sums = jax.device_get(fn(params, partitioner.shard_batch(dict(batch))))
