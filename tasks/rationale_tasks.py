@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Optional
 import seqio
 import tensorflow as tf
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data.datasets import DATASETS
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.reasoning import answers, formats
@@ -52,7 +52,9 @@ class EnvSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
   @property
   def _sentencepiece_model_file(self) -> str:
-    return os.environ.get(VOCAB_ENV, DEFAULT_VOCAB)
+    # seqio opens the file itself (through TF's gfile): hand it a local copy of
+    # an object-store path, read through etils.epath as every run path is.
+    return paths.local_copy(os.environ.get(VOCAB_ENV, DEFAULT_VOCAB))
 
   @_sentencepiece_model_file.setter
   def _sentencepiece_model_file(self, value: str) -> None:
@@ -76,13 +78,12 @@ render_record = formats.render_record
 
 
 def _records(path: str) -> Iterator[dict]:
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          yield json.loads(line)
-        except json.JSONDecodeError as e:
-          raise errors.UserError(f"{path}:{line_no}: invalid JSON: {e}") from e
+  for line_no, line in enumerate(paths.as_path(path).read_text().split("\n"), 1):
+    if line.strip():
+      try:
+        yield json.loads(line)
+      except json.JSONDecodeError as e:
+        raise errors.UserError(f"{path}:{line_no}: invalid JSON: {e}") from e
 
 
 def _source(path_fn: Callable[[str], str], fmt: formats.Format,
@@ -90,7 +91,7 @@ def _source(path_fn: Callable[[str], str], fmt: formats.Format,
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
     del shuffle_files, seed
     path = path_fn(split)
-    if not os.path.exists(path):
+    if not paths.as_path(path).exists():
       raise errors.MissingFileError(f"{path}: no rationale records for split {split!r} "
                               f"(set ${RECORDS_DIR_ENV} or run `tinythinker teach`)")
     rendered = [e for r in _records(path) for e in render_record(r, fmt, stage)]
@@ -146,7 +147,8 @@ def make_task(name: str, path_fn: Callable[[str], str], fmt: formats.Format,
 
 def _records_path(dataset: str, method: str, split: str) -> str:
   root = os.environ.get(RECORDS_DIR_ENV, "rationales")
-  return os.path.join(root, dataset.replace("/", "_"), method, split, "records.jsonl")
+  return str(paths.as_path(root) / dataset.replace("/", "_") / method / split /
+             "records.jsonl")
 
 
 def task_names(dataset: str) -> list[str]:

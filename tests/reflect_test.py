@@ -59,7 +59,7 @@ def student(tiny_student):
 
 @functools.lru_cache(maxsize=None)
 def _params(model_dir):
-  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"), create=False)
   try:
     return checkpointer.restore_params()
   finally:

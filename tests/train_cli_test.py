@@ -71,7 +71,7 @@ def train_ok(cmd, devices, fast_compile=True):
 
 
 def final_params(model_dir, step):
-  checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"))
+  checkpointer = Checkpointer(os.path.join(model_dir, "checkpoints"), create=False)
   try:
     return checkpointer.restore_params(step)
   finally:

@@ -16,19 +16,23 @@ best evaluation so far) with `best.json` naming its step and value.
 | `<model_dir>` | the best checkpoint if the run marked one, else the latest |
 | `<model_dir>/checkpoints` (or `best_checkpoint`) | the latest in that folder |
 | `<model_dir>/checkpoints/<step>` | that step |
+
+Paths may be local or on an object store (`gs://...`): they go through
+`etils.epath` (`paths`), as orbax's own do, and are never made absolute with
+`os.path` (which would turn `gs://b/run` into `<cwd>/gs:/b/run`). Opening a
+checkpoint folder only to read it (`create=False`) creates nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
+from tinythinker_jax.paths import PathLike
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
@@ -43,44 +47,40 @@ class Location:
   best: bool  # the run's marked best checkpoint
 
 
-def read_best(model_dir: str) -> Optional[dict]:
+def read_best(model_dir: PathLike) -> Optional[dict]:
   """`<model_dir>/best.json` (step, metric, value, history), or None."""
-  path = os.path.join(model_dir, BEST_FILE)
-  if not os.path.exists(path):
+  path = paths.as_path(model_dir) / BEST_FILE
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
 
 
-def write_best(model_dir: str, best: dict) -> None:
-  path = os.path.join(model_dir, BEST_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(best, f, indent=1)
-  os.replace(path + ".tmp", path)
+def write_best(model_dir: PathLike, best: dict) -> None:
+  paths.write_json(paths.as_path(model_dir) / BEST_FILE, best, indent=1)
 
 
-def locate(path: str) -> Location:
-  """Which checkpoint a model path means (see the module docstring)."""
-  path = path.rstrip("/")
-  base = os.path.basename(path)
-  parent = os.path.dirname(path)
-  if base.isdigit() and os.path.basename(parent) in (CHECKPOINTS, BEST_CHECKPOINT):
-    return Location(parent, int(base), os.path.dirname(parent),
-                    os.path.basename(parent) == BEST_CHECKPOINT)
+def locate(path: PathLike) -> Location:
+  """Which checkpoint a model path means (see the module docstring); reads only."""
+  path = paths.as_path(path)  # epath drops a trailing "/"
+  base, parent = path.name, path.parent
+  if base.isdigit() and parent.name in (CHECKPOINTS, BEST_CHECKPOINT):
+    return Location(str(parent), int(base), str(parent.parent),
+                    parent.name == BEST_CHECKPOINT)
   if base in (CHECKPOINTS, BEST_CHECKPOINT):
-    return Location(path, None, parent, base == BEST_CHECKPOINT)
+    return Location(str(path), None, str(parent), base == BEST_CHECKPOINT)
   best = read_best(path)
-  if best is not None and os.path.isdir(os.path.join(path, BEST_CHECKPOINT)):
-    return Location(os.path.join(path, BEST_CHECKPOINT), int(best["step"]), path, True)
-  return Location(os.path.join(path, CHECKPOINTS), None, path, False)
+  if best is not None and (path / BEST_CHECKPOINT).is_dir():
+    return Location(str(path / BEST_CHECKPOINT), int(best["step"]), str(path), True)
+  return Location(str(path / CHECKPOINTS), None, str(path), False)
 
 
 class Checkpointer:
   """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
 
-  def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = 3,
-               asynchronous: bool = True, create: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: PathLike, *, save_every: int = 1000,
+               keep: Optional[int] = 3, asynchronous: bool = True, create: bool = True):
+    """`create=False` for a folder that is only read: nothing is created."""
+    self.directory = str(paths.absolute(directory))
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(save_every, 1), max_to_keep=keep, create=create,
         enable_async_checkpointing=asynchronous)
@@ -98,11 +98,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise errors.MissingFileError(f"{self.directory}: no checkpoints")
-    path = os.path.join(self.directory, str(step), "meta", "metadata")
-    if not os.path.exists(path):
+    path = paths.as_path(self.directory) / str(step) / "meta" / "metadata"
+    if not path.exists():
       raise errors.MissingFileError(f"{self.directory}: no checkpoint at step {step}")
-    with open(path) as f:
-      return json.load(f)
+    return paths.read_json(path)
 
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
@@ -118,8 +117,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise errors.MissingFileError(f"{self.directory}: no checkpoints")
-    path = os.path.join(self.directory, str(step), "state")
-    if not os.path.isdir(path):
+    path = paths.as_path(self.directory) / str(step) / "state"
+    if not path.is_dir():
       raise errors.MissingFileError(f"{self.directory}: no checkpoint at step {step}")
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)

@@ -57,8 +57,8 @@ def _demo(args: argparse.Namespace, bindings: list[str]) -> int:
   report = manifest["stages"].get("report", {}).get("outputs", {}).get("report")
   if report:
     print(f"\nreport: {report}")
-    with open(report) as f:
-      print("".join(f.readlines()[:16]))
+    from tinythinker_jax import paths  # pylint: disable=import-outside-toplevel
+    print("".join(paths.as_path(report).read_text().splitlines(keepends=True)[:16]))
   return 0
 
 

@@ -8,12 +8,11 @@ format-error rates and the per-option confusion of the greedy answers.
 from __future__ import annotations
 
 import collections
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import gin_utils, shards
+from tinythinker_jax import gin_utils, paths, shards
 from tinythinker_jax import infer as infer_lib
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
@@ -103,10 +102,10 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
       {"id": r["id"], "gold": r["gold"], "answer": r["answer"],
        "chain": _chain_text(r["runs"][0])} for r in greedy[:3]]
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
-    shards.write_json_atomically(os.path.join(output_dir, "report.json"), report)
-    shards.write_text_atomically(os.path.join(output_dir, "report.md"),
-                                 markdown_report(report))
+    output_dir = paths.as_path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shards.write_json_atomically(output_dir / "report.json", report)
+    shards.write_text_atomically(output_dir / "report.md", markdown_report(report))
   return report
 
 

@@ -114,14 +114,15 @@ def resolve(value):
   return value
 
 
-def write_operative_config(directory: str, filename: str = "config.gin") -> str:
-  """Writes the operative gin config (secrets are never gin-bound) to `directory`."""
+def write_operative_config(directory, filename: str = "config.gin") -> str:
+  """Writes the operative gin config (secrets are never gin-bound) to `directory`
+  (a local folder or an object store: `paths`)."""
   import gin  # pylint: disable=import-outside-toplevel
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, filename)
-  with open(path, "w") as f:
-    f.write(gin.config_str())
-  return path
+  from tinythinker_jax import paths  # pylint: disable=import-outside-toplevel
+  path = paths.as_path(directory) / filename
+  path.parent.mkdir(parents=True, exist_ok=True)
+  paths.write_text(path, gin.config_str())
+  return str(path)
 
 
 def query_or(name: str, default=None):

@@ -8,12 +8,11 @@ processes share it, and a killed run resumes without redoing finished shards.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import gin_utils, seeds, shards
+from tinythinker_jax import gin_utils, paths, seeds, shards
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType, Example
@@ -54,7 +53,7 @@ def infer(student, examples: Sequence[Example], *, fmt: Format, answer_type: Ans
   settings = {"format": fmt.value, "sampled": sampled, "num_runs": num_runs,
               "temperature": temperature, "seed": seed,
               "examples": [e.id for e in examples[:3]]}
-  return shards.run_sharded(examples, work, directory=os.path.join(output_dir, name),
+  return shards.run_sharded(examples, work, directory=paths.as_path(output_dir) / name,
                             name=name, shard_size=shard_size,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), settings=settings,
@@ -87,10 +86,10 @@ def run_infer(*, model_dir: str, dataset: str, output_dir: str, format: str,  # 
                   output_dir=output_dir, sampled=sampled, num_runs=num_runs,
                   temperature=temperature, seed=seed, shard_size=shard_size,
                   progress=progress)
-  path = os.path.join(output_dir, "predictions.jsonl")
+  path = paths.as_path(output_dir) / "predictions.jsonl"
   if jax.process_index() == 0:
     shards.write_jsonl_atomically(path, records)
-  return path
+  return str(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import errors, gin_utils, shards
+from tinythinker_jax import errors, gin_utils, paths, shards
 
 MANIFEST = "manifest.json"
 
@@ -35,13 +35,13 @@ def _expand(name: str) -> list[str]:
 
 
 def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
-                 data_dir: str, splits: Sequence[str] = ("train", "validation"),
+                 data_dir: paths.PathLike, splits: Sequence[str] = ("train", "validation"),
                  records_dir: str = "", vocabulary: str = "") -> dict[str, Any]:
   """Materialises the tasks' splits once; returns the manifest."""
-  manifest_path = os.path.join(data_dir, MANIFEST)
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
+  data_dir = paths.as_path(data_dir)
+  manifest_path = data_dir / MANIFEST
+  if manifest_path.exists():
+    manifest = paths.read_json(manifest_path)
     if (manifest["name"] == mixture_or_task_name and
         manifest["feature_lengths"] == dict(feature_lengths)):
       return manifest
@@ -63,7 +63,7 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
       for split in splits:
         try:
           meta = seqio_arrays.materialize(name, split, feature_lengths,
-                                         os.path.join(data_dir, name, split))
+                                         data_dir / name / split)
         except FileNotFoundError:
           continue  # That split has no records (e.g. no validation rationales).
         except seqio_arrays.EmptySplitError:
@@ -82,11 +82,10 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
           print(f"warning: {message}", file=sys.stderr)
           manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
               meta["examples_at_length_limit"]
-    os.makedirs(data_dir, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     shards.write_json_atomically(manifest_path, manifest)
   shards.sync_processes("tinythinker_prepare_data")
-  with open(manifest_path) as f:
-    return json.load(f)
+  return paths.read_json(manifest_path)
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from tinythinker_jax import errors, gin_utils
+from tinythinker_jax import errors, gin_utils, paths
 from tinythinker_jax import sample as sample_lib
 from tinythinker_jax import shards
 from tinythinker_jax import student as student_lib
@@ -55,11 +54,10 @@ class Manifest:
   """`pipeline.json`: finished stages, written atomically after each one."""
 
   def __init__(self, run_dir: str, settings: dict[str, Any]):
-    self.path = os.path.join(run_dir, MANIFEST)
+    self.path = paths.as_path(run_dir) / MANIFEST
     self.data: dict[str, Any] = {"settings": settings, "stages": {}, "runs": 0}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        saved = json.load(f)
+    if self.path.exists():
+      saved = paths.read_json(self.path)
       if saved.get("settings") != json.loads(json.dumps(settings)):
         changed = sorted(k for k in set(saved.get("settings", {})) | set(settings)
                          if saved.get("settings", {}).get(k) != json.loads(
@@ -97,14 +95,19 @@ def _stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]],
   return outputs
 
 
-def _records_dir(run_dir: str) -> str:
-  return os.path.join(run_dir, "rationales")
+def _join(directory: paths.PathLike, *parts: str) -> str:
+  """A run path as a string (they are recorded in pipeline.json)."""
+  return str(paths.as_path(directory).joinpath(*parts))
 
 
-def records_path(run_dir: str, dataset: str, method: str, split: str) -> str:
+def _records_dir(run_dir: paths.PathLike) -> str:
+  return _join(run_dir, "rationales")
+
+
+def records_path(run_dir: paths.PathLike, dataset: str, method: str, split: str) -> str:
   """Where `tasks/` looks for a dataset's records under the run's rationales."""
-  return os.path.join(_records_dir(run_dir), dataset.replace("/", "_"), method, split,
-                      "records.jsonl")
+  return _join(_records_dir(run_dir), dataset.replace("/", "_"), method, split,
+               "records.jsonl")
 
 
 def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
@@ -148,7 +151,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
     if fmt not in METHOD_OF:
       raise errors.UserError(f"STUDENT_FORMATS: {fmt!r} is not one of {sorted(METHOD_OF)}")
   spec = datasets.get_spec(dataset)
-  os.makedirs(run_dir, exist_ok=True)
+  paths.as_path(run_dir).mkdir(parents=True, exist_ok=True)
   settings = {"dataset": dataset, "dataset_path": dataset_path, "teacher": teacher,
               "student_formats": list(student_formats),
               "max_train_examples": max_train_examples, "split_seed": split_seed,
@@ -176,7 +179,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
     for method in methods:
       for split, cap in (("train", max_train_examples),
                          ("validation", max_validation_examples)):
-        out = os.path.dirname(records_path(run_dir, dataset, method, split))
+        out = str(paths.as_path(records_path(run_dir, dataset, method, split)).parent)
         summary = teach_run.teach_dataset(
             dataset=dataset, output_dir=out, dataset_path=dataset_path, split=split,
             method=method, teacher=teacher, teacher_config=teacher_config, gguf=gguf,
@@ -201,9 +204,9 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
       texts.extend(vocabularies.iter_rendered(
           [records_path(run_dir, dataset, METHOD_OF[fmt], "train")], fmt))
     path = vocabularies.train_sentencepiece(
-        texts, vocab_size, os.path.join(run_dir, "vocab", "spm"),
+        texts, vocab_size, _join(run_dir, "vocab", "spm"),
         model_type=vocab_model_type, hard_vocab_limit=False, seed=split_seed)
-    return {"vocabulary": os.path.abspath(path)}
+    return {"vocabulary": paths.absolute_str(path)}
   vocab_path = _stage(manifest, "vocab", vocab, log)["vocabulary"]
   if stop("vocab"):
     return manifest.data
@@ -213,7 +216,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   num_options = spec.num_options or 1
   for fmt in student_formats:
     def train(fmt=fmt) -> dict[str, Any]:
-      model_dir = os.path.join(run_dir, "students", fmt)
+      model_dir = _join(run_dir, "students", fmt)
       staged = fmt in STAGED
       result = train_lib.run(
           model_dir=model_dir, model_config=model_config,
@@ -233,11 +236,11 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
       return manifest.data
 
   # ---- phase 2
-  students = {fmt: os.path.join(run_dir, "students", fmt) for fmt in student_formats}
+  students = {fmt: _join(run_dir, "students", fmt) for fmt in student_formats}
   if "tinythinker" in student_formats and reflect_rounds > 0:
     def reflect() -> dict[str, Any]:
       state = reflect_lib.run_reflect(
-          output_dir=os.path.join(run_dir, "reflect"),
+          output_dir=_join(run_dir, "reflect"),
           initial_model_dir=students["tinythinker"],
           records_path=records_path(run_dir, dataset, "tinythinker", "train"),
           dataset=dataset, dataset_path=dataset_path,
@@ -267,7 +270,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
       policy = student_lib.build(model_dir, settings=student)
       reports[name] = eval_lib.evaluate(
           policy, examples, fmt=Format(fmt), answer_type=answer_type,
-          output_dir=os.path.join(run_dir, "evaluate", name), num_runs=eval_num_runs,
+          output_dir=_join(run_dir, "evaluate", name), num_runs=eval_num_runs,
           temperature=eval_temperature, seed=split_seed, progress=progress,
           describe={"model": model_dir, "dataset": dataset, "split": "test"})
     return {"reports": reports}
@@ -281,7 +284,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   if export:
     def export_stage() -> dict[str, Any]:
       from tinythinker_jax import export as export_lib  # pylint: disable=import-outside-toplevel
-      path = export_lib.export_student(final, os.path.join(run_dir, "export", "hf_model"),
+      path = export_lib.export_student(final, _join(run_dir, "export", "hf_model"),
                                        vocabulary=vocab_path)
       return {"hf_model": path, "from": final}
     _stage(manifest, "export", export_stage, log)

@@ -15,9 +15,7 @@ phase 1's model included. Resumable between and within rounds
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -25,7 +23,7 @@ import jax
 from tinythinker_jax import checkpoints, errors, gin_utils
 from tinythinker_jax import infer as infer_lib
 from tinythinker_jax import sample as sample_lib
-from tinythinker_jax import seeds, shards
+from tinythinker_jax import paths, seeds, shards
 from tinythinker_jax import student as student_lib
 from tinythinker_jax import train as train_lib
 from tinythinker_jax import validation as validation_lib
@@ -69,45 +67,44 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
       dataset=dataset, dataset_path=dataset_path, split=validation_split,
       split_seed=split_seed, max_examples=max_validation_examples, format="tinythinker",
       batch_size=student.batch_size)
-  os.makedirs(output_dir, exist_ok=True)
-  state_path = os.path.join(output_dir, "reflect_state.json")
+  output_dir = paths.as_path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  state_path = output_dir / "reflect_state.json"
   state: dict[str, Any] = {"rounds": [], "best": None}
-  if os.path.exists(state_path):
-    with open(state_path) as f:
-      state = json.load(f)
+  if state_path.exists():
+    state = paths.read_json(state_path)
   questions, teacher = sample_lib.read_teacher_records(records_path)
   questions = questions[:max_train_examples] if max_train_examples else questions
   valid, answer_type = datasets.load_split(dataset, dataset_path, validation_split,
                                                 split_seed, max_validation_examples)
   if state["best"] is None:
     accuracy = validate(initial_model_dir, valid, answer_type,
-                        output_dir=os.path.join(output_dir, "round_0"), student=student,
+                        output_dir=output_dir / "round_0", student=student,
                         vocabulary=vocabulary, progress=progress)
-    state["best"] = {"round": 0, "model_dir": os.path.abspath(initial_model_dir),
+    state["best"] = {"round": 0, "model_dir": paths.absolute_str(initial_model_dir),
                      "validation_accuracy": accuracy}
     state["initial"] = dict(state["best"])
     state["policy"] = dict(state["best"])
     if jax.process_index() == 0:
       shards.write_json_atomically(state_path, state)
   for round_index in range(len(state["rounds"]) + 1, rounds + 1):
-    round_dir = os.path.join(output_dir, f"round_{round_index}")
+    round_dir = output_dir / f"round_{round_index}"
     policy_dir = state.get("policy", state["best"])["model_dir"]
     policy = student_lib.build(policy_dir, vocabulary=vocabulary, settings=student)
     settings = dataclasses.replace(
         sample_settings, seed=seeds.derive(sample_settings.seed, "reflect_round",
                                            round_index))
-    summary = sample_lib.sample(policy, questions, teacher, output_dir=os.path.join(round_dir,
-                                                                         "samples"),
-                     settings=settings, progress=progress)
+    summary = sample_lib.sample(policy, questions, teacher, output_dir=round_dir / "samples",
+                                settings=settings, progress=progress)
     del policy
     record: dict[str, Any] = {"round": round_index, "policy": policy_dir,
                               "samples": summary}
     if summary["pairs"] == 0:
       record["skipped"] = "no preference pairs: every sampled chain agreed"
     else:
-      model_dir = os.path.join(round_dir, "model")
+      model_dir = str(round_dir / "model")
       result = train_lib.run_dpo(model_dir=model_dir,
-                       pairs_path=os.path.join(round_dir, "samples", "pairs.jsonl"),
+                       pairs_path=round_dir / "samples" / "pairs.jsonl",
                        initial_checkpoint_path=policy_dir, settings=dpo_settings,
                        vocabulary=vocabulary, validation=chain_validation,
                        progress=progress)
@@ -116,11 +113,11 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
         accuracy = validate(model_dir, valid, answer_type, output_dir=round_dir,
                             student=student, vocabulary=vocabulary, progress=progress)
         selected = {"step": int(result.state.step), "value": accuracy, "history": []}
-      record.update(model_dir=os.path.abspath(model_dir),
+      record.update(model_dir=paths.absolute_str(model_dir),
                     validation_accuracy=selected["value"], best_step=selected["step"],
                     validation_history=selected.get("history", []),
                     train_metrics=result.last_metrics)
-      this_round = {"round": round_index, "model_dir": os.path.abspath(model_dir),
+      this_round = {"round": round_index, "model_dir": paths.absolute_str(model_dir),
                     "validation_accuracy": selected["value"]}
       if selected["value"] > state["best"]["validation_accuracy"]:
         state["best"] = dict(this_round)

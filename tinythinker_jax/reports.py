@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any, Mapping
+
+from tinythinker_jax import paths
 
 NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
          "tinythinker": "TinyThinker, phase 1",
@@ -29,15 +31,22 @@ def teacher_row(key: str, s: dict) -> str:
           f"({s.get('recovered_by_retry', 0)}) | {_percent(s['teacher_accuracy'])} |")
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
+def _read_jsonl(path: paths.PathLike) -> list[dict[str, Any]]:
+  path = paths.as_path(path)
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+
+
+def _save(fig, out: paths.PathLike, name: str) -> None:
+  """A figure as PNG in `out` (local or an object store)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  paths.write_bytes(paths.as_path(out) / name, buffer.getvalue())
 
 
 def _curve(model_dir: str, key: str = "train/loss") -> tuple[list[int], list[float]]:
-  rows = [r for r in _read_jsonl(os.path.join(model_dir, "metrics.jsonl")) if key in r]
+  rows = [r for r in _read_jsonl(paths.as_path(model_dir) / "metrics.jsonl") if key in r]
   return [r["step"] for r in rows], [r[key] for r in rows]
 
 
@@ -65,7 +74,7 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
   ax.set_ylim(0, 105)
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
+  _save(fig, out, "accuracy.png")
   plt.close(fig)
   files.append("accuracy.png")
 
@@ -81,7 +90,7 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
   ax.set_yscale("log")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "training_curves.png"), dpi=120)
+  _save(fig, out, "training_curves.png")
   plt.close(fig)
   files.append("training_curves.png")
 
@@ -117,7 +126,7 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
     reward_ax.set_ylabel("reward: chosen (solid), rejected (dashed)")
     reward_ax.axhline(0.0, color="grey", linewidth=0.5)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "self_reflection.png"), dpi=120)
+    _save(fig, out, "self_reflection.png")
     plt.close(fig)
     files.append("self_reflection.png")
   return files
@@ -125,8 +134,8 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
 
 def write_report(run_dir: str, manifest: Mapping[str, Any],
                  students: Mapping[str, str]) -> dict[str, Any]:
-  out = os.path.join(run_dir, "report")
-  os.makedirs(out, exist_ok=True)
+  out = paths.as_path(run_dir) / "report"
+  out.mkdir(parents=True, exist_ok=True)
   stages = manifest["stages"]
   reports = stages["evaluate"]["outputs"]["reports"]
   reflect = stages.get("reflect", {}).get("outputs")
@@ -193,6 +202,5 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
   lines += ["", "Evaluation records: `evaluate/<student>/`; students: `students/`; "
             "Hugging Face export: `export/hf_model/`."]
   text = "\n".join(lines) + "\n"
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(text)
-  return {"report": os.path.join(out, "report.md"), "plots": plots}
+  paths.write_text(out / "report.md", text)
+  return {"report": str(out / "report.md"), "plots": plots}

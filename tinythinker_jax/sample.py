@@ -14,12 +14,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import errors, gin_utils, seeds, shards
+from tinythinker_jax import errors, gin_utils, paths, seeds, shards
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import Example
@@ -54,26 +53,26 @@ class TeacherFields:
   analyses: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
-def read_teacher_records(path: str) -> tuple[list[Example], dict[str, TeacherFields]]:
+def read_teacher_records(path: paths.PathLike
+                         ) -> tuple[list[Example], dict[str, TeacherFields]]:
   """TinyThinker teacher records: the questions (in order) and their fields by id."""
-  if not os.path.exists(path):
+  if not paths.as_path(path).exists():
     raise errors.MissingFileError(f"{path}: no teacher records (run `tinythinker teach` with "
                             "METHOD='tinythinker')")
   examples, fields = [], {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        example_id = record["id"]
-        if example_id not in fields:
-          examples.append(Example.from_json(record["example"]))
-          fields[example_id] = TeacherFields()
-        fields[example_id].recalls.append(record["recall"])
-        fields[example_id].analyses.append(dict(record["analyses"]))
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise errors.UserError(f"{path}:{line_no}: not a TinyThinker record ({e})") from e
+  for line_no, line in enumerate(paths.as_path(path).read_text().split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      example_id = record["id"]
+      if example_id not in fields:
+        examples.append(Example.from_json(record["example"]))
+        fields[example_id] = TeacherFields()
+      fields[example_id].recalls.append(record["recall"])
+      fields[example_id].analyses.append(dict(record["analyses"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise errors.UserError(f"{path}:{line_no}: not a TinyThinker record ({e})") from e
   return examples, fields
 
 
@@ -135,15 +134,14 @@ def sample(student, examples: Sequence[Example], teacher: Mapping[str, TeacherFi
            output_dir: str, settings: SampleSettings = SampleSettings(),
            progress: bool = True) -> dict[str, Any]:
   """Writes `<output_dir>/pairs.jsonl` and `summary.json`; returns the summary."""
-  pairs_path = os.path.join(output_dir, "pairs.jsonl")
-  summary_path = os.path.join(output_dir, "summary.json")
-  if os.path.exists(summary_path) and os.path.exists(pairs_path):
-    with open(summary_path) as f:
-      return json.load(f)  # Finished before.
+  pairs_path = paths.as_path(output_dir) / "pairs.jsonl"
+  summary_path = paths.as_path(output_dir) / "summary.json"
+  if summary_path.exists() and pairs_path.exists():
+    return paths.read_json(summary_path)  # Finished before.
   records = shards.run_sharded(
       examples, lambda items, k: sample_questions(student, items, teacher, settings,
                                                   seeds.derive(settings.seed, "sample_shard", k)),
-      directory=os.path.join(output_dir, "shards"), name="questions",
+      directory=paths.as_path(output_dir) / "shards", name="questions",
       shard_size=settings.shard_size, process_index=jax.process_index(),
       process_count=jax.process_count(), settings=dataclasses.asdict(settings),
       progress=progress, barrier=lambda: shards.sync_processes("sample"))

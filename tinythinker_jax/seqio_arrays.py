@@ -8,11 +8,11 @@ that have no TensorFlow.
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional
 
 import numpy as np
 
+from tinythinker_jax import paths
 from tinythinker_jax.data import arrays
 
 
@@ -20,8 +20,8 @@ class EmptySplitError(ValueError):
   """A task's split exists but holds no examples (e.g. the teacher kept none)."""
 
 
-def materialize(task, split: str, feature_lengths: Mapping[str, int], output_dir: str,
-                max_examples: Optional[int] = None) -> dict:
+def materialize(task, split: str, feature_lengths: Mapping[str, int],
+                output_dir: paths.PathLike, max_examples: Optional[int] = None) -> dict:
   """Writes `task`'s `split` as fixed-length features; returns the metadata."""
   import seqio  # pylint: disable=import-outside-toplevel
   if isinstance(task, str):
@@ -49,4 +49,4 @@ def materialize(task, split: str, feature_lengths: Mapping[str, int], output_dir
           "examples_at_length_limit": at_limit}
   arrays.write_features(output_dir, features, meta)
   return dict(meta, num_examples=len(features["encoder_input_tokens"]),
-              path=os.path.abspath(output_dir))
+              path=paths.absolute_str(output_dir))

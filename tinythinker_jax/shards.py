@@ -1,53 +1,43 @@
 """Resumable, process-sharded work over a list of items, written as JSONL shards.
 
 Items are cut into fixed-size shards; shard k goes to process `k % count`.
-A finished shard is written atomically (temporary file, fsync, rename), so a
-killed run restarts without redoing any finished shard and never reads a
-half-written one. A manifest pins the item count and shard size: resuming
+A finished shard is written atomically (temporary file, fsync, rename; one
+object upload on a store, see `paths`), so a killed run restarts without
+redoing any finished shard and never reads a half-written one. A manifest pins the item count and shard size: resuming
 with other settings is refused with the file named, instead of mixing results.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import tqdm
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
+from tinythinker_jax.paths import PathLike
 
 T = TypeVar("T")
 MANIFEST = "shards.json"
 
 
-def _shard_path(directory: str, name: str, index: int, total: int) -> str:
-  return os.path.join(directory, f"{name}-{index:05d}-of-{total:05d}.jsonl")
+def _shard_path(directory: PathLike, name: str, index: int, total: int):
+  return paths.as_path(directory) / f"{name}-{index:05d}-of-{total:05d}.jsonl"
 
 
-def write_jsonl_atomically(path: str, records: Iterable[dict[str, Any]]) -> None:
-  """All records or none: a temporary file, fsynced, then renamed."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def write_jsonl_atomically(path: PathLike, records: Iterable[dict[str, Any]]) -> None:
+  """All records or none (`paths.write_text`: renamed locally, one object on a store)."""
+  paths.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                 for record in records))
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """The whole text or the previous file: a temporary file, fsynced, then renamed."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def write_text_atomically(path: PathLike, text: str) -> None:
+  """The whole text or the previous file (see `paths.write_text`)."""
+  paths.write_text(path, text)
 
 
-def write_json_atomically(path: str, value: Any) -> None:
-  write_text_atomically(path, json.dumps(value, indent=2))
+def write_json_atomically(path: PathLike, value: Any) -> None:
+  paths.write_json(path, value)
 
 
 def sync_processes(name: str) -> None:
@@ -58,31 +48,29 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
   """The records of a JSONL file; a malformed line is an error naming file and line."""
   try:
-    f = open(path, encoding="utf-8")
+    text = paths.as_path(path).read_text()
   except FileNotFoundError:
     raise errors.MissingFileError(f"{path}: not found") from None
   records = []
-  with f:
-    for line_no, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise errors.UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+  for line_no, line in enumerate(text.split("\n"), 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise errors.UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
   return records
 
 
-def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
+def _check_manifest(directory: PathLike, name: str, num_items: int, shard_size: int,
                     settings: dict[str, Any]) -> None:
-  path = os.path.join(directory, MANIFEST)
+  path = paths.as_path(directory) / MANIFEST
   wanted = {"name": name, "num_items": num_items, "shard_size": shard_size,
             "settings": settings}
-  if os.path.exists(path):
-    with open(path) as f:
-      found = json.load(f)
+  if path.exists():
+    found = paths.read_json(path)
     if found != json.loads(json.dumps(wanted)):
       changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
       raise errors.UserError(f"{path}: this folder holds shards made with other settings "
@@ -93,7 +81,7 @@ def _check_manifest(directory: str, name: str, num_items: int, shard_size: int,
 
 
 def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict]], *,
-                directory: str, name: str, shard_size: int, process_index: int = 0,
+                directory: PathLike, name: str, shard_size: int, process_index: int = 0,
                 process_count: int = 1, settings: dict[str, Any] | None = None,
                 progress: bool = True, barrier: Callable[[], None] | None = None
                 ) -> list[dict]:
@@ -104,12 +92,12 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   """
   if shard_size < 1:
     raise errors.UserError(f"shard_size={shard_size} must be >= 1")
-  os.makedirs(directory, exist_ok=True)
+  paths.as_path(directory).mkdir(parents=True, exist_ok=True)
   total = max(1, -(-len(items) // shard_size))
   if process_index == 0:
     _check_manifest(directory, name, len(items), shard_size, settings or {})
   mine = [k for k in range(total) if k % process_count == process_index]
-  todo = [k for k in mine if not os.path.exists(_shard_path(directory, name, k, total))]
+  todo = [k for k in mine if not _shard_path(directory, name, k, total).exists()]
   bar = tqdm.tqdm(total=len(mine), initial=len(mine) - len(todo), desc=name, unit="shard",
                   disable=not progress)
   try:
@@ -124,7 +112,7 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   out: list[dict] = []
   for k in range(total):
     path = _shard_path(directory, name, k, total)
-    if not os.path.exists(path):
+    if not path.exists():
       raise errors.MissingFileError(f"{path}: shard {k} is missing (did another process fail?)")
     out.extend(read_jsonl(path))
   return out

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinythinker_jax import decoding, errors, partitioning, vocabularies
+from tinythinker_jax import decoding, errors, partitioning, paths, vocabularies
+from tinythinker_jax.paths import PathLike
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.chains import Generation, Sampling
 from tinythinker_jax.training import models as training_models
@@ -42,11 +42,11 @@ def config_from_meta(meta: dict) -> t5.T5Config:
   return t5.T5Config(**fields)
 
 
-def read_checkpoint_meta(path: str) -> dict:
+def read_checkpoint_meta(path: PathLike) -> dict:
   """The JSON meta of the checkpoint a model path means (`checkpoints.locate`)."""
   from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
   where = checkpoints.locate(path)
-  if not os.path.isdir(where.directory):
+  if not paths.as_path(where.directory).is_dir():
     raise errors.MissingFileError(f"{path}: no checkpoints")
   checkpointer = checkpoints.Checkpointer(where.directory, create=False)
   try:
@@ -68,7 +68,7 @@ ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encod
                        "logits_via_embedding")
 
 
-def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
+def load(path: PathLike, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
          require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
   """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
 
@@ -83,12 +83,13 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   was trained with. With `model_config` given, the stored architecture must
   match it (`binding` names the setting in the error) and its dtypes are used.
   """
+  path = str(path)
   where = f"{binding}={path}" if binding else path
-  if os.path.exists(os.path.join(path, "config.json")):
+  if (paths.as_path(path) / "config.json").exists():
     from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
     config, params = load_hf_t5(path)
-    spiece = os.path.join(path, "spiece.model")
-    vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
+    spiece = paths.as_path(path) / "spiece.model"
+    vocab = vocabulary or (str(spiece) if spiece.exists() else "")
   else:
     from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:

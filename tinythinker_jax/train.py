@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from tinythinker_jax import errors, gin_utils, materialize, partitioning
+from tinythinker_jax import errors, gin_utils, materialize, partitioning, paths
 from tinythinker_jax import student as student_lib
 from tinythinker_jax import validation as validation_lib
 from tinythinker_jax import vocabularies
@@ -63,7 +63,7 @@ def _initial_params(path: Optional[str], config: t5.T5Config, binding: str):
 
 
 def _absolute(path: str) -> str:
-  return path if not path or "://" in path or path == "byte" else os.path.abspath(path)
+  return path if path == vocabularies.BYTE else paths.absolute_str(path)
 
 
 # ------------------------------------------------------------------ phase 1
@@ -91,13 +91,13 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
     partitioning.initialize_distributed(
         None if coordinator_address == "auto" else coordinator_address, num_processes,
         process_id)
-  root = data_dir or os.path.join(model_dir, "data")
+  root = paths.as_path(data_dir or paths.as_path(model_dir) / "data")
   manifest = materialize.prepare_data(mixture_or_task_name, task_feature_lengths, root,
                                       records_dir=records_dir, vocabulary=vocabulary)
   if model_config.vocab_size < manifest["vocab_size"]:
     raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
                            f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
-  train_sets = {_stream_name(t): arrays.ArrayDataset(os.path.join(root, t, "train"))
+  train_sets = {_stream_name(t): arrays.ArrayDataset(root / t / "train")
                 for t, splits in manifest["tasks"].items() if "train" in splits}
   if not train_sets:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
@@ -113,7 +113,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
     schedule = recipe.proportional_schedule(
         {n: d.num_examples for n, d in train_sets.items()}, sorted(train_sets))
 
-  loss_validation = {f"eval/{_stream_name(task)}": os.path.join(root, task, "validation")
+  loss_validation = {f"eval/{_stream_name(task)}": root / task / "validation"
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
 
   vocabulary_path = _absolute(vocabulary or os.environ.get("TINYTHINKER_VOCAB", ""))
@@ -191,14 +191,15 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
   reference = student_lib.load(initial_checkpoint_path, model_config=model_config,
                                vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH")
   codec = vocabularies.TextCodec(reference.vocabulary)
-  manifest = pair_arrays.prepare(pairs_path, os.path.join(model_dir, "data"), codec,
+  data_dir = paths.as_path(model_dir) / "data"
+  manifest = pair_arrays.prepare(pairs_path, data_dir, codec,
                                  settings.input_length, settings.target_length)
   if not manifest["counts"]:
     raise errors.UserError(
         f"PAIRS_PATH={pairs_path}: no preference pairs fit input_length="
         f"{settings.input_length}/target_length={settings.target_length} (dropped: "
         f"{manifest['dropped']})")
-  datasets = {s: arrays.ArrayDataset(os.path.join(model_dir, "data", s),
+  datasets = {s: arrays.ArrayDataset(data_dir / s,
                                      dpo.PREFERENCE_FEATURES)
               for s in manifest["counts"]}
 
@@ -223,8 +224,8 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
       initial_params=lambda: reference.params, eval_fns=eval_fns, eval_at_start=False,
       progress=progress, stop_after=stop_after,
       binding="DpoSettings.train",
-      meta={"phase": "dpo", "reference": os.path.abspath(initial_checkpoint_path),
-            "pairs": os.path.abspath(pairs_path), "vocabulary": reference.vocabulary,
+      meta={"phase": "dpo", "reference": paths.absolute_str(initial_checkpoint_path),
+            "pairs": paths.absolute_str(pairs_path), "vocabulary": reference.vocabulary,
             "pairs_by_stage": manifest["counts"]}).result
 
 

@@ -17,12 +17,11 @@ written to `<model_dir>/validation/step_<N>.jsonl`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import jax
 
-from tinythinker_jax import errors, shards, vocabularies
+from tinythinker_jax import errors, paths, shards, vocabularies
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
@@ -58,7 +57,8 @@ class ChainValidation:
 
 def chain_accuracy_hook(settings: ChainValidation, *, model_config: t5.T5Config,
                         vocabulary: str, partitioner: Partitioner, input_length: int,
-                        target_length: int, model_dir: str, skip_initial: bool = False):
+                        target_length: int, model_dir: paths.PathLike,
+                        skip_initial: bool = False):
   """`(params, step) -> {chain_accuracy, format_error_rate, no_answer_rate}` on the
   split; with `skip_initial`, nothing at step 0 (a student trained from scratch is
   no candidate there, and its chains would run to the length limit)."""
@@ -98,9 +98,9 @@ def chain_accuracy_hook(settings: ChainValidation, *, model_config: t5.T5Config,
                                       answer_type=answer_type)
     summary = infer_lib.summarize_records(records)
     if settings.write_chains and jax.process_index() == 0:
-      os.makedirs(os.path.join(model_dir, HOOK), exist_ok=True)
-      shards.write_jsonl_atomically(os.path.join(model_dir, HOOK, f"step_{step}.jsonl"),
-                                    records)
+      chains_dir = paths.as_path(model_dir) / HOOK
+      chains_dir.mkdir(parents=True, exist_ok=True)
+      shards.write_jsonl_atomically(chains_dir / f"step_{step}.jsonl", records)
     return {"chain_accuracy": summary["accuracy"],
             "format_error_rate": summary["format_error_rate"],
             "no_answer_rate": summary["no_answer_rate"]}

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data import loaders
 
 BYTE = "byte"
@@ -26,15 +26,15 @@ DEFAULT_EXTRA_IDS = 100
 def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   """A seqio vocabulary: `'byte'` for ByteVocabulary, else a SentencePiece model.
 
-  `path_or_kind` may be a local path or a `gs://` path (read through
-  TensorFlow's gfile, as seqio does).
+  `path_or_kind` may be a local path or an object-store path (`gs://`, read
+  through `etils.epath` into a local copy that seqio then loads).
   """
   import seqio  # pylint: disable=import-outside-toplevel
   if path_or_kind == BYTE:
     return seqio.ByteVocabulary(extra_ids=extra_ids)
-  if not path_or_kind.startswith("gs://") and not os.path.exists(path_or_kind):
+  if not paths.as_path(path_or_kind).exists():
     raise errors.MissingFileError(f"SentencePiece model {path_or_kind!r} not found")
-  return seqio.SentencePieceVocabulary(path_or_kind, extra_ids=extra_ids)
+  return seqio.SentencePieceVocabulary(paths.local_copy(path_or_kind), extra_ids=extra_ids)
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
@@ -64,15 +64,13 @@ def iter_text(files: Sequence[str]) -> Iterator[str]:
       for _, record in loaders.read_jsonl(path):
         yield from _strings_from_json(record)
     elif path.endswith(".json"):
-      with open(path, encoding="utf-8") as f:
-        try:
-          data = json.load(f)
-        except json.JSONDecodeError as e:
-          raise errors.UserError(f"{path}: invalid JSON: {e}") from e
+      try:
+        data = json.loads(paths.as_path(path).read_text())
+      except json.JSONDecodeError as e:
+        raise errors.UserError(f"{path}: invalid JSON: {e}") from e
       yield from _strings_from_json(data)
     else:
-      with open(path, encoding="utf-8") as f:
-        yield from (line.rstrip("\n") for line in f)
+      yield from paths.as_path(path).read_text().split("\n")
 
 
 def iter_rendered(files: Sequence[str], fmt: str) -> Iterator[str]:
@@ -90,7 +88,8 @@ def iter_rendered(files: Sequence[str], fmt: str) -> Iterator[str]:
           yield pair["targets"]
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: str, *,
+def train_sentencepiece(texts: Iterable[str], vocab_size: int,
+                        output_prefix: paths.PathLike, *,
                         model_type: str = "unigram", character_coverage: float = 1.0,
                         max_sentences: int = 2_000_000, seed: int = 0,
                         hard_vocab_limit: bool = True) -> str:
@@ -111,8 +110,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: st
         break
   if not sentences:
     raise errors.UserError("no text to train a vocabulary on")
-  directory = os.path.dirname(os.path.abspath(output_prefix))
-  os.makedirs(directory, exist_ok=True)
+  output_prefix = paths.absolute(output_prefix)
+  output_prefix.parent.mkdir(parents=True, exist_ok=True)
   model = io.BytesIO()
   spm.set_random_generator_seed(seed)
   try:
@@ -130,14 +129,13 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_prefix: st
       raise errors.UserError(f"vocabulary size {vocab_size} does not fit this text: {e}. "
                        "Use a smaller --size.") from e
     raise
-  path = output_prefix + ".model"
-  with open(path, "wb") as f:
-    f.write(model.getvalue())
+  path = output_prefix.parent / (output_prefix.name + ".model")
+  paths.write_bytes(path, model.getvalue())
   processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-  with open(output_prefix + ".vocab", "w", encoding="utf-8") as f:
-    for i in range(processor.get_piece_size()):
-      f.write(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n")
-  return path
+  paths.write_text(output_prefix.parent / (output_prefix.name + ".vocab"), "".join(
+      f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n"
+      for i in range(processor.get_piece_size())))
+  return str(path)
 
 
 class TextCodec:
@@ -161,15 +159,11 @@ class TextCodec:
       self.base_size = 256 + 3
     else:
       import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-      if path_or_kind.startswith("gs://"):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        with tf.io.gfile.GFile(path_or_kind, "rb") as f:
-          proto = f.read()
-      elif not os.path.exists(path_or_kind):
-        raise errors.MissingFileError(f"SentencePiece model {path_or_kind!r} not found")
-      else:
-        with open(path_or_kind, "rb") as f:
-          proto = f.read()
+      try:  # A local file or an object (gs://), read as bytes: no TensorFlow needed.
+        proto = paths.as_path(path_or_kind).read_bytes()
+      except FileNotFoundError:
+        raise errors.MissingFileError(
+            f"SentencePiece model {path_or_kind!r} not found") from None
       self._sp = spm.SentencePieceProcessor(model_proto=proto)
       self.base_size = self._sp.get_piece_size()
 

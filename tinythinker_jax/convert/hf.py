@@ -13,6 +13,7 @@ PyTorch stores `nn.Linear` weights as `[out, in]`; our kernels are
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.models import t5
 from tinythinker_jax.models.t5 import T5Config
 
@@ -228,21 +229,20 @@ _IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$|"
                       r"relative_attention_bias\.weight$")
 
 
-def _weight_files(path: str) -> tuple[str, list[str]]:
+def _weight_files(path: paths.PathLike) -> tuple[str, list[str]]:
   """Returns (format, files) for the weights in a Hugging Face folder."""
   def join(name):
-    return os.path.join(path, name)
+    return str(paths.as_path(path) / name)
   for index_name, fmt in ((SAFETENSORS_INDEX, "safetensors"), (PYTORCH_BIN_INDEX, "torch")):
-    if os.path.exists(join(index_name)):
-      with open(join(index_name)) as f:
-        try:
-          weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-          raise errors.UserError(f"{join(index_name)}: not a valid index file ({e})") from e
+    if paths.as_path(join(index_name)).exists():
+      try:
+        weight_map = paths.read_json(join(index_name))["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise errors.UserError(f"{join(index_name)}: not a valid index file ({e})") from e
       return fmt, [join(n) for n in sorted(set(weight_map.values()))]
-  if os.path.exists(join(SAFETENSORS)):
+  if paths.as_path(join(SAFETENSORS)).exists():
     return "safetensors", [join(SAFETENSORS)]
-  if os.path.exists(join(PYTORCH_BIN)):
+  if paths.as_path(join(PYTORCH_BIN)).exists():
     return "torch", [join(PYTORCH_BIN)]
   raise errors.MissingFileError(
       f"{path}: no {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or "
@@ -252,7 +252,9 @@ def _weight_files(path: str) -> tuple[str, list[str]]:
 def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   tensors: dict[str, np.ndarray] = {}
   for file in files:
-    if fmt == "safetensors":
+    if fmt == "safetensors" and paths.is_remote(file):  # Read whole: no mmap there.
+      tensors.update(safetensors.numpy.load(paths.as_path(file).read_bytes()))
+    elif fmt == "safetensors":
       with safetensors.safe_open(file, framework="numpy") as f:
         for name in f.keys():
           tensors[name] = f.get_tensor(name)
@@ -262,7 +264,9 @@ def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
       except ImportError as e:
         raise ImportError(f"{file}: reading pytorch_model.bin needs torch; install it "
                           "or convert the folder to safetensors") from e
-      state = torch.load(file, map_location="cpu", weights_only=True)
+      source = io.BytesIO(paths.as_path(file).read_bytes()) if paths.is_remote(file) \
+          else file
+      state = torch.load(source, map_location="cpu", weights_only=True)
       for name, value in state.items():
         tensors[name] = value.float().numpy() if value.dtype == torch.bfloat16 else \
             value.numpy()
@@ -278,10 +282,9 @@ def load_hf_t5(path: str, *, dtype: str = "float32",
   Raises CheckpointMismatchError naming the tensor when one is missing or
   has the wrong shape.
   """
-  config_path = os.path.join(path, "config.json")
+  config_path = paths.as_path(path) / "config.json"
   try:
-    with open(config_path) as f:
-      hf_config = json.load(f)
+    hf_config = paths.read_json(config_path)
   except FileNotFoundError:
     raise errors.MissingFileError(f"{config_path}: not found; is {path} a Hugging Face "
                             "model folder?") from None
@@ -353,22 +356,30 @@ def params_to_hf_tensors(config: T5Config, params: Mapping) -> dict[str, np.ndar
   return tensors
 
 
-def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: paths.PathLike,
+                      metadata: dict[str, str]) -> None:
+  if paths.is_remote(path):
+    paths.write_bytes(path, safetensors.numpy.save(dict(tensors), metadata=metadata))
+  else:
+    safetensors.numpy.save_file(dict(tensors), os.fspath(path), metadata=metadata)
+
+
+def save_hf_t5(config: T5Config, params: Mapping, path: paths.PathLike, *,
                max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> None:
   """Writes a Hugging Face T5 folder (config.json + safetensors) at `path`.
 
   `params` may hold jax or numpy arrays (unboxed). Weights are written in
   `dtype` ('float32', 'bfloat16'; default: as stored), sharded with an index
-  when they exceed `max_shard_bytes`.
+  when they exceed `max_shard_bytes`. `path` may be on an object store;
+  `config.json` is written last, so a folder that has it is complete.
   """
   tensors = params_to_hf_tensors(config, jax.device_get(params))
   if dtype is not None:
     tensors = {k: v.astype(_numpy_dtype(dtype)) for k, v in tensors.items()}
-  os.makedirs(path, exist_ok=True)
+  path = paths.as_path(path)
+  path.mkdir(parents=True, exist_ok=True)
   hf_config = config_to_hf(config)
   hf_config["dtype"] = dtype or str(next(iter(tensors.values())).dtype)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name in sorted(tensors):
@@ -380,14 +391,14 @@ def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
     size += nbytes
   metadata = {"format": "pt"}
   if len(shards) == 1:
-    safetensors.numpy.save_file(shards[0], os.path.join(path, SAFETENSORS),
-                                metadata=metadata)
-    return
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    safetensors.numpy.save_file(shard, os.path.join(path, name), metadata=metadata)
-    weight_map.update({k: name for k in shard})
-  total = sum(v.nbytes for v in tensors.values())
-  with open(os.path.join(path, SAFETENSORS_INDEX), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    _save_safetensors(shards[0], path / SAFETENSORS, metadata)
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      _save_safetensors(shard, path / name, metadata)
+      weight_map.update({k: name for k in shard})
+    total = sum(v.nbytes for v in tensors.values())
+    paths.write_json(path / SAFETENSORS_INDEX,
+                     {"metadata": {"total_size": total}, "weight_map": weight_map})
+  paths.write_text(path / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))

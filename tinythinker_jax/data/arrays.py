@@ -4,7 +4,8 @@
 one `.npy` file per feature (plus `meta.json`); `ArrayDataset` memory-maps them.
 Batches are a pure function of (seed, step): the order is a seeded permutation
 per epoch, so a resumed run sees exactly the batches it would have seen, and
-each process reads only its own slice of every global batch.
+each process reads only its own slice of every global batch. On an object
+store (`gs://`) the arrays are read into memory instead of memory-mapped.
 
 `InterleavedSchedule` is TinyThinker's phase-1 schedule: `interval` recall
 batches, then `interval * num_options` analyze batches, then `interval`
@@ -14,51 +15,56 @@ summarize batches, repeated.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from tinythinker_jax import errors, seeds
+from tinythinker_jax import errors, paths, seeds
+from tinythinker_jax.paths import PathLike
 
 FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
             "decoder_loss_weights")
 META = "meta.json"
 
 
-def write_features(directory: str, features: Mapping[str, np.ndarray],
+def write_features(directory: PathLike, features: Mapping[str, np.ndarray],
                    meta: Optional[dict] = None) -> None:
-  """Writes `{name: [N, length]}` arrays atomically (a complete folder or none)."""
+  """Writes `{name: [N, length]}` arrays atomically (a complete folder or none).
+
+  Locally a temporary folder is renamed into place. On an object store, where
+  a folder cannot be renamed atomically, the arrays are written first and
+  `meta.json` last: `ArrayDataset` refuses a folder without it.
+  """
   sizes = {len(v) for v in features.values()}
   if len(sizes) != 1:
     raise errors.UserError(f"features have different example counts: {sizes}")
-  tmp = directory.rstrip("/") + ".tmp"
-  os.makedirs(tmp, exist_ok=True)
+  directory = paths.as_path(directory)
+  remote = paths.is_remote(directory)
+  if remote:
+    paths.remove(directory)
+  target = directory if remote else directory.parent / (directory.name + ".tmp")
+  target.mkdir(parents=True, exist_ok=True)
   for name, array in features.items():
-    np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(array))
+    paths.save_npy(target / f"{name}.npy", np.ascontiguousarray(array))
   info = dict(meta or {}, num_examples=sizes.pop(),
               shapes={k: list(v.shape) for k, v in features.items()})
-  with open(os.path.join(tmp, META), "w") as f:
-    json.dump(info, f, indent=2)
-  if os.path.exists(directory):
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(directory)
-  os.replace(tmp, directory)
+  paths.write_json(target / META, info)
+  if not remote:
+    paths.remove(directory)
+    target.replace(directory)
 
 
 class ArrayDataset:
-  """Memory-mapped fixed-length features with deterministic (seed, step) batches."""
+  """Fixed-length features (memory-mapped locally) with (seed, step) batches."""
 
-  def __init__(self, directory: str, features: Sequence[str] = FEATURES):
-    meta_path = os.path.join(directory, META)
-    if not os.path.exists(meta_path):
+  def __init__(self, directory: PathLike, features: Sequence[str] = FEATURES):
+    meta_path = paths.as_path(directory) / META
+    if not meta_path.exists():
       raise errors.MissingFileError(f"{directory}: no {META}; materialise the task first "
                               "(`tinythinker materialize`)")
-    with open(meta_path) as f:
-      self.meta = json.load(f)
-    self.directory = directory
-    self.arrays = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
+    self.meta = paths.read_json(meta_path)
+    self.directory = str(directory)
+    self.arrays = {name: paths.load_npy(paths.as_path(directory) / f"{name}.npy")
                    for name in features}
     self.num_examples = int(self.meta["num_examples"])
     if self.num_examples == 0:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Callable, Optional
 
 import numpy as np
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data import loaders, synthetic
 from tinythinker_jax.data.schema import AnswerType, DataError, Example
 
@@ -60,18 +58,23 @@ def _carve_validation(train: list[Example], seed: int, size: int) -> tuple[list,
           [e for i, e in enumerate(train) if i in held])
 
 
+def _join(directory: str, *parts: str) -> str:
+  """A dataset file under `directory` (a local folder or an object store)."""
+  return str(paths.as_path(directory).joinpath(*parts))
+
+
 def _require(path: str, kind: str) -> str:
-  if not os.path.exists(path):
+  if not paths.as_path(path).exists():
     raise errors.MissingFileError(f"{path}: not found (expected {kind})")
   return path
 
 
 def _csqa(path: str, seed: int) -> Splits:
   train = loaders.load_arc_style_jsonl(
-      _require(os.path.join(path, "train_rand_split.jsonl"), "CommonsenseQA's official "
+      _require(_join(path, "train_rand_split.jsonl"), "CommonsenseQA's official "
                "train_rand_split.jsonl"), "csqa")
   test = loaders.load_arc_style_jsonl(
-      _require(os.path.join(path, "dev_rand_split.jsonl"), "dev_rand_split.jsonl"), "csqa")
+      _require(_join(path, "dev_rand_split.jsonl"), "dev_rand_split.jsonl"), "csqa")
   train, validation = _carve_validation(train, seed, len(test))
   return {"train": train, "validation": validation, "test": test}
 
@@ -79,17 +82,17 @@ def _csqa(path: str, seed: int) -> Splits:
 def _obqa(path: str, seed: int) -> Splits:
   del seed
   return {split: loaders.load_arc_style_jsonl(
-      _require(os.path.join(path, f"{name}.jsonl"), f"OpenBookQA's {name}.jsonl"), "obqa")
+      _require(_join(path, f"{name}.jsonl"), f"OpenBookQA's {name}.jsonl"), "obqa")
           for split, name in (("train", "train"), ("validation", "dev"), ("test", "test"))}
 
 
 def _strategyqa(path: str, seed: int) -> Splits:
-  if os.path.isdir(path):
+  if paths.as_path(path).is_dir():
     found = loaders.first_existing(path, ["task.json", "strategyqa_train.json"])
     if found is None:
       raise errors.MissingFileError(f"{path}: no task.json (BIG-bench) or strategyqa_train.json")
     path = found
-  with open(_require(path, "a StrategyQA json file"), encoding="utf-8") as f:
+  with paths.as_path(_require(path, "a StrategyQA json file")).open("r") as f:
     head = f.read(1).strip() or "["
   examples = (loaders.load_bigbench_task(path, "strategyqa") if head == "{" else
               loaders.load_strategyqa_json(path))
@@ -98,9 +101,9 @@ def _strategyqa(path: str, seed: int) -> Splits:
 
 
 def _gsm8k(path: str, seed: int) -> Splits:
-  train = loaders.load_gsm8k_jsonl(_require(os.path.join(path, "train.jsonl"),
+  train = loaders.load_gsm8k_jsonl(_require(_join(path, "train.jsonl"),
                                             "GSM8K's train.jsonl"))
-  test = loaders.load_gsm8k_jsonl(_require(os.path.join(path, "test.jsonl"),
+  test = loaders.load_gsm8k_jsonl(_require(_join(path, "test.jsonl"),
                                            "GSM8K's test.jsonl"))
   train, validation = _carve_validation(train, seed, len(train) // 10)
   return {"train": train, "validation": validation, "test": test}
@@ -109,7 +112,7 @@ def _gsm8k(path: str, seed: int) -> Splits:
 def _aqua(path: str, seed: int) -> Splits:
   del seed
   return {split: loaders.load_aqua_json_lines(
-      _require(os.path.join(path, f"{name}.json"), f"AQuA's {name}.json"))
+      _require(_join(path, f"{name}.json"), f"AQuA's {name}.json"))
           for split, name in (("train", "train"), ("validation", "dev"), ("test", "test"))}
 
 
@@ -120,24 +123,24 @@ def _seventy_thirty(examples: list[Example], seed: int) -> Splits:
 
 
 def _svamp(path: str, seed: int) -> Splits:
-  if os.path.isdir(path):
-    path = os.path.join(path, "SVAMP.json")
+  if paths.as_path(path).is_dir():
+    path = _join(path, "SVAMP.json")
   return _seventy_thirty(loaders.load_svamp_json(_require(path, "SVAMP.json")), seed)
 
 
 def _bigbench(path: str, seed: int) -> Splits:
-  if os.path.isdir(path):
-    path = os.path.join(path, "task.json")
+  if paths.as_path(path).is_dir():
+    path = _join(path, "task.json")
   return _seventy_thirty(loaders.load_bigbench_task(_require(path, "a BIG-bench task.json")),
                          seed)
 
 
 def _generic(path: str, seed: int) -> Splits:
-  if os.path.isdir(path):
+  if paths.as_path(path).is_dir():
     splits = {}
     for split in SPLITS:
-      file = os.path.join(path, f"{split}.jsonl")
-      splits[split] = loaders.load_generic_mc_jsonl(file) if os.path.exists(file) else []
+      file = _join(path, f"{split}.jsonl")
+      splits[split] = loaders.load_generic_mc_jsonl(file) if paths.as_path(file).exists() else []
     if not splits["train"]:
       raise errors.MissingFileError(f"{path}: no train.jsonl")
     if not splits["validation"]:
@@ -151,15 +154,14 @@ def _generic(path: str, seed: int) -> Splits:
 
 def _finetune_cot(task: str) -> Callable[[str, int], Splits]:
   def load(path: str, seed: int) -> Splits:
-    file = os.path.join(path, "dataset", f"{loaders.FINETUNE_COT_TASKS[task]}.json")
+    file = _join(path, "dataset", f"{loaders.FINETUNE_COT_TASKS[task]}.json")
     examples = loaders.load_finetune_cot_task(
         _require(file, f"Fine-tune-CoT's dataset/{loaders.FINETUNE_COT_TASKS[task]}.json"),
         task)
-    split_file = os.path.join(path, "split", f"{task}__default.json")
-    if not os.path.exists(split_file):
+    split_file = _join(path, "split", f"{task}__default.json")
+    if not paths.as_path(split_file).exists():
       return _seventy_thirty(examples, seed)
-    with open(split_file, encoding="utf-8") as f:
-      indices = json.load(f)
+    indices = paths.read_json(split_file)
     if task == "gsm8k" and len(examples) == len(indices.get("test", ())):
       # The authors ship GSM8K's test part only (their split indexes train+test);
       # use the `gsm8k` dataset on the official files for a training split.

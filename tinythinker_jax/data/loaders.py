@@ -11,15 +11,14 @@ import os
 import re
 from typing import Any, Iterator, Optional
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data.schema import (YES_NO_CHOICES, Choice, DataError, Example,
                                          labelled, letter_labels)
 
 
 def _read_json(path: str) -> Any:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(paths.as_path(path).read_text())
   except FileNotFoundError:
     raise errors.MissingFileError(f"{path}: not found") from None
   except json.JSONDecodeError as e:
@@ -41,7 +40,7 @@ def _json_list(path: str, what: str = "a JSON list") -> Iterator[tuple[str, dict
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
   """(line number, record) for every non-blank line."""
   try:
-    f = open(path, encoding="utf-8")
+    f = paths.as_path(path).open("r")  # a local file or an object (gs://)
   except FileNotFoundError:
     raise errors.MissingFileError(f"{path}: not found") from None
   with f:
@@ -280,7 +279,7 @@ def load_generic_mc_jsonl(path: str, task: str = "") -> list[Example]:
 
 def first_existing(folder: str, names: list[str]) -> Optional[str]:
   for name in names:
-    path = os.path.join(folder, name)
-    if os.path.exists(path):
+    path = str(paths.as_path(folder) / name)
+    if paths.as_path(path).exists():
       return path
   return None

@@ -8,14 +8,12 @@ log-probabilities; `prepare` writes them once per pairs file and lengths.
 from __future__ import annotations
 
 import collections
-import json
-import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from tinythinker_jax import shards, vocabularies
+from tinythinker_jax import paths, shards, vocabularies
 from tinythinker_jax.data import arrays
 
 STAGES = ("recall", "analyze")
@@ -57,14 +55,16 @@ def encode_pairs(pairs: Sequence[dict[str, Any]], codec: vocabularies.TextCodec,
   return out, dict(dropped)
 
 
-def prepare(pairs_path: str, data_dir: str, codec: vocabularies.TextCodec,
-                   input_length: int, target_length: int) -> dict[str, Any]:
-  manifest_path = os.path.join(data_dir, "manifest.json")
-  source = {"pairs": os.path.abspath(pairs_path), "size": os.path.getsize(pairs_path),
+def prepare(pairs_path: paths.PathLike, data_dir: paths.PathLike,
+            codec: vocabularies.TextCodec, input_length: int, target_length: int
+            ) -> dict[str, Any]:
+  data_dir = paths.as_path(data_dir)
+  manifest_path = data_dir / "manifest.json"
+  source = {"pairs": paths.absolute_str(pairs_path),
+            "size": paths.as_path(pairs_path).stat().length,
             "input_length": input_length, "target_length": target_length}
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
+  if manifest_path.exists():
+    manifest = paths.read_json(manifest_path)
     if manifest["source"] == source:
       return manifest
   if jax.process_index() == 0:
@@ -72,11 +72,10 @@ def prepare(pairs_path: str, data_dir: str, codec: vocabularies.TextCodec,
     encoded, dropped = encode_pairs(pairs, codec, input_length, target_length)
     counts = {}
     for stage, features in encoded.items():
-      arrays.write_features(os.path.join(data_dir, stage), features)
+      arrays.write_features(data_dir / stage, features)
       counts[stage] = int(len(features["encoder_input_tokens"]))
     manifest = {"source": source, "counts": counts, "dropped": dropped}
-    os.makedirs(data_dir, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     shards.write_json_atomically(manifest_path, manifest)
   shards.sync_processes("dpo_data")
-  with open(manifest_path) as f:
-    return json.load(f)
+  return paths.read_json(manifest_path)

@@ -5,6 +5,10 @@ sample index; each record is flushed and fsynced as it is written, so a
 `kill -9` loses at most the requests in flight. A torn last line (a crash in
 the middle of a write) is detected on open, reported, and skipped; the next
 record starts on a fresh line.
+
+On an object store (`gs://`), which cannot append, the cache object is
+rewritten at most every `min_interval_s` seconds and on close
+(`paths.AppendLog`): a crash there loses at most that many seconds of answers.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any, Optional
+
+from tinythinker_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +34,20 @@ def request_key(content: dict[str, Any], sample_index: int) -> str:
 class CompletionCache:
   """Maps request keys to completion records, backed by an append-only JSONL file."""
 
-  def __init__(self, path: str):
-    self.path = path
+  def __init__(self, path: paths.PathLike, min_interval_s: float = 10.0):
+    self.path = str(path)
     self.torn_lines = 0
     self._records: dict[str, dict[str, Any]] = {}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     needs_newline = self._load()
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = paths.AppendLog(self.path, min_interval_s=min_interval_s)
     if needs_newline:
       self._file.write("\n")
-      self._sync()
 
   def _load(self) -> bool:
     """Reads existing records; returns whether the file ends without a newline."""
-    if not os.path.exists(self.path):
+    if not paths.as_path(self.path).exists():
       return False
-    with open(self.path, "rb") as f:
-      data = f.read()
+    data = paths.as_path(self.path).read_bytes()
     if not data:
       return False
     lines = data.split(b"\n")
@@ -64,10 +65,6 @@ class CompletionCache:
       self._records[key] = record
     return not data.endswith(b"\n")
 
-  def _sync(self) -> None:
-    self._file.flush()
-    os.fsync(self._file.fileno())
-
   def __len__(self) -> int:
     return len(self._records)
 
@@ -82,13 +79,11 @@ class CompletionCache:
     record = {"key": key, "sample_index": sample_index, "request": request,
               "response": response, "time": time.time()}
     self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    self._sync()
     self._records[key] = record
     return record
 
   def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
+    self._file.close()
 
   def __enter__(self) -> "CompletionCache":
     return self

@@ -27,14 +27,13 @@ import dataclasses
 import datetime
 import enum
 import json
-import os
 from typing import Any, Optional, Sequence
 
 import editdistance
 import numpy as np
 import tqdm
 
-from tinythinker_jax import errors, shards
+from tinythinker_jax import errors, paths, shards
 from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import answers
 from tinythinker_jax.teacher import prompts, replies
@@ -398,10 +397,10 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
                               if total else None)
   summary.format_retries = sum(o.format_retries for o in outcomes)
   summary.recovered_by_retry = sum(o.recovered_by_retry for o in outcomes)
-  shards.write_jsonl_atomically(os.path.join(output_dir, RECORDS), kept)
-  shards.write_jsonl_atomically(os.path.join(output_dir, DROPPED), dropped)
-  with open(os.path.join(output_dir, SUMMARY), "w") as f:
-    json.dump(dataclasses.asdict(summary), f, indent=2)
+  output_dir = paths.as_path(output_dir)
+  shards.write_jsonl_atomically(output_dir / RECORDS, kept)
+  shards.write_jsonl_atomically(output_dir / DROPPED, dropped)
+  shards.write_json_atomically(output_dir / SUMMARY, dataclasses.asdict(summary))
   return summary
 
 
@@ -415,7 +414,7 @@ async def _teach_async(examples: Sequence[Example], method: Method,
   summary = Summary(method.value, config.describe(), examples=len(examples))
   summary.settings = dataclasses.asdict(
       finetune_cot if method is Method.FINETUNE_COT else tinythinker)
-  with CompletionCache(os.path.join(output_dir, CACHE)) as cache:
+  with CompletionCache(paths.as_path(output_dir) / CACHE) as cache:
     summary.torn_cache_lines = cache.torn_lines
     async with TeacherClient(config, cache) as client:
       bar = tqdm.tqdm(total=len(examples), desc=f"teach ({method.value})", unit="q",
@@ -457,7 +456,7 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
           tinythinker: TinyThinkerSettings = TinyThinkerSettings(), seed: int = 0,
           progress: bool = True) -> Summary:
   """Teaches every example; `teacher=None` selects the rule-based teacher."""
-  os.makedirs(output_dir, exist_ok=True)
+  paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
   if teacher is None:
     outcomes = [rule_based_outcome(e, method) for e in
                 tqdm.tqdm(examples, desc="teach (rule-based)", disable=not progress)]
@@ -467,8 +466,8 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
                                   finetune_cot, tinythinker, seed, progress))
 
 
-def read_records(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_records(path: paths.PathLike) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in paths.as_path(path).read_text().split("\n")
+          if line.strip()]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data.schema import Choice, Example
 from tinythinker_jax.reasoning import formats
 
@@ -60,16 +59,14 @@ def tinythinker_query(example: Example, hint_label: str) -> str:
 def load_instruction(path: Optional[str]) -> str:
   if not path:
     return DEFAULT_INSTRUCTION
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = paths.read_json(path)
   if "Key" not in data:
     raise errors.UserError(f"{path}: expected a JSON object with the instruction under 'Key'")
   return data["Key"]
 
 
 def load_exemplars(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    exemplars = json.load(f)
+  exemplars = paths.read_json(path)
   for i, e in enumerate(exemplars):
     missing = {"Q", "Options", "Key Information", "Explanations"} - set(e)
     if missing:
@@ -167,6 +164,6 @@ def completion_prompt(messages: Sequence[tuple[str, str]]) -> str:
 def default_exemplar_file(prompts_dir: str, dataset: str) -> Optional[str]:
   name = {"csqa": "csqa_cot.json", "obqa": "obqa_cot.json",
           "strategyqa": "strategyqa_cot.json"}.get(dataset)
-  if name and os.path.exists(os.path.join(prompts_dir, name)):
-    return os.path.join(prompts_dir, name)
+  if name and (paths.as_path(prompts_dir) / name).exists():
+    return str(paths.as_path(prompts_dir) / name)
   return None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 from typing import Optional
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, paths
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import pipelines, prompts
@@ -44,11 +43,11 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   if (method_enum is pipelines.Method.TINYTHINKER and tinythinker.exemplar_file is None
       and prompts_dir):
     exemplar_file = prompts.default_exemplar_file(prompts_dir, dataset)
-    instruction = os.path.join(prompts_dir, "request.json")
+    instruction = paths.as_path(prompts_dir) / "request.json"
     tinythinker = dataclasses.replace(
         tinythinker, exemplar_file=exemplar_file,
         instruction_file=tinythinker.instruction_file or
-        (instruction if os.path.exists(instruction) else None))
+        (str(instruction) if instruction.exists() else None))
   # Structured output is on by default for the local llama.cpp teacher (its
   # server takes a schema under 'json_object'); other endpoints opt in.
   default_mode = "json_object" if teacher == "local" else "none"

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -23,7 +21,7 @@ import numpy as np
 import optax
 import tqdm
 
-from tinythinker_jax import checkpoints, errors
+from tinythinker_jax import checkpoints, errors, paths
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.training import step as step_lib
@@ -72,7 +70,8 @@ def check_params_fit(params: Any, abstract: Any, source: str) -> None:
 
 def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransformation,
           partitioner: Partitioner, batch_fn: BatchFn, global_batch_size: int,
-          train_steps: int, model_dir: str, seed: int = 0, num_microbatches: int = 1,
+          train_steps: int, model_dir: paths.PathLike, seed: int = 0,
+          num_microbatches: int = 1,
           dropout: bool = False, checkpoint: CheckpointSettings = CheckpointSettings(),
           initial_params: Optional[Callable[[], Any]] = None, log_every: int = 10,
           eval_every: int = 0, eval_fns: Mapping[str, EvalFn] = (),
@@ -98,7 +97,8 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   param_shardings = partitioner.param_shardings(boxed)
   create_state = lambda p: step_lib.TrainState.create(p, optimizer)  # noqa: E731
   create = partitioner.partition(create_state)
-  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
+  model_dir = paths.as_path(model_dir)
+  checkpointer = checkpoints.Checkpointer(model_dir / checkpoints.CHECKPOINTS,
                                           save_every=checkpoint.save_every,
                                           keep=checkpoint.keep,
                                           asynchronous=checkpoint.asynchronous)
@@ -110,12 +110,11 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     if eval_every <= 0:
       raise errors.UserError(f"selecting by {select_metric} needs evaluations: set "
                              "TrainSettings.eval_every (or eval_every_epochs)")
-    best_dir = os.path.join(model_dir, checkpoints.BEST_CHECKPOINT)
+    best_dir = model_dir / checkpoints.BEST_CHECKPOINT
     if latest is None:  # A fresh run: a best left by an earlier run is stale.
       if jax.process_index() == 0:
-        shutil.rmtree(best_dir, ignore_errors=True)
-        if os.path.exists(os.path.join(model_dir, checkpoints.BEST_FILE)):
-          os.remove(os.path.join(model_dir, checkpoints.BEST_FILE))
+        paths.remove(best_dir)
+        paths.remove(model_dir / checkpoints.BEST_FILE)
     else:
       best = checkpoints.read_best(model_dir)
     best_checkpointer = checkpoints.Checkpointer(best_dir, save_every=1, keep=1,
