@@ -132,16 +132,19 @@ def load_npy(path: PathLike, mmap: bool = True):
 class AppendLog:
   """An append-only file (text lines or records) on a local disk or a store.
 
-  Locally each write is flushed, and fsynced with `sync=True`. On a store the
-  log keeps everything and rewrites the object when `min_interval_s` has
-  passed since the last rewrite, and on `flush`/`close`.
+  Locally each write is flushed, and fsynced when `sync` (per write, default
+  `fsync_writes`) says so. On a store the log keeps everything and rewrites the
+  object when `min_interval_s` has passed since the last rewrite, and on
+  `flush`/`close`.
   """
 
-  def __init__(self, path: PathLike, min_interval_s: float = 10.0):
+  def __init__(self, path: PathLike, min_interval_s: float = 10.0,
+               fsync_writes: bool = True):
     self.path = as_path(path)
     self.remote = is_remote(self.path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._min_interval_s = min_interval_s
+    self._fsync_writes = fsync_writes
     self._closed = False
     if self.remote:
       self._chunks = [self.path.read_bytes()] if self.path.exists() else []
@@ -150,7 +153,7 @@ class AppendLog:
     else:
       self._file = self.path.open("ab")
 
-  def write(self, data: Union[str, bytes], *, sync: bool = True) -> None:
+  def write(self, data: Union[str, bytes], *, sync: Optional[bool] = None) -> None:
     """Appends `data`; `sync` fsyncs a local file (a store follows its interval)."""
     if isinstance(data, str):
       data = data.encode("utf-8")
@@ -162,7 +165,7 @@ class AppendLog:
       return
     self._file.write(data)
     self._file.flush()
-    if sync:
+    if self._fsync_writes if sync is None else sync:
       os.fsync(self._file.fileno())
 
   def flush(self) -> None:

@@ -30,7 +30,8 @@ class MetricWriter:
     self.path = paths.as_path(directory) / filename
     self._events = None
     if self.enabled:
-      self._file = paths.AppendLog(self.path, min_interval_s=min_interval_s)
+      self._file = paths.AppendLog(self.path, min_interval_s=min_interval_s,
+                                   fsync_writes=False)
       try:
         from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
         from tensorboard.summary.writer.record_writer import RecordWriter  # pylint: disable=import-outside-toplevel
@@ -39,7 +40,8 @@ class MetricWriter:
       name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
               f"{os.getpid()}")
       self._events = RecordWriter(paths.AppendLog(
-          paths.as_path(directory) / "tensorboard" / name, min_interval_s=min_interval_s))
+          paths.as_path(directory) / "tensorboard" / name, min_interval_s=min_interval_s,
+          fsync_writes=False))
       self._events.write(event_pb2.Event(
           wall_time=time.time(), file_version="brain.Event:2",
           source_metadata=event_pb2.SourceMetadata(writer=__name__)).SerializeToString())
@@ -48,7 +50,7 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(record) + "\n", sync=False)
+    self._file.write(json.dumps(record) + "\n")
     if self._events is not None:
       from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
       values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
