@@ -154,6 +154,10 @@ def test_reading_a_missing_model_dir_creates_nothing(tmp_path):
   with pytest.raises(errors.MissingFileError):
     student.load(str(missing), require_vocabulary=False)
   assert not missing.exists()
+  reader = checkpoints.Checkpointer(missing / "checkpoints", create=False)
+  assert reader.latest_step() is None
+  reader.close()
+  assert not missing.exists()
   where = checkpoints.locate("gs://b/run/model/checkpoints/20")
   assert (where.directory, where.step, where.model_dir) == (
       "gs://b/run/model/checkpoints", 20, "gs://b/run/model")
