@@ -16,7 +16,9 @@ import os
 import shutil
 from typing import Optional, Sequence
 
-from tinythinker_jax import errors, gin_utils
+import jax
+
+from tinythinker_jax import errors, gin_utils, partitioning
 from tinythinker_jax import student as student_lib
 from tinythinker_jax import vocabularies
 from tinythinker_jax.convert.hf import save_hf_t5
@@ -55,7 +57,11 @@ def write_tokenizer(vocabulary: str, output_dir: str,
 def export_student(model_dir: str, output_dir: str, *, vocabulary: str = "",
                    dtype: Optional[str] = None) -> str:
   """Writes `model_dir`'s latest checkpoint as a Hugging Face T5 folder."""
-  loaded = student_lib.load(model_dir, vocabulary=vocabulary)
+  # Restored onto this host's devices by the partitioning rules, then written
+  # one tensor at a time: no device holds the whole model.
+  mesh = partitioning.create_mesh(devices=jax.local_devices())
+  loaded = student_lib.load(model_dir, vocabulary=vocabulary,
+                            partitioner=partitioning.Partitioner(mesh))
   tmp = output_dir.rstrip("/") + ".tmp"
   if os.path.exists(tmp):
     shutil.rmtree(tmp)

@@ -2,8 +2,9 @@
 
 `prepare_data` is what `tinythinker train` calls first: it materialises each
 task of `MIXTURE_OR_TASK_NAME` (split by split) into `<data_dir>/<task>/<split>`
-(needs seqio/TensorFlow) and records the mixture's expansion in a manifest, so
-later runs, and hosts without TensorFlow, read the arrays directly.
+(needs seqio/TensorFlow) and records the mixture's expansion (its tasks and
+their mixing rates) in a manifest, so later runs, and hosts without TensorFlow,
+read the arrays directly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from tinythinker_jax import errors, gin_utils, shards
 MANIFEST = "manifest.json"
 
 
-def _expand(name: str) -> list[str]:
+def _expand(name: str) -> dict[str, float]:
+  """The tasks of a task or mixture, with their mixing rates (a task: 1.0).
+
+  A mixture's rates are seqio's own (`Mixture.get_rate`: a number, or a rate
+  function such as `seqio.mixing_rate_num_examples` evaluated now).
+  """
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   try:
@@ -30,8 +36,9 @@ def _expand(name: str) -> list[str]:
   except ValueError as e:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or "
                      f"mixture ({e})") from e
-  return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [
-      provider.name]
+  if not isinstance(provider, seqio.Mixture):
+    return {provider.name: 1.0}
+  return {t.name: float(provider.get_rate(t)) for t in provider.tasks}
 
 
 def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
@@ -53,9 +60,10 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
       os.environ["TINYTHINKER_VOCAB"] = vocabulary
     from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
     import seqio  # pylint: disable=import-outside-toplevel
-    names = _expand(mixture_or_task_name)
+    rates = _expand(mixture_or_task_name)
+    names = list(rates)
     manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
-                "tasks": {}}
+                "tasks": {}, "rates": rates}
     for name in names:
       vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
       manifest["vocab_size"] = vocab.vocab_size

@@ -159,6 +159,34 @@ class Partitioner:
     return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
+  def train_state_shardings(self, boxed_params: Any, abstract_state: Any) -> Any:
+    """Shardings of a whole train state, every leaf from logical axes.
+
+    `boxed_params` are the model's (abstract) `nn.LogicallyPartitioned`
+    parameters; `abstract_state` is the state's shapes (`jax.eval_shape` of its
+    constructor). Parameters take their own axes. An optimizer leaf that
+    mirrors a parameter (optax states hold trees shaped like the parameters,
+    e.g. Adam's `mu`/`nu`) takes that parameter's axes; a factored statistic
+    (Adafactor's `v_row`/`v_col`, one dimension reduced) takes the parameter's
+    axes less the reduced one, mapped through the rules anew. Counts, steps
+    and placeholders are replicated. Passed to jit as in/out shardings, the
+    layout is the rules', not whatever XLA's propagation would choose.
+    """
+    logical = nn.get_partition_spec(boxed_params)
+    flat_logical = {path: tuple(spec) for path, spec in jax.tree_util.tree_flatten_with_path(
+        logical, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]}
+    shapes = {path: tuple(x.shape) for path, x in
+              jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]}
+    depths = sorted({len(p) for p in shapes}, reverse=True)
+
+    def leaf_sharding(path, leaf) -> NamedSharding:
+      names = _state_leaf_axes(path, tuple(leaf.shape), shapes, flat_logical, depths)
+      if names is None:
+        return self.replicated
+      return NamedSharding(self.mesh, nn.logical_to_mesh_axes(names, self.rules))
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+
   def data_sharding(self, ndim: int = 2) -> NamedSharding:
     """Sharding of a batch-major array: batch over `data`, rest replicated."""
     return self.sharding(("batch",) + (None,) * (ndim - 1))
@@ -218,6 +246,61 @@ class Partitioner:
         return jax.device_put(x, sharding)
       return jax.make_array_from_process_local_data(sharding, x)
     return jax.tree.map(put, local_batch)
+
+
+def bytes_per_device(abstract: Any, shardings: Any) -> dict[Any, int]:
+  """Bytes each device would hold of a tree placed with `shardings`, from
+  shapes alone (`jax.eval_shape` trees): a memory plan before any allocation."""
+  out: dict[Any, int] = {}
+  for x, sharding in zip(jax.tree.leaves(abstract), jax.tree.leaves(
+      shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))):
+    itemsize = np.dtype(x.dtype).itemsize
+    for device, index in sharding.devices_indices_map(tuple(x.shape)).items():
+      size = 1
+      for dim, part in zip(x.shape, index):
+        start, stop, _ = part.indices(dim)
+        size *= stop - start
+      out[device] = out.get(device, 0) + size * itemsize
+  return out
+
+
+def _key_name(key) -> str:
+  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def _state_leaf_axes(path, shape, param_shapes, param_axes, depths):
+  """The logical axes of a train-state leaf at `path` (None: replicate it)."""
+  for depth in depths:
+    if len(path) < depth:
+      continue
+    suffix = path[len(path) - depth:]
+    if suffix not in param_shapes:
+      continue
+    pshape, names = param_shapes[suffix], param_axes[suffix]
+    names = names + (None,) * (len(pshape) - len(names))
+    if shape == pshape:
+      return names
+    if len(shape) != len(pshape) - 1:
+      return None
+    field = _key_name(path[len(path) - depth - 1]) if len(path) > depth else ""
+    if field in ("v_row", "v_col") and len(pshape) >= 2:
+      # optax's factored second moments: `v_row` reduces the largest dimension,
+      # `v_col` the second largest (`np.argsort` order, as optax picks them).
+      order = np.argsort(pshape)
+      removed = [int(order[-1]) if field == "v_row" else int(order[-2])]
+    else:
+      removed = [i for i in range(len(pshape)) if pshape[:i] + pshape[i + 1:] == shape]
+    candidates = {names[:i] + names[i + 1:] for i in removed
+                  if pshape[:i] + pshape[i + 1:] == shape}
+    if len(candidates) == 1:
+      return candidates.pop()
+    if not candidates:
+      return None  # Not a statistic of this parameter (e.g. a (1,) placeholder).
+    logging.warning("train state leaf %s: shape %s does not say which axis of its "
+                    "parameter %s it reduces; it is replicated",
+                    "/".join(_key_name(k) for k in path), shape, pshape)
+    return None
+  return None
 
 
 class PartitionedFunction:

@@ -12,10 +12,12 @@ self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +60,7 @@ def read_checkpoint_meta(path: str) -> dict:
 @dataclasses.dataclass
 class LoadedStudent:
   config: t5.T5Config
-  params: Any  # host arrays
+  params: Any  # host arrays, or on the mesh of `load`'s partitioner; None: not read
   vocabulary: str  # "" when neither the checkpoint nor the caller names one
   source: str
 
@@ -69,7 +71,9 @@ ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encod
 
 
 def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
-         require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
+         require_vocabulary: bool = True, binding: str = "",
+         partitioner: Optional[partitioning.Partitioner] = None,
+         shardings: Any = None, with_params: bool = True) -> LoadedStudent:
   """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
 
   A model dir gives its best checkpoint when its run marked one (selection by
@@ -82,15 +86,23 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
   match it (`binding` names the setting in the error) and its dtypes are used.
+
+  With a `partitioner`, the parameters are restored straight onto its mesh as
+  its logical-axis rules shard them (only the parameters: a checkpoint's
+  optimizer state is never read), so no device holds a full copy of a sharded
+  parameter (or onto `shardings`, a tree of them shaped like the parameters);
+  without either they are host arrays. `with_params=False` reads only the
+  config and vocabulary.
   """
   where = f"{binding}={path}" if binding else path
-  if os.path.exists(os.path.join(path, "config.json")):
-    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
-    config, params = load_hf_t5(path)
+  hf = os.path.exists(os.path.join(path, "config.json"))
+  if hf:
+    from tinythinker_jax import convert  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(path, "config.json")) as f:
+      config = convert.config_from_hf(json.load(f))
     spiece = os.path.join(path, "spiece.model")
     vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
   else:
-    from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
       meta = read_checkpoint_meta(path)
     except FileNotFoundError as e:
@@ -98,14 +110,6 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
           f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
           f"checkpoints ({e})") from None
     config = config_from_meta(meta)
-    location = checkpoints.locate(path)
-    checkpointer = checkpoints.Checkpointer(location.directory, create=False)
-    try:
-      params = checkpointer.restore_params(location.step)
-    finally:
-      checkpointer.close()
-    if location.best:
-      log.info("%s: the best checkpoint (step %s)", path, meta.get("step"))
     vocab = vocabulary or meta.get("vocabulary", "")
   if model_config is not None:
     for field in ARCHITECTURE_FIELDS:
@@ -117,7 +121,42 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   if require_vocabulary and not vocab:
     raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
                            "spiece.model or recorded vocabulary); set VOCABULARY")
+  params = None
+  if with_params:
+    if shardings is None and partitioner is not None:
+      shardings = param_shardings(config, partitioner)
+    params = _load_params(path, config, hf, shardings, where)
   return LoadedStudent(config, params, vocab, path)
+
+
+def param_shardings(config: t5.T5Config, partitioner: partitioning.Partitioner) -> Any:
+  """The shardings the partitioner's rules give `config`'s parameters."""
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  return partitioner.param_shardings(boxed)
+
+
+def _load_params(path: str, config: t5.T5Config, hf: bool, shardings: Any,
+                 where: str) -> Any:
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  if hf:
+    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
+    _, params = load_hf_t5(path)
+    if shardings is not None:
+      # One tensor at a time from host memory into its shards.
+      params = jax.tree.map(jax.device_put, params, shardings)
+    return params
+  location = checkpoints.locate(path)
+  abstract = nn.unbox(jax.eval_shape(lambda r: t5.init_params(config, r),
+                                     jax.random.key(0)))
+  checkpointer = checkpoints.Checkpointer(location.directory, create=False)
+  try:
+    params = checkpointer.restore_params(location.step, shardings, abstract=abstract,
+                                         source=where)
+  finally:
+    checkpointer.close()
+  if location.best:
+    log.info("%s: the best checkpoint (step %s)", path, location.step)
+  return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,18 +202,19 @@ class Student:
     if codec.vocab_size > config.vocab_size:
       raise errors.UserError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
                        f"model's embedding has {config.vocab_size}")
-    boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
-    shardings = self.partitioner.param_shardings(boxed)
-    self.params = jax.device_put(params, shardings)
+    self.params = jax.device_put(params, param_shardings(config, self.partitioner))
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
 
   @classmethod
   def from_path(cls, path: str, *, model_config: Optional[t5.T5Config] = None,
                 vocabulary: str = "", **kwargs) -> "Student":
-    loaded = load(path, model_config=model_config, vocabulary=vocabulary)
+    partitioner = kwargs.pop("partitioner", None) or partitioning.Partitioner(
+        partitioning.create_mesh(devices=jax.local_devices()))
+    loaded = load(path, model_config=model_config, vocabulary=vocabulary,
+                  partitioner=partitioner)
     return cls(loaded.config, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
-               **kwargs)
+               partitioner=partitioner, **kwargs)
 
   # ------------------------------------------------------------- batching
 

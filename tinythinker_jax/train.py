@@ -8,7 +8,8 @@ checkpoints); they differ only in the model's loss and the data.
   t5x-style (`MIXTURE_OR_TASK_NAME`), materialised once into
   `<model_dir>/data` (`materialize.prepare_data`). TinyThinker's stage
   mixtures train on the interleaved schedule (`interleave_interval`,
-  `num_options`); other mixtures interleave their tasks by size.
+  `num_options`); other mixtures interleave whole batches of their tasks in
+  proportion to the mixture's seqio rates.
 - `run_dpo` (gin: `runs/dpo.gin`): phase 2, DPO/RPO/IPO from a reference
   policy on its own preference pairs (`tinythinker sample`), recall and
   analyze batches interleaved.
@@ -58,8 +59,9 @@ def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
 def _initial_params(path: Optional[str], config: t5.T5Config, binding: str):
   if not path:
     return None
-  return lambda: student_lib.load(path, model_config=config, require_vocabulary=False,
-                                  binding=binding).params
+  return lambda shardings: student_lib.load(
+      path, model_config=config, require_vocabulary=False, binding=binding,
+      shardings=shardings).params
 
 
 def _absolute(path: str) -> str:
@@ -67,6 +69,30 @@ def _absolute(path: str) -> str:
 
 
 # ------------------------------------------------------------------ phase 1
+
+
+def stream_schedule(manifest: Mapping[str, Any], sizes: Mapping[str, int],
+                    interleave_interval: Optional[int] = None,
+                    num_options: Optional[int] = None
+                    ) -> Optional[arrays.InterleavedSchedule]:
+  """Which stream (task) each step's batch comes from.
+
+  TinyThinker's stages with `interleave_interval`: its interleaved schedule.
+  Otherwise a mixture's tasks take whole batches in proportion to the
+  mixture's seqio rates (as recorded in the manifest; a manifest written
+  before rates were recorded: to the tasks' sizes).
+  """
+  if interleave_interval:
+    stages = tuple(s for s in STAGES if s in sizes)
+    if set(stages) != set(sizes):
+      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
+                             f"{sorted(sizes)}")
+    return arrays.InterleavedSchedule.tinythinker(interleave_interval, num_options or 1,
+                                                  stages)
+  rates = manifest.get("rates")
+  weights = ({_stream_name(t): r for t, r in rates.items() if _stream_name(t) in sizes}
+             if rates else dict(sizes))
+  return recipe.proportional_schedule(weights, sorted(sizes))
 
 
 def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
@@ -102,16 +128,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
   if not train_sets:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
                            "a train split")
-  if interleave_interval:
-    stages = tuple(s for s in STAGES if s in train_sets)
-    if set(stages) != set(train_sets):
-      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
-                             f"{sorted(train_sets)}")
-    schedule = arrays.InterleavedSchedule.tinythinker(interleave_interval,
-                                                      num_options or 1, stages)
-  else:
-    schedule = recipe.proportional_schedule(
-        {n: d.num_examples for n, d in train_sets.items()}, sorted(train_sets))
+  schedule = stream_schedule(manifest, {n: d.num_examples for n, d in train_sets.items()},
+                             interleave_interval, num_options)
 
   loss_validation = {f"eval/{_stream_name(task)}": os.path.join(root, task, "validation")
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
@@ -188,8 +206,11 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
   the reference itself is not a candidate: `tinythinker reflect` compares
   rounds).
   """
+  # The config and vocabulary now; the parameters are restored onto the mesh by
+  # the trainer (`initial_params`), not gathered here.
   reference = student_lib.load(initial_checkpoint_path, model_config=model_config,
-                               vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH")
+                               vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH",
+                               with_params=False)
   codec = vocabularies.TextCodec(reference.vocabulary)
   manifest = pair_arrays.prepare(pairs_path, os.path.join(model_dir, "data"), codec,
                                  settings.input_length, settings.target_length)
@@ -220,7 +241,9 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
       model_fn=model_fn, model_config=reference.config, datasets=datasets,
       schedule=recipe.proportional_schedule(manifest["counts"], pair_arrays.STAGES),
       settings=settings.train, model_dir=model_dir,
-      initial_params=lambda: reference.params, eval_fns=eval_fns, eval_at_start=False,
+      initial_params=_initial_params(initial_checkpoint_path, reference.config,
+                                     "INITIAL_CHECKPOINT_PATH"),
+      eval_fns=eval_fns, eval_at_start=False,
       progress=progress, stop_after=stop_after,
       binding="DpoSettings.train",
       meta={"phase": "dpo", "reference": os.path.abspath(initial_checkpoint_path),
