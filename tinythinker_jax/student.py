@@ -68,17 +68,31 @@ ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encod
                        "logits_via_embedding")
 
 
+def _t5x_checkpoint(path: str):
+  """The t5x checkpoint `path` names, unless it is one of our model dirs."""
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(checkpoints.locate(path).directory):
+    return None  # ours: `<model_dir>/checkpoints/<step>/state` is orbax too.
+  return t5x.locate(path)
+
+
 def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
          require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
-  """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
+  """Parameters, config and vocabulary from a model dir, an HF folder or a t5x checkpoint.
 
   A model dir gives its best checkpoint when its run marked one (selection by
   validation chain accuracy), else its latest; `<model_dir>/checkpoints` asks
   for the latest and `<model_dir>/checkpoints/<step>` for one step
   (`checkpoints.locate`).
 
-  The one loader for "an HF folder or one of our model dirs": initial weights
-  of both phases, the DPO reference, evaluation, sampling and export use it.
+  A t5x checkpoint (`convert.t5x.locate`: a t5x model dir, step dir, orbax
+  `state/` folder or msgpack `checkpoint` file) stores no config: it needs
+  `model_config`, and its vocabulary is `vocabulary`.
+
+  The one loader for "an HF folder, a t5x checkpoint or one of our model
+  dirs": initial weights of both phases, the DPO reference, evaluation,
+  sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
   match it (`binding` names the setting in the error) and its dtypes are used.
@@ -89,14 +103,23 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
     config, params = load_hf_t5(path)
     spiece = os.path.join(path, "spiece.model")
     vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
+  elif (t5x_location := _t5x_checkpoint(path)) is not None:
+    if model_config is None:
+      raise errors.UserError(
+          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
+          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
+    from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+    params = t5x.load_t5x_checkpoint(path, model_config)
+    config = model_config
+    vocab = vocabulary
   else:
     from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
       meta = read_checkpoint_meta(path)
     except FileNotFoundError as e:
       raise errors.MissingFileError(
-          f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
-          f"checkpoints ({e})") from None
+          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
+          f"model dir with checkpoints ({e})") from None
     config = config_from_meta(meta)
     location = checkpoints.locate(path)
     checkpointer = checkpoints.Checkpointer(location.directory, create=False)

@@ -33,6 +33,7 @@ on here with its output layer untied from the embedding.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -244,6 +245,12 @@ def _numpy_dtype(name: str) -> np.dtype:
   return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
+def expected_param_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Our parameter paths and shapes under `cfg`, computed without allocating."""
+  return dict(_expected_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=8)
 def _expected_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
   shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(cfg, jax.random.key(0))))
   flat = {}
@@ -383,7 +390,7 @@ def _untied_lm_head(config: T5Config, hf_config: Mapping[str, Any],
 def params_from_hf_tensors(config: T5Config, tensors: Mapping[str, np.ndarray], *,
                            source: str = "checkpoint") -> dict:
   """Maps a flat HF state dict onto our nested parameter tree, checking shapes."""
-  expected = _expected_shapes(config)
+  expected = expected_param_shapes(config)
   np_dtype = _numpy_dtype(config.param_dtype)
   params: dict = {}
   used = set()
