@@ -12,7 +12,6 @@ self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Optional, Sequence
@@ -70,45 +69,69 @@ ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encod
                        "logits_via_embedding")
 
 
+def _t5x_checkpoint(path: str):
+  """The t5x checkpoint `path` names, unless it is one of our model dirs."""
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(checkpoints.locate(path).directory):
+    return None  # ours: `<model_dir>/checkpoints/<step>/state` is orbax too.
+  return t5x.locate(path)
+
+
 def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
          require_vocabulary: bool = True, binding: str = "",
          partitioner: Optional[partitioning.Partitioner] = None,
          shardings: Any = None, with_params: bool = True) -> LoadedStudent:
-  """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
+  """Parameters, config and vocabulary from a model dir, an HF folder or a t5x checkpoint.
 
   A model dir gives its best checkpoint when its run marked one (selection by
   validation chain accuracy), else its latest; `<model_dir>/checkpoints` asks
   for the latest and `<model_dir>/checkpoints/<step>` for one step
   (`checkpoints.locate`).
 
-  The one loader for "an HF folder or one of our model dirs": initial weights
-  of both phases, the DPO reference, evaluation, sampling and export use it.
+  A t5x checkpoint (`convert.t5x.locate`: a t5x model dir, step dir, orbax
+  `state/` folder or msgpack `checkpoint` file) stores no config: it needs
+  `model_config`, and its vocabulary is `vocabulary`.
+
+  The one loader for "an HF folder, a t5x checkpoint or one of our model
+  dirs": initial weights of both phases, the DPO reference, evaluation,
+  sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
   match it (`binding` names the setting in the error) and its dtypes are used.
 
-  With a `partitioner`, the parameters are restored straight onto its mesh as
-  its logical-axis rules shard them (only the parameters: a checkpoint's
-  optimizer state is never read), so no device holds a full copy of a sharded
-  parameter (or onto `shardings`, a tree of them shaped like the parameters);
-  without either they are host arrays. `with_params=False` reads only the
-  config and vocabulary.
+  With a `partitioner`, the parameters are placed on its mesh as its
+  logical-axis rules shard them (or onto `shardings`, a tree of them shaped
+  like the parameters); without either they are host arrays. A model dir's
+  checkpoint is restored straight into those shards (only its parameters: the
+  optimizer state is never read), so no device, and no host, holds a full copy
+  of a sharded parameter; HF and t5x weights pass through host memory one
+  tensor at a time. `with_params=False` reads only the config and vocabulary
+  (for an HF folder, whose tying is read from its weights, after reading them).
   """
   where = f"{binding}={path}" if binding else path
-  hf = os.path.exists(os.path.join(path, "config.json"))
-  if hf:
-    from tinythinker_jax import convert  # pylint: disable=import-outside-toplevel
-    with open(os.path.join(path, "config.json")) as f:
-      config = convert.config_from_hf(json.load(f))
+  kind, host_params = "ours", None
+  if os.path.exists(os.path.join(path, "config.json")):
+    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
+    kind = "hf"
+    config, host_params = load_hf_t5(path)
     spiece = os.path.join(path, "spiece.model")
     vocab = vocabulary or (spiece if os.path.exists(spiece) else "")
+  elif (t5x_location := _t5x_checkpoint(path)) is not None:
+    if model_config is None:
+      raise errors.UserError(
+          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
+          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
+    kind = "t5x"
+    config = model_config
+    vocab = vocabulary
   else:
     try:
       meta = read_checkpoint_meta(path)
     except FileNotFoundError as e:
       raise errors.MissingFileError(
-          f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
-          f"checkpoints ({e})") from None
+          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
+          f"model dir with checkpoints ({e})") from None
     config = config_from_meta(meta)
     vocab = vocabulary or meta.get("vocabulary", "")
   if model_config is not None:
@@ -125,7 +148,15 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   if with_params:
     if shardings is None and partitioner is not None:
       shardings = param_shardings(config, partitioner)
-    params = _load_params(path, config, hf, shardings, where)
+    if kind == "t5x":
+      from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+      host_params = t5x.load_t5x_checkpoint(path, config)
+    if host_params is not None:
+      # One tensor at a time from host memory into its shards.
+      params = (host_params if shardings is None else
+                jax.tree.map(jax.device_put, host_params, shardings))
+    else:
+      params = _restore_params(path, config, shardings, where)
   return LoadedStudent(config, params, vocab, path)
 
 
@@ -135,16 +166,8 @@ def param_shardings(config: t5.T5Config, partitioner: partitioning.Partitioner) 
   return partitioner.param_shardings(boxed)
 
 
-def _load_params(path: str, config: t5.T5Config, hf: bool, shardings: Any,
-                 where: str) -> Any:
+def _restore_params(path: str, config: t5.T5Config, shardings: Any, where: str) -> Any:
   from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  if hf:
-    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
-    _, params = load_hf_t5(path)
-    if shardings is not None:
-      # One tensor at a time from host memory into its shards.
-      params = jax.tree.map(jax.device_put, params, shardings)
-    return params
   location = checkpoints.locate(path)
   abstract = nn.unbox(jax.eval_shape(lambda r: t5.init_params(config, r),
                                      jax.random.key(0)))
