@@ -230,29 +230,15 @@ def _teach_small_coin_flip(root, train=256, validation=64):
                                           model_type="word", hard_vocab_limit=False)
 
 
+@pytest.mark.slow  # ~35 s of CPU: teaching, seqio materialisation, a 30-step run
 def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
-  import tasks  # noqa: F401  (registers the tasks)
+  import tasks  # noqa: F401  pylint: disable=unused-import  (registers the tasks)
   from tasks import rationale_tasks
   from tinythinker_jax import seqio_arrays, train
   from tinythinker_jax.data import arrays
   from tinythinker_jax.training import recipe
-  spm = _teach_small_coin_flip(tmp_path)
+  spm = _teach_small_coin_flip(tmp_path, train=192, validation=48)
   task, lengths = "tinythinker.coin_flip.finetune_cot", {"inputs": 128, "targets": 96}
-  # seqio's packing of real rationale examples equals ours of its unpacked rows.
-  monkeypatch.setenv(rationale_tasks.RECORDS_DIR_ENV, str(tmp_path / "rationales"))
-  monkeypatch.setenv(rationale_tasks.VOCAB_ENV, spm)
-  for pack in (False, True):
-    meta = seqio_arrays.materialize(task, "validation", lengths,
-                                    str(tmp_path / "cmp" / str(pack)), pack=pack)
-    assert meta["num_sequences"] == 64 and meta["packed"] == pack
-  unpacked = arrays.ArrayDataset(str(tmp_path / "cmp" / "False"))
-  seqio_packed = arrays.ArrayDataset(str(tmp_path / "cmp" / "True"))
-  assert seqio_packed.packed and seqio_packed.num_examples < 64 / 2
-  ours = packing.pack_features({k: np.asarray(v) for k, v in unpacked.arrays.items()})
-  assert sorted(ours) == sorted(seqio_packed.arrays)
-  for name, array in seqio_packed.arrays.items():
-    np.testing.assert_array_equal(ours[name], array, err_msg=name)
-
   config = t5.T5Config(vocab_size=256, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
                        num_encoder_layers=2, num_decoder_layers=2,
                        mlp_activations=("gelu", "linear"), logits_via_embedding=False,
@@ -260,13 +246,13 @@ def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   result = train.run(
       model_dir=str(tmp_path / "model"), model_config=config, mixture_or_task_name=task,
       task_feature_lengths=lengths, pack=True, progress=False,
-      settings=recipe.TrainSettings(batch_size=8, train_steps=40, optimizer="adamw",
+      settings=recipe.TrainSettings(batch_size=8, train_steps=30, optimizer="adamw",
                                     learning_rate=3e-3, data_parallelism=1, log_every=5,
-                                    checkpoint_every=40, async_checkpoints=False),
+                                    checkpoint_every=30, async_checkpoints=False),
       records_dir=str(tmp_path / "rationales"), vocabulary=spm)
   manifest = json.loads((tmp_path / "model" / "data" / "manifest.json").read_text())
-  assert manifest["packed"] and manifest["sequences"][task]["train"] == 256
-  assert manifest["tasks"][task]["train"] < 256 / 2
+  assert manifest["packed"] and manifest["sequences"][task]["train"] == 192
+  assert manifest["tasks"][task]["train"] < 192 / 2
   rows = [json.loads(line) for line in
           (tmp_path / "model" / "metrics.jsonl").read_text().splitlines()]
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -274,3 +260,54 @@ def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   last = result.last_metrics
   assert last["examples"] > 2 * 8  # several examples per packed row
   assert last["tokens_per_s"] > 0 and last["examples_per_s"] > 2 * 8 * last["steps_per_s"]
+
+  # The rows seqio packed for that run equal our packing of seqio's unpacked rows.
+  monkeypatch.setenv(rationale_tasks.RECORDS_DIR_ENV, str(tmp_path / "rationales"))
+  monkeypatch.setenv(rationale_tasks.VOCAB_ENV, spm)
+  meta = seqio_arrays.materialize(task, "validation", lengths, str(tmp_path / "unpacked"))
+  assert meta["num_sequences"] == meta["num_examples"] == 48 and not meta["packed"]
+  unpacked = arrays.ArrayDataset(str(tmp_path / "unpacked"))
+  seqio_packed = arrays.ArrayDataset(str(tmp_path / "model" / "data" / task / "validation"))
+  assert seqio_packed.packed and seqio_packed.num_examples < 48 / 2
+  ours = packing.pack_features({k: np.asarray(v) for k, v in unpacked.arrays.items()})
+  assert sorted(ours) == sorted(seqio_packed.arrays)
+  for name, array in seqio_packed.arrays.items():
+    np.testing.assert_array_equal(ours[name], array, err_msg=name)
+
+
+def test_packed_pairs_from_file_train_and_microbatch_exactly(tiny_config, tmp_path):
+  import optax
+  from tinythinker_jax.data import arrays
+  rng = np.random.default_rng(3)
+  pairs = [dict(p, stage="recall") for p in _pairs(rng, 24)]
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+  codec = vocabularies.TextCodec("byte")
+  manifest = pair_arrays.prepare(str(path), str(tmp_path / "data"), codec, 64, 24,
+                                 pack=True)
+  assert manifest["pairs"] == {"recall": 24} and manifest["counts"]["recall"] < 12
+  data = arrays.ArrayDataset(str(tmp_path / "data" / "recall"),
+                             dpo.PACKED_PREFERENCE_FEATURES)
+  batch = arrays.BatchSource({"recall": data}, batch_size=4, seed=0)(0)
+  params = init_params(tiny_config, 6)
+  model = dpo.PreferenceModel(t5.T5(tiny_config), beta=0.5, alpha=0.5)
+  # The reference is the initial policy: the preference loss starts at log 2.
+  pc, _, pr, _, _ = jax.jit(model.policy_logps)(params, batch)
+  batch = dict(batch, reference_chosen_logps=np.asarray(pc),
+               reference_rejected_logps=np.asarray(pr))
+  optimizer = optax.adam(1e-2)
+  state = step_lib.TrainState.create(params, optimizer)
+  one = jax.jit(step_lib.make_train_step(model, optimizer))
+  two = jax.jit(step_lib.make_train_step(model, optimizer, num_microbatches=2))
+  s_one, m_one = one(state, batch, jax.random.key(0))
+  _, m_two = two(state, batch, jax.random.key(0))
+  for name in ("loss", "grad_norm", "examples", "nonpadding_tokens"):
+    np.testing.assert_allclose(float(m_two[name]), float(m_one[name]), rtol=1e-5)
+  np.testing.assert_allclose(float(m_one["preference_loss"]), math.log(2), rtol=1e-5)
+  assert float(m_one["examples"]) == float(batch["pair_weights"].sum()) > 4
+  assert float(m_one["nonpadding_tokens"]) == sum(
+      np.count_nonzero(batch[k]) for k in ("encoder_input_tokens", "chosen_target_tokens",
+                                           "rejected_target_tokens"))
+  for _ in range(15):
+    s_one, metrics = one(s_one, batch, jax.random.key(0))
+  assert float(metrics["margin"]) > 0 and float(metrics["loss"]) < float(m_one["loss"])
