@@ -4,7 +4,9 @@
 task of `MIXTURE_OR_TASK_NAME` (split by split) into `<data_dir>/<task>/<split>`
 (needs seqio/TensorFlow) and records the mixture's expansion (its tasks and
 their mixing rates) in a manifest, so later runs, and hosts without TensorFlow,
-read the arrays directly.
+read the arrays directly. With `pack=True` (gin: `PACK`) the arrays are seqio's
+packed rows (`EncDecFeatureConverter(pack=True)`); the manifest records which,
+and a change of `PACK` materialises again.
 """
 
 from __future__ import annotations
@@ -43,14 +45,17 @@ def _expand(name: str) -> dict[str, float]:
 
 def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
                  data_dir: str, splits: Sequence[str] = ("train", "validation"),
-                 records_dir: str = "", vocabulary: str = "") -> dict[str, Any]:
-  """Materialises the tasks' splits once; returns the manifest."""
+                 records_dir: str = "", vocabulary: str = "",
+                 pack: bool = False) -> dict[str, Any]:
+  """Materialises the tasks' splits once; returns the manifest (`tasks` counts
+  rows per split; `sequences` the examples in them, which differ when packed)."""
   manifest_path = os.path.join(data_dir, MANIFEST)
   if os.path.exists(manifest_path):
     with open(manifest_path) as f:
       manifest = json.load(f)
     if (manifest["name"] == mixture_or_task_name and
-        manifest["feature_lengths"] == dict(feature_lengths)):
+        manifest["feature_lengths"] == dict(feature_lengths) and
+        bool(manifest.get("packed", False)) == bool(pack)):
       return manifest
   if jax.process_index() == 0:
     # The registered tasks find their files and vocabulary through these.
@@ -63,7 +68,7 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
     rates = _expand(mixture_or_task_name)
     names = list(rates)
     manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
-                "tasks": {}, "rates": rates}
+                "packed": bool(pack), "tasks": {}, "sequences": {}, "rates": rates}
     for name in names:
       vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
       manifest["vocab_size"] = vocab.vocab_size
@@ -71,7 +76,7 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
       for split in splits:
         try:
           meta = seqio_arrays.materialize(name, split, feature_lengths,
-                                         os.path.join(data_dir, name, split))
+                                         os.path.join(data_dir, name, split), pack=pack)
         except FileNotFoundError:
           continue  # That split has no records (e.g. no validation rationales).
         except seqio_arrays.EmptySplitError:
@@ -81,9 +86,10 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
                 file=sys.stderr)
           continue
         manifest["tasks"][name][split] = meta["num_examples"]
+        manifest["sequences"].setdefault(name, {})[split] = meta["num_sequences"]
         if meta["examples_at_length_limit"]:
           message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
-                     f"{meta['num_examples']} examples reach TASK_FEATURE_LENGTHS="
+                     f"{meta['num_sequences']} examples reach TASK_FEATURE_LENGTHS="
                      f"{dict(feature_lengths)} and are truncated at the end (a "
                      "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
           logging.warning(message)
@@ -104,13 +110,17 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--targets_length", type=int, required=True)
   parser.add_argument("--records_dir", default="", help="$TINYTHINKER_RECORDS_DIR")
   parser.add_argument("--vocabulary", default="", help="$TINYTHINKER_VOCAB")
+  parser.add_argument("--pack", action="store_true",
+                      help="pack several examples per row, as seqio's "
+                      "EncDecFeatureConverter(pack=True)")
 
 
 def _materialize(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings)
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
   manifest = prepare_data(args.task, lengths, args.output_dir,
-                          records_dir=args.records_dir, vocabulary=args.vocabulary)
+                          records_dir=args.records_dir, vocabulary=args.vocabulary,
+                          pack=args.pack)
   print(json.dumps(manifest, indent=2))
   return 0
 

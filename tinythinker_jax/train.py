@@ -9,7 +9,9 @@ checkpoints); they differ only in the model's loss and the data.
   `<model_dir>/data` (`materialize.prepare_data`). TinyThinker's stage
   mixtures train on the interleaved schedule (`interleave_interval`,
   `num_options`); other mixtures interleave whole batches of their tasks in
-  proportion to the mixture's seqio rates.
+  proportion to the mixture's seqio rates. `pack` (gin: `PACK`) packs several
+  examples per row as seqio's `EncDecFeatureConverter(pack=True)` does; batch
+  sizes and epochs then count packed rows, as in t5x.
 - `run_dpo` (gin: `runs/dpo.gin`): phase 2, DPO/RPO/IPO from a reference
   policy on its own preference pairs (`tinythinker sample`), recall and
   analyze batches interleaved.
@@ -106,7 +108,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
         process_id: Optional[int] = None,
         validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
-        progress: bool = True, stop_after: Optional[int] = None) -> trainer.TrainResult:
+        pack: bool = False, progress: bool = True,
+        stop_after: Optional[int] = None) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
 
   With `validation` naming a dataset, every `eval_every` steps also runs the
@@ -119,7 +122,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         process_id)
   root = data_dir or os.path.join(model_dir, "data")
   manifest = materialize.prepare_data(mixture_or_task_name, task_feature_lengths, root,
-                                      records_dir=records_dir, vocabulary=vocabulary)
+                                      records_dir=records_dir, vocabulary=vocabulary,
+                                      pack=pack)
   if model_config.vocab_size < manifest["vocab_size"]:
     raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
                            f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
@@ -163,7 +167,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
       meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
             "task_feature_lengths": dict(task_feature_lengths),
-            "vocabulary": vocabulary_path}).result
+            "vocabulary": vocabulary_path, "packed": bool(pack)}).result
 
 
 # ------------------------------------------------------------------ phase 2
@@ -176,7 +180,9 @@ class DpoSettings:
   TinyThinker's recipe: RPO, beta 0.5, alpha 0.5, AdamW lr 5e-6, batch 32,
   cosine with 10% warm-up, clipping at 1.0 (the HF Trainer's), 10 epochs over
   the pairs with the validation chain accuracy every epoch (its
-  `strategy_interval` cycle) and the best evaluation kept.
+  `strategy_interval` cycle) and the best evaluation kept. `pack` packs
+  pairs several per row (`data.pair_arrays`); batches and epochs then count
+  rows, not pairs, unlike TRL's.
   """
 
   beta: float = 0.5
@@ -186,6 +192,7 @@ class DpoSettings:
   nll_normalization: str = dpo.BATCH_TOKENS
   input_length: int = 256
   target_length: int = 128
+  pack: bool = False
   train: recipe.TrainSettings = recipe.TrainSettings(
       batch_size=32, num_epochs=10.0, optimizer="adamw", schedule="cosine",
       learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=0.0,
@@ -213,14 +220,16 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
                                with_params=False)
   codec = vocabularies.TextCodec(reference.vocabulary)
   manifest = pair_arrays.prepare(pairs_path, os.path.join(model_dir, "data"), codec,
-                                 settings.input_length, settings.target_length)
+                                 settings.input_length, settings.target_length,
+                                 pack=settings.pack)
   if not manifest["counts"]:
     raise errors.UserError(
         f"PAIRS_PATH={pairs_path}: no preference pairs fit input_length="
         f"{settings.input_length}/target_length={settings.target_length} (dropped: "
         f"{manifest['dropped']})")
   datasets = {s: arrays.ArrayDataset(os.path.join(model_dir, "data", s),
-                                     dpo.PREFERENCE_FEATURES)
+                                     dpo.PACKED_PREFERENCE_FEATURES if settings.pack
+                                     else dpo.PREFERENCE_FEATURES)
               for s in manifest["counts"]}
 
   def model_fn(config):
@@ -248,7 +257,8 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
       binding="DpoSettings.train",
       meta={"phase": "dpo", "reference": os.path.abspath(initial_checkpoint_path),
             "pairs": os.path.abspath(pairs_path), "vocabulary": reference.vocabulary,
-            "pairs_by_stage": manifest["counts"]}).result
+            "pairs_by_stage": manifest.get("pairs", manifest["counts"]),
+            "packed": settings.pack}).result
 
 
 # ------------------------------------------------------------------ binary

@@ -2,6 +2,9 @@
 
 `write_features` stores tokenized, feature-converted, fixed-length examples as
 one `.npy` file per feature (plus `meta.json`); `ArrayDataset` memory-maps them.
+Packed arrays (several examples per row, `data.packing` or seqio's
+`EncDecFeatureConverter(pack=True)`) are stored and read the same way, with
+their segment ids and positions: a row is the unit of batching and of epochs.
 Batches are a pure function of (seed, step): the order is a seeded permutation
 per epoch, so a resumed run sees exactly the batches it would have seen, and
 each process reads only its own slice of every global batch.
@@ -48,9 +51,13 @@ def write_features(directory: str, features: Mapping[str, np.ndarray],
 
 
 class ArrayDataset:
-  """Memory-mapped fixed-length features with deterministic (seed, step) batches."""
+  """Memory-mapped fixed-length features with deterministic (seed, step) batches.
 
-  def __init__(self, directory: str, features: Sequence[str] = FEATURES):
+  `features=None` reads every feature the folder holds (with packed arrays,
+  their segment ids and positions too).
+  """
+
+  def __init__(self, directory: str, features: Optional[Sequence[str]] = None):
     meta_path = os.path.join(directory, META)
     if not os.path.exists(meta_path):
       raise errors.MissingFileError(f"{directory}: no {META}; materialise the task first "
@@ -58,11 +65,21 @@ class ArrayDataset:
     with open(meta_path) as f:
       self.meta = json.load(f)
     self.directory = directory
+    if features is None:
+      features = tuple(self.meta.get("shapes") or FEATURES)
+    missing = [n for n in features if not os.path.exists(os.path.join(directory, f"{n}.npy"))]
+    if missing:
+      raise errors.MissingFileError(f"{directory}: no {missing[0]}.npy; materialise the "
+                                    "task again")
     self.arrays = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
                    for name in features}
     self.num_examples = int(self.meta["num_examples"])
     if self.num_examples == 0:
       raise errors.UserError(f"{directory}: no examples")
+
+  @property
+  def packed(self) -> bool:
+    return bool(self.meta.get("packed"))
 
   def indices(self, seed: int, position: int, batch_size: int) -> np.ndarray:
     """Example indices of the `position`-th batch of this stream (epochs reshuffle)."""

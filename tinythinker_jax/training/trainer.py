@@ -147,6 +147,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=not progress or jax.process_index() != 0)
   tick, tick_step = time.time(), start
+  counted: list = []  # (non-padding tokens, examples) of the steps since the last log
 
   def run_evals(done: int) -> None:
     nonlocal best
@@ -190,19 +191,25 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
           raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                            f"examples; this process feeds {layout.local_batch_size}")
         state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
+        # Device scalars, summed at the next log (no host sync per step).
+        counted.append((metrics["nonpadding_tokens"], metrics.get("examples")))
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == end:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           elapsed = max(time.time() - tick, 1e-9)
           steps = done - tick_step
-          tokens = sum(v.shape[1] for k, v in local.items()
-                       if k == "encoder_input_tokens" or k.endswith("target_tokens"))
+          tokens, examples = (sum(float(x) for x in column) if column[0] is not None
+                              else None for column in zip(*jax.device_get(counted)))
+          counted.clear()
+          del last["nonpadding_tokens"]
           if schedule is not None:
             last["learning_rate"] = float(schedule(step))
-          last.update(steps_per_s=steps / elapsed,
-                      examples_per_s=steps * global_batch_size / elapsed,
-                      tokens_per_s=steps * global_batch_size * tokens / elapsed)
+          # Real (non-padding) encoder and target tokens, and examples (packed
+          # rows hold several; DPO: pairs), of the whole global batches.
+          last.update(steps_per_s=steps / elapsed, tokens_per_s=tokens / elapsed,
+                      examples_per_s=(examples if examples is not None
+                                      else steps * global_batch_size) / elapsed)
           tick, tick_step = time.time(), done
           writer.write(done, {f"train/{k}": v for k, v in last.items()})
           bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
