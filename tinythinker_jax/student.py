@@ -81,7 +81,9 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   of both phases, the DPO reference, evaluation, sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
-  match it (`binding` names the setting in the error) and its dtypes are used.
+  match it (`binding` names the setting in the error) and its dtypes and layer
+  layout are used: parameters saved unscanned load into a `scan_layers` config
+  and the other way round (`t5.convert_params`).
   """
   where = f"{binding}={path}" if binding else path
   if os.path.exists(os.path.join(path, "config.json")):
@@ -114,6 +116,8 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
             f"{where}: {field}={getattr(config, field)!r} in the checkpoint, but the "
             f"model config has {getattr(model_config, field)!r}")
     config = model_config
+  # A checkpoint or HF folder (always unscanned) loads into either layer layout.
+  params = t5.convert_params(params, config)
   if require_vocabulary and not vocab:
     raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
                            "spiece.model or recorded vocabulary); set VOCABULARY")
@@ -165,7 +169,7 @@ class Student:
                        f"model's embedding has {config.vocab_size}")
     boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
     shardings = self.partitioner.param_shardings(boxed)
-    self.params = jax.device_put(params, shardings)
+    self.params = jax.device_put(t5.convert_params(params, config), shardings)
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
 

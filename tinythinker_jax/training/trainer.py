@@ -123,13 +123,20 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   if latest is None:
     params, _ = partitioner.init(init_fn, rng)
     if initial_params is not None:
-      loaded = initial_params()
+      loaded = t5.convert_params(initial_params(), model_config)
       check_params_fit(loaded, nn.unbox(boxed), "initial checkpoint")
       params = jax.device_put(loaded, param_shardings)
     state = create(params)
   else:
     # Restored into the layout `create` gives, from shapes alone: nothing is
     # initialised first, so the state is never held twice.
+    saved_config = checkpointer.read_meta(latest).get("model_config", {})
+    if bool(saved_config.get("scan_layers", False)) != model_config.scan_layers:
+      raise errors.UserError(
+          f"{checkpointer.directory}/{latest}: written with T5Config.scan_layers="
+          f"{bool(saved_config.get('scan_layers', False))}, but this run has "
+          f"scan_layers={model_config.scan_layers}; resume with the same setting, or "
+          "start a new model dir from it with INITIAL_CHECKPOINT_PATH (converted on load)")
     abstract_params = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         nn.unbox(boxed), param_shardings)
