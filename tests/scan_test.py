@@ -5,6 +5,8 @@ with the same weights converted by `scan_params`, a scanned model must give
 the same logits, losses, gradients (converted back), decodes and HF files.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from tests.conftest import init_params, jitted_forward
+from tests.conftest import jitted_forward
 from tinythinker_jax import decoding, errors, partitioning, student
 from tinythinker_jax.convert import load_hf_t5, save_hf_t5
 from tinythinker_jax.models import t5
@@ -37,6 +39,18 @@ def _assert_trees_close(a, b, atol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol), a, b)
 
 
+def _shapes(config):
+  return jax.eval_shape(lambda: nn.unbox(t5.init_params(config, jax.random.key(0))))
+
+
+def _random_params(config, seed, scale=0.3):
+  """Host arrays of the model's shapes (distinct values: a mix-up of layers shows);
+  cheaper than compiling an initialiser."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(s.dtype),
+                      _shapes(config))
+
+
 @pytest.fixture
 def configs(tiny_config):
   # 3 decoder layers against 2 encoder layers: a mix-up of the two counts shows.
@@ -46,10 +60,10 @@ def configs(tiny_config):
 
 def test_conversion_round_trip_is_exact(configs):
   plain, scanned = configs
-  params = jax.device_get(init_params(plain, 0))
+  params = _random_params(plain, 0)
   stacked = t5.scan_params(params, scanned)
   # The scanned model's own tree: same paths, shapes and dtypes.
-  expected = jax.eval_shape(lambda: nn.unbox(t5.init_params(scanned, jax.random.key(0))))
+  expected = _shapes(scanned)
   assert jax.tree.structure(stacked) == jax.tree.structure(expected)
   jax.tree.map(lambda x, e: (x.shape, x.dtype) == (e.shape, e.dtype) or pytest.fail(
       f"{x.shape} {x.dtype} != {e.shape} {e.dtype}"), stacked, expected)
@@ -59,7 +73,7 @@ def test_conversion_round_trip_is_exact(configs):
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(stacked))  # stays on host
   _assert_trees_equal(t5.unscan_params(stacked, scanned), params)
   # And from the scanned model's own initialisation, the other way round.
-  own = jax.device_get(init_params(scanned, 1))
+  own = _random_params(scanned, 1)
   _assert_trees_equal(t5.scan_params(t5.unscan_params(own, scanned), scanned), own)
   # convert_params detects the layout it is given.
   assert t5.convert_params(stacked, scanned) is stacked
@@ -74,7 +88,7 @@ def test_conversion_round_trip_is_exact(configs):
 @pytest.mark.parametrize("remat_policy", ["none", "full"])
 def test_logits_loss_and_gradients_match_unscanned(configs, remat_policy):
   plain, scanned = (c.replace(remat_policy=remat_policy) for c in configs)
-  params = init_params(plain, 2)
+  params = _random_params(plain, 2)
   targets = _tokens(1, (4, 7), 128, {1: 3, 3: 5})
   batch = {"encoder_input_tokens": _tokens(0, (4, 9), 128, {0: 4, 2: 6}),
            "decoder_target_tokens": targets,
@@ -99,7 +113,7 @@ def test_logits_loss_and_gradients_match_unscanned(configs, remat_policy):
 def test_cached_decoding_matches_unscanned(configs):
   """Greedy, sampled and beam decodes (all through the stacked KV cache)."""
   plain, scanned = (c.replace(vocab_size=16) for c in configs)
-  params = init_params(plain, 3)
+  params = _random_params(plain, 3)
   stacked = t5.scan_params(params, scanned)
   enc = _tokens(4, (3, 6), 16, {1: 3})
 
@@ -167,9 +181,9 @@ def test_sharded_scanned_forward_matches_unscanned(configs):
   partitioner = partitioning.Partitioner(
       partitioning.create_mesh(4, 2),
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
-  params = init_params(plain, 5)
+  params = _random_params(plain, 5)
   boxed = jax.eval_shape(lambda: t5.init_params(scanned, jax.random.key(0)))
-  sharded = jax.device_put(t5.scan_params(jax.device_get(params), scanned),
+  sharded = jax.device_put(t5.scan_params(params, scanned),
                            partitioner.param_shardings(boxed))
   assert sharded["encoder"]["layers"]["mlp"]["wo"]["kernel"].sharding.spec == \
       PartitionSpec(None, "model", "data")
@@ -182,7 +196,7 @@ def test_sharded_scanned_forward_matches_unscanned(configs):
 
 def test_student_load_converts_between_layouts(configs, tmp_path):
   plain, scanned = configs
-  params = jax.device_get(init_params(plain, 6))
+  params = _random_params(plain, 6)
   save_hf_t5(scanned, t5.scan_params(params, scanned), str(tmp_path / "hf"))
   for config, expected in ((scanned, t5.scan_params(params, scanned)), (plain, params)):
     loaded = student.load(str(tmp_path / "hf"), model_config=config,
@@ -213,3 +227,93 @@ def test_hugging_face_round_trip_of_a_scanned_model(tmp_path):
   original = model.state_dict()
   for name, tensor in reloaded.state_dict().items():
     assert torch.equal(tensor, original[name]), name
+
+
+def test_per_layer_adafactor_equals_adafactor_on_each_layer():
+  """Factoring (two dims >= 128), update clipping and parameter scale per layer."""
+  import optax
+  from tinythinker_jax.training import optimizers
+  rng = np.random.default_rng(0)
+  layers = [{"k": jnp.asarray(rng.normal(size=(256, 128)) * s, jnp.float32),
+             "s": jnp.asarray(rng.normal(size=(128,)) * s, jnp.float32)}
+            for s in (0.1, 3.0)]  # different scales: shared statistics would show
+  other = jnp.asarray(rng.normal(size=(130, 129)), jnp.float32)
+  grads = [[jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+            for p in layers] for _ in range(3)]
+  schedule = optimizers.make_schedule("constant", learning_rate=1e-2, warmup_steps=0)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def train(tx, params, grad_steps):
+    state = tx.init(params)
+    for g in grad_steps:
+      updates, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, updates)
+    return params
+
+  plain = optimizers.make_optimizer("adafactor", schedule)
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)  # noqa: E731
+  expected = [train(plain, {"x": {"layers_0": p}, "other": other},
+                    [{"x": {"layers_0": g[i]}, "other": other * 0.1} for g in grads])
+              for i, p in enumerate(layers)]
+  params = {"x": {"layers": stack(layers)}, "other": other}
+  steps = [{"x": {"layers": stack(g)}, "other": other * 0.1} for g in grads]
+  got = train(optimizers.make_optimizer("adafactor", schedule, scanned_layers=True),
+              params, steps)
+  for i in range(2):
+    _assert_trees_close(jax.tree.map(lambda x, i=i: x[i], got["x"]["layers"]),
+                        expected[i]["x"]["layers_0"], atol=1e-7)
+  _assert_trees_close(got["other"], expected[0]["other"], atol=1e-7)
+  # Plain Adafactor on the stacked arrays would not be the same optimizer.
+  shared = train(plain, params, steps)
+  assert not np.allclose(shared["x"]["layers"]["s"][0], expected[0]["x"]["layers_0"]["s"],
+                         atol=1e-6)
+
+
+def _train(config, model_dir, *, steps=4, stop_after=None, initial_params=None):
+  from tests.trainer_test import copy_task
+  from tinythinker_jax.training import optimizers, trainer
+  schedule = optimizers.make_schedule("constant", learning_rate=3e-3, warmup_steps=2)
+  return trainer.train(
+      model=models.EncoderDecoderModel(t5.T5(config)), model_config=config,
+      optimizer=optimizers.make_optimizer("adafactor", schedule,
+                                          scanned_layers=config.scan_layers),
+      partitioner=partitioning.Partitioner(partitioning.create_mesh(1, 1)),
+      batch_fn=copy_task(config.vocab_size, 8), global_batch_size=8, train_steps=steps,
+      model_dir=str(model_dir), checkpoint=trainer.CheckpointSettings(
+          save_every=2, keep=2, asynchronous=False), log_every=1, progress=False,
+      stop_after=stop_after, initial_params=initial_params)
+
+
+def test_scanned_checkpoints_resume_and_load_in_either_layout(configs, tmp_path):
+  plain, scanned = configs
+  start = _random_params(plain, 8)
+  # The trainer converts the unscanned initial parameters for the scanned run.
+  first = _train(scanned, tmp_path / "scanned", steps=2, stop_after=1,
+                 initial_params=lambda: start)
+  resumed = _train(scanned, tmp_path / "scanned", steps=2)  # restores step 1
+  assert resumed.resumed_from == 1
+  assert not np.allclose(jax.device_get(resumed.state.params)["decoder"]["layers"]["mlp"]
+                         ["wo"]["kernel"], jax.device_get(first.state.params)["decoder"]
+                         ["layers"]["mlp"]["wo"]["kernel"])
+  final = jax.device_get(resumed.state.params)
+  loaded = student.load(str(tmp_path / "scanned"), require_vocabulary=False)
+  assert loaded.config.scan_layers
+  _assert_trees_equal(loaded.params, final)
+  unscanned = student.load(str(tmp_path / "scanned"), model_config=plain,
+                           require_vocabulary=False)
+  _assert_trees_equal(unscanned.params, t5.unscan_params(final, scanned))
+  with pytest.raises(errors.UserError, match="scanned/checkpoints/2: written with T5Config"
+                                             ".scan_layers=True, but this run has"):
+    _train(plain, tmp_path / "scanned", steps=3)
+
+
+@pytest.mark.slow
+def test_scanned_training_matches_unscanned(configs, tmp_path):
+  """Adafactor (per layer) from the same start: the same parameters after 3 steps."""
+  from tests.trainer_test import assert_trees_close
+  plain, scanned = configs
+  start = _random_params(plain, 9)
+  reference = _train(plain, tmp_path / "plain", steps=3, initial_params=lambda: start)
+  got = _train(scanned, tmp_path / "scanned", steps=3, initial_params=lambda: start)
+  assert_trees_close(t5.unscan_params(jax.device_get(got.state.params), scanned),
+                     jax.device_get(reference.state.params))
