@@ -317,3 +317,20 @@ def test_scanned_training_matches_unscanned(configs, tmp_path):
   got = _train(scanned, tmp_path / "scanned", steps=3, initial_params=lambda: start)
   assert_trees_close(t5.unscan_params(jax.device_get(got.state.params), scanned),
                      jax.device_get(reference.state.params))
+
+
+def test_gin_macros_set_scan_layers_and_remat():
+  import gin
+  from tinythinker_jax import gin_utils
+  for name in ("t5_1_0/small", "t5_1_1/tiny", "flan_t5/base"):
+    gin.clear_config()
+    try:
+      gin_utils.parse([f"models/{name}.gin"], ["DROPOUT_RATE = 0.0"])
+      assert not gin_utils.resolve(gin_utils.query("MODEL_CONFIG")).scan_layers
+      gin.clear_config()
+      gin_utils.parse([f"models/{name}.gin"], ["DROPOUT_RATE = 0.0", "SCAN_LAYERS = True",
+                                                "REMAT_POLICY = 'minimal'"])
+      config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
+      assert (config.scan_layers, config.remat_policy) == (True, "minimal")
+    finally:
+      gin.clear_config()
