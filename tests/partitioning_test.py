@@ -283,3 +283,35 @@ def test_an_xxl_model_is_never_whole_on_one_device():
       shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))):
     if x.size * 4 > 2**20:
       assert np.prod(sharding.shard_shape(x.shape)) * 8 == x.size, x.shape
+
+
+def test_per_layer_statistics_of_a_scanned_stack_follow_their_parameters():
+  from tinythinker_jax.training import optimizers  # pylint: disable=import-outside-toplevel
+  config = t5.T5Config(vocab_size=64, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                       num_encoder_layers=3, num_decoder_layers=2,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False,
+                       scan_layers=True)
+  opt = optimizers.make_optimizer("adafactor", optimizers.make_schedule(
+      "constant", learning_rate=1e-3, warmup_steps=0), scanned_layers=True)
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(2, 4),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  create = lambda p: step_lib.TrainState.create(p, opt)  # noqa: E731
+  abstract = jax.eval_shape(create, nn.unbox(boxed))
+  shardings = partitioner.train_state_shardings(boxed, abstract)
+  flat = {jax.tree_util.keystr(p): (x.shape, s.spec) for (p, x), s in zip(
+      jax.tree_util.tree_flatten_with_path(abstract)[0], jax.tree.leaves(shardings))}
+  stack = "['stacks']['encoder/layers'][0]"
+  kernel = flat[".params['encoder']['layers']['mlp']['wi_0']['kernel']"]
+  assert kernel == ((3, 128, 256), P(None, "data", "model"))
+  # Per layer, v_row drops the largest dimension (mlp), v_col the other (embed).
+  assert flat[f".opt_state{stack}.v_row['mlp']['wi_0']['kernel']"] == ((3, 128),
+                                                                      P(None, "data"))
+  assert flat[f".opt_state{stack}.v_col['mlp']['wi_0']['kernel']"] == ((3, 256),
+                                                                      P(None, "model"))
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  state = partitioner.partition(create, out_shardings=shardings)(params)
+  for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(jax.device_get(
+      create(params)))):
+    np.testing.assert_array_equal(np.asarray(leaf), want)

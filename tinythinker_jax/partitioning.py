@@ -173,14 +173,19 @@ class Partitioner:
     layout is the rules', not whatever XLA's propagation would choose.
     """
     logical = nn.get_partition_spec(boxed_params)
-    flat_logical = {path: tuple(spec) for path, spec in jax.tree_util.tree_flatten_with_path(
-        logical, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]}
-    shapes = {path: tuple(x.shape) for path, x in
-              jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]}
-    depths = sorted({len(p) for p in shapes}, reverse=True)
+    params = {}
+    for (path, spec), (_, x) in zip(
+        jax.tree_util.tree_flatten_with_path(
+            logical, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
+        jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]):
+      params[_names(path)] = (tuple(x.shape), tuple(spec) + (None,) * (x.ndim - len(spec)))
+    by_suffix: dict[tuple, list[tuple]] = {}
+    for name in params:
+      for k in range(1, len(name) + 1):
+        by_suffix.setdefault(name[-k:], []).append(name)
 
     def leaf_sharding(path, leaf) -> NamedSharding:
-      names = _state_leaf_axes(path, tuple(leaf.shape), shapes, flat_logical, depths)
+      names = _state_leaf_axes(_names(path), tuple(leaf.shape), params, by_suffix)
       if names is None:
         return self.replicated
       return NamedSharding(self.mesh, nn.logical_to_mesh_axes(names, self.rules))
@@ -264,32 +269,50 @@ def bytes_per_device(abstract: Any, shardings: Any) -> dict[Any, int]:
   return out
 
 
-def _key_name(key) -> str:
-  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+def _names(path) -> tuple[str, ...]:
+  """A tree path as names; a joined key ('encoder/layers', as
+  `optimizers.per_layer` keys its stacks) counts as its parts."""
+  out: list[str] = []
+  for key in path:
+    name = str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+    out.extend(name.split("/"))
+  return tuple(out)
 
 
-def _state_leaf_axes(path, shape, param_shapes, param_axes, depths):
-  """The logical axes of a train-state leaf at `path` (None: replicate it)."""
-  for depth in depths:
-    if len(path) < depth:
+def _is_subsequence(short: tuple, long: tuple) -> bool:
+  it = iter(long)
+  return all(any(x == y for y in it) for x in short)
+
+
+def _state_leaf_axes(path: tuple[str, ...], shape: tuple[int, ...], params: dict,
+                     by_suffix: dict) -> Optional[tuple]:
+  """The logical axes of a train-state leaf at `path` (None: replicate it).
+
+  Its parameter is the one whose path ends the leaf's path the longest way,
+  with the rest of the parameter's path earlier in the leaf's (optax states
+  nest parameter trees, e.g. `opt_state/0/mu/encoder/...`; a per-layer state
+  `stacks/encoder/layers/0/v_row/mlp/...`).
+  """
+  for depth in range(len(path), 0, -1):
+    owners = [p for p in by_suffix.get(path[len(path) - depth:], ())
+              if _is_subsequence(p[:len(p) - depth], path[:len(path) - depth])]
+    if not owners:
       continue
-    suffix = path[len(path) - depth:]
-    if suffix not in param_shapes:
-      continue
-    pshape, names = param_shapes[suffix], param_axes[suffix]
-    names = names + (None,) * (len(pshape) - len(names))
+    pshape, names = params[max(owners, key=len)]
     if shape == pshape:
       return names
     if len(shape) != len(pshape) - 1:
       return None
-    field = _key_name(path[len(path) - depth - 1]) if len(path) > depth else ""
+    field = path[len(path) - depth - 1] if len(path) > depth else ""
     if field in ("v_row", "v_col") and len(pshape) >= 2:
       # optax's factored second moments: `v_row` reduces the largest dimension,
-      # `v_col` the second largest (`np.argsort` order, as optax picks them).
-      order = np.argsort(pshape)
+      # `v_col` the second largest (`np.argsort` order, as optax picks them);
+      # for a scanned stack (`optimizers.per_layer`) those of one layer.
+      offset = 1 if names[0] == "layers" else 0
+      order = np.argsort(pshape[offset:]) + offset
       removed = [int(order[-1]) if field == "v_row" else int(order[-2])]
     else:
-      removed = [i for i in range(len(pshape)) if pshape[:i] + pshape[i + 1:] == shape]
+      removed = list(range(len(pshape)))
     candidates = {names[:i] + names[i + 1:] for i in removed
                   if pshape[:i] + pshape[i + 1:] == shape}
     if len(candidates) == 1:
@@ -297,8 +320,8 @@ def _state_leaf_axes(path, shape, param_shapes, param_axes, depths):
     if not candidates:
       return None  # Not a statistic of this parameter (e.g. a (1,) placeholder).
     logging.warning("train state leaf %s: shape %s does not say which axis of its "
-                    "parameter %s it reduces; it is replicated",
-                    "/".join(_key_name(k) for k in path), shape, pshape)
+                    "parameter %s it reduces; it is replicated", "/".join(path), shape,
+                    pshape)
     return None
   return None
 

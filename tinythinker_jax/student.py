@@ -98,16 +98,19 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
-  match it (`binding` names the setting in the error) and its dtypes are used.
+  match it (`binding` names the setting in the error) and its dtypes and layer
+  layout are used: parameters saved unscanned load into a `scan_layers` config
+  and the other way round (`t5.convert_params`).
 
   With a `partitioner`, the parameters are placed on its mesh as its
   logical-axis rules shard them (or onto `shardings`, a tree of them shaped
   like the parameters); without either they are host arrays. A model dir's
   checkpoint is restored straight into those shards (only its parameters: the
   optimizer state is never read), so no device, and no host, holds a full copy
-  of a sharded parameter; HF and t5x weights pass through host memory one
-  tensor at a time. `with_params=False` reads only the config and vocabulary
-  (for an HF folder, whose tying is read from its weights, after reading them).
+  of a sharded parameter; HF and t5x weights, and a checkpoint loaded into the
+  other layer layout, pass through host memory one tensor at a time.
+  `with_params=False` reads only the config and vocabulary (for an HF folder,
+  whose tying is read from its weights, after reading them).
   """
   where = f"{binding}={path}" if binding else path
   kind, host_params = "ours", None
@@ -134,6 +137,7 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
           f"model dir with checkpoints ({e})") from None
     config = config_from_meta(meta)
     vocab = vocabulary or meta.get("vocabulary", "")
+  stored_scanned = config.scan_layers
   if model_config is not None:
     for field in ARCHITECTURE_FIELDS:
       if getattr(config, field) != getattr(model_config, field):
@@ -148,11 +152,17 @@ def load(path: str, *, model_config: Optional[t5.T5Config] = None, vocabulary: s
   if with_params:
     if shardings is None and partitioner is not None:
       shardings = param_shardings(config, partitioner)
-    if kind == "t5x":
+    if kind == "t5x":  # t5x's layers are named one by one (unscanned).
       from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
-      host_params = t5x.load_t5x_checkpoint(path, config)
+      host_params = t5x.load_t5x_checkpoint(path, config.replace(scan_layers=False))
+    elif kind == "ours" and stored_scanned != config.scan_layers:
+      # Saved in the other layer layout: through host memory, then restacked.
+      host_params = _restore_params(path, config.replace(scan_layers=stored_scanned),
+                                    None, where)
     if host_params is not None:
-      # One tensor at a time from host memory into its shards.
+      # A checkpoint or HF folder (always unscanned) loads into either layer
+      # layout; then one tensor at a time from host memory into its shards.
+      host_params = t5.convert_params(host_params, config)
       params = (host_params if shardings is None else
                 jax.tree.map(jax.device_put, host_params, shardings))
     else:
@@ -225,7 +235,8 @@ class Student:
     if codec.vocab_size > config.vocab_size:
       raise errors.UserError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
                        f"model's embedding has {config.vocab_size}")
-    self.params = jax.device_put(params, param_shardings(config, self.partitioner))
+    self.params = jax.device_put(t5.convert_params(params, config),
+                                 param_shardings(config, self.partitioner))
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
 

@@ -312,12 +312,13 @@ def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   return tensors
 
 
-def load_hf_t5(path: str, *, dtype: str = "float32",
-               param_dtype: str = "float32") -> tuple[T5Config, dict]:
+def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
+               scan_layers: bool = False) -> tuple[T5Config, dict]:
   """Reads a Hugging Face T5 / Flan-T5 folder into (T5Config, params).
 
   `params` is a nested dict of numpy arrays in `param_dtype` in our layout,
-  ready for `T5(config).apply({'params': params}, ...)` or for sharding.
+  ready for `T5(config).apply({'params': params}, ...)` or for sharding;
+  with `scan_layers` the config scans its layers and the params are stacked.
   Raises CheckpointMismatchError naming the tensor when one is missing or
   has the wrong shape.
   """
@@ -345,6 +346,9 @@ def load_hf_t5(path: str, *, dtype: str = "float32",
                 "(transformers 4 would ignore lm_head.weight)", path)
   tensors = _untied_lm_head(config, hf_config, tensors, tied, source=path)
   params = params_from_hf_tensors(config, tensors, source=path)
+  if scan_layers:
+    config = config.replace(scan_layers=True)
+    params = t5.scan_params(params, config)
   return config, params
 
 
@@ -451,6 +455,9 @@ def save_hf_t5(config: T5Config, params: Mapping, path: str, *,
   `dtype` ('float32', 'bfloat16'; default: as stored), sharded with an index
   when they exceed `max_shard_bytes`.
   """
+  # HF has one module per layer: a scanned model is written unscanned.
+  config = config.replace(scan_layers=False)
+  params = t5.convert_params(params, config)
   tensors = params_to_hf_tensors(config, jax.device_get(params))
   if dtype is not None:
     tensors = {k: v.astype(_numpy_dtype(dtype)) for k, v in tensors.items()}

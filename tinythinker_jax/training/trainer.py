@@ -111,7 +111,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                                  asynchronous=False)
   if latest is None:
     if initial_params is not None:
-      params = initial_params(param_shardings)
+      params = t5.convert_params(initial_params(param_shardings), model_config)
       checkpoints.check_params_fit(params, abstract_params, "initial checkpoint")
       params = jax.device_put(params, param_shardings)  # a no-op when already placed
     else:
@@ -121,6 +121,13 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   else:
     # Restored from shapes alone, straight into the rules' layout: nothing is
     # initialised first, so the state is never held twice.
+    saved_config = checkpointer.read_meta(latest).get("model_config", {})
+    if bool(saved_config.get("scan_layers", False)) != model_config.scan_layers:
+      raise errors.UserError(
+          f"{checkpointer.directory}/{latest}: written with T5Config.scan_layers="
+          f"{bool(saved_config.get('scan_layers', False))}, but this run has "
+          f"scan_layers={model_config.scan_layers}; resume with the same setting, or "
+          "start a new model dir from it with INITIAL_CHECKPOINT_PATH (converted on load)")
     target = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         abstract_state, state_shardings)
