@@ -10,7 +10,8 @@ tokenizes with the configured vocabulary and appends EOS. Names:
     tinythinker.<dataset>.<format>.<stage>          (format: tinythinker, recall_summarize,
                                                      analyze_summarize, summarize;
                                                      stage: recall, analyze, summarize)
-    tinythinker.<dataset>.<format>                  (a rate-based Mixture of its stages)
+    tinythinker.<dataset>.<format>                  (a Mixture of its stages, rates
+                                                     1 : num_options : 1)
 
 Files are found when a dataset is built, at
 `$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl` (the output
@@ -182,4 +183,8 @@ def register_all() -> None:
               answer_type=spec.answer_type))
       mixture = f"{base}.{fmt.value}"
       if mixture not in seqio.MixtureRegistry.names():
-        seqio.MixtureRegistry.add(mixture, [(n, 1.0) for n in stage_names])
+        # TinyThinker's proportions (its interleaving: an analyze step per
+        # option for each recall and summarize step) as the mixture's rates.
+        seqio.MixtureRegistry.add(mixture, [
+            (n, float(spec.num_options or 1) if n.endswith(".analyze") else 1.0)
+            for n in stage_names])

@@ -2,6 +2,8 @@
 with a scripted generate function in place of a model."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -239,6 +241,35 @@ def test_sharded_work_resumes_without_redoing_finished_shards(tmp_path):
   with pytest.raises(ValueError, match="shards.json.*shard_size"):
     shards.run_sharded(items, work, directory=str(tmp_path), name="w", shard_size=4,
                        progress=False)
+
+
+def test_sigterm_finishes_the_shard_in_progress_then_stops(tmp_path):
+  from tinythinker_jax import gin_utils, preemption  # pylint: disable=import-outside-toplevel
+  done = []
+
+  def work(items, index):
+    if index == 1 and not done.count("signalled"):
+      os.kill(os.getpid(), signal.SIGTERM)  # a real preemption notice, mid-shard
+      done.append("signalled")
+    done.append(index)
+    return [{"item": i} for i in items]
+
+  items = list(range(10))
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(preemption.Preempted, match="w: 2 of 4 shards written"):
+    shards.run_sharded(items, work, directory=str(tmp_path), name="w", shard_size=3,
+                       progress=False)
+  assert done == [0, "signalled", 1]  # shard 1 was finished and written
+  assert signal.getsignal(signal.SIGTERM) == before
+  out = shards.run_sharded(items, work, directory=str(tmp_path), name="w", shard_size=3,
+                           progress=False)
+  assert done == [0, "signalled", 1, 2, 3]
+  assert [r["item"] for r in out] == items
+
+  # The binaries report it and exit with 143 (128 + SIGTERM), not a traceback.
+  def handler(args, bindings):
+    raise preemption.Preempted("sampling: 2 of 4 shards written")
+  assert gin_utils.run("tinythinker sample", lambda parser: None, handler, []) == 143
 
 
 def test_processes_take_alternate_shards(tmp_path):

@@ -206,3 +206,112 @@ if __name__ == "__main__":
   rows = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
           for k, v in sorted(partition_table().items())]
   GOLDEN.write_text("{\n" + ",\n".join(rows) + "\n}\n")
+
+
+@pytest.mark.parametrize("data,model,param_dims", [(2, 4, 1), (8, 1, 1), (8, 1, 2)])
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_every_train_state_leaf_is_sharded_like_its_parameter(data, model, param_dims,
+                                                               optimizer):
+  import optax  # pylint: disable=import-outside-toplevel
+  # Wide enough that Adafactor factors the kernels (dims >= 32).
+  config = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                       num_encoder_layers=1, num_decoder_layers=1,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False)
+  opt = (optax.adamw(1e-3) if optimizer == "adamw" else optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adafactor(1e-3, min_dim_size_to_factor=32, momentum=None)))
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(data, model),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  create = lambda p: step_lib.TrainState.create(p, opt)  # noqa: E731
+  abstract = jax.eval_shape(create, nn.unbox(boxed))
+  shardings = partitioner.train_state_shardings(boxed, abstract)
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  param_specs = {jax.tree_util.keystr(p): tuple(s.spec) + (None,) * (x.ndim - len(s.spec))
+                 for (p, s), x in zip(jax.tree_util.tree_flatten_with_path(
+                     shardings.params)[0], jax.tree.leaves(params))}
+  state = partitioner.partition(create, out_shardings=shardings)(params)
+  expected = jax.device_get(create(params))  # one device, XLA's own choice
+  counts = {"same": 0, "factored": 0, "replicated": 0}
+  for (path, leaf), want in zip(jax.tree_util.tree_flatten_with_path(state)[0],
+                                jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(leaf), want)  # placement changes no value
+    name = jax.tree_util.keystr(path)
+    owner = [k for k in param_specs if name.endswith(k)]
+    spec = tuple(leaf.sharding.spec) + (None,) * (leaf.ndim - len(leaf.sharding.spec))
+    if not owner or leaf.ndim == 0 or leaf.shape == (1,):
+      assert all(a is None for a in spec), name  # counts, steps, unused slots
+      counts["replicated"] += 1
+      continue
+    pspec = param_specs[max(owner, key=len)]
+    if len(spec) == len(pspec):
+      assert spec == pspec, name  # Adam's moments, Adafactor's unfactored v
+      counts["same"] += 1
+    else:  # A factored statistic: its parameter's layout less the reduced axis.
+      assert any(spec == pspec[:i] + pspec[i + 1:] for i in range(len(pspec))), name
+      counts["factored"] += 1
+  assert counts["same"] > 0
+  if optimizer == "adafactor":
+    assert counts["factored"] > 0
+  if (data, model) == (2, 4) or param_dims == 2:
+    # Some statistic is really split over devices, not replicated.
+    assert any(s.spec != P() and any(a is not None for a in s.spec)
+               for s in jax.tree.leaves(shardings.opt_state))
+
+
+def test_an_xxl_model_is_never_whole_on_one_device():
+  # Shapes alone (nothing allocated): the layout sharded loading and training
+  # give T5 1.1 XXL (11B parameters) on the 8 devices, FSDP over 2x4.
+  config = t5.T5Config(vocab_size=32128, emb_dim=4096, num_heads=64, head_dim=64,
+                       mlp_dim=10240, num_encoder_layers=24, num_decoder_layers=24,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False)
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(2, 4),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  params = nn.unbox(boxed)
+  shardings = partitioner.param_shardings(boxed)
+  total = sum(x.size * 4 for x in jax.tree.leaves(params))
+  per_device = partitioning.bytes_per_device(params, shardings)
+  assert len(per_device) == 8
+  # Every weight matrix is split 8 ways (embed over data, the other axis over
+  # model); only small leaves (layer-norm scales, relative position biases)
+  # are whole or 4-way.
+  assert max(per_device.values()) < total / 8 * 1.001
+  for x, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(
+      shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))):
+    if x.size * 4 > 2**20:
+      assert np.prod(sharding.shard_shape(x.shape)) * 8 == x.size, x.shape
+
+
+def test_per_layer_statistics_of_a_scanned_stack_follow_their_parameters():
+  from tinythinker_jax.training import optimizers  # pylint: disable=import-outside-toplevel
+  config = t5.T5Config(vocab_size=64, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                       num_encoder_layers=3, num_decoder_layers=2,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False,
+                       scan_layers=True)
+  opt = optimizers.make_optimizer("adafactor", optimizers.make_schedule(
+      "constant", learning_rate=1e-3, warmup_steps=0), scanned_layers=True)
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(2, 4),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  create = lambda p: step_lib.TrainState.create(p, opt)  # noqa: E731
+  abstract = jax.eval_shape(create, nn.unbox(boxed))
+  shardings = partitioner.train_state_shardings(boxed, abstract)
+  flat = {jax.tree_util.keystr(p): (x.shape, s.spec) for (p, x), s in zip(
+      jax.tree_util.tree_flatten_with_path(abstract)[0], jax.tree.leaves(shardings))}
+  stack = "['stacks']['encoder/layers'][0]"
+  kernel = flat[".params['encoder']['layers']['mlp']['wi_0']['kernel']"]
+  assert kernel == ((3, 128, 256), P(None, "data", "model"))
+  # Per layer, v_row drops the largest dimension (mlp), v_col the other (embed).
+  assert flat[f".opt_state{stack}.v_row['mlp']['wi_0']['kernel']"] == ((3, 128),
+                                                                      P(None, "data"))
+  assert flat[f".opt_state{stack}.v_col['mlp']['wi_0']['kernel']"] == ((3, 256),
+                                                                      P(None, "model"))
+  params = jax.device_get(nn.unbox(t5.init_params(config, jax.random.key(1))))
+  state = partitioner.partition(create, out_shardings=shardings)(params)
+  for leaf, want in zip(jax.tree.leaves(state), jax.tree.leaves(jax.device_get(
+      create(params)))):
+    np.testing.assert_array_equal(np.asarray(leaf), want)

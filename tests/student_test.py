@@ -85,3 +85,31 @@ def test_long_inputs_keep_their_end(tiny_config):
   truncated = student.score([long_prompt], ["ab"])
   assert student.truncated_inputs == 1
   np.testing.assert_allclose(short[0]["logprob"], truncated[0]["logprob"], rtol=1e-6)
+
+
+def test_loading_restores_parameters_onto_the_mesh_by_the_rules(tiny_student, tmp_path):
+  # A model dir (one-device run) and the HF folder exported from it, loaded for
+  # a 4x2 FSDP mesh: every parameter arrives in the rules' shardings, with the
+  # values written, and a checkpoint's optimizer state is never read.
+  from tinythinker_jax import export  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import student as student_lib  # pylint: disable=import-outside-toplevel
+  model_dir = str(tiny_student / "model")
+  host = student_lib.load(model_dir)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host.params))
+  hf_dir = export.export_student(model_dir, str(tmp_path / "hf"))
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(4, 2),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
+  want = student_lib.param_shardings(host.config, partitioner)
+  for path in (model_dir, hf_dir):
+    placed = student_lib.load(path, partitioner=partitioner)
+    for x, sharding, value in zip(jax.tree.leaves(placed.params), jax.tree.leaves(
+        want, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding)),
+        jax.tree.leaves(host.params)):
+      assert x.sharding == sharding
+      np.testing.assert_array_equal(np.asarray(x), value)
+  kernel = placed.params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert kernel.sharding.shard_shape(kernel.shape) == (kernel.shape[0] // 4,
+                                                       kernel.shape[1] // 2)
+  # The parameters only: a checkpoint restores without its optimizer state.
+  assert set(host.params) == {"encoder", "decoder", "token_embedder"}

@@ -94,3 +94,36 @@ def test_summarize_task_metric_uses_the_answer_regex():
                                                   "So the answer is option A.", "nonsense")]
   [metric] = task.metric_fns
   assert metric([gold] * 3, predictions) == {"accuracy": pytest.approx(100 / 3)}
+
+
+def test_mixture_rates_decide_the_share_of_batches():
+  from tinythinker_jax import materialize, train  # pylint: disable=import-outside-toplevel
+  # TinyThinker's stage mixtures carry the paper's proportions as rates.
+  assert materialize._expand("tinythinker.csqa.tinythinker") == {
+      "tinythinker.csqa.tinythinker.recall": 1.0,
+      "tinythinker.csqa.tinythinker.analyze": 5.0,
+      "tinythinker.csqa.tinythinker.summarize": 1.0}
+  # A user's mixture: seqio's rates, numbers or rate functions, as registered.
+  name = "test.rated_mixture"
+  if name not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(name, [("tinythinker.coin_flip.vanilla", 0.7),
+                                     ("tinythinker.coin_flip.finetune_cot",
+                                      lambda task: 0.3)])
+  manifest = {"rates": materialize._expand(name)}
+  assert manifest["rates"] == {"tinythinker.coin_flip.vanilla": 0.7,
+                               "tinythinker.coin_flip.finetune_cot": 0.3}
+  sizes = {"tinythinker.coin_flip.vanilla": 100, "tinythinker.coin_flip.finetune_cot": 900}
+  schedule = train.stream_schedule(manifest, sizes)
+  streams = [schedule.locate(step)[0] for step in range(1000)]
+  assert streams.count("tinythinker.coin_flip.vanilla") == 700  # the rates, not the sizes
+  # Positions within each stream run on without gaps (every batch is used once).
+  positions = [schedule.locate(s)[1] for s in range(1000)
+               if streams[s] == "tinythinker.coin_flip.finetune_cot"]
+  assert positions == list(range(300))
+  # A manifest written before rates were recorded keeps its size-based schedule.
+  old = train.stream_schedule({}, sizes)
+  assert [old.locate(s)[0] for s in range(1000)].count("tinythinker.coin_flip.vanilla") == 100
+  # TinyThinker's interleaving, when asked for, wins over the rates.
+  stages = {"recall": 10, "analyze": 50, "summarize": 10}
+  assert train.stream_schedule({"rates": {}}, stages, interleave_interval=4,
+                               num_options=5).steps_per_cycle == (4, 20, 4)

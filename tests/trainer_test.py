@@ -1,11 +1,15 @@
 """The phase-1 trainer in-process: meshes, accumulation, resharded restore, schedules."""
 
+import gc
+import os
+import signal
+
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import init_params
-from tinythinker_jax import checkpoints, partitioning, student
+from tinythinker_jax import checkpoints, partitioning, preemption, student
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import models, optimizers, trainer
@@ -24,7 +28,8 @@ def copy_task(vocab: int, batch: int):
 
 
 def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatches=1,
-        optimizer="adamw", batch=8, stop_after=None, save_every=3, **extra):
+        optimizer="adamw", batch=8, stop_after=None, save_every=3, batch_fn=None,
+        **extra):
   partitioner = partitioning.Partitioner(
       partitioning.create_mesh(data, model),
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
@@ -32,7 +37,7 @@ def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatch
   return trainer.train(
       model=models.EncoderDecoderModel(t5.T5(config)), model_config=config,
       optimizer=optimizers.make_optimizer(optimizer, schedule), partitioner=partitioner,
-      batch_fn=copy_task(config.vocab_size, batch), global_batch_size=batch,
+      batch_fn=batch_fn or copy_task(config.vocab_size, batch), global_batch_size=batch,
       train_steps=steps, model_dir=str(model_dir), num_microbatches=microbatches,
       checkpoint=trainer.CheckpointSettings(save_every=save_every, keep=2), log_every=1,
       schedule=schedule, progress=False, stop_after=stop_after, **extra)
@@ -94,11 +99,38 @@ def test_microbatched_accumulation_equals_full_batch(tiny_config, tmp_path, one_
   assert_trees_close(micro.state.params, full.state.params)
 
 
-def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_device):
+def _device_bytes(arrays) -> int:
+  """Bytes the arrays hold on devices (every shard and replica)."""
+  return sum(shard.data.nbytes for x in arrays for shard in x.addressable_shards)
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_device,
+                                                   monkeypatch):
   # FSDP on 8x1 (the step test_mesh_runs_match_one_device compiled), then 2x4.
   first = run(tiny_config, tmp_path / "m", data=8, model=1, param_dims=2, steps=6)
   saved = jax.device_get(first.state)
+  del first
+  # The restore builds nothing first (no initialisation, no optimizer state) and
+  # leaves exactly one copy of the state on the devices.
+  monkeypatch.setattr(partitioning.Partitioner, "init", _no_init)
+  seen = {}
+  restore = checkpoints.Checkpointer.restore
+
+  def measured(self, step, target):
+    gc.collect()
+    seen["before"] = _device_bytes(jax.live_arrays())
+    out = restore(self, step, target)
+    gc.collect()
+    seen["after"] = _device_bytes(jax.live_arrays())
+    seen["state"] = _device_bytes(jax.tree.leaves(out[0]))
+    seen["layout"] = jax.tree.map(lambda x: x.sharding, out[0])
+    seen["target"] = jax.tree.map(lambda x: x.sharding, target)
+    return out
+  monkeypatch.setattr(checkpoints.Checkpointer, "restore", measured)
   again = run(tiny_config, tmp_path / "m", data=2, model=4, param_dims=2, steps=6)
+  monkeypatch.undo()
+  assert seen["after"] - seen["before"] == seen["state"]
+  assert seen["layout"] == seen["target"]  # the rules' layout, optimizer leaves too
   assert again.resumed_from == 6
   assert_trees_close(again.state.params, saved.params, rtol=0, atol=0, outliers=0)
   assert_trees_close(again.state.opt_state, saved.opt_state, rtol=0, atol=0, outliers=0)
@@ -108,6 +140,10 @@ def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path, one_de
   longer = run(tiny_config, tmp_path / "m", data=2, model=4, param_dims=2, steps=9)
   straight = one_device(tiny_config, steps=9)
   assert_trees_close(longer.state.params, straight.state.params)
+
+
+def _no_init(*args, **kwargs):
+  raise AssertionError("a resumed run must not initialise parameters")
 
 
 def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
@@ -173,18 +209,52 @@ def test_schedules_by_hand():
 def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
   params = jax.device_get(init_params(tiny_config, 5))
   save_hf_t5(tiny_config, params, str(tmp_path / "hf"))
-  loaded = student.load(str(tmp_path / "hf"), model_config=tiny_config,
-                        require_vocabulary=False).params
   partitioner = partitioning.Partitioner(partitioning.create_mesh(2, 4))
+  placed = {}
+
+  def load(shardings):
+    placed["params"] = student.load(str(tmp_path / "hf"), model_config=tiny_config,
+                                    require_vocabulary=False, shardings=shardings).params
+    placed["shardings"] = shardings
+    return placed["params"]
   result = trainer.train(
       model=models.EncoderDecoderModel(t5.T5(tiny_config)), model_config=tiny_config,
       optimizer=optimizers.make_optimizer("adamw", optimizers.make_schedule(
           "constant", learning_rate=1e-3, warmup_steps=0)),
       partitioner=partitioner, batch_fn=copy_task(128, 8), global_batch_size=8,
-      train_steps=1, model_dir=str(tmp_path / "run"), initial_params=lambda: loaded,
+      train_steps=1, model_dir=str(tmp_path / "run"), initial_params=load,
       progress=False, stop_after=0)
+  # Loaded straight into the rules' shardings, one tensor at a time.
+  for x, sharding in zip(jax.tree.leaves(placed["params"]), jax.tree.leaves(
+      placed["shardings"])):
+    assert x.sharding == sharding
   assert_trees_close(result.state.params, params, rtol=0, atol=0, outliers=0)
   with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH=.*: mlp_dim=64 in the "
                                        "checkpoint, but the model config has 96"):
     student.load(str(tmp_path / "hf"), model_config=tiny_config.replace(mlp_dim=96),
                  require_vocabulary=False, binding="INITIAL_CHECKPOINT_PATH")
+
+
+def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tiny_config, tmp_path,
+                                                            one_device):
+  # A real SIGTERM to this process during step 4's batch: the step finishes,
+  # is saved (save_every=3 would not save it), and training stops; running it
+  # again resumes there and takes the steps an uninterrupted run takes.
+  source = copy_task(tiny_config.vocab_size, 8)
+
+  def batch_fn(step):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return source(step)
+
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(preemption.Preempted, match="training saved at step 4"):
+    run(tiny_config, tmp_path / "p", steps=9, batch_fn=batch_fn)
+  assert checkpoints.Checkpointer(str(tmp_path / "p" / "checkpoints"),
+                                  create=False).all_steps() == [3, 4]
+  assert signal.getsignal(signal.SIGTERM) == before  # the handler is gone
+  resumed = run(tiny_config, tmp_path / "p", steps=9)
+  assert resumed.resumed_from == 4
+  straight = one_device(tiny_config, steps=9)
+  assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=1e-7,
+                     outliers=0)

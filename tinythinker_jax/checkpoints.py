@@ -74,6 +74,28 @@ def locate(path: PathLike) -> Location:
   return Location(str(path / CHECKPOINTS), None, str(path), False)
 
 
+def check_params_fit(params: Any, abstract: Any, source: str) -> None:
+  """Raises naming the first parameter whose presence or shape does not fit."""
+  flat = {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  expected = {_path_name(p): x for p, x in
+              jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  for name, leaf in expected.items():
+    if name not in flat:
+      raise errors.UserError(f"{source}: parameter {name} (shape {tuple(leaf.shape)}) "
+                             "is missing")
+    if tuple(flat[name].shape) != tuple(leaf.shape):
+      raise errors.UserError(f"{source}: parameter {name} has shape "
+                             f"{tuple(flat[name].shape)}; the model config needs "
+                             f"{tuple(leaf.shape)}")
+  extra = sorted(set(flat) - set(expected))
+  if extra:
+    raise errors.UserError(f"{source}: parameter {extra[0]} is not in the model config")
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
 class Checkpointer:
   """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
 
@@ -112,8 +134,17 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def restore_params(self, step: Optional[int] = None) -> Any:
-    """The parameters of a checkpoint as host arrays, whatever mesh wrote them."""
+  def restore_params(self, step: Optional[int] = None, shardings: Any = None,
+                     abstract: Any = None, source: str = "") -> Any:
+    """A checkpoint's parameters alone (its optimizer state is not read).
+
+    With `shardings` (a tree of `jax.sharding.Sharding` shaped like the
+    parameters) every array is restored straight into its shards on the mesh,
+    whatever mesh wrote it: no device, and no host, holds a full copy of a
+    sharded parameter. Without, they come back as host (numpy) arrays. With
+    `abstract` (the model's parameter shapes) the stored shapes are checked
+    against it first, and a misfit names the parameter (`source` in front).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise errors.MissingFileError(f"{self.directory}: no checkpoints")
@@ -124,12 +155,23 @@ class Checkpointer:
     metadata = checkpointer.metadata(path)
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          tree)
+    stored = tree["params"]
+    if abstract is not None:
+      check_params_fit(stored, abstract, source or f"{self.directory}/{step}")
+    sharding_given = shardings is not None
+    if shardings is None:
+      host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+      shardings = jax.tree.map(lambda _: host, stored)
+    target = {"params": jax.tree.map(
+        lambda m, sharding: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        stored, shardings)}
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-    return jax.device_get(restored["params"])
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+    params = restored["params"]
+    if sharding_given:
+      return params
+    return jax.device_get(params)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

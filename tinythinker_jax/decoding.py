@@ -178,6 +178,17 @@ class BeamResult(NamedTuple):
 _UNBATCHED_CACHE = ("position", "key_positions")
 
 
+def _select_rows(cache: Any, rows: Array) -> Any:
+  """The cache's batch rows `rows`; a scanned stack's (under `layers`) have the
+  layers first and the batch second."""
+  def select(path, x):
+    keys = [getattr(k, "key", None) for k in path]
+    if keys[-1] in _UNBATCHED_CACHE:
+      return x
+    return x[:, rows] if "layers" in keys else x[rows]
+  return jax.tree_util.tree_map_with_path(select, cache)
+
+
 def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_size: int,
                 max_length: int, eos_id: int = 1) -> BeamResult:
   """Beam search over the KV cache, ranking by total log-probability.
@@ -214,9 +225,7 @@ def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_siz
     lengths = jnp.where(~parent_done & (token == eos_id), step + 1, lengths)
     done = parent_done | (token == eos_id)
     rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = jax.tree_util.tree_map_with_path(
-        lambda path, x: x if path[-1].key in _UNBATCHED_CACHE else x[rows],
-        variables["cache"])
+    cache = _select_rows(variables["cache"], rows)
     return tokens, top_scores, done, lengths, cache
 
   tokens, scores, _, lengths, _ = jax.lax.fori_loop(0, max_length, body, state)

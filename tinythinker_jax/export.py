@@ -15,7 +15,9 @@ import argparse
 import json
 from typing import Optional, Sequence
 
-from tinythinker_jax import errors, gin_utils, paths
+import jax
+
+from tinythinker_jax import errors, gin_utils, partitioning, paths
 from tinythinker_jax import student as student_lib
 from tinythinker_jax import vocabularies
 from tinythinker_jax.convert.hf import save_hf_t5
@@ -50,7 +52,11 @@ def write_tokenizer(vocabulary: str, output_dir: paths.PathLike,
 def export_student(model_dir: paths.PathLike, output_dir: paths.PathLike, *,
                    vocabulary: str = "", dtype: Optional[str] = None) -> str:
   """Writes `model_dir`'s latest checkpoint as a Hugging Face T5 folder."""
-  loaded = student_lib.load(model_dir, vocabulary=vocabulary)
+  # Restored onto this host's devices by the partitioning rules, then written
+  # one tensor at a time: no device holds the whole model.
+  mesh = partitioning.create_mesh(devices=jax.local_devices())
+  loaded = student_lib.load(model_dir, vocabulary=vocabulary,
+                            partitioner=partitioning.Partitioner(mesh))
   output_dir = paths.as_path(output_dir)
   remote = paths.is_remote(output_dir)
   tmp = output_dir if remote else output_dir.parent / (output_dir.name + ".tmp")

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, preemption
 
 GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
 
@@ -163,7 +163,9 @@ def run(prog: str, build_parser: Callable[[argparse.ArgumentParser], None],
   """A binary's `main`: flags (gin ones included), then `handler(args, bindings)`.
 
   `errors.UserError` (bad input: a file, line, key or binding) is printed as
-  one line with exit code 2; anything else propagates with its traceback.
+  one line with exit code 2; a loop stopped by SIGTERM after saving
+  (`preemption.Preempted`) with 143; anything else propagates with its
+  traceback.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -176,6 +178,9 @@ def run(prog: str, build_parser: Callable[[argparse.ArgumentParser], None],
   except errors.UserError as e:
     print(f"{prog}: {e}", file=sys.stderr)
     return 2
+  except preemption.Preempted as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    return preemption.EXIT_CODE
 
 
 def configured_binary(fn: Callable, default_gin_file: str, output_macro: str

@@ -2,8 +2,11 @@
 
 `prepare_data` is what `tinythinker train` calls first: it materialises each
 task of `MIXTURE_OR_TASK_NAME` (split by split) into `<data_dir>/<task>/<split>`
-(needs seqio/TensorFlow) and records the mixture's expansion in a manifest, so
-later runs, and hosts without TensorFlow, read the arrays directly.
+(needs seqio/TensorFlow) and records the mixture's expansion (its tasks and
+their mixing rates) in a manifest, so later runs, and hosts without TensorFlow,
+read the arrays directly. With `pack=True` (gin: `PACK`) the arrays are seqio's
+packed rows (`EncDecFeatureConverter(pack=True)`); the manifest records which,
+and a change of `PACK` materialises again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from tinythinker_jax import errors, gin_utils, paths, shards
 MANIFEST = "manifest.json"
 
 
-def _expand(name: str) -> list[str]:
+def _expand(name: str) -> dict[str, float]:
+  """The tasks of a task or mixture, with their mixing rates (a task: 1.0).
+
+  A mixture's rates are seqio's own (`Mixture.get_rate`: a number, or a rate
+  function such as `seqio.mixing_rate_num_examples` evaluated now).
+  """
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   try:
@@ -30,20 +38,24 @@ def _expand(name: str) -> list[str]:
   except ValueError as e:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or "
                      f"mixture ({e})") from e
-  return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [
-      provider.name]
+  if not isinstance(provider, seqio.Mixture):
+    return {provider.name: 1.0}
+  return {t.name: float(provider.get_rate(t)) for t in provider.tasks}
 
 
 def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
                  data_dir: paths.PathLike, splits: Sequence[str] = ("train", "validation"),
-                 records_dir: str = "", vocabulary: str = "") -> dict[str, Any]:
-  """Materialises the tasks' splits once; returns the manifest."""
+                 records_dir: str = "", vocabulary: str = "",
+                 pack: bool = False) -> dict[str, Any]:
+  """Materialises the tasks' splits once; returns the manifest (`tasks` counts
+  rows per split; `sequences` the examples in them, which differ when packed)."""
   data_dir = paths.as_path(data_dir)
   manifest_path = data_dir / MANIFEST
   if manifest_path.exists():
     manifest = paths.read_json(manifest_path)
     if (manifest["name"] == mixture_or_task_name and
-        manifest["feature_lengths"] == dict(feature_lengths)):
+        manifest["feature_lengths"] == dict(feature_lengths) and
+        bool(manifest.get("packed", False)) == bool(pack)):
       return manifest
   if jax.process_index() == 0:
     # The registered tasks find their files and vocabulary through these.
@@ -53,9 +65,10 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
       os.environ["TINYTHINKER_VOCAB"] = vocabulary
     from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
     import seqio  # pylint: disable=import-outside-toplevel
-    names = _expand(mixture_or_task_name)
+    rates = _expand(mixture_or_task_name)
+    names = list(rates)
     manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
-                "tasks": {}}
+                "packed": bool(pack), "tasks": {}, "sequences": {}, "rates": rates}
     for name in names:
       vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
       manifest["vocab_size"] = vocab.vocab_size
@@ -63,7 +76,7 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
       for split in splits:
         try:
           meta = seqio_arrays.materialize(name, split, feature_lengths,
-                                         data_dir / name / split)
+                                         data_dir / name / split, pack=pack)
         except FileNotFoundError:
           continue  # That split has no records (e.g. no validation rationales).
         except seqio_arrays.EmptySplitError:
@@ -73,9 +86,10 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
                 file=sys.stderr)
           continue
         manifest["tasks"][name][split] = meta["num_examples"]
+        manifest["sequences"].setdefault(name, {})[split] = meta["num_sequences"]
         if meta["examples_at_length_limit"]:
           message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
-                     f"{meta['num_examples']} examples reach TASK_FEATURE_LENGTHS="
+                     f"{meta['num_sequences']} examples reach TASK_FEATURE_LENGTHS="
                      f"{dict(feature_lengths)} and are truncated at the end (a "
                      "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
           logging.warning(message)
@@ -95,13 +109,17 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--targets_length", type=int, required=True)
   parser.add_argument("--records_dir", default="", help="$TINYTHINKER_RECORDS_DIR")
   parser.add_argument("--vocabulary", default="", help="$TINYTHINKER_VOCAB")
+  parser.add_argument("--pack", action="store_true",
+                      help="pack several examples per row, as seqio's "
+                      "EncDecFeatureConverter(pack=True)")
 
 
 def _materialize(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings)
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
   manifest = prepare_data(args.task, lengths, args.output_dir,
-                          records_dir=args.records_dir, vocabulary=args.vocabulary)
+                          records_dir=args.records_dir, vocabulary=args.vocabulary,
+                          pack=args.pack)
   print(json.dumps(manifest, indent=2))
   return 0
 

@@ -124,7 +124,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
                  vocab_model_type: str = "unigram",
                  train_settings: recipe_lib.TrainSettings = PHASE1,
                  input_length: int = 256, target_length: int = 128,
-                 interleave_interval: int = 100,
+                 interleave_interval: int = 100, pack: bool = False,
                  initial_checkpoint_path: Optional[str] = None, reflect_rounds: int = 0,
                  sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
                  dpo_settings: train_lib.DpoSettings = train_lib.DpoSettings(),
@@ -136,7 +136,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
 
   Phase 1 of every student format trains with `train_settings` (the same
   `TrainSettings` as `tinythinker train`) on `input_length`/`target_length`
-  arrays; TinyThinker's stages interleave every `interleave_interval` steps.
+  arrays (packed as seqio packs with `pack`); TinyThinker's stages interleave
+  every `interleave_interval` steps.
   With `train_settings.eval_every`, each student's greedy chains are validated
   on the validation split and its best checkpoint is what later stages use.
   """
@@ -159,6 +160,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
               "train_settings": recipe_lib.jsonable(train_settings),
               "lengths": [input_length, target_length],
               "interleave_interval": interleave_interval,
+              **({"pack": True} if pack else {}),  # (runs made before `pack` resume)
               "initial_checkpoint_path": initial_checkpoint_path,
               "reflect_rounds": reflect_rounds}
   manifest = Manifest(run_dir, settings)
@@ -225,7 +227,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
           records_dir=_records_dir(run_dir), vocabulary=vocab_path,
           initial_checkpoint_path=initial_checkpoint_path,
           interleave_interval=interleave_interval if staged else None,
-          num_options=num_options if staged else None, progress=progress,
+          num_options=num_options if staged else None, pack=pack, progress=progress,
           validation=validation_lib.ChainValidation(
               dataset=dataset, dataset_path=dataset_path, split_seed=split_seed,
               max_examples=max_validation_examples, format=fmt,

@@ -1,9 +1,13 @@
 """Materialise seqio tasks into the TensorFlow-free array format training reads.
 
 Runs on any host with seqio/TensorFlow; the output folder (one `.npy` per
-feature of seqio's `EncDecFeatureConverter`, unpacked, fixed length) is what
+feature of seqio's `EncDecFeatureConverter`, fixed length) is what
 `tinythinker_jax.data.arrays.ArrayDataset` memory-maps on accelerator hosts
-that have no TensorFlow.
+that have no TensorFlow. With `pack=True` the rows are seqio's own packing
+(`EncDecFeatureConverter(pack=True)`: several examples per row, with
+`*_segment_ids` and `*_positions`), made once here, so every epoch reads the
+same packed rows in a new order (t5x packs a freshly shuffled stream each
+epoch; rows fixed at materialisation keep batches a function of the step).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from tinythinker_jax import paths
-from tinythinker_jax.data import arrays
+from tinythinker_jax.data import arrays, packing
 
 
 class EmptySplitError(ValueError):
@@ -21,8 +25,10 @@ class EmptySplitError(ValueError):
 
 
 def materialize(task, split: str, feature_lengths: Mapping[str, int],
-                output_dir: paths.PathLike, max_examples: Optional[int] = None) -> dict:
-  """Writes `task`'s `split` as fixed-length features; returns the metadata."""
+                output_dir: paths.PathLike, max_examples: Optional[int] = None,
+                pack: bool = False) -> dict:
+  """Writes `task`'s `split` as fixed-length (packed) features; returns the metadata
+  (`num_examples` counts rows, `num_sequences` the examples in them)."""
   import seqio  # pylint: disable=import-outside-toplevel
   if isinstance(task, str):
     task = seqio.get_mixture_or_task(task)
@@ -30,23 +36,27 @@ def materialize(task, split: str, feature_lengths: Mapping[str, int],
              "targets": int(feature_lengths["targets"])}
   dataset = task.get_dataset(sequence_length=lengths, split=split, shuffle=False,
                              num_epochs=1, use_cached=False)
-  converter = seqio.EncDecFeatureConverter(pack=False)
-  rows: dict[str, list[np.ndarray]] = {name: [] for name in arrays.FEATURES}
-  at_limit = 0
-  for raw, converted in zip(dataset.as_numpy_iterator(),
-                            converter(dataset, lengths).as_numpy_iterator()):
-    for name in arrays.FEATURES:
-      rows[name].append(converted[name])
+  if max_examples:
+    dataset = dataset.take(max_examples)
+  dataset = dataset.cache()  # Read (and tokenized) once for both passes below.
+  at_limit = num_sequences = 0
+  for raw in dataset.as_numpy_iterator():
     # Trimmed sequences end in EOS too, so count those that reach the limit.
     at_limit += int(len(raw["inputs"]) >= lengths["inputs"] or
                     len(raw["targets"]) >= lengths["targets"])
-    if max_examples and len(rows["encoder_input_tokens"]) >= max_examples:
-      break
-  if not rows["encoder_input_tokens"]:
+    num_sequences += 1
+  if not num_sequences:
     raise EmptySplitError(f"task {task.name} has no {split} examples")
+  names = arrays.FEATURES + (packing.PACKING_FEATURES if pack else ())
+  converter = seqio.EncDecFeatureConverter(pack=pack)
+  rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+  for converted in converter(dataset, lengths).as_numpy_iterator():
+    for name in names:
+      rows[name].append(converted[name])
   features = {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
   meta = {"task": task.name, "split": split, "feature_lengths": lengths,
-          "examples_at_length_limit": at_limit}
+          "examples_at_length_limit": at_limit, "packed": bool(pack),
+          "num_sequences": num_sequences}
   arrays.write_features(output_dir, features, meta)
   return dict(meta, num_examples=len(features["encoder_input_tokens"]),
               path=paths.absolute_str(output_dir))

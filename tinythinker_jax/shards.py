@@ -3,8 +3,10 @@
 Items are cut into fixed-size shards; shard k goes to process `k % count`.
 A finished shard is written atomically (temporary file, fsync, rename; one
 object upload on a store, see `paths`), so a killed run restarts without
-redoing any finished shard and never reads a half-written one. A manifest pins the item count and shard size: resuming
-with other settings is refused with the file named, instead of mixing results.
+redoing any finished shard and never reads a half-written one; on SIGTERM the
+shard in progress is finished first (`preemption`). A manifest pins the item
+count and shard size: resuming with other settings is refused with the file
+named, instead of mixing results.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import tqdm
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, preemption
 from tinythinker_jax.paths import PathLike
 
 T = TypeVar("T")
@@ -100,13 +102,20 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   todo = [k for k in mine if not _shard_path(directory, name, k, total).exists()]
   bar = tqdm.tqdm(total=len(mine), initial=len(mine) - len(todo), desc=name, unit="shard",
                   disable=not progress)
-  try:
-    for k in todo:
-      records = work(items[k * shard_size:(k + 1) * shard_size], k)
-      write_jsonl_atomically(_shard_path(directory, name, k, total), records)
-      bar.update(1)
-  finally:
-    bar.close()
+  # On SIGTERM the shard in progress is finished and written, then the run
+  # stops (`preemption.Preempted`); running it again does only the rest.
+  with preemption.guard(name):
+    try:
+      for written, k in enumerate(todo, 1):
+        records = work(items[k * shard_size:(k + 1) * shard_size], k)
+        write_jsonl_atomically(_shard_path(directory, name, k, total), records)
+        bar.update(1)
+        if written < len(todo) and preemption.requested():
+          raise preemption.Preempted(
+              f"{name}: {len(mine) - len(todo) + written} of {len(mine)} shards written "
+              f"in {directory}")
+    finally:
+      bar.close()
   if barrier is not None:
     barrier()
   out: list[dict] = []

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,7 @@ def read_checkpoint_meta(path: PathLike) -> dict:
 @dataclasses.dataclass
 class LoadedStudent:
   config: t5.T5Config
-  params: Any  # host arrays
+  params: Any  # host arrays, or on the mesh of `load`'s partitioner; None: not read
   vocabulary: str  # "" when neither the checkpoint nor the caller names one
   source: str
 
@@ -68,46 +69,76 @@ ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encod
                        "logits_via_embedding")
 
 
+def _t5x_checkpoint(path: PathLike):
+  """The t5x checkpoint `path` names, unless it is one of our model dirs."""
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+  if paths.as_path(checkpoints.locate(path).directory).is_dir():
+    return None  # ours: `<model_dir>/checkpoints/<step>/state` is orbax too.
+  return t5x.locate(str(path))
+
+
 def load(path: PathLike, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
-         require_vocabulary: bool = True, binding: str = "") -> LoadedStudent:
-  """Parameters, config and vocabulary from a model dir or a Hugging Face T5 folder.
+         require_vocabulary: bool = True, binding: str = "",
+         partitioner: Optional[partitioning.Partitioner] = None,
+         shardings: Any = None, with_params: bool = True) -> LoadedStudent:
+  """Parameters, config and vocabulary from a model dir, an HF folder or a t5x checkpoint.
 
   A model dir gives its best checkpoint when its run marked one (selection by
   validation chain accuracy), else its latest; `<model_dir>/checkpoints` asks
   for the latest and `<model_dir>/checkpoints/<step>` for one step
   (`checkpoints.locate`).
 
-  The one loader for "an HF folder or one of our model dirs": initial weights
-  of both phases, the DPO reference, evaluation, sampling and export use it.
+  A t5x checkpoint (`convert.t5x.locate`: a t5x model dir, step dir, orbax
+  `state/` folder or msgpack `checkpoint` file) stores no config: it needs
+  `model_config`, and its vocabulary is `vocabulary`.
+
+  The one loader for "an HF folder, a t5x checkpoint or one of our model
+  dirs": initial weights of both phases, the DPO reference, evaluation,
+  sampling and export use it.
   A model dir's checkpoint meta records the model config and the vocabulary it
   was trained with. With `model_config` given, the stored architecture must
-  match it (`binding` names the setting in the error) and its dtypes are used.
+  match it (`binding` names the setting in the error) and its dtypes and layer
+  layout are used: parameters saved unscanned load into a `scan_layers` config
+  and the other way round (`t5.convert_params`).
+
+  With a `partitioner`, the parameters are placed on its mesh as its
+  logical-axis rules shard them (or onto `shardings`, a tree of them shaped
+  like the parameters); without either they are host arrays. A model dir's
+  checkpoint is restored straight into those shards (only its parameters: the
+  optimizer state is never read), so no device, and no host, holds a full copy
+  of a sharded parameter; HF and t5x weights, and a checkpoint loaded into the
+  other layer layout, pass through host memory one tensor at a time.
+  `with_params=False` reads only the config and vocabulary (for an HF folder,
+  whose tying is read from its weights, after reading them).
   """
   path = str(path)
   where = f"{binding}={path}" if binding else path
+  kind, host_params = "ours", None
   if (paths.as_path(path) / "config.json").exists():
     from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
-    config, params = load_hf_t5(path)
+    kind = "hf"
+    config, host_params = load_hf_t5(path)
     spiece = paths.as_path(path) / "spiece.model"
     vocab = vocabulary or (str(spiece) if spiece.exists() else "")
+  elif (t5x_location := _t5x_checkpoint(path)) is not None:
+    if model_config is None:
+      raise errors.UserError(
+          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
+          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
+    kind = "t5x"
+    config = model_config
+    vocab = vocabulary
   else:
-    from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
       meta = read_checkpoint_meta(path)
     except FileNotFoundError as e:
       raise errors.MissingFileError(
-          f"{where}: neither a Hugging Face folder (config.json) nor a model dir with "
-          f"checkpoints ({e})") from None
+          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
+          f"model dir with checkpoints ({e})") from None
     config = config_from_meta(meta)
-    location = checkpoints.locate(path)
-    checkpointer = checkpoints.Checkpointer(location.directory, create=False)
-    try:
-      params = checkpointer.restore_params(location.step)
-    finally:
-      checkpointer.close()
-    if location.best:
-      log.info("%s: the best checkpoint (step %s)", path, meta.get("step"))
     vocab = vocabulary or meta.get("vocabulary", "")
+  stored_scanned = config.scan_layers
   if model_config is not None:
     for field in ARCHITECTURE_FIELDS:
       if getattr(config, field) != getattr(model_config, field):
@@ -118,7 +149,48 @@ def load(path: PathLike, *, model_config: Optional[t5.T5Config] = None, vocabula
   if require_vocabulary and not vocab:
     raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
                            "spiece.model or recorded vocabulary); set VOCABULARY")
+  params = None
+  if with_params:
+    if shardings is None and partitioner is not None:
+      shardings = param_shardings(config, partitioner)
+    if kind == "t5x":  # t5x's layers are named one by one (unscanned).
+      from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+      host_params = t5x.load_t5x_checkpoint(path, config.replace(scan_layers=False))
+    elif kind == "ours" and stored_scanned != config.scan_layers:
+      # Saved in the other layer layout: through host memory, then restacked.
+      host_params = _restore_params(path, config.replace(scan_layers=stored_scanned),
+                                    None, where)
+    if host_params is not None:
+      # A checkpoint or HF folder (always unscanned) loads into either layer
+      # layout; then one tensor at a time from host memory into its shards.
+      host_params = t5.convert_params(host_params, config)
+      params = (host_params if shardings is None else
+                jax.tree.map(jax.device_put, host_params, shardings))
+    else:
+      params = _restore_params(path, config, shardings, where)
   return LoadedStudent(config, params, vocab, path)
+
+
+def param_shardings(config: t5.T5Config, partitioner: partitioning.Partitioner) -> Any:
+  """The shardings the partitioner's rules give `config`'s parameters."""
+  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+  return partitioner.param_shardings(boxed)
+
+
+def _restore_params(path: str, config: t5.T5Config, shardings: Any, where: str) -> Any:
+  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  location = checkpoints.locate(path)
+  abstract = nn.unbox(jax.eval_shape(lambda r: t5.init_params(config, r),
+                                     jax.random.key(0)))
+  checkpointer = checkpoints.Checkpointer(location.directory, create=False)
+  try:
+    params = checkpointer.restore_params(location.step, shardings, abstract=abstract,
+                                         source=where)
+  finally:
+    checkpointer.close()
+  if location.best:
+    log.info("%s: the best checkpoint (step %s)", path, location.step)
+  return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,18 +236,20 @@ class Student:
     if codec.vocab_size > config.vocab_size:
       raise errors.UserError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
                        f"model's embedding has {config.vocab_size}")
-    boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
-    shardings = self.partitioner.param_shardings(boxed)
-    self.params = jax.device_put(params, shardings)
+    self.params = jax.device_put(t5.convert_params(params, config),
+                                 param_shardings(config, self.partitioner))
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
 
   @classmethod
   def from_path(cls, path: str, *, model_config: Optional[t5.T5Config] = None,
                 vocabulary: str = "", **kwargs) -> "Student":
-    loaded = load(path, model_config=model_config, vocabulary=vocabulary)
+    partitioner = kwargs.pop("partitioner", None) or partitioning.Partitioner(
+        partitioning.create_mesh(devices=jax.local_devices()))
+    loaded = load(path, model_config=model_config, vocabulary=vocabulary,
+                  partitioner=partitioner)
     return cls(loaded.config, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
-               **kwargs)
+               partitioner=partitioner, **kwargs)
 
   # ------------------------------------------------------------- batching
 

@@ -8,7 +8,10 @@ checkpoints); they differ only in the model's loss and the data.
   t5x-style (`MIXTURE_OR_TASK_NAME`), materialised once into
   `<model_dir>/data` (`materialize.prepare_data`). TinyThinker's stage
   mixtures train on the interleaved schedule (`interleave_interval`,
-  `num_options`); other mixtures interleave their tasks by size.
+  `num_options`); other mixtures interleave whole batches of their tasks in
+  proportion to the mixture's seqio rates. `pack` (gin: `PACK`) packs several
+  examples per row as seqio's `EncDecFeatureConverter(pack=True)` does; batch
+  sizes and epochs then count packed rows, as in t5x.
 - `run_dpo` (gin: `runs/dpo.gin`): phase 2, DPO/RPO/IPO from a reference
   policy on its own preference pairs (`tinythinker sample`), recall and
   analyze batches interleaved.
@@ -58,8 +61,9 @@ def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
 def _initial_params(path: Optional[str], config: t5.T5Config, binding: str):
   if not path:
     return None
-  return lambda: student_lib.load(path, model_config=config, require_vocabulary=False,
-                                  binding=binding).params
+  return lambda shardings: student_lib.load(
+      path, model_config=config, require_vocabulary=False, binding=binding,
+      shardings=shardings).params
 
 
 def _absolute(path: str) -> str:
@@ -67,6 +71,30 @@ def _absolute(path: str) -> str:
 
 
 # ------------------------------------------------------------------ phase 1
+
+
+def stream_schedule(manifest: Mapping[str, Any], sizes: Mapping[str, int],
+                    interleave_interval: Optional[int] = None,
+                    num_options: Optional[int] = None
+                    ) -> Optional[arrays.InterleavedSchedule]:
+  """Which stream (task) each step's batch comes from.
+
+  TinyThinker's stages with `interleave_interval`: its interleaved schedule.
+  Otherwise a mixture's tasks take whole batches in proportion to the
+  mixture's seqio rates (as recorded in the manifest; a manifest written
+  before rates were recorded: to the tasks' sizes).
+  """
+  if interleave_interval:
+    stages = tuple(s for s in STAGES if s in sizes)
+    if set(stages) != set(sizes):
+      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
+                             f"{sorted(sizes)}")
+    return arrays.InterleavedSchedule.tinythinker(interleave_interval, num_options or 1,
+                                                  stages)
+  rates = manifest.get("rates")
+  weights = ({_stream_name(t): r for t, r in rates.items() if _stream_name(t) in sizes}
+             if rates else dict(sizes))
+  return recipe.proportional_schedule(weights, sorted(sizes))
 
 
 def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
@@ -80,7 +108,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
         process_id: Optional[int] = None,
         validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
-        progress: bool = True, stop_after: Optional[int] = None) -> trainer.TrainResult:
+        pack: bool = False, progress: bool = True,
+        stop_after: Optional[int] = None) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
 
   With `validation` naming a dataset, every `eval_every` steps also runs the
@@ -93,7 +122,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
         process_id)
   root = paths.as_path(data_dir or paths.as_path(model_dir) / "data")
   manifest = materialize.prepare_data(mixture_or_task_name, task_feature_lengths, root,
-                                      records_dir=records_dir, vocabulary=vocabulary)
+                                      records_dir=records_dir, vocabulary=vocabulary,
+                                      pack=pack)
   if model_config.vocab_size < manifest["vocab_size"]:
     raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
                            f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
@@ -102,16 +132,8 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
   if not train_sets:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
                            "a train split")
-  if interleave_interval:
-    stages = tuple(s for s in STAGES if s in train_sets)
-    if set(stages) != set(train_sets):
-      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
-                             f"{sorted(train_sets)}")
-    schedule = arrays.InterleavedSchedule.tinythinker(interleave_interval,
-                                                      num_options or 1, stages)
-  else:
-    schedule = recipe.proportional_schedule(
-        {n: d.num_examples for n, d in train_sets.items()}, sorted(train_sets))
+  schedule = stream_schedule(manifest, {n: d.num_examples for n, d in train_sets.items()},
+                             interleave_interval, num_options)
 
   loss_validation = {f"eval/{_stream_name(task)}": root / task / "validation"
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
@@ -145,7 +167,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
       meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
             "task_feature_lengths": dict(task_feature_lengths),
-            "vocabulary": vocabulary_path}).result
+            "vocabulary": vocabulary_path, "packed": bool(pack)}).result
 
 
 # ------------------------------------------------------------------ phase 2
@@ -158,7 +180,9 @@ class DpoSettings:
   TinyThinker's recipe: RPO, beta 0.5, alpha 0.5, AdamW lr 5e-6, batch 32,
   cosine with 10% warm-up, clipping at 1.0 (the HF Trainer's), 10 epochs over
   the pairs with the validation chain accuracy every epoch (its
-  `strategy_interval` cycle) and the best evaluation kept.
+  `strategy_interval` cycle) and the best evaluation kept. `pack` packs
+  pairs several per row (`data.pair_arrays`); batches and epochs then count
+  rows, not pairs, unlike TRL's.
   """
 
   beta: float = 0.5
@@ -168,6 +192,7 @@ class DpoSettings:
   nll_normalization: str = dpo.BATCH_TOKENS
   input_length: int = 256
   target_length: int = 128
+  pack: bool = False
   train: recipe.TrainSettings = recipe.TrainSettings(
       batch_size=32, num_epochs=10.0, optimizer="adamw", schedule="cosine",
       learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=0.0,
@@ -188,19 +213,24 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
   the reference itself is not a candidate: `tinythinker reflect` compares
   rounds).
   """
+  # The config and vocabulary now; the parameters are restored onto the mesh by
+  # the trainer (`initial_params`), not gathered here.
   reference = student_lib.load(initial_checkpoint_path, model_config=model_config,
-                               vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH")
+                               vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH",
+                               with_params=False)
   codec = vocabularies.TextCodec(reference.vocabulary)
   data_dir = paths.as_path(model_dir) / "data"
   manifest = pair_arrays.prepare(pairs_path, data_dir, codec,
-                                 settings.input_length, settings.target_length)
+                                 settings.input_length, settings.target_length,
+                                 pack=settings.pack)
   if not manifest["counts"]:
     raise errors.UserError(
         f"PAIRS_PATH={pairs_path}: no preference pairs fit input_length="
         f"{settings.input_length}/target_length={settings.target_length} (dropped: "
         f"{manifest['dropped']})")
   datasets = {s: arrays.ArrayDataset(data_dir / s,
-                                     dpo.PREFERENCE_FEATURES)
+                                     dpo.PACKED_PREFERENCE_FEATURES if settings.pack
+                                     else dpo.PREFERENCE_FEATURES)
               for s in manifest["counts"]}
 
   def model_fn(config):
@@ -221,12 +251,15 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
       model_fn=model_fn, model_config=reference.config, datasets=datasets,
       schedule=recipe.proportional_schedule(manifest["counts"], pair_arrays.STAGES),
       settings=settings.train, model_dir=model_dir,
-      initial_params=lambda: reference.params, eval_fns=eval_fns, eval_at_start=False,
+      initial_params=_initial_params(initial_checkpoint_path, reference.config,
+                                     "INITIAL_CHECKPOINT_PATH"),
+      eval_fns=eval_fns, eval_at_start=False,
       progress=progress, stop_after=stop_after,
       binding="DpoSettings.train",
       meta={"phase": "dpo", "reference": paths.absolute_str(initial_checkpoint_path),
             "pairs": paths.absolute_str(pairs_path), "vocabulary": reference.vocabulary,
-            "pairs_by_stage": manifest["counts"]}).result
+            "pairs_by_stage": manifest.get("pairs", manifest["counts"]),
+            "packed": settings.pack}).result
 
 
 # ------------------------------------------------------------------ binary

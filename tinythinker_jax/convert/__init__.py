@@ -1,7 +1,9 @@
-"""Checkpoint converters: Hugging Face T5 folders to and from our parameters."""
+"""Checkpoint converters: Hugging Face T5 folders to and from our parameters, and
+t5x checkpoints (msgpack + TensorStore, or orbax) into them."""
 
 from tinythinker_jax.convert.hf import (CheckpointMismatchError, config_from_hf,
                                         config_to_hf, load_hf_t5, save_hf_t5)
+from tinythinker_jax.convert.t5x import load_t5x_checkpoint
 
 __all__ = ["CheckpointMismatchError", "config_from_hf", "config_to_hf", "load_hf_t5",
-           "save_hf_t5"]
+           "load_t5x_checkpoint", "save_hf_t5"]

@@ -9,12 +9,34 @@ safetensors (sharded above `max_shard_bytes`) and a `config.json` that
 
 PyTorch stores `nn.Linear` weights as `[out, in]`; our kernels are
 `[in, out]` with attention projections split into `[embed, heads, kv]`.
+
+The output layer. A folder's logits are `lm_head(h * s)` where `s` is
+`d_model ** -0.5` when scaled and 1 otherwise, and `lm_head` is tied to
+`shared` or not. transformers 5 (`modeling_t5.py`, `configuration_t5.py`)
+reads them as follows, and so do we:
+- scaled: `scale_decoder_outputs` when the config has it (transformers 5
+  writes it), else `tie_word_embeddings` (default true; transformers 4 files);
+  never for `model_type: mt5` (transformers 5's MT5 has no scaling).
+- tied: `lm_head.weight` is absent, or present with the same values as
+  `shared.weight` (transformers 5 always ties, unless both are stored and
+  differ; a `.bin` stores both, sharing storage).
+Released checkpoints are tied and scaled (T5 v1.0) or untied and unscaled
+(v1.1, Flan-T5, mT5): t5x's two output layers, `logits_via_embedding` true
+or false. The two mixed kinds (transformers 5 writes a fresh v1.1 or mT5
+tied and unscaled, and an untied lm_head under a scaled config is untied and
+scaled) load as an untied `logits_dense` holding `lm_head * s` (or
+`shared * s`), which gives PyTorch's logits exactly while keeping T5Config
+t5x's: every folder then loads under the t5x model gin of its architecture.
+The one difference is in later training: a tied-and-unscaled model trains
+on here with its output layer untied from the embedding.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
 import os
 import re
 from typing import Any, Callable, Iterable, Mapping
@@ -29,6 +51,8 @@ import safetensors.numpy
 from tinythinker_jax import errors, paths
 from tinythinker_jax.models import t5
 from tinythinker_jax.models.t5 import T5Config
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -45,8 +69,23 @@ class CheckpointMismatchError(errors.UserError):
   """A checkpoint does not fit the configuration (missing tensor, wrong shape)."""
 
 
-def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32") -> T5Config:
-  """Builds our T5Config from a Hugging Face `config.json` dictionary."""
+def scales_logits(hf_config: Mapping[str, Any]) -> bool:
+  """Whether the folder's decoder output is scaled by `d_model ** -0.5` (see top)."""
+  if hf_config.get("model_type", "t5") == "mt5":
+    return False
+  if "scale_decoder_outputs" in hf_config:
+    return bool(hf_config["scale_decoder_outputs"])
+  return hf_config.get("tie_word_embeddings", True) is not False
+
+
+def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32",
+                   lm_head_tied: bool = True) -> T5Config:
+  """Builds our T5Config from a Hugging Face `config.json` dictionary.
+
+  `lm_head_tied` says whether the weights tie `lm_head` to `shared` (see the
+  module docstring): the output layer is `logits_via_embedding` only when
+  the folder is both tied and scaled.
+  """
   if hf_config.get("model_type", "t5") not in ("t5", "mt5"):
     raise errors.UserError(f"config.json: model_type={hf_config.get('model_type')!r} is not "
                      "a T5 model")
@@ -64,8 +103,6 @@ def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32") -> T
                      f"{act_name!r} is not supported ({sorted(_HF_TO_ACT)})")
   act = _HF_TO_ACT[act_name]
   num_layers = hf_config["num_layers"]
-  # transformers 5 writes `scale_decoder_outputs`; older files only the tie flag.
-  tied = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
   return T5Config(
       vocab_size=hf_config["vocab_size"],
       dtype=dtype,
@@ -77,7 +114,7 @@ def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32") -> T
       mlp_dim=hf_config["d_ff"],
       mlp_activations=(act, "linear") if gated else (act,),
       dropout_rate=hf_config.get("dropout_rate", 0.1),
-      logits_via_embedding=bool(tied),
+      logits_via_embedding=lm_head_tied and scales_logits(hf_config),
       relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
       relative_attention_max_distance=hf_config.get("relative_attention_max_distance",
                                                     128),
@@ -209,6 +246,12 @@ def _numpy_dtype(name: str) -> np.dtype:
   return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
+def expected_param_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Our parameter paths and shapes under `cfg`, computed without allocating."""
+  return dict(_expected_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=8)
 def _expected_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
   shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(cfg, jax.random.key(0))))
   flat = {}
@@ -273,12 +316,13 @@ def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   return tensors
 
 
-def load_hf_t5(path: str, *, dtype: str = "float32",
-               param_dtype: str = "float32") -> tuple[T5Config, dict]:
+def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
+               scan_layers: bool = False) -> tuple[T5Config, dict]:
   """Reads a Hugging Face T5 / Flan-T5 folder into (T5Config, params).
 
   `params` is a nested dict of numpy arrays in `param_dtype` in our layout,
-  ready for `T5(config).apply({'params': params}, ...)` or for sharding.
+  ready for `T5(config).apply({'params': params}, ...)` or for sharding;
+  with `scan_layers` the config scans its layers and the params are stacked.
   Raises CheckpointMismatchError naming the tensor when one is missing or
   has the wrong shape.
   """
@@ -290,20 +334,70 @@ def load_hf_t5(path: str, *, dtype: str = "float32",
                             "model folder?") from None
   except json.JSONDecodeError as e:
     raise errors.UserError(f"{config_path}: invalid JSON: {e}") from e
-  try:
-    config = config_from_hf(hf_config, dtype=dtype).replace(param_dtype=param_dtype)
-  except KeyError as e:
-    raise errors.UserError(f"{config_path}: missing key {e.args[0]!r}") from e
   fmt, files = _weight_files(path)
   tensors = _read_tensors(fmt, files)
+  tied = lm_head_is_tied(tensors)
+  try:
+    config = config_from_hf(hf_config, dtype=dtype, lm_head_tied=tied).replace(
+        param_dtype=param_dtype)
+  except KeyError as e:
+    raise errors.UserError(f"{config_path}: missing key {e.args[0]!r}") from e
+  if (not tied and hf_config.get("tie_word_embeddings") is True
+      and "scale_decoder_outputs" not in hf_config):
+    log.warning("%s: config.json ties the embeddings but lm_head.weight differs from "
+                "shared.weight; loading them untied and scaled as transformers 5 does "
+                "(transformers 4 would ignore lm_head.weight)", path)
+  tensors = _untied_lm_head(config, hf_config, tensors, tied, source=path)
   params = params_from_hf_tensors(config, tensors, source=path)
+  if scan_layers:
+    config = config.replace(scan_layers=True)
+    params = t5.scan_params(params, config)
   return config, params
+
+
+def _shared_embedding(tensors: Mapping[str, np.ndarray]) -> np.ndarray | None:
+  for name in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+    if name in tensors:
+      return tensors[name]
+  return None
+
+
+def lm_head_is_tied(tensors: Mapping[str, np.ndarray]) -> bool:
+  """transformers 5's rule: tied unless `lm_head.weight` is stored and differs."""
+  lm_head = tensors.get("lm_head.weight")
+  if lm_head is None:
+    return True
+  shared = _shared_embedding(tensors)
+  return (shared is not None and shared.shape == lm_head.shape
+          and np.array_equal(shared, lm_head))
+
+
+def _untied_lm_head(config: T5Config, hf_config: Mapping[str, Any],
+                    tensors: Mapping[str, np.ndarray], tied: bool, *,
+                    source: str) -> Mapping[str, np.ndarray]:
+  """The tensors with `lm_head.weight` as our untied `logits_dense` needs it.
+
+  For the mixed kinds (tied and unscaled, untied and scaled) the scale and
+  the tie are folded into one untied matrix; see the module docstring.
+  """
+  scaled = scales_logits(hf_config)
+  if config.logits_via_embedding or not (tied or scaled):
+    return tensors
+  weight = _shared_embedding(tensors) if tied else tensors["lm_head.weight"]
+  if weight is None:
+    return tensors  # params_from_hf_tensors names the missing embedding.
+  weight = np.asarray(weight, np.float32)
+  if scaled:
+    weight = weight * np.float32(config.emb_dim ** -0.5)
+  log.info("%s: lm_head is %s and %s; loaded as an untied output layer",
+           source, "tied" if tied else "untied", "scaled" if scaled else "unscaled")
+  return {**tensors, "lm_head.weight": weight}
 
 
 def params_from_hf_tensors(config: T5Config, tensors: Mapping[str, np.ndarray], *,
                            source: str = "checkpoint") -> dict:
   """Maps a flat HF state dict onto our nested parameter tree, checking shapes."""
-  expected = _expected_shapes(config)
+  expected = expected_param_shapes(config)
   np_dtype = _numpy_dtype(config.param_dtype)
   params: dict = {}
   used = set()
@@ -373,6 +467,9 @@ def save_hf_t5(config: T5Config, params: Mapping, path: paths.PathLike, *,
   when they exceed `max_shard_bytes`. `path` may be on an object store;
   `config.json` is written last, so a folder that has it is complete.
   """
+  # HF has one module per layer: a scanned model is written unscanned.
+  config = config.replace(scan_layers=False)
+  params = t5.convert_params(params, config)
   tensors = params_to_hf_tensors(config, jax.device_get(params))
   if dtype is not None:
     tensors = {k: v.astype(_numpy_dtype(dtype)) for k, v in tensors.items()}

@@ -2,6 +2,9 @@
 
 `write_features` stores tokenized, feature-converted, fixed-length examples as
 one `.npy` file per feature (plus `meta.json`); `ArrayDataset` memory-maps them.
+Packed arrays (several examples per row, `data.packing` or seqio's
+`EncDecFeatureConverter(pack=True)`) are stored and read the same way, with
+their segment ids and positions: a row is the unit of batching and of epochs.
 Batches are a pure function of (seed, step): the order is a seeded permutation
 per epoch, so a resumed run sees exactly the batches it would have seen, and
 each process reads only its own slice of every global batch. On an object
@@ -55,20 +58,35 @@ def write_features(directory: PathLike, features: Mapping[str, np.ndarray],
 
 
 class ArrayDataset:
-  """Fixed-length features (memory-mapped locally) with (seed, step) batches."""
+  """Fixed-length features (memory-mapped locally) with deterministic (seed, step) batches.
 
-  def __init__(self, directory: PathLike, features: Sequence[str] = FEATURES):
+  `features=None` reads every feature the folder holds (with packed arrays,
+  their segment ids and positions too).
+  """
+
+  def __init__(self, directory: PathLike, features: Optional[Sequence[str]] = None):
     meta_path = paths.as_path(directory) / META
     if not meta_path.exists():
       raise errors.MissingFileError(f"{directory}: no {META}; materialise the task first "
                               "(`tinythinker materialize`)")
     self.meta = paths.read_json(meta_path)
     self.directory = str(directory)
+    if features is None:
+      features = tuple(self.meta.get("shapes") or FEATURES)
+    missing = [n for n in features
+               if not (paths.as_path(directory) / f"{n}.npy").exists()]
+    if missing:
+      raise errors.MissingFileError(f"{directory}: no {missing[0]}.npy; materialise the "
+                                    "task again")
     self.arrays = {name: paths.load_npy(paths.as_path(directory) / f"{name}.npy")
                    for name in features}
     self.num_examples = int(self.meta["num_examples"])
     if self.num_examples == 0:
       raise errors.UserError(f"{directory}: no examples")
+
+  @property
+  def packed(self) -> bool:
+    return bool(self.meta.get("packed"))
 
   def indices(self, seed: int, position: int, batch_size: int) -> np.ndarray:
     """Example indices of the `position`-th batch of this stream (epochs reshuffle)."""

@@ -69,6 +69,10 @@ class T5Config:
   float32_attention_logits: bool = True
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  # Run each layer stack as one `nn.scan` over stacked parameters (leading
+  # `layers` axis) instead of unrolling it: compile time stops growing with
+  # depth. `scan_params` / `unscan_params` convert between the two layouts.
+  scan_layers: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -354,7 +358,7 @@ class EncoderLayer(nn.Module):
     h = norm(name="pre_mlp_layer_norm")(x)
     h = MlpBlock(cfg, name="mlp")(h, deterministic=deterministic)
     x = x + dropout(h, deterministic=deterministic)
-    return _constrain(x, ("batch", "length", "embed"))
+    return _layer_output(cfg, _constrain(x, ("batch", "length", "embed")))
 
 
 class DecoderLayer(nn.Module):
@@ -380,16 +384,47 @@ class DecoderLayer(nn.Module):
     h = norm(name="pre_mlp_layer_norm")(x)
     h = MlpBlock(cfg, name="mlp")(h, deterministic=deterministic)
     x = x + dropout(h, deterministic=deterministic)
-    return _constrain(x, ("batch", "length", "embed"))
+    return _layer_output(cfg, _constrain(x, ("batch", "length", "embed")))
 
 
-def _remat(layer_cls, policy: str, static_argnums: tuple[int, ...]):
+def _layer_output(cfg: T5Config, x: Array):
+  """A layer's output; under `nn.scan` it is the carry, with no per-layer output."""
+  return (x, None) if cfg.scan_layers else x
+
+
+def _remat(layer_cls, policy: str, static_argnums: tuple[int, ...], scanned: bool):
   if policy == "none":
     return layer_cls
   saveable = (None if policy == "full" else
               jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+  # Inside a scan XLA cannot hoist the recomputation out of the loop body, so
+  # the CSE barrier is not needed there (t5x makes the same choice).
   return nn.remat(layer_cls, policy=saveable, static_argnums=static_argnums,
-                  prevent_cse=True)
+                  prevent_cse=not scanned)
+
+
+def _layer_stack(layer_cls, cfg: T5Config, num_layers: int,
+                 static_argnums: tuple[int, ...], *args) -> Array:
+  """Runs `num_layers` layers on `args[0]`; the other args go to every layer.
+
+  Called from a compact method: the layers become that module's submodules.
+
+  Unscanned, layer i is the submodule `layers_{i}` (t5x's names). Scanned, one
+  submodule `layers` runs under `nn.scan`: its parameters (and, in decode
+  mode, its cache) are stacked on a leading axis, logically named `layers`.
+  """
+  layer = _remat(layer_cls, cfg.remat_policy, static_argnums, cfg.scan_layers)
+  x, rest = args[0], args[1:]
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x = layer(cfg, name=f"layers_{i}")(x, *rest)
+    return x
+  stack = nn.scan(layer, variable_axes={"params": 0, "cache": 0},
+                  split_rngs={"params": True, "dropout": True},
+                  in_axes=(nn.broadcast,) * len(rest), length=num_layers,
+                  metadata_params={nn.PARTITION_NAME: "layers"})
+  x, _ = stack(cfg, name="layers")(x, *rest)
+  return x
 
 
 def _mask_bias(mask: Array) -> Array:
@@ -424,9 +459,8 @@ class Encoder(nn.Module):
     x = self.shared_embedding(tokens)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _constrain(x, ("batch", "length", "embed"))
-    layer = _remat(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
-    for i in range(cfg.num_encoder_layers):
-      x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = _layer_stack(EncoderLayer, cfg, cfg.num_encoder_layers, (3,), x, bias,
+                     deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.parameter_dtype,
                 name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -483,10 +517,8 @@ class Decoder(nn.Module):
     x = self.shared_embedding(tokens)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _constrain(x, ("batch", "length", "embed"))
-    layer = _remat(DecoderLayer, cfg.remat_policy, static_argnums=(5, 6))
-    for i in range(cfg.num_decoder_layers):
-      x = layer(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
-                                           deterministic, decode, cache_index)
+    x = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, (5, 6), x, encoded,
+                     self_bias, cross_bias, deterministic, decode, cache_index)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.parameter_dtype,
                 name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -556,3 +588,78 @@ def init_params(config: T5Config, rng: Array, *, batch_size: int = 1,
   enc = jnp.ones((batch_size, input_length), jnp.int32)
   dec = jnp.ones((batch_size, target_length), jnp.int32)
   return model.init(rng, enc, dec)["params"]
+
+
+# ------------------------------------------------- scanned <-> unscanned layout
+
+_STACKS = (("encoder", "num_encoder_layers"), ("decoder", "num_decoder_layers"))
+
+
+def _stack(trees: list, where: str):
+  """One tree whose leaves are the given trees' leaves stacked on axis 0."""
+  try:
+    return jax.tree.map(
+        lambda *xs: (jnp.stack(xs) if any(isinstance(x, jax.Array) for x in xs)
+                     else np.stack([np.asarray(x) for x in xs])), *trees)
+  except ValueError as e:  # Different structures or shapes between layers.
+    raise errors.UserError(f"params: the layers of {where} do not match: {e}") from e
+
+
+def scan_params(params: Any, config: T5Config) -> dict:
+  """Unscanned parameters (`<stack>/layers_{i}/...`) -> scanned (`<stack>/layers/...`).
+
+  Each stacked leaf has the layers on its leading axis, in layer order;
+  everything else is passed through. Host (numpy) arrays stay on the host.
+  """
+  out = dict(params)
+  for stack, count_field in _STACKS:
+    node = dict(params.get(stack, {}))
+    count = getattr(config, count_field)
+    names = [f"layers_{i}" for i in range(count)]
+    missing = [n for n in names if n not in node]
+    if missing:
+      raise errors.UserError(f"params: {stack}/{missing[0]} is missing (T5Config."
+                             f"{count_field}={count}; is the tree already scanned?)")
+    node["layers"] = _stack([node.pop(n) for n in names], stack)
+    out[stack] = node
+  return out
+
+
+def unscan_params(params: Any, config: T5Config) -> dict:
+  """Scanned parameters -> unscanned: the inverse of `scan_params`."""
+  out = dict(params)
+  for stack, count_field in _STACKS:
+    node = dict(params.get(stack, {}))
+    count = getattr(config, count_field)
+    if "layers" not in node:
+      raise errors.UserError(f"params: {stack}/layers is missing (is the tree already "
+                             "unscanned?)")
+    stacked = node.pop("layers")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(stacked)[0]:
+      if not leaf.shape or leaf.shape[0] != count:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise errors.UserError(
+            f"params: {stack}/layers/{name} has shape {tuple(leaf.shape)}; T5Config."
+            f"{count_field}={count} needs {count} layers on its leading axis")
+    for i in range(count):
+      node[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    out[stack] = node
+  return out
+
+
+def is_scanned(params: Any) -> bool:
+  """Whether a parameter tree has the scanned layout (`encoder/layers`)."""
+  return "layers" in params.get("encoder", {})
+
+
+def convert_params(params: Any, config: T5Config) -> dict:
+  """`params` in the layout `config.scan_layers` asks for, from either layout.
+
+  Used wherever parameters saved under one setting (an HF folder is always
+  unscanned; a checkpoint records its own) are loaded for a config with the
+  other.
+  """
+  if is_scanned(params) == config.scan_layers:
+    return params
+  return scan_params(params, config) if config.scan_layers else \
+      unscan_params(params, config)

@@ -18,6 +18,14 @@ normalizer (the number of real pairs), so microbatching composes exactly. The
 batch-token NLL needs the whole batch's token count: the train step hands
 `batch_totals(batch)`, taken before the batch is split, to every microbatch.
 
+Packed pairs (`data.pair_arrays` with `pack=True`): the prompt, chosen and
+rejected rows are packed together as seqio packs three features, so segment
+`s` of a row's prompt, chosen and rejected rows is the same pair; the
+per-pair features (`reference_*_logps`, `pair_weights`) are then `[rows,
+max pairs per row]`, column `s - 1` holding segment `s`, and every per-pair
+quantity here is a per-segment sum of token log-probabilities
+(`losses.segment_sums`). Unpacked rows are the case of one segment per row.
+
 Metrics follow TRL's names where they exist: `accuracy` (reward accuracy),
 `chosen_reward`/`rejected_reward` (`beta` times the log-ratio), `margin`, and the
 policy's `chosen_logp`/`rejected_logp` (summed over tokens, per pair).
@@ -33,7 +41,7 @@ import jax.numpy as jnp
 
 from tinythinker_jax import errors
 from tinythinker_jax.models.t5 import T5
-from tinythinker_jax.training import models
+from tinythinker_jax.training import losses, models
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -45,6 +53,9 @@ SEQUENCE = "sequence"
 PREFERENCE_FEATURES = ("encoder_input_tokens", "chosen_target_tokens",
                        "rejected_target_tokens", "reference_chosen_logps",
                        "reference_rejected_logps")
+PACKED_PREFERENCE_FEATURES = PREFERENCE_FEATURES + (
+    "encoder_segment_ids", "encoder_positions", "chosen_segment_ids", "chosen_positions",
+    "rejected_segment_ids", "rejected_positions", "pair_weights")
 
 
 def preference_losses(policy_chosen: Array, policy_rejected: Array, ref_chosen: Array,
@@ -66,7 +77,9 @@ class PreferenceModel:
   Batch features: `encoder_input_tokens`, `chosen_target_tokens`,
   `rejected_target_tokens` ([batch, length], EOS-terminated, 0-padded),
   `reference_chosen_logps` and `reference_rejected_logps` ([batch]), and
-  optionally `pair_weights` ([batch]; 0 for padding rows).
+  optionally `pair_weights` ([batch]; 0 for padding rows). Packed rows add
+  `encoder_segment_ids`, `chosen_segment_ids`, `rejected_segment_ids` and
+  (`*_positions`, unused by T5), with per-pair features `[batch, pairs]`.
   """
 
   module: T5
@@ -87,29 +100,40 @@ class PreferenceModel:
 
   def policy_logps(self, params: Any, batch: Batch,
                    dropout_rng: Optional[Array] = None) -> tuple[Array, ...]:
-    """(chosen logp, chosen length, rejected logp, rejected length, z-loss term per
-    pair), from one forward pass over the chosen and rejected rows."""
+    """(chosen logp, chosen length, rejected logp, rejected length, z-loss term),
+    each `[rows, pairs per row]`, from one forward pass over the chosen and
+    rejected rows."""
     chosen, rejected = batch["chosen_target_tokens"], batch["rejected_target_tokens"]
-    n = chosen.shape[0]
+    n, num_pairs = chosen.shape[0], _num_pairs(batch)
     enc = jnp.concatenate([batch["encoder_input_tokens"]] * 2, axis=0)
     targets = jnp.concatenate([chosen, rejected], axis=0)
-    token_logps, logits = models.target_token_logps(self.module, params, enc, targets,
-                                                    dropout_rng)
+    segments = jnp.concatenate([_segments(batch, "chosen"), _segments(batch, "rejected")],
+                               axis=0)
+    packed = "chosen_segment_ids" in batch
+    token_logps, logits = models.target_token_logps(
+        self.module, params, enc, targets, dropout_rng,
+        encoder_segment_ids=(jnp.concatenate([batch["encoder_segment_ids"]] * 2, axis=0)
+                             if packed else None),
+        decoder_segment_ids=segments if packed else None)
     mask = (targets > 0).astype(jnp.float32)
-    logps, lengths = jnp.sum(token_logps, axis=-1), jnp.sum(mask, axis=-1)
-    z = jnp.zeros((n,), jnp.float32)
+    logps = losses.segment_sums(token_logps, segments, num_pairs)
+    lengths = losses.segment_sums(mask, segments, num_pairs)
+    z = jnp.zeros((n, num_pairs), jnp.float32)
     if self.z_loss:
       log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-      per_row = jnp.sum(jnp.square(log_z) * mask, axis=-1) / jnp.maximum(lengths, 1.0)
-      z = self.z_loss * (per_row[:n] + per_row[n:])
+      per_pair = losses.segment_sums(jnp.square(log_z) * mask, segments,
+                                     num_pairs) / jnp.maximum(lengths, 1.0)
+      z = self.z_loss * (per_pair[:n] + per_pair[n:])
     return logps[:n], lengths[:n], logps[n:], lengths[n:], z
 
   @staticmethod
   def batch_totals(batch: Batch) -> dict[str, Array]:
     """Whole-batch counts the loss is normalised by: real pairs and their chosen
-    tokens (padding rows, `pair_weights` 0, count for neither)."""
+    tokens (padding rows and slots, `pair_weights` 0, count for neither)."""
     weights = _weights(batch)
-    tokens = jnp.sum((batch["chosen_target_tokens"] > 0).astype(jnp.float32), axis=-1)
+    tokens = losses.segment_sums(
+        (batch["chosen_target_tokens"] > 0).astype(jnp.float32),
+        _segments(batch, "chosen"), _num_pairs(batch))
     return {"pairs": jnp.sum(weights), "chosen_tokens": jnp.sum(weights * tokens)}
 
   def loss_sums(self, params: Any, batch: Batch, dropout_rng: Optional[Array] = None,
@@ -119,8 +143,8 @@ class PreferenceModel:
     `batch_totals` when `batch` is one microbatch of it."""
     totals = self.batch_totals(batch) if totals is None else totals
     pi_c, len_c, pi_r, len_r, z = self.policy_logps(params, batch, dropout_rng)
-    ref_c = batch["reference_chosen_logps"].astype(jnp.float32)
-    ref_r = batch["reference_rejected_logps"].astype(jnp.float32)
+    ref_c = _per_pair(batch["reference_chosen_logps"])
+    ref_r = _per_pair(batch["reference_rejected_logps"])
     weights = _weights(batch)
     if self.loss_type == IPO:  # TRL: IPO on per-token average log-probabilities
       c, r = jnp.maximum(len_c, 1.0), jnp.maximum(len_r, 1.0)
@@ -165,7 +189,26 @@ class PreferenceModel:
             "rejected_logp": sums["rejected_logp"] / n, "examples": sums["num_examples"]}
 
 
+def _per_pair(x: Array) -> Array:
+  """`[rows, pairs per row]` from `[rows]` (unpacked) or `[rows, pairs]` (packed)."""
+  x = x.astype(jnp.float32)
+  return x[:, None] if x.ndim == 1 else x
+
+
+def _num_pairs(batch: Batch) -> int:
+  """Pair slots per row: 1 unpacked; the per-pair features' width when packed."""
+  return _per_pair(batch["reference_chosen_logps"]).shape[1]
+
+
+def _segments(batch: Batch, name: str) -> Array:
+  """Segment ids of the `name` target rows; an unpacked row is segment 1."""
+  ids = batch.get(f"{name}_segment_ids")
+  return ((batch[f"{name}_target_tokens"] > 0).astype(jnp.int32) if ids is None
+          else ids)
+
+
 def _weights(batch: Batch) -> Array:
   weights = batch.get("pair_weights")
-  ones = jnp.ones(batch["chosen_target_tokens"].shape[:1], jnp.float32)
-  return ones if weights is None else weights.astype(jnp.float32)
+  ones = jnp.ones((batch["chosen_target_tokens"].shape[0], _num_pairs(batch)),
+                  jnp.float32)
+  return ones if weights is None else _per_pair(weights)

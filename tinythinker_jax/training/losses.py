@@ -158,3 +158,14 @@ def token_logps(logits: Array, targets: Array) -> Array:
   logits = logits.astype(jnp.float32)
   gold = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.where(targets > 0, gold - jax.nn.logsumexp(logits, axis=-1), 0.0)
+
+
+def segment_sums(values: Array, segment_ids: Array, num_segments: int) -> Array:
+  """Per-segment sums `[batch, num_segments]` of `values [batch, length]`.
+
+  Segment `s` (1-based, as packing numbers them) lands in column `s - 1`;
+  segment id 0 (padding) and ids above `num_segments` are dropped. An
+  unpacked row is one segment: pass `segment_ids = targets > 0` and 1.
+  """
+  columns = jax.nn.one_hot(segment_ids - 1, num_segments, dtype=values.dtype)
+  return jnp.einsum("bl,bls->bs", values, columns)

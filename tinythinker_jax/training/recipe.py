@@ -89,15 +89,33 @@ class TrainSettings:
         self.additional_rules))
 
 
-def proportional_schedule(counts: Mapping[str, int],
-                          order: Sequence[str]) -> Optional[arrays.InterleavedSchedule]:
-  """Streams interleaved in proportion to their sizes (None for one stream)."""
-  names = tuple(n for n in order if n in counts)
+def proportional_schedule(weights: Mapping[str, float], order: Sequence[str],
+                          tolerance: float = 0.02, max_cycle: int = 64
+                          ) -> Optional[arrays.InterleavedSchedule]:
+  """Streams interleaved in proportion to `weights` (None for one stream).
+
+  The weights are sizes (interleave by size) or a seqio Mixture's rates. The
+  cycle is the shortest (up to `max_cycle` steps) whose integer step counts
+  give every stream its share within `tolerance` (relative), so rates 0.7 and
+  0.3 give a 10-step cycle of 7 and 3, not 2 and 1.
+  """
+  names = tuple(n for n in order if n in weights)
   if len(names) < 2:
     return None
-  sizes = np.array([counts[n] for n in names], float)
-  per_cycle = np.maximum(1, np.round(sizes / sizes.min())).astype(int)
-  return arrays.InterleavedSchedule(names, tuple(int(c) for c in per_cycle))
+  w = np.array([float(weights[n]) for n in names])
+  if not np.all(np.isfinite(w)) or np.any(w <= 0):
+    raise errors.UserError(f"stream weights {dict(zip(names, w.tolist()))}: every "
+                           "mixture rate (or size) must be positive")
+  share = w / w.sum()
+  best = None
+  for total in range(len(names), max_cycle + 1):
+    counts = np.maximum(1, np.round(share * total)).astype(int)
+    error = np.max(np.abs(counts / counts.sum() - share) / share)
+    if best is None or error < best[0] - 1e-12:
+      best = (error, counts)
+    if error <= tolerance:
+      break
+  return arrays.InterleavedSchedule(names, tuple(int(c) for c in best[1]))
 
 
 @dataclasses.dataclass
@@ -109,7 +127,7 @@ class Fitted:
 def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
         datasets: Mapping[str, arrays.ArrayDataset],
         schedule: Optional[arrays.InterleavedSchedule], settings: TrainSettings,
-        model_dir: str, initial_params: Optional[Callable[[], Any]] = None,
+        model_dir: str, initial_params: Optional[Callable[[Any], Any]] = None,
         eval_fns: Optional[Callable[[Any, partitioning.Partitioner, slice],
                                     Mapping[str, trainer.EvalFn]]] = None,
         meta: Optional[dict] = None, progress: bool = True, eval_at_start: bool = True,
@@ -144,7 +162,8 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
       model=model, model_config=config,
       optimizer=optimizers.make_optimizer(settings.optimizer, lr,
                                           weight_decay=settings.weight_decay,
-                                          grad_clip_norm=settings.max_grad_norm),
+                                          grad_clip_norm=settings.max_grad_norm,
+                                          scanned_layers=config.scan_layers),
       partitioner=partitioner, batch_fn=source, global_batch_size=settings.batch_size,
       train_steps=steps, model_dir=model_dir, seed=settings.seed,
       num_microbatches=settings.num_microbatches, dropout=config.dropout_rate > 0,

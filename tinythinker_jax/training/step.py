@@ -25,9 +25,25 @@ class TrainState:
                opt_state=optimizer.init(params))
 
 
-def shift_right(targets: Array) -> Array:
-  """Decoder inputs for teacher forcing: targets shifted right, 0 first."""
-  return jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+def shift_right(targets: Array, segment_ids: Optional[Array] = None) -> Array:
+  """Decoder inputs for teacher forcing: targets shifted right, 0 first.
+
+  With `segment_ids` (packed rows) the shift restarts in each segment: its
+  first input is 0, not the previous example's EOS (seqio's
+  `make_autoregressive_inputs` with `sequence_id`).
+  """
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  if segment_ids is None:
+    return shifted
+  previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(segment_ids == previous, shifted, 0)
+
+
+def nonpadding_tokens(batch: Batch) -> Array:
+  """The batch's real tokens: non-zero encoder inputs and targets (every
+  `*target_tokens` feature; a preference pair's prompt counts once)."""
+  names = [k for k in batch if k == "encoder_input_tokens" or k.endswith("target_tokens")]
+  return sum(jnp.sum(batch[k] != 0, dtype=jnp.float32) for k in names)
 
 
 def mean_loss(model, params: Any, batch: Batch,
@@ -88,6 +104,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     params = optax.apply_updates(state.params, updates)
     metrics = summarize(model, sums)
     metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["nonpadding_tokens"] = nonpadding_tokens(batch)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tqdm
 
-from tinythinker_jax import checkpoints, errors, paths
+from tinythinker_jax import checkpoints, errors, paths, preemption
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.training import step as step_lib
@@ -51,29 +51,12 @@ def _param_count(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def check_params_fit(params: Any, abstract: Any, source: str) -> None:
-  """Raises naming the first parameter whose presence or shape does not fit."""
-  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  expected = dict(jax.tree_util.tree_flatten_with_path(abstract)[0])
-  for path, leaf in expected.items():
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    if path not in flat:
-      raise errors.UserError(f"{source}: parameter {name} (shape {leaf.shape}) is missing")
-    if tuple(flat[path].shape) != tuple(leaf.shape):
-      raise errors.UserError(f"{source}: parameter {name} has shape {tuple(flat[path].shape)}; "
-                       f"the model config needs {tuple(leaf.shape)}")
-  extra = set(flat) - set(expected)
-  if extra:
-    name = "/".join(str(getattr(k, "key", k)) for k in sorted(extra, key=str)[0])
-    raise errors.UserError(f"{source}: parameter {name} is not in the model config")
-
-
 def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransformation,
           partitioner: Partitioner, batch_fn: BatchFn, global_batch_size: int,
           train_steps: int, model_dir: paths.PathLike, seed: int = 0,
           num_microbatches: int = 1,
           dropout: bool = False, checkpoint: CheckpointSettings = CheckpointSettings(),
-          initial_params: Optional[Callable[[], Any]] = None, log_every: int = 10,
+          initial_params: Optional[Callable[[Any], Any]] = None, log_every: int = 10,
           eval_every: int = 0, eval_fns: Mapping[str, EvalFn] = (),
           meta: Optional[dict] = None, progress: bool = True,
           schedule: Optional[optax.Schedule] = None,
@@ -94,9 +77,15 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   rng = jax.random.key(seed)
   init_fn = lambda r: t5.init_params(model_config, r)  # noqa: E731
   boxed = jax.eval_shape(init_fn, rng)
+  abstract_params = nn.unbox(boxed)
   param_shardings = partitioner.param_shardings(boxed)
   create_state = lambda p: step_lib.TrainState.create(p, optimizer)  # noqa: E731
-  create = partitioner.partition(create_state)
+  # Every leaf of the state (optimizer statistics included) is placed by the
+  # logical-axis rules and held there by the jitted functions' shardings.
+  abstract_state = jax.eval_shape(create_state, abstract_params)
+  state_shardings = partitioner.train_state_shardings(boxed, abstract_state)
+  create = partitioner.partition(create_state, in_shardings=(param_shardings,),
+                                 out_shardings=state_shardings, donate_argnums=(0,))
   model_dir = paths.as_path(model_dir)
   checkpointer = checkpoints.Checkpointer(model_dir / checkpoints.CHECKPOINTS,
                                           save_every=checkpoint.save_every,
@@ -120,22 +109,27 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     best_checkpointer = checkpoints.Checkpointer(best_dir, save_every=1, keep=1,
                                                  asynchronous=False)
   if latest is None:
-    params, _ = partitioner.init(init_fn, rng)
     if initial_params is not None:
-      loaded = initial_params()
-      check_params_fit(loaded, nn.unbox(boxed), "initial checkpoint")
-      params = jax.device_put(loaded, param_shardings)
+      params = t5.convert_params(initial_params(param_shardings), model_config)
+      checkpoints.check_params_fit(params, abstract_params, "initial checkpoint")
+      params = jax.device_put(params, param_shardings)  # a no-op when already placed
+    else:
+      params, _ = partitioner.init(init_fn, rng)
     state = create(params)
+    del params  # donated to the state
   else:
-    # Restored into the layout `create` gives, from shapes alone: nothing is
+    # Restored from shapes alone, straight into the rules' layout: nothing is
     # initialised first, so the state is never held twice.
-    abstract_params = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        nn.unbox(boxed), param_shardings)
-    shardings = create.lower(abstract_params).compile().output_shardings
+    saved_config = checkpointer.read_meta(latest).get("model_config", {})
+    if bool(saved_config.get("scan_layers", False)) != model_config.scan_layers:
+      raise errors.UserError(
+          f"{checkpointer.directory}/{latest}: written with T5Config.scan_layers="
+          f"{bool(saved_config.get('scan_layers', False))}, but this run has "
+          f"scan_layers={model_config.scan_layers}; resume with the same setting, or "
+          "start a new model dir from it with INITIAL_CHECKPOINT_PATH (converted on load)")
     target = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(create_state, abstract_params), shardings)
+        abstract_state, state_shardings)
     try:
       state, saved_meta = checkpointer.restore(latest, target)
     except ValueError as e:
@@ -144,12 +138,10 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     resumed_from = latest
     log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
              saved_meta.get("seed"))
-  # The step returns the state in the layout it takes, so the second step does
-  # not compile again for a layout XLA's propagation chose for the first one.
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
   step_fn = partitioner.partition(
       step_lib.make_train_step(model, optimizer, num_microbatches=num_microbatches,
                                dropout=dropout), donate_argnums=(0,),
+      in_shardings=(state_shardings, partitioner.data_sharding(1), partitioner.replicated),
       out_shardings=(state_shardings, partitioner.replicated))
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
@@ -161,6 +153,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=not progress or jax.process_index() != 0)
   tick, tick_step = time.time(), start
+  counted: list = []  # (non-padding tokens, examples) of the steps since the last log
 
   def run_evals(done: int) -> None:
     nonlocal best
@@ -191,42 +184,58 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     if jax.process_index() == 0:
       checkpoints.write_best(model_dir, best)
 
-  try:
-    if eval_every and eval_at_start and start == 0:
-      run_evals(0)  # The baseline that later evaluations are read against.
-    for step in range(start, end):
-      local = batch_fn(step)
-      if len(next(iter(local.values()))) != layout.local_batch_size:
-        raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
-                         f"examples; this process feeds {layout.local_batch_size}")
-      state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
-      done = step + 1
-      bar.update(1)
-      if done % log_every == 0 or done == end:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        elapsed = max(time.time() - tick, 1e-9)
-        steps = done - tick_step
-        tokens = sum(v.shape[1] for k, v in local.items()
-                     if k == "encoder_input_tokens" or k.endswith("target_tokens"))
-        if schedule is not None:
-          last["learning_rate"] = float(schedule(step))
-        last.update(steps_per_s=steps / elapsed,
-                    examples_per_s=steps * global_batch_size / elapsed,
-                    tokens_per_s=steps * global_batch_size * tokens / elapsed)
-        tick, tick_step = time.time(), done
-        writer.write(done, {f"train/{k}": v for k, v in last.items()})
-        bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
-      if eval_every and (done % eval_every == 0 or done == train_steps):
-        run_evals(done)
-      if done % checkpoint.save_every == 0 or done == end:
-        checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
-                          force=True)
-  finally:
-    bar.close()
-    checkpointer.close()
-    if best_checkpointer is not None:
-      best_checkpointer.close()
-    writer.close()
+  # SIGTERM (a preemption notice) stops the loop at the next step, saved; one
+  # that comes during the last step stops the process once training is done.
+  with preemption.guard("training"):
+    preempted_at = None
+    try:
+      if eval_every and eval_at_start and start == 0:
+        run_evals(0)  # The baseline that later evaluations are read against.
+      for step in range(start, end):
+        local = batch_fn(step)
+        if len(next(iter(local.values()))) != layout.local_batch_size:
+          raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
+                           f"examples; this process feeds {layout.local_batch_size}")
+        state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
+        # Device scalars, summed at the next log (no host sync per step).
+        counted.append((metrics["nonpadding_tokens"], metrics.get("examples")))
+        done = step + 1
+        bar.update(1)
+        if done % log_every == 0 or done == end:
+          last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          elapsed = max(time.time() - tick, 1e-9)
+          steps = done - tick_step
+          tokens, examples = (sum(float(x) for x in column) if column[0] is not None
+                              else None for column in zip(*jax.device_get(counted)))
+          counted.clear()
+          del last["nonpadding_tokens"]
+          if schedule is not None:
+            last["learning_rate"] = float(schedule(step))
+          # Real (non-padding) encoder and target tokens, and examples (packed
+          # rows hold several; DPO: pairs), of the whole global batches.
+          last.update(steps_per_s=steps / elapsed, tokens_per_s=tokens / elapsed,
+                      examples_per_s=(examples if examples is not None
+                                      else steps * global_batch_size) / elapsed)
+          tick, tick_step = time.time(), done
+          writer.write(done, {f"train/{k}": v for k, v in last.items()})
+          bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
+        if eval_every and (done % eval_every == 0 or done == train_steps):
+          run_evals(done)
+        stop = done < end and preemption.reached_sync_point(done)
+        if done % checkpoint.save_every == 0 or done == end or stop:
+          checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
+                            force=True)
+        if stop:
+          preempted_at = done
+          break
+    finally:
+      bar.close()
+      checkpointer.close()
+      if best_checkpointer is not None:
+        best_checkpointer.close()
+      writer.close()
+    if preempted_at is not None:
+      raise preemption.Preempted(f"training saved at step {preempted_at} in {model_dir}")
   return TrainResult(state, last, resumed_from)
 
 
