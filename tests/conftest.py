@@ -49,7 +49,8 @@ def pytest_configure(config):
 # collection order, so this keeps one long file from running alone at the end.
 # seeds_test waits for the session student that reflect_test builds.
 LONGEST_FIRST = ("reflect_test", "train_cli_test", "pipeline_test", "trainer_test",
-                 "local_teacher_test", "partitioning_test", "student_test", "seeds_test")
+                 "scan_test", "local_teacher_test", "partitioning_test", "student_test",
+                 "seeds_test", "packing_test", "remote_storage_test", "dpo_test")
 
 
 def pytest_collection_modifyitems(items):

@@ -51,7 +51,7 @@ def manifest(run_dir):
 def run_until(run_dir, condition, timeout=900):
   """Starts the demo and SIGKILLs it once `condition()` holds."""
   process = subprocess.Popen(demo_command(run_dir), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=one_device_env(fast_compile=False))
+                             stderr=subprocess.DEVNULL, env=one_device_env())
   deadline = time.time() + timeout
   while time.time() < deadline and process.poll() is None and not condition():
     time.sleep(0.05)
@@ -69,7 +69,7 @@ def finished_run(tmp_path_factory):
   first = manifest(run_dir)
   assert "train_vanilla" in first["stages"] and "train_finetune_cot" not in first["stages"]
   result = subprocess.run(demo_command(run_dir), capture_output=True, text=True,
-                          timeout=900, env=one_device_env(fast_compile=False))
+                          timeout=900, env=one_device_env())
   assert result.returncode == 0, result.stderr[-3000:]
   return run_dir, first, result.stdout
 
