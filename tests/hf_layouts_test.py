@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from tests.hf_parity_test import hf_logits  # noqa: E402
 from tinythinker_jax.convert import load_hf_t5, save_hf_t5  # noqa: E402
 from tinythinker_jax.models import T5  # noqa: E402
 
@@ -72,12 +73,6 @@ def batch(vocab: int, seed: int = 0):
   return enc, dec
 
 
-def torch_logits(model, enc, dec):
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0).long(),
-                 decoder_input_ids=torch.tensor(dec)).logits.numpy()
-
-
 def our_logits(config, params, enc, dec):
   # One compiled program (op by op, each primitive would be compiled alone).
   return np.asarray(jax.jit(T5(config).apply)({"params": params}, jnp.asarray(enc),
@@ -89,14 +84,14 @@ def check_export(config, params, reference, ours, tmp_path, enc, dec):
   save_hf_t5(config, params, str(tmp_path / "export"))
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(
       str(tmp_path / "export")).eval()
-  np.testing.assert_allclose(torch_logits(reloaded, enc, dec), reference, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(hf_logits(reloaded, enc, dec), reference, atol=1e-4, rtol=0)
   config2, params2 = load_hf_t5(str(tmp_path / "export"))
   assert config2 == config
   np.testing.assert_array_equal(our_logits(config2, params2, enc, dec), ours)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fresh_transformers5_folder_loads_to_pytorch_logits(case, tmp_path):
+def test_fresh_transformers5_folder_loads_to_pyhf_logits(case, tmp_path):
   model = make_model(case)
   model.save_pretrained(tmp_path / "hf")
   stored = load_file(tmp_path / "hf" / "model.safetensors")
@@ -106,7 +101,7 @@ def test_fresh_transformers5_folder_loads_to_pytorch_logits(case, tmp_path):
   assert config.logits_via_embedding == via_embedding
   assert config.vocab_size == CASES[case][1]["vocab_size"]
   enc, dec = batch(config.vocab_size)
-  reference = torch_logits(model, enc, dec)
+  reference = hf_logits(model, enc, dec)
   ours = our_logits(config, params, enc, dec)
   np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
   check_export(config, params, reference, ours, tmp_path, enc, dec)
@@ -124,7 +119,7 @@ def test_tied_unscaled_pytorch_bin_only(tmp_path):
   assert not config.logits_via_embedding
   enc, dec = batch(config.vocab_size, seed=1)
   np.testing.assert_allclose(our_logits(config, params, enc, dec),
-                             torch_logits(model, enc, dec), atol=1e-4, rtol=0)
+                             hf_logits(model, enc, dec), atol=1e-4, rtol=0)
 
 
 def transformers4_config(model, **keys) -> dict:
@@ -179,10 +174,10 @@ def test_transformers4_style_config(name, tmp_path):
   assert config.logits_via_embedding == via_embedding
   assert config.mlp_activations == (("relu",) if name == "t5-small" else ("gelu", "linear"))
   enc, dec = batch(config.vocab_size, seed=2)
-  reference = torch_logits(model, enc, dec)
+  reference = hf_logits(model, enc, dec)
   np.testing.assert_allclose(our_logits(config, params, enc, dec), reference, atol=1e-4,
                              rtol=0)
   # transformers 5 reads the hand-written folder the same way.
   cls = getattr(transformers, f"{CASES[case][0]}ForConditionalGeneration")
-  np.testing.assert_allclose(torch_logits(cls.from_pretrained(str(folder)).eval(), enc, dec),
+  np.testing.assert_allclose(hf_logits(cls.from_pretrained(str(folder)).eval(), enc, dec),
                              reference, atol=1e-5, rtol=0)

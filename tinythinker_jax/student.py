@@ -12,6 +12,7 @@ self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Optional, Sequence
 
@@ -171,17 +172,22 @@ def load(path: PathLike, *, model_config: Optional[t5.T5Config] = None, vocabula
   return LoadedStudent(config, params, vocab, path)
 
 
+@functools.lru_cache(maxsize=8)
+def _boxed_params(config: t5.T5Config) -> Any:
+  """The config's parameter shapes with their logical axes (traced once per config:
+  loading and placing a student both need them)."""
+  return jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
+
+
 def param_shardings(config: t5.T5Config, partitioner: partitioning.Partitioner) -> Any:
   """The shardings the partitioner's rules give `config`'s parameters."""
-  boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
-  return partitioner.param_shardings(boxed)
+  return partitioner.param_shardings(_boxed_params(config))
 
 
 def _restore_params(path: str, config: t5.T5Config, shardings: Any, where: str) -> Any:
   from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
   location = checkpoints.locate(path)
-  abstract = nn.unbox(jax.eval_shape(lambda r: t5.init_params(config, r),
-                                     jax.random.key(0)))
+  abstract = nn.unbox(_boxed_params(config))
   checkpointer = checkpoints.Checkpointer(location.directory, create=False)
   try:
     params = checkpointer.restore_params(location.step, shardings, abstract=abstract,
