@@ -8,7 +8,14 @@ INSTALLED := $(VENV)/.installed
 # The demo needs only the core and seqio extras (no torch, no llama.cpp build).
 DEMO_INSTALLED := $(VENV)/.installed-demo
 
-.PHONY: install test test-all demo bench clean
+# Accelerator hosts: the core install (no TensorFlow) with JAX's CUDA plugin or
+# libtpu at the installed jax's version, and gs:// paths. Materialise seqio tasks
+# where the `seqio` extra is installed (`tinythinker materialize`); training,
+# sampling and evaluation here read the arrays. CUDA=13 for CUDA 13 drivers.
+CUDA ?= 12
+ACCEL_CONSTRAINTS := -c constraints.txt -c constraints-accelerators.txt
+
+.PHONY: install install-gpu install-tpu test test-all demo bench bench-accelerator clean
 
 install: $(INSTALLED)
 
@@ -26,6 +33,17 @@ $(DEMO_INSTALLED): setup.py constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[seqio]'
 	touch $(DEMO_INSTALLED)
+
+install-gpu: $(VENV)/.installed-cuda$(CUDA)
+install-tpu: $(VENV)/.installed-tpu
+
+# .installed-cuda12, .installed-cuda13, .installed-tpu: the extra is the suffix.
+$(VENV)/.installed-%: setup.py constraints.txt constraints-accelerators.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $(ACCEL_CONSTRAINTS) -e '.[$*,gcs]'
+	$(PY) -c "import jax; print(jax.default_backend(), jax.devices())"
+	touch $@
 
 # The default suite skips tests marked slow, and runs on every core
 # (pytest-xdist, one worker per core; a test file stays on one worker, so its
@@ -47,6 +65,11 @@ demo: $(DEMO_INSTALLED)
 bench: $(INSTALLED)
 	$(PY) benchmarks/train_step_bench.py
 	$(PY) benchmarks/sampling_bench.py
+
+# Every accelerator figure (train step and sampling at base and large, bf16,
+# MFU) in one command, on a host set up with install-gpu or install-tpu.
+bench-accelerator:
+	$(PY) benchmarks/accelerator_bench.py --sizes=base,large --out=bench_out
 
 clean:
 	rm -rf $(VENV) demo_output build dist *.egg-info

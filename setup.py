@@ -21,7 +21,17 @@ _CORE = [
     "editdistance>=0.8",
     "matplotlib>=3.8",  # the pipeline report's plots
     "etils[epath]>=1.15",  # run paths: local folders or gs:// (as orbax reads them)
+    "tensorboard>=2.21,<2.22",  # event files for metrics (TensorBoard needs no TF)
 ]
+# Accelerators: JAX's own extras, so the CUDA plugin or libtpu is the version
+# of the jax installed (jax pins them exactly). No TensorFlow on this path:
+# training, sampling and evaluation read materialised arrays.
+_JAX = "jax[{}]>=0.10.2,<0.11"
+_ACCELERATORS = {
+    "cuda12": [_JAX.format("cuda12")],  # NVIDIA driver >= 525
+    "cuda13": [_JAX.format("cuda13")],  # NVIDIA driver >= 580
+    "tpu": [_JAX.format("tpu")],  # libtpu, on Cloud TPU VMs
+}
 # seqio pulls in TensorFlow; only the task registry and vocabularies need it,
 # so an accelerator host without TensorFlow can still train from arrays.
 _SEQIO = [
@@ -30,7 +40,6 @@ _SEQIO = [
     "tensorflow-text>=2.21,<2.22",
     "tensorflow-datasets>=4.9.10,<5",
     "importlib_resources",  # tensorflow-datasets 4.9.10 needs it undeclared
-    "tensorboard>=2.21,<2.22",
     "clu>=0.0.12",
     "protobuf>=5",
 ]
@@ -70,6 +79,7 @@ setuptools.setup(
         "test": _SEQIO + _TEST,
         "teacher": _TEACHER,
         "gcs": _GCS,
+        **_ACCELERATORS,
     },
     entry_points={"console_scripts": ["tinythinker=tinythinker_jax.main:console_main"]},
 )

@@ -7,7 +7,9 @@ Both sample `--samples` continuations of each of `--batch` prompts at
 temperature 0.7 (top-k off, as TinyThinker's recall sampling) for exactly
 `--new_tokens` tokens (EOS is suppressed in both, so the work is equal).
 After warm-up (which includes our compile, reported separately) the two are
-timed in alternating rounds; the median is reported.
+timed in alternating rounds; the median is reported, with model-FLOPs
+utilisation (`flops.decode_flops`: the encoder once per prompt, then each
+cached step; decoding is memory-bound, so expect a small fraction).
 
   python benchmarks/sampling_bench.py --model=t5_1_1/small --batch=8 --samples=4 \
       --input_length=128 --new_tokens=64
@@ -26,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from train_step_bench import load_config  # noqa: E402  pylint: disable=wrong-import-position
+from train_step_bench import load_config, peak_note, utilisation  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -37,7 +39,10 @@ def parse_args(argv=None):
   p.add_argument("--input_length", type=int, default=128)
   p.add_argument("--new_tokens", type=int, default=64)
   p.add_argument("--temperature", type=float, default=0.7)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                 help="auto: bfloat16 on TPU/GPU, float32 on CPU")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="the devices' peak TFLOP/s, all together, for MFU")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--skip_torch", action="store_true")
@@ -72,7 +77,7 @@ class HuggingFace:
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    dtype = torch.bfloat16 if args.resolved_dtype == "bfloat16" else torch.float32
     self.model = transformers.T5ForConditionalGeneration.from_pretrained(
         folder, dtype=dtype).eval()
     self.torch = torch
@@ -103,6 +108,7 @@ def main(argv=None):
   from tinythinker_jax.convert import save_hf_t5  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
   config = load_config(args.model, args.dtype)
+  args.resolved_dtype = config.dtype
   params = jax.device_get(nn.unbox(t5.init_params(config.replace(dtype="float32"),
                                                   jax.random.key(0))))
   prompts = np.random.default_rng(0).integers(
@@ -124,15 +130,20 @@ def main(argv=None):
         seconds, shape = timed(runner)
         samples[name].append(seconds)
   tokens = args.batch * args.samples * args.new_tokens
+  from tinythinker_jax.models import flops  # pylint: disable=import-outside-toplevel
+  call_flops = flops.decode_flops(config, args.batch, args.input_length, args.new_tokens,
+                                  num_samples=args.samples)
   results = {"model": args.model, "batch": args.batch, "samples": args.samples,
              "rows": args.batch * args.samples, "input_length": args.input_length,
              "new_tokens": args.new_tokens, "temperature": args.temperature,
-             "dtype": args.dtype, "threads": args.threads,
+             "dtype": config.dtype, "threads": args.threads,
+             "model_flops_per_call": call_flops, **peak_note(config.dtype, args.peak_tflops),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
              "ours_first_call_s (compile + run)": round(compile_s, 2)}
   for name, times in samples.items():
     median = statistics.median(times)
-    results[name] = {"median_s": round(median, 3), "tokens_per_s": round(tokens / median, 1)}
+    results[name] = {"median_s": round(median, 3), "tokens_per_s": round(tokens / median, 1),
+                     **utilisation(call_flops, median, config.dtype, args.peak_tflops)}
   if not args.skip_torch:
     results["speedup_ours_over_hf"] = round(
         results["Hugging Face generate (PyTorch)"]["median_s"] /

@@ -4,10 +4,16 @@ Both models get the same configuration (a model gin file), the same token batch
 (no padding, so both average the loss over the same tokens), the same optimizer
 settings and the same thread count, in one process. PyTorch's AdamW is the fused
 one by default (`--torch_adamw`), as the Hugging Face Trainer uses with torch >= 2.8. After warm-up the two are
-timed in alternating rounds and the median step time of each is reported.
+timed in alternating rounds and the median step time of each is reported, with
+tokens/s and model-FLOPs utilisation (`tinythinker_jax.models.flops`: 6·N per
+token plus attention, over the devices' peak from `tinythinker_jax.platforms`
+or `--peak_tflops`).
 
   python benchmarks/train_step_bench.py --model=t5_1_1/small --batch=8 \
       --input_length=128 --target_length=64
+  # a GPU or TPU host: ours alone, bfloat16 (the default there)
+  python benchmarks/train_step_bench.py --model=t5_1_1/base --batch=64 \
+      --input_length=512 --target_length=128 --skip_torch
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--input_length", type=int, default=128)
   p.add_argument("--target_length", type=int, default=64)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                 help="compute dtype (bfloat16: torch autocast vs our bf16 compute)")
+  p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                 help="compute dtype (bfloat16: torch autocast vs our bf16 compute; "
+                 "auto: bfloat16 on TPU/GPU, float32 on CPU)")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="the devices' peak TFLOP/s, all together, for MFU (default: "
+                 "tinythinker_jax.platforms' table by device kind; on CPU an "
+                 "estimate from cores x clock x FLOPs per cycle)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps_per_round", type=int, default=3)
@@ -42,12 +53,38 @@ def parse_args(argv=None):
 
 
 def load_config(model: str, dtype: str):
+  """The gin model's config with `dtype` ('auto' resolved for this platform)."""
   import gin  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import gin_utils  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import gin_utils, platforms  # pylint: disable=import-outside-toplevel
   gin_utils.parse([f"models/{model}.gin"], ["DROPOUT_RATE = 0.0"])
-  config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG")).replace(dtype=dtype)
+  config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG")).replace(
+      dtype=platforms.activation_dtype(dtype))
   gin.clear_config()
   return config
+
+
+def utilisation(model_flops: float, seconds: float, dtype: str,
+                peak_tflops=None) -> dict:
+  """Model TFLOP/s and MFU: model FLOPs per second over the devices' peak."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
+  peak = peak_tflops * 1e12 if peak_tflops else platforms.peak_flops(jax.devices(), dtype)
+  achieved = model_flops / seconds
+  return {"model_tflops_per_s": round(achieved / 1e12, 4),
+          "mfu": None if not peak else round(achieved / peak, 4)}
+
+
+def peak_note(dtype: str, peak_tflops=None) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()
+  if peak_tflops:
+    return {"peak_tflops": peak_tflops, "peak_source": "--peak_tflops"}
+  peak = platforms.peak_flops(devices, dtype)
+  source = ("cpu estimate: cores x GHz x FLOPs/cycle (platforms.cpu_peak_tflops)"
+            if devices[0].platform == "cpu" else "platforms.PEAK_TFLOPS")
+  return {"peak_tflops": None if peak is None else round(peak / 1e12, 4),
+          "peak_source": source if peak else "unknown device kind: pass --peak_tflops"}
 
 
 def make_batch(config, args):
@@ -150,8 +187,12 @@ def main(argv=None):
     for name, step in runners.items():
       samples[name] += time_steps(step, args.steps_per_round)
   tokens = args.batch * (args.input_length + args.target_length)
+  from tinythinker_jax.models import flops  # pylint: disable=import-outside-toplevel
+  step_flops = flops.train_step_flops(config, args.batch, args.input_length,
+                                      args.target_length)
   results = {"model": args.model, "batch": args.batch, "input_length": args.input_length,
-             "target_length": args.target_length, "dtype": args.dtype,
+             "target_length": args.target_length, "dtype": config.dtype,
+             "model_flops_per_step": step_flops, **peak_note(config.dtype, args.peak_tflops),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
              "threads": args.threads, "timed_steps": args.rounds * args.steps_per_round,
              "torch_adamw": None if args.skip_torch else args.torch_adamw}
@@ -159,7 +200,8 @@ def main(argv=None):
     median = statistics.median(times)
     results[name] = {"median_step_s": round(median, 4),
                      "examples_per_s": round(args.batch / median, 2),
-                     "tokens_per_s": round(tokens / median, 1)}
+                     "tokens_per_s": round(tokens / median, 1),
+                     **utilisation(step_flops, median, config.dtype, args.peak_tflops)}
   if not args.skip_torch:
     results["ratio_ours_over_pytorch"] = round(
         results["ours (JAX)"]["examples_per_s"] /

@@ -2,6 +2,7 @@
 
 import gin
 import jax
+import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def test_model_gin_has_published_dimensions_and_hf_parameter_count(name):
   assert config.mlp_activations == (("relu",) if v1_0 else ("gelu", "linear"))
   assert config.logits_via_embedding == v1_0
   assert config.vocab_size == 32128 and config.dropout_rate == 0.1
-  assert config.dtype == "bfloat16" and config.param_dtype == "float32"
+  assert config.dtype == "auto" and config.param_dtype == "float32"
+  assert config.compute_dtype == jnp.float32  # on this CPU; bfloat16 on TPU/GPU
 
   shapes = jax.eval_shape(lambda: nn.unbox(t5.init_params(config, jax.random.key(0))))
   ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))

@@ -1,6 +1,8 @@
 """The wheel is complete: built here, installed into a fresh venv away from the
-source tree, it resolves and parses the shipped gin configs."""
+source tree, it resolves and parses the shipped gin configs; it declares the
+accelerator extras; its core requirements install without TensorFlow."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -8,15 +10,31 @@ import sys
 import sysconfig
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
-def test_wheel_installs_into_a_fresh_venv_and_finds_its_gin_configs(tmp_path):
+def build_wheel(tmp_path: pathlib.Path) -> pathlib.Path:
   dist = tmp_path / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                   "--no-build-isolation", "-w", str(dist), str(REPO_ROOT)],
                  check=True, capture_output=True, timeout=600)
   (wheel,) = dist.glob("tinythinker_jax-*.whl")
+  return wheel
+
+
+def test_wheel_installs_into_a_fresh_venv_and_finds_its_gin_configs(tmp_path):
+  wheel = build_wheel(tmp_path)
+  metadata = zipfile.ZipFile(wheel).read(
+      next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("METADATA"))).decode()
+  # The accelerator extras, through JAX's own (which pin the plugin to jax's version).
+  for extra in ("cuda12", "cuda13", "tpu"):
+    assert f"Provides-Extra: {extra}" in metadata
+    assert f'Requires-Dist: jax[{extra}]<0.11,>=0.10.2; extra == "{extra}"' in metadata
+  core = [line for line in metadata.splitlines()
+          if line.startswith("Requires-Dist:") and "extra ==" not in line]
+  assert not [line for line in core if "tensorflow" in line or "seqio" in line], core
   names = set(zipfile.ZipFile(wheel).namelist())
   for name in ("tinythinker_jax/gin_configs/runs/sft.gin",
                "tinythinker_jax/gin_configs/runs/demo.gin",
@@ -54,3 +72,24 @@ print(gin_utils.query("RUN_DIR"))
   location, batch_size, run_dir = result.stdout.split()[-3:]
   assert pathlib.Path(location).is_relative_to(venv), location
   assert batch_size == "64" and run_dir == "demo_output"
+
+
+@pytest.mark.slow
+def test_a_fresh_core_install_has_no_tensorflow(tmp_path):
+  """`pip install <wheel>` with the exact pins, no extras, into a new venv (from the
+  package index: slow, and it needs the network)."""
+  wheel = build_wheel(tmp_path)
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+  python = str(venv / "bin" / "python")
+  install = subprocess.run([python, "-m", "pip", "install", "--quiet", "-c",
+                            str(REPO_ROOT / "constraints.txt"), str(wheel)],
+                           capture_output=True, text=True, timeout=1800)
+  assert install.returncode == 0, install.stderr[-3000:]
+  check = subprocess.run(
+      [python, "-c", "import importlib.util as u, json; import tinythinker_jax.train, "
+       "tinythinker_jax.eval, tinythinker_jax.sample; print(json.dumps([m for m in "
+       "('tensorflow', 'seqio', 'torch') if u.find_spec(m)]))"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert check.returncode == 0, check.stderr[-3000:]
+  assert json.loads(check.stdout.strip().splitlines()[-1]) == []

@@ -1,15 +1,18 @@
 """The phase-1 trainer in-process: meshes, accumulation, resharded restore, schedules."""
 
 import gc
+import json
 import os
 import signal
+import types
 
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_file_loader
 
 from tests.conftest import init_params
-from tinythinker_jax import checkpoints, partitioning, preemption, student
+from tinythinker_jax import checkpoints, partitioning, platforms, preemption, student
 from tinythinker_jax.convert import save_hf_t5
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import models, optimizers, trainer
@@ -146,7 +149,19 @@ def _no_init(*args, **kwargs):
   raise AssertionError("a resumed run must not initialise parameters")
 
 
-def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
+def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device, monkeypatch):
+  """Also: device memory goes to metrics.jsonl and TensorBoard where the backend
+  reports it (XLA's CPU client does not: each device here reports 1 MiB per step
+  taken so far as its peak)."""
+  taken = []
+  real = platforms.memory_metrics
+
+  def reported(devices):
+    taken.append(1)
+    return real([types.SimpleNamespace(memory_stats=lambda i=i: {
+        "peak_bytes_in_use": (len(taken) + i) << 20, "bytes_in_use": 1 << 20})
+                 for i, _ in enumerate(devices)])
+  monkeypatch.setattr(platforms, "memory_metrics", reported)
   partial = run(tiny_config, tmp_path / "k", steps=9, stop_after=5)
   assert int(partial.state.step) == 5
   resumed = run(tiny_config, tmp_path / "k", steps=9)
@@ -157,6 +172,18 @@ def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device):
   steps = sorted(int(p.name) for p in (tmp_path / "k" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [6, 9]  # keep=2
+  rows = [json.loads(line) for line in (tmp_path / "k" / "metrics.jsonl").open()]
+  memory = [(r["step"], r["memory/peak_bytes_per_device"]) for r in rows
+            if "memory/peak_bytes_per_device" in r]
+  local = jax.local_device_count() - 1
+  assert memory == [(s, float((i + 1 + local) << 20)) for i, s in
+                    enumerate([1, 2, 3, 4, 5, 6, 7, 8, 9])]
+  files = sorted((tmp_path / "k" / "tensorboard").glob("events.out.tfevents.*"))
+  assert files  # one per run (the first and the resumed one)
+  tags = {v.tag for path in files
+          for event in event_file_loader.EventFileLoader(str(path)).Load()
+          for v in event.summary.value}
+  assert {"memory/peak_bytes_per_device", "memory/bytes_in_use_per_device"} <= tags
 
 
 def test_selection_keeps_the_best_evaluation_and_loaders_prefer_it(tiny_config, tmp_path):

@@ -149,12 +149,27 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_flags(args: argparse.Namespace, bindings: Sequence[str] = (),
-                default_gin_file: Optional[str] = None) -> None:
-  """Parses the binary's gin files (or its default run config) and bindings."""
+                default_gin_file: Optional[str] = None, *, devices: bool = True) -> None:
+  """Parses the binary's gin files (or its default run config) and bindings.
+
+  A binary that runs on devices (`devices=True`, all but teach, vocab and
+  data) then joins the cluster when `COORDINATOR_ADDRESS` is bound (before
+  anything touches a device; 'auto': JAX finds the cluster), logs the platform
+  once and checks `REQUIRED_PLATFORM` (`platforms.start`).
+  """
   gin_files = list(args.gin_file) or ([default_gin_file] if default_gin_file else [])
   all_bindings = list(args.gin_bindings) + list(bindings)
   if gin_files or all_bindings:
     parse(gin_files, all_bindings, args.gin_search_paths)
+  if devices:
+    from tinythinker_jax import partitioning, platforms  # pylint: disable=import-outside-toplevel
+    coordinator = query_or("COORDINATOR_ADDRESS")
+    if coordinator:
+      partitioning.initialize_distributed(None if coordinator == "auto" else coordinator,
+                                          query_or("NUM_PROCESSES"),
+                                          query_or("PROCESS_ID"))
+    platforms.start(query_or("REQUIRED_PLATFORM"), query_or("ACTIVATION_DTYPE"),
+                    prog=getattr(args, "_prog", None) or "tinythinker")
 
 
 def run(prog: str, build_parser: Callable[[argparse.ArgumentParser], None],
@@ -174,6 +189,7 @@ def run(prog: str, build_parser: Callable[[argparse.ArgumentParser], None],
   try:
     argv, bindings = rewrite_gin_args(argv)
     args = parser.parse_args(argv)
+    args._prog = prog  # pylint: disable=protected-access
     return handler(args, bindings)
   except errors.UserError as e:
     print(f"{prog}: {e}", file=sys.stderr)

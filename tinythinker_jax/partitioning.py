@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, platforms
 
 MeshAxes = Union[None, str, tuple[str, ...]]
 LogicalAxisRules = tuple[tuple[str, MeshAxes], ...]
@@ -98,7 +98,9 @@ def create_mesh(data_parallelism: int = -1, model_parallelism: int = 1,
                                                  allow_split_physical_axes=True)
   except (ValueError, NotImplementedError, AssertionError):
     device_array = np.asarray(devices).reshape(shape)
-  return Mesh(device_array, (DATA_AXIS, MODEL_AXIS))
+  mesh = Mesh(device_array, (DATA_AXIS, MODEL_AXIS))
+  platforms.log_mesh(mesh)
+  return mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +353,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   On TPU pods and Slurm/GPU clusters all arguments may be left out: JAX finds
   them from the environment. Call once per process, before using devices.
   """
+  if jax.distributed.is_initialized():
+    return
   # Only CPU devices use this setting; without it they cannot run collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,

@@ -15,7 +15,7 @@ from tinythinker_jax import gin_utils
 
 
 def _teach(args: argparse.Namespace, bindings: list[str]) -> int:
-  gin_utils.parse_flags(args, bindings, "runs/teach.gin")
+  gin_utils.parse_flags(args, bindings, "runs/teach.gin", devices=False)
   import gin  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
   output_dir = gin_utils.query("OUTPUT_DIR")

@@ -272,13 +272,9 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+  # Joins the cluster (COORDINATOR_ADDRESS) and checks REQUIRED_PLATFORM.
   gin_utils.parse_flags(args, bindings, "runs/sft.gin")
   import gin  # pylint: disable=import-outside-toplevel
-  coordinator = gin_utils.query_or("COORDINATOR_ADDRESS")
-  if coordinator:  # Before anything touches a device; 'auto': JAX finds the cluster.
-    partitioning.initialize_distributed(None if coordinator == "auto" else coordinator,
-                                        gin_utils.query_or("NUM_PROCESSES"),
-                                        gin_utils.query_or("PROCESS_ID"))
   fn = gin_utils.resolve(gin_utils.query_or("TRAIN_RUN")) or gin.get_configurable(run)
   model_dir = gin_utils.query("MODEL_DIR")
   if jax.process_index() == 0:

@@ -30,7 +30,7 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _vocab(args: argparse.Namespace, bindings: list[str]) -> int:
-  gin_utils.parse_flags(args, bindings)
+  gin_utils.parse_flags(args, bindings, devices=False)
   files = [f for spec in args.input for f in spec.split(",") if f]
   texts = (vocabularies.iter_rendered(files, args.format) if args.format else
            vocabularies.iter_text(files))

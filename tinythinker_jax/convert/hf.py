@@ -78,7 +78,7 @@ def scales_logits(hf_config: Mapping[str, Any]) -> bool:
   return hf_config.get("tie_word_embeddings", True) is not False
 
 
-def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float32",
+def config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "auto",
                    lm_head_tied: bool = True) -> T5Config:
   """Builds our T5Config from a Hugging Face `config.json` dictionary.
 
@@ -316,7 +316,7 @@ def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   return tensors
 
 
-def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
+def load_hf_t5(path: str, *, dtype: str = "auto", param_dtype: str = "float32",
                scan_layers: bool = False) -> tuple[T5Config, dict]:
   """Reads a Hugging Face T5 / Flan-T5 folder into (T5Config, params).
 

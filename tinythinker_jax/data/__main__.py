@@ -20,7 +20,7 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
-  gin_utils.parse_flags(args, bindings)
+  gin_utils.parse_flags(args, bindings, devices=False)
   from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
   if args.list or not args.dataset:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, platforms
 
 Array = jax.Array
 
@@ -47,13 +47,14 @@ _REMAT_POLICIES = ("none", "full", "minimal")
 class T5Config:
   """Hyperparameters of a T5 model; field names are t5x's `T5Config` names.
 
-  `dtype` is the compute dtype; parameters are stored in `param_dtype`.
+  `dtype` is the compute dtype ('auto': by platform, see `compute_dtype`);
+  parameters are stored in `param_dtype`.
   `mlp_activations=('relu',)` with `logits_via_embedding=True` is T5 v1.0;
   `('gelu', 'linear')` with untied logits is T5 v1.1 and Flan-T5.
   """
 
   vocab_size: int = 32128
-  dtype: str = "float32"
+  dtype: str = "auto"
   emb_dim: int = 512
   num_heads: int = 8
   num_encoder_layers: int = 6
@@ -81,10 +82,11 @@ class T5Config:
         raise errors.UserError(
             f"T5Config.mlp_activations: unknown activation {name!r}; "
             f"known: {sorted(_ACTIVATIONS)}")
-    for field in ("dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
+    for field, allowed in (("dtype", sorted(_DTYPES) + [platforms.AUTO]),
+                           ("param_dtype", sorted(_DTYPES))):
+      if getattr(self, field) not in allowed:
         raise errors.UserError(f"T5Config.{field}={getattr(self, field)!r}; "
-                         f"expected one of {sorted(_DTYPES)}")
+                               f"expected one of {allowed}")
     if self.remat_policy not in _REMAT_POLICIES:
       raise errors.UserError(f"T5Config.remat_policy={self.remat_policy!r}; "
                        f"expected one of {_REMAT_POLICIES}")
@@ -96,7 +98,9 @@ class T5Config:
 
   @property
   def compute_dtype(self):
-    return _DTYPES[self.dtype]
+    """The activations' dtype; 'auto' is bfloat16 on TPUs and GPUs, float32 on
+    CPUs (`platforms.activation_dtype`), resolved where the model runs."""
+    return _DTYPES[platforms.activation_dtype(self.dtype)]
 
   @property
   def parameter_dtype(self):

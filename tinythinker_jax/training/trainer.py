@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tqdm
 
-from tinythinker_jax import checkpoints, errors, paths, preemption
+from tinythinker_jax import checkpoints, errors, paths, platforms, preemption
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.training import step as step_lib
@@ -146,7 +146,10 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
   base_meta = dict(meta or {}, seed=seed, global_batch_size=global_batch_size,
-                   model_config=dataclasses.asdict(model_config))
+                   model_config=dataclasses.asdict(model_config),
+                   platform=dict(platforms.describe(),
+                                 activation_dtype=jax.numpy.dtype(
+                                     model_config.compute_dtype).name))
   start = int(jax.device_get(state.step))
   end = train_steps if stop_after is None else min(train_steps, stop_after)
   last: dict[str, float] = {}
@@ -218,6 +221,10 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                       else steps * global_batch_size) / elapsed)
           tick, tick_step = time.time(), done
           writer.write(done, {f"train/{k}": v for k, v in last.items()})
+          # Peak bytes in use on this process's fullest device (TPU, GPU).
+          memory = platforms.memory_metrics(jax.local_devices())
+          if memory:
+            writer.write(done, {f"memory/{k}": v for k, v in memory.items()})
           bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
         if eval_every and (done % eval_every == 0 or done == train_steps):
           run_evals(done)
