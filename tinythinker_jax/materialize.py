@@ -12,6 +12,7 @@ and a change of `PACK` materialises again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -58,48 +59,68 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
         bool(manifest.get("packed", False)) == bool(pack)):
       return manifest
   if jax.process_index() == 0:
-    # The registered tasks find their files and vocabulary through these.
-    if records_dir:
-      os.environ["TINYTHINKER_RECORDS_DIR"] = records_dir
-    if vocabulary:
-      os.environ["TINYTHINKER_VOCAB"] = vocabulary
-    from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
-    import seqio  # pylint: disable=import-outside-toplevel
-    rates = _expand(mixture_or_task_name)
-    names = list(rates)
-    manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
-                "packed": bool(pack), "tasks": {}, "sequences": {}, "rates": rates}
-    for name in names:
-      vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
-      manifest["vocab_size"] = vocab.vocab_size
-      manifest["tasks"][name] = {}
-      for split in splits:
-        try:
-          meta = seqio_arrays.materialize(name, split, feature_lengths,
-                                         data_dir / name / split, pack=pack)
-        except FileNotFoundError:
-          continue  # That split has no records (e.g. no validation rationales).
-        except seqio_arrays.EmptySplitError:
-          if split == "train":
-            raise
-          print(f"warning: {name} {split}: no examples; training goes on without them",
-                file=sys.stderr)
-          continue
-        manifest["tasks"][name][split] = meta["num_examples"]
-        manifest["sequences"].setdefault(name, {})[split] = meta["num_sequences"]
-        if meta["examples_at_length_limit"]:
-          message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
-                     f"{meta['num_sequences']} examples reach TASK_FEATURE_LENGTHS="
-                     f"{dict(feature_lengths)} and are truncated at the end (a "
-                     "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
-          logging.warning(message)
-          print(f"warning: {message}", file=sys.stderr)
-          manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
-              meta["examples_at_length_limit"]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    shards.write_json_atomically(manifest_path, manifest)
+    # The registered tasks find their files and vocabulary through these, set
+    # for the materialisation only (a later run in this process keeps its own).
+    with _environment(TINYTHINKER_RECORDS_DIR=records_dir, TINYTHINKER_VOCAB=vocabulary):
+      _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pack,
+                       manifest_path)
   shards.sync_processes("tinythinker_prepare_data")
   return paths.read_json(manifest_path)
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+  """Sets the non-empty `values` as environment variables, restoring them after."""
+  saved = {k: os.environ.get(k) for k in values}
+  os.environ.update({k: v for k, v in values.items() if v})
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pack,
+                     manifest_path) -> None:
+  """Materialises every task of the mixture, then writes the manifest."""
+  from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
+  import seqio  # pylint: disable=import-outside-toplevel
+  rates = _expand(mixture_or_task_name)
+  names = list(rates)
+  manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
+              "packed": bool(pack), "tasks": {}, "sequences": {}, "rates": rates}
+  for name in names:
+    vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    manifest["vocab_size"] = vocab.vocab_size
+    manifest["tasks"][name] = {}
+    for split in splits:
+      try:
+        meta = seqio_arrays.materialize(name, split, feature_lengths,
+                                       data_dir / name / split, pack=pack)
+      except FileNotFoundError:
+        continue  # That split has no records (e.g. no validation rationales).
+      except seqio_arrays.EmptySplitError:
+        if split == "train":
+          raise
+        print(f"warning: {name} {split}: no examples; training goes on without them",
+              file=sys.stderr)
+        continue
+      manifest["tasks"][name][split] = meta["num_examples"]
+      manifest["sequences"].setdefault(name, {})[split] = meta["num_sequences"]
+      if meta["examples_at_length_limit"]:
+        message = (f"{name} {split}: {meta['examples_at_length_limit']} of "
+                   f"{meta['num_sequences']} examples reach TASK_FEATURE_LENGTHS="
+                   f"{dict(feature_lengths)} and are truncated at the end (a "
+                   "TinyThinker stage input loses its cue); raise TASK_FEATURE_LENGTHS")
+        logging.warning(message)
+        print(f"warning: {message}", file=sys.stderr)
+        manifest.setdefault("truncated", {})[f"{name}/{split}"] = \
+            meta["examples_at_length_limit"]
+  data_dir.mkdir(parents=True, exist_ok=True)
+  shards.write_json_atomically(manifest_path, manifest)
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:
