@@ -38,11 +38,17 @@ install-gpu: $(VENV)/.installed-cuda$(CUDA)
 install-tpu: $(VENV)/.installed-tpu
 
 # .installed-cuda12, .installed-cuda13, .installed-tpu: the extra is the suffix.
+# It fails (and stamps nothing) when JAX does not then see the accelerator. To
+# switch CUDA versions, start from a fresh venv (`make clean`): both plugins in
+# one venv conflict.
 $(VENV)/.installed-%: setup.py constraints.txt constraints-accelerators.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet $(ACCEL_CONSTRAINTS) -e '.[$*,gcs]'
-	$(PY) -c "import jax; print(jax.default_backend(), jax.devices())"
+	$(PY) -c "import jax, sys; want = 'tpu' if '$*' == 'tpu' else 'gpu'; \
+	  print(jax.default_backend(), jax.devices()); \
+	  sys.exit(None if jax.default_backend() == want else \
+	           f'JAX runs on {jax.default_backend()!r}, not {want!r}: see the messages above')"
 	touch $@
 
 # The default suite skips tests marked slow, and runs on every core

@@ -63,9 +63,9 @@ def _run(script: str, flags: list[str], out: str) -> dict:
     return json.load(f)
 
 
-def _row(kind: str, size: str, result: dict, shape: str) -> list[str]:
+def _row(kind: str, size: str, result: dict, shape: str) -> list[list[str]]:
   if "error" in result:
-    return [kind, size, shape, "", result["error"], "", "", "", ""]
+    return [[kind, size, shape, "", result["error"], "", "", "", ""]]
   rows = []
   for name in ("ours (JAX)", "Hugging Face (PyTorch)", "Hugging Face generate (PyTorch)"):
     if name not in result:
@@ -78,18 +78,25 @@ def _row(kind: str, size: str, result: dict, shape: str) -> list[str]:
   return rows
 
 
+def _backend() -> str:
+  """JAX's backend, from a process that exits at once: this one must not hold
+  the devices (a TPU admits one process; a GPU's memory goes to the first) while
+  the benchmarks run."""
+  return subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                        check=True, capture_output=True, text=True).stdout.split()[-1]
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
-  import jax  # pylint: disable=import-outside-toplevel
-  on_cpu = jax.default_backend() == "cpu"
+  backend = _backend()
+  on_cpu = backend == "cpu"
   table = CPU if on_cpu else ACCELERATOR
   extra = [] if on_cpu else ["--skip_torch"]
   if args.peak_tflops:
     extra.append(f"--peak_tflops={args.peak_tflops}")
   os.makedirs(args.out, exist_ok=True)
-  device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  lines = [f"Device: {device} (backend {jax.default_backend()})", "",
-           "| bench | size | shape | dtype | runner | median s | tokens/s | model TFLOP/s "
+  devices = set()
+  lines = ["| bench | size | shape | dtype | runner | median s | tokens/s | model TFLOP/s "
            "| MFU |", "|---|---|---|---|---|---|---|---|---|"]
   for size in args.sizes.split(","):
     if size not in table:
@@ -98,6 +105,7 @@ def main(argv=None) -> int:
     train = _run("train_step_bench.py", [f"--model=t5_1_1/{size}", *train_flags, *extra],
                  os.path.join(args.out, f"train_{size}.json"))
     shape = " ".join(f.split("=")[1] for f in train_flags[:3])
+    devices.add(train.get("devices"))
     lines += ["| " + " | ".join(r) + " |" for r in _row("train step", size, train,
                                                          f"{shape} (batch in tgt)")]
     if not args.skip_sampling:
@@ -106,7 +114,8 @@ def main(argv=None) -> int:
       shape = " ".join(f.split("=")[1] for f in sample_flags[:4])
       lines += ["| " + " | ".join(r) + " |" for r in _row(
           "sampling", size, sample, f"{shape} (batch samples in new)")]
-  report = "\n".join(lines)
+  described = ", ".join(sorted(d for d in devices if d)) or "unknown"
+  report = "\n".join([f"Devices: {described} (backend {backend})", ""] + lines)
   print(report)
   with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
     f.write(report + "\n")

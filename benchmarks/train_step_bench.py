@@ -64,20 +64,22 @@ def load_config(model: str, dtype: str):
 
 
 def utilisation(model_flops: float, seconds: float, dtype: str,
-                peak_tflops=None) -> dict:
-  """Model TFLOP/s and MFU: model FLOPs per second over the devices' peak."""
+                peak_tflops=None, devices=None) -> dict:
+  """Model TFLOP/s and MFU: model FLOPs per second over the peak of the
+  `devices` the work ran on (default: all)."""
   import jax  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
-  peak = peak_tflops * 1e12 if peak_tflops else platforms.peak_flops(jax.devices(), dtype)
+  devices = jax.devices() if devices is None else devices
+  peak = peak_tflops * 1e12 if peak_tflops else platforms.peak_flops(devices, dtype)
   achieved = model_flops / seconds
   return {"model_tflops_per_s": round(achieved / 1e12, 4),
           "mfu": None if not peak else round(achieved / peak, 4)}
 
 
-def peak_note(dtype: str, peak_tflops=None) -> dict:
+def peak_note(dtype: str, peak_tflops=None, devices=None) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
-  devices = jax.devices()
+  devices = jax.devices() if devices is None else devices
   if peak_tflops:
     return {"peak_tflops": peak_tflops, "peak_source": "--peak_tflops"}
   peak = platforms.peak_flops(devices, dtype)

@@ -90,6 +90,9 @@ def summary(info: Mapping[str, Any], activations: Optional[str] = None) -> str:
     resolved = activation_dtype(activations, info["backend"])
     setting = f" (ACTIVATION_DTYPE={activations!r})" if activations == AUTO else ""
     line += f"; precision: activations {resolved}{setting}, parameters float32"
+  else:  # A loaded model's own dtype decides; 'auto' (the default) resolves to this.
+    line += (f"; precision: models with dtype 'auto' compute in "
+             f"{activation_dtype(AUTO, info['backend'])}")
   return line
 
 
@@ -141,6 +144,7 @@ PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
     ("h200", 989.4, 494.7),
     ("gh200", 989.4, 494.7),
     ("a100", 312.0, 156.0),
+    ("tpu v4 lite", 137.5, 137.5),  # v4i
     ("tpu v4", 275.0, 275.0),
     ("tpu v5 lite", 197.0, 197.0),
     ("tpu v5e", 197.0, 197.0),

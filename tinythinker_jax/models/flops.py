@@ -79,9 +79,11 @@ def decode_flops(config: t5.T5Config, batch: int, input_length: int,
   """Encoding `batch` inputs once, then `new_tokens` cached decoder steps for
   each of their `num_samples` rows.
 
-  Step t (0-based) attends to the t+1 positions written so far and to all
-  `input_length` encoder positions; the cross-attention keys and values are
-  computed once per input, with the encoder.
+  Model FLOPs, the useful work: step t (0-based) attends to the t+1
+  positions written so far and to all `input_length` encoder positions, and
+  the cross-attention keys and values are counted once per input. Our decoder
+  computes more than that (`decoding`: keys and values per sample row,
+  attention over the whole preallocated cache), which MFU does not credit.
   """
   weights = matmul_weights(config)
   h = config.num_heads * config.head_dim
