@@ -128,6 +128,18 @@ def test_flops_against_a_hand_count():
                              1, 3, 2) == 2152 - 2 * 4 * 5 * (3 + 2) + 456
 
 
+def test_step_flops_from_batch_shapes():
+  config = _config()
+  one = flops.train_step_flops(config, 4, 3, 2)
+  assert flops.batch_step_flops(config, {"encoder_input_tokens": (4, 3),
+                                         "decoder_target_tokens": (4, 2)}) == one
+  # Preference pairs: the policy runs chosen and rejected with the inputs repeated.
+  assert flops.batch_step_flops(config, {"encoder_input_tokens": (4, 3),
+                                         "chosen_target_tokens": (4, 2),
+                                         "rejected_target_tokens": (4, 2)}) == 2 * one
+  assert flops.batch_step_flops(config, {"tokens": (4, 3)}) is None
+
+
 @pytest.mark.parametrize("activations,lengths", [(("gelu", "linear"), (64, 32)),
                                                  (("relu",), (32, 64))])
 def test_flops_agree_with_xla_cost_analysis(activations, lengths):

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tests.conftest import init_params
 from tinythinker_jax import checkpoints, partitioning, platforms, preemption, student
 from tinythinker_jax.convert import save_hf_t5
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import flops, t5
 from tinythinker_jax.training import models, optimizers, trainer
 from tinythinker_jax.training import step as step_lib
 
@@ -178,6 +178,15 @@ def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device, monkey
   local = jax.local_device_count() - 1
   assert memory == [(s, float((i + 1 + local) << 20)) for i, s in
                     enumerate([1, 2, 3, 4, 5, 6, 7, 8, 9])]
+  # Model TFLOP/s per device and MFU from the step's model FLOPs (8 copy
+  # examples: 8 input tokens, 9 targets) and the logged step rate.
+  step_flops = flops.train_step_flops(tiny_config, 8, 8, 9)
+  peak = platforms.peak_flops(jax.devices(), "float32")
+  for row in (r for r in rows if "train/steps_per_s" in r):
+    achieved = step_flops * row["train/steps_per_s"]
+    assert row["train/model_tflops_per_s_per_device"] == pytest.approx(
+        achieved / jax.device_count() / 1e12, rel=1e-6)
+    assert row["train/mfu"] == pytest.approx(achieved / peak, rel=1e-6)
   files = sorted((tmp_path / "k" / "tensorboard").glob("events.out.tfevents.*"))
   assert files  # one per run (the first and the resumed one)
   tags = {v.tag for path in files

@@ -25,6 +25,7 @@ forward one); rematerialisation adds hardware FLOPs, not model FLOPs.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping, Optional, Sequence
 
 from tinythinker_jax.models import t5
 
@@ -72,6 +73,23 @@ def train_step_flops(config: t5.T5Config, batch: int, input_length: int,
                      target_length: int) -> int:
   """Forward and backward: 6·N per token plus 3x the attention terms."""
   return 3 * forward_flops(config, batch, input_length, target_length)
+
+
+def batch_step_flops(config: t5.T5Config, shapes: Mapping[str, Sequence[int]]
+                     ) -> Optional[int]:
+  """A training step's model FLOPs from its batch's feature shapes: phase 1
+  (`decoder_target_tokens`), or preference pairs, whose policy runs chosen and
+  rejected targets as one batch with the inputs repeated (TRL's concatenated
+  forward); None for other features."""
+  if "encoder_input_tokens" not in shapes:
+    return None
+  batch, input_length = shapes["encoder_input_tokens"][:2]
+  if "decoder_target_tokens" in shapes:
+    return train_step_flops(config, batch, input_length, shapes["decoder_target_tokens"][1])
+  if "chosen_target_tokens" in shapes and "rejected_target_tokens" in shapes:
+    return sum(train_step_flops(config, batch, input_length, shapes[k][1])
+               for k in ("chosen_target_tokens", "rejected_target_tokens"))
+  return None
 
 
 def decode_flops(config: t5.T5Config, batch: int, input_length: int,

@@ -22,6 +22,7 @@ import optax
 import tqdm
 
 from tinythinker_jax import checkpoints, errors, paths, platforms, preemption
+from tinythinker_jax.models import flops as flops_lib
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.training import step as step_lib
@@ -157,6 +158,11 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                   disable=not progress or jax.process_index() != 0)
   tick, tick_step = time.time(), start
   counted: list = []  # (non-padding tokens, examples) of the steps since the last log
+  # Model FLOPs per step (from the first batch's shapes) and the devices' peak, for
+  # TFLOP/s per device and MFU in the metrics (`models.flops`, `platforms`).
+  step_flops: Optional[int] = None
+  peak = platforms.peak_flops(jax.devices(),
+                              jax.numpy.dtype(model_config.compute_dtype).name)
 
   def run_evals(done: int) -> None:
     nonlocal best
@@ -199,6 +205,9 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
         if len(next(iter(local.values()))) != layout.local_batch_size:
           raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                            f"examples; this process feeds {layout.local_batch_size}")
+        if step_flops is None:
+          step_flops = flops_lib.batch_step_flops(model_config, {
+              k: (global_batch_size,) + tuple(np.shape(v)[1:]) for k, v in local.items()})
         state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
         # Device scalars, summed at the next log (no host sync per step).
         counted.append((metrics["nonpadding_tokens"], metrics.get("examples")))
@@ -219,6 +228,11 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
           last.update(steps_per_s=steps / elapsed, tokens_per_s=tokens / elapsed,
                       examples_per_s=(examples if examples is not None
                                       else steps * global_batch_size) / elapsed)
+          if step_flops:
+            achieved = step_flops * steps / elapsed
+            last["model_tflops_per_s_per_device"] = achieved / jax.device_count() / 1e12
+            if peak:
+              last["mfu"] = achieved / peak
           tick, tick_step = time.time(), done
           writer.write(done, {f"train/{k}": v for k, v in last.items()})
           # Peak bytes in use on this process's fullest device (TPU, GPU).
