@@ -17,12 +17,15 @@ second (median over the timed steps), the quantities the trainer logs as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_utils  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -56,16 +59,6 @@ def build_data(root: str) -> str:
         vocabularies.iter_rendered([os.path.join(out, "records.jsonl")], "tinythinker"),
         64, os.path.join(root, "spm"), model_type="word", hard_vocab_limit=False)
   return vocab
-
-
-def load_config(model: str):
-  import gin  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import gin_utils  # pylint: disable=import-outside-toplevel
-  gin_utils.parse([f"models/{model}.gin"], ["DROPOUT_RATE = 0.0", "NUM_EMBEDDINGS = 256",
-                                             "ACTIVATION_DTYPE = 'float32'"])
-  config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
-  gin.clear_config()
-  return config
 
 
 def load_streams(args, root: str, vocab: str, pack: bool):
@@ -119,12 +112,11 @@ class Runner:
 
 def main(argv=None):
   args = parse_args(argv)
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   root = args.work_dir or tempfile.mkdtemp(prefix="packing_bench_")
   os.makedirs(root, exist_ok=True)
   import jax  # pylint: disable=import-outside-toplevel
   vocab = build_data(root)
-  config = load_config(args.model)
+  config = bench_utils.load_config(args.model, "float32", ["NUM_EMBEDDINGS = 256"])
   results = {"model": args.model, "batch_rows": args.batch,
              "timed_steps": args.rounds * args.steps_per_round,
              "lengths": {"inputs": args.inputs_length, "targets": args.targets_length},
@@ -160,11 +152,7 @@ def main(argv=None):
             len(rows) * args.batch * (args.inputs_length + args.targets_length)), 3))
   results["speedup_tokens_per_s"] = round(results["packed"]["tokens_per_s"] /
                                           results["unpacked"]["tokens_per_s"], 2)
-  print(json.dumps(results, indent=2))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return bench_utils.report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ cached step; decoding is memory-bound, so expect a small fraction).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train_step_bench import load_config, peak_note, utilisation  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import bench_utils  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -107,7 +105,7 @@ def main(argv=None):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.convert import save_hf_t5  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
-  config = load_config(args.model, args.dtype)
+  config = bench_utils.load_config(args.model, args.dtype)
   args.resolved_dtype = config.dtype
   params = jax.device_get(nn.unbox(t5.init_params(config.replace(dtype="float32"),
                                                   jax.random.key(0))))
@@ -139,23 +137,19 @@ def main(argv=None):
              "dtype": config.dtype, "threads": args.threads,
              "model_flops_per_call": call_flops,
              # The sampler is one jit on the default device: its peak alone.
-             **peak_note(config.dtype, args.peak_tflops, jax.devices()[:1]),
+             **bench_utils.peak_note(config.dtype, args.peak_tflops, jax.devices()[:1]),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
              "ours_first_call_s (compile + run)": round(compile_s, 2)}
   for name, times in samples.items():
     median = statistics.median(times)
     results[name] = {"median_s": round(median, 3), "tokens_per_s": round(tokens / median, 1),
-                     **utilisation(call_flops, median, config.dtype, args.peak_tflops,
-                                   jax.devices()[:1])}
+                     **bench_utils.utilisation(call_flops, median, config.dtype,
+                                               args.peak_tflops, jax.devices()[:1])}
   if not args.skip_torch:
     results["speedup_ours_over_hf"] = round(
         results["Hugging Face generate (PyTorch)"]["median_s"] /
         results["ours (JAX)"]["median_s"], 2)
-  print(json.dumps(results, indent=2))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return bench_utils.report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_utils  # noqa: E402  pylint: disable=wrong-import-position
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,15 +43,13 @@ def parse_args(argv=None):
 
 def measure(args, layers: int, scan: bool) -> dict:
   """One measurement, in this process."""
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from benchmarks.train_step_bench import load_config  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import partitioning  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.training import models, optimizers  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
-  config = load_config(args.model, "float32").replace(
+  config = bench_utils.load_config(args.model, "float32").replace(
       num_encoder_layers=layers, num_decoder_layers=layers, scan_layers=scan,
       remat_policy=args.remat_policy, dropout_rate=0.0)
   partitioner = partitioning.Partitioner(partitioning.create_mesh())
@@ -109,10 +111,7 @@ def main(argv=None):
   results = {"model": args.model, "batch": args.batch, "input_length": args.input_length,
              "target_length": args.target_length, "remat_policy": args.remat_policy,
              "optimizer": "adafactor (per layer when scanned)", "rows": rows}
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return bench_utils.report(results, args.json, echo=False)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ or `--peak_tflops`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_utils  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -50,43 +53,6 @@ def parse_args(argv=None):
                       "torch.optim.AdamW's own default on CPU)")
   p.add_argument("--json", help="also write the results here")
   return p.parse_args(argv)
-
-
-def load_config(model: str, dtype: str):
-  """The gin model's config with `dtype` ('auto' resolved for this platform)."""
-  import gin  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import gin_utils, platforms  # pylint: disable=import-outside-toplevel
-  gin_utils.parse([f"models/{model}.gin"], ["DROPOUT_RATE = 0.0"])
-  config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG")).replace(
-      dtype=platforms.activation_dtype(dtype))
-  gin.clear_config()
-  return config
-
-
-def utilisation(model_flops: float, seconds: float, dtype: str,
-                peak_tflops=None, devices=None) -> dict:
-  """Model TFLOP/s and MFU: model FLOPs per second over the peak of the
-  `devices` the work ran on (default: all)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
-  devices = jax.devices() if devices is None else devices
-  peak = peak_tflops * 1e12 if peak_tflops else platforms.peak_flops(devices, dtype)
-  achieved = model_flops / seconds
-  return {"model_tflops_per_s": round(achieved / 1e12, 4),
-          "mfu": None if not peak else round(achieved / peak, 4)}
-
-
-def peak_note(dtype: str, peak_tflops=None, devices=None) -> dict:
-  import jax  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
-  devices = jax.devices() if devices is None else devices
-  if peak_tflops:
-    return {"peak_tflops": peak_tflops, "peak_source": "--peak_tflops"}
-  peak = platforms.peak_flops(devices, dtype)
-  source = ("cpu estimate: cores x GHz x FLOPs/cycle (platforms.cpu_peak_tflops)"
-            if devices[0].platform == "cpu" else "platforms.PEAK_TFLOPS")
-  return {"peak_tflops": None if peak is None else round(peak / 1e12, 4),
-          "peak_source": source if peak else "unknown device kind: pass --peak_tflops"}
 
 
 def make_batch(config, args):
@@ -174,8 +140,7 @@ def time_steps(step, n):
 
 def main(argv=None):
   args = parse_args(argv)
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-  config = load_config(args.model, args.dtype)
+  config = bench_utils.load_config(args.model, args.dtype)
   enc, targets = make_batch(config, args)
   import jax  # pylint: disable=import-outside-toplevel
   runners = {"ours (JAX)": OursStep(config, enc, targets)}
@@ -194,7 +159,7 @@ def main(argv=None):
                                       args.target_length)
   results = {"model": args.model, "batch": args.batch, "input_length": args.input_length,
              "target_length": args.target_length, "dtype": config.dtype,
-             "model_flops_per_step": step_flops, **peak_note(config.dtype, args.peak_tflops),
+             "model_flops_per_step": step_flops, **bench_utils.peak_note(config.dtype, args.peak_tflops),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
              "threads": args.threads, "timed_steps": args.rounds * args.steps_per_round,
              "torch_adamw": None if args.skip_torch else args.torch_adamw}
@@ -203,16 +168,13 @@ def main(argv=None):
     results[name] = {"median_step_s": round(median, 4),
                      "examples_per_s": round(args.batch / median, 2),
                      "tokens_per_s": round(tokens / median, 1),
-                     **utilisation(step_flops, median, config.dtype, args.peak_tflops)}
+                     **bench_utils.utilisation(step_flops, median, config.dtype,
+                                              args.peak_tflops)}
   if not args.skip_torch:
     results["ratio_ours_over_pytorch"] = round(
         results["ours (JAX)"]["examples_per_s"] /
         results["Hugging Face (PyTorch)"]["examples_per_s"], 3)
-  print(json.dumps(results, indent=2))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return bench_utils.report(results, args.json)
 
 
 if __name__ == "__main__":

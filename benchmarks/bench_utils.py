@@ -1,0 +1,60 @@
+"""What the benchmark scripts share: a gin model's config, MFU, and the results.
+
+Each script runs as `python benchmarks/<name>.py`; they put the repository root
+on `sys.path` and import this as `benchmarks.bench_utils`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+
+def load_config(model: str, dtype: str = "auto", bindings: Sequence[str] = ()):
+  """`gin_configs/models/<model>.gin`'s config without dropout, with `dtype`
+  ('auto' resolved for this platform) and any extra gin `bindings`."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import gin_utils, platforms  # pylint: disable=import-outside-toplevel
+  gin_utils.parse([f"models/{model}.gin"], ["DROPOUT_RATE = 0.0", *bindings])
+  config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG")).replace(
+      dtype=platforms.activation_dtype(dtype))
+  gin.clear_config()
+  return config
+
+
+def utilisation(model_flops: float, seconds: float, dtype: str,
+                peak_tflops: Optional[float] = None, devices=None) -> dict:
+  """Model TFLOP/s and MFU: model FLOPs per second over the peak of the
+  `devices` the work ran on (default: all)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
+  devices = jax.devices() if devices is None else devices
+  peak = peak_tflops * 1e12 if peak_tflops else platforms.peak_flops(devices, dtype)
+  achieved = model_flops / seconds
+  return {"model_tflops_per_s": round(achieved / 1e12, 4),
+          "mfu": None if not peak else round(achieved / peak, 4)}
+
+
+def peak_note(dtype: str, peak_tflops: Optional[float] = None, devices=None) -> dict:
+  """The peak MFU is measured against, and where it comes from."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import platforms  # pylint: disable=import-outside-toplevel
+  devices = jax.devices() if devices is None else devices
+  if peak_tflops:
+    return {"peak_tflops": peak_tflops, "peak_source": "--peak_tflops"}
+  peak = platforms.peak_flops(devices, dtype)
+  source = ("cpu estimate: cores x GHz x FLOPs/cycle (platforms.cpu_peak_tflops)"
+            if devices[0].platform == "cpu" else "platforms.PEAK_TFLOPS")
+  return {"peak_tflops": None if peak is None else round(peak / 1e12, 4),
+          "peak_source": source if peak else "unknown device kind: pass --peak_tflops"}
+
+
+def report(results: dict, json_path: Optional[str], echo: bool = True) -> dict:
+  """Prints the results as JSON (unless `echo=False`) and writes them to
+  `json_path` when given; returns them."""
+  if echo:
+    print(json.dumps(results, indent=2))
+  if json_path:
+    with open(json_path, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  return results
