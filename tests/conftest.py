@@ -119,6 +119,18 @@ def teacher_forced_logps(config, params, prompt_ids, target_ids, bucket=64):
   return [float(logp[i, t]) for i, t in enumerate(target_ids)]
 
 
+def full_and_microbatched(model, optimizer, params, batch, microbatches: int = 2):
+  """One train step of `model` on `batch`, whole and in `microbatches`, from the
+  same fresh state: `(whole_step_fn, (state, metrics), (state, metrics))`."""
+  import jax
+  from tinythinker_jax.training import step as step_lib
+  state = step_lib.TrainState.create(params, optimizer)
+  whole = jax.jit(step_lib.make_train_step(model, optimizer))
+  micro = jax.jit(step_lib.make_train_step(model, optimizer, num_microbatches=microbatches))
+  return (whole, whole(state, batch, jax.random.key(0)),
+          micro(state, batch, jax.random.key(0)))
+
+
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from tests.conftest import init_params, jitted_forward
+from tests.conftest import full_and_microbatched, init_params, jitted_forward
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import dpo
 from tinythinker_jax.training import step as step_lib
@@ -108,11 +108,7 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
   # RPO's batch-token NLL is normalised by the whole batch's tokens, microbatched too.
   rpo = dpo.PreferenceModel(module, beta=0.5, alpha=0.5)
-  state = step_lib.TrainState.create(params, optax.sgd(0.1))
-  _, m_one = jax.jit(step_lib.make_train_step(rpo, optax.sgd(0.1)))(
-      state, batch, jax.random.key(0))
-  _, m_two = jax.jit(step_lib.make_train_step(rpo, optax.sgd(0.1), num_microbatches=2))(
-      state, batch, jax.random.key(0))
+  _, (_, m_one), (_, m_two) = full_and_microbatched(rpo, optax.sgd(0.1), params, batch)
   np.testing.assert_allclose(float(m_two["loss"]), float(m_one["loss"]), rtol=1e-6)
   np.testing.assert_allclose(float(m_two["grad_norm"]), float(m_one["grad_norm"]),
                              rtol=1e-5)
@@ -120,12 +116,8 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   pc, _, pr, _, _ = model.policy_logps(params, batch)
   batch["reference_chosen_logps"] = np.asarray(pc)
   batch["reference_rejected_logps"] = np.asarray(pr)
-  optimizer = optax.adam(1e-2)
-  state = step_lib.TrainState.create(params, optimizer)
-  full = jax.jit(step_lib.make_train_step(model, optimizer))
-  micro = jax.jit(step_lib.make_train_step(model, optimizer, num_microbatches=2))
-  s_full, m_full = full(state, batch, jax.random.key(0))
-  s_micro, m_micro = micro(state, batch, jax.random.key(0))
+  full, (s_full, m_full), (s_micro, m_micro) = full_and_microbatched(
+      model, optax.adam(1e-2), params, batch)
   np.testing.assert_allclose(float(m_full["loss"]), math.log(2), rtol=1e-5)
   np.testing.assert_allclose(float(m_full["loss"]), float(m_micro["loss"]), rtol=1e-5)
   # Adam's first step is ~lr * sign(g): a gradient entry near zero, summed in

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import init_params, jitted_forward
+from tests.conftest import full_and_microbatched, init_params, jitted_forward
 from tinythinker_jax import vocabularies
 from tinythinker_jax.data import packing, pair_arrays
 from tinythinker_jax.models import t5
@@ -295,12 +295,8 @@ def test_packed_pairs_from_file_train_and_microbatch_exactly(tiny_config, tmp_pa
   pc, _, pr, _, _ = jax.jit(model.policy_logps)(params, batch)
   batch = dict(batch, reference_chosen_logps=np.asarray(pc),
                reference_rejected_logps=np.asarray(pr))
-  optimizer = optax.adam(1e-2)
-  state = step_lib.TrainState.create(params, optimizer)
-  one = jax.jit(step_lib.make_train_step(model, optimizer))
-  two = jax.jit(step_lib.make_train_step(model, optimizer, num_microbatches=2))
-  s_one, m_one = one(state, batch, jax.random.key(0))
-  _, m_two = two(state, batch, jax.random.key(0))
+  one, (s_one, m_one), (_, m_two) = full_and_microbatched(model, optax.adam(1e-2), params,
+                                                          batch)
   for name in ("loss", "grad_norm", "examples", "nonpadding_tokens"):
     np.testing.assert_allclose(float(m_two[name]), float(m_one[name]), rtol=1e-5)
   np.testing.assert_allclose(float(m_one["preference_loss"]), math.log(2), rtol=1e-5)
