@@ -155,24 +155,14 @@ PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> Optional[str]:
+  """The first `field : value` of /proc/cpuinfo (None off Linux, or if absent)."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
+        if line.startswith(field):
+          return line.split(":", 1)[1]
   except OSError:
-    pass
-  return set()
-
-
-def _cpu_ghz() -> Optional[float]:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("cpu MHz"):
-          return float(line.split(":", 1)[1]) / 1000.0
-  except (OSError, ValueError):
     pass
   return None
 
@@ -193,12 +183,14 @@ def cpu_peak_tflops() -> Optional[float]:
   /proc/cpuinfo) x FLOPs per cycle by vector ISA. An estimate: turbo and shared
   cores move it; pass `--peak_tflops` to a benchmark to use a measured one.
   bfloat16 has the same peak (XLA's CPU backend computes it in float32)."""
-  ghz = _cpu_ghz()
-  if ghz is None:
+  mhz = _cpuinfo("cpu MHz")
+  try:
+    ghz = float(mhz) / 1000.0
+  except (TypeError, ValueError):
     return None
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
       os.cpu_count() or 1
-  return cores * ghz * cpu_flops_per_cycle(_cpu_flags()) / 1000.0
+  return cores * ghz * cpu_flops_per_cycle((_cpuinfo("flags") or "").split()) / 1000.0
 
 
 def peak_tflops(device_kind: str, dtype: str = "bfloat16") -> Optional[float]:

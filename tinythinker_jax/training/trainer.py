@@ -146,11 +146,10 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
       out_shardings=(state_shardings, partitioner.replicated))
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
+  activation_dtype = jax.numpy.dtype(model_config.compute_dtype).name
   base_meta = dict(meta or {}, seed=seed, global_batch_size=global_batch_size,
                    model_config=dataclasses.asdict(model_config),
-                   platform=dict(platforms.describe(),
-                                 activation_dtype=jax.numpy.dtype(
-                                     model_config.compute_dtype).name))
+                   platform=dict(platforms.describe(), activation_dtype=activation_dtype))
   start = int(jax.device_get(state.step))
   end = train_steps if stop_after is None else min(train_steps, stop_after)
   last: dict[str, float] = {}
@@ -161,8 +160,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   # Model FLOPs per step (from the first batch's shapes) and the devices' peak, for
   # TFLOP/s per device and MFU in the metrics (`models.flops`, `platforms`).
   step_flops: Optional[int] = None
-  peak = platforms.peak_flops(jax.devices(),
-                              jax.numpy.dtype(model_config.compute_dtype).name)
+  peak = platforms.peak_flops(jax.devices(), activation_dtype)
 
   def run_evals(done: int) -> None:
     nonlocal best
