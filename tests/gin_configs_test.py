@@ -143,11 +143,15 @@ def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
       phase1 = gin.get_configurable(recipe.TrainSettings)()
     dpo_settings = gin.get_configurable(train.DpoSettings)()
     assert (phase1.train_steps, phase1.optimizer, phase1.learning_rate,
-            phase1.max_grad_norm) == (400, "adamw", 3e-3, 0.5)
+            phase1.max_grad_norm, phase1.early_stop_patience) == (2000, "adamw", 3e-3,
+                                                                   0.5, 3)
     phase2 = dpo_settings.train
     assert (phase2.batch_size, phase2.num_epochs, phase2.optimizer, phase2.schedule,
-            phase2.warmup_fraction, phase2.max_grad_norm, phase2.z_loss) == (
-                32, 1.0, "adamw", "cosine", 0.1, 1.0, 0.0)
+            phase2.warmup_fraction, phase2.max_grad_norm, phase2.z_loss,
+            phase2.early_stop_patience) == (32, 4.0, "adamw", "cosine", 0.1, 1.0, 0.0, 0)
+    with gin.config_scope("continued"):
+      continued = gin.get_configurable(recipe.TrainSettings)()
+    assert (continued.learning_rate, continued.evaluations) == (1e-4, 4)
     assert phase2.learning_rate == 1e-4  # the demo's from-scratch student
     assert (dpo_settings.beta, dpo_settings.alpha, dpo_settings.input_length) == (
         0.5, 0.5, 120)

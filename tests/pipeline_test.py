@@ -77,28 +77,32 @@ def finished_run(tmp_path_factory):
 def test_killed_pipeline_finishes_without_redoing_work(finished_run):
   run_dir, first, stdout = finished_run
   final = manifest(run_dir)
-  assert list(final["stages"]) == ["teach", "vocab", "train_vanilla", "train_finetune_cot",
-                                   "train_tinythinker", "reflect", "evaluate", "export",
-                                   "report"]
+  # TinyThinker first, then its compute-matched baseline, then the other formats
+  # with TinyThinker's budget as a cap.
+  assert list(final["stages"]) == ["teach", "vocab", "train_tinythinker", "reflect",
+                                   "continued", "rft", "train_vanilla",
+                                   "train_finetune_cot", "evaluate", "export", "report"]
   assert final["runs"] == 2
   # Stages finished before a kill were not run again.
   for stage, record in first["stages"].items():
     assert final["stages"][stage] == record
   assert final["stages"]["train_finetune_cot"]["run"] == 2
-  assert final["stages"]["reflect"]["run"] == 2
+  assert final["stages"]["evaluate"]["run"] == 2
   assert "[teach] done before; skipped" in stdout
   # The interrupted student resumed from its checkpoint: the step it had saved was
-  # not logged again, and it ended at 30.
+  # not logged again, and it ended where its budget says.
   rows = [json.loads(line) for line in
           (run_dir / "students" / "finetune_cot" / "metrics.jsonl").read_text().splitlines()]
   steps = [r["step"] for r in rows if "train/loss" in r]
-  assert steps.count(10) == 1 and steps[-1] == 30
+  spent = json.loads((run_dir / "students" / "finetune_cot" / "compute.json").read_text())
+  assert steps.count(10) == 1 and steps[-1] == spent["train_steps"]
   # Every student was validated by its greedy chains every 15 steps (a student from
   # scratch is no candidate at step 0), and the best evaluation is marked.
   for fmt in ("vanilla", "finetune_cot", "tinythinker"):
     best = json.loads((run_dir / "students" / fmt / "best.json").read_text())
     history = dict(best["history"])
-    assert sorted(history) == [15, 30]
+    end = json.loads((run_dir / "students" / fmt / "compute.json").read_text())["train_steps"]
+    assert sorted(history) == sorted(set(range(15, end + 1, 15)) | {end})
     for step, value in history.items():
       chains = [json.loads(line) for line in (run_dir / "students" / fmt / "validation" /
                                               f"step_{step}.jsonl").read_text().splitlines()]
@@ -108,12 +112,53 @@ def test_killed_pipeline_finishes_without_redoing_work(finished_run):
     assert (run_dir / "students" / fmt / "best_checkpoint" / str(best["step"])).is_dir()
 
 
+def test_every_student_is_given_the_same_budget(finished_run):
+  """Phase 1 continued spends what self-reflection spent (sampling included);
+  vanilla and Fine-tune-CoT get phase 1 + self-reflection as a cap."""
+  run_dir, _, _ = finished_run
+  stages = manifest(run_dir)["stages"]
+  phase1 = json.loads((run_dir / "students" / "tinythinker" / "compute.json").read_text())
+  state = json.loads((run_dir / "reflect" / "reflect_state.json").read_text())
+  reflection = sum(r["compute"]["train_flops"] + r["compute"]["sample_flops"]
+                   for r in state["rounds"])
+  assert reflection > 0 and state["rounds"][0]["compute"]["sample_flops"] > 0
+  step = phase1["train_flops"] / phase1["train_steps"]  # same shapes every step
+  continued = json.loads((run_dir / "students" / "tinythinker_continued" /
+                          "compute.json").read_text())
+  assert stages["continued"]["outputs"]["budget_flops"] == pytest.approx(reflection)
+  assert reflection <= continued["train_flops"] < reflection + step
+  for fmt in ("vanilla", "finetune_cot"):
+    spent = json.loads((run_dir / "students" / fmt / "compute.json").read_text())
+    assert spent["train_flops"] < phase1["train_flops"] + reflection + step
+  # Rejection sampling: round 1 on self-reflection's own samples, each round
+  # trained for what that round of self-reflection trained.
+  rft = json.loads((run_dir / "rft" / "reflect_state.json").read_text())
+  assert rft["rounds"][0]["samples_reused_from"] == str(
+      run_dir / "reflect" / "round_1" / "samples")
+  assert rft["rounds"][0]["compute"]["sample_flops"] == state["rounds"][0]["compute"][
+      "sample_flops"]
+  for ours, theirs in zip(rft["rounds"], state["rounds"]):
+    if ours.get("skipped"):  # (the short run's student may solve none of its samples)
+      assert ours["skipped"] == "no sampled chain reached the gold option"
+      samples = run_dir / "rft" / f"round_{ours['round']}" / "samples"
+      if ours["round"] == 1:
+        samples = run_dir / "reflect" / "round_1" / "samples"
+      for question in map(json.loads, (samples / "chains.jsonl").read_text().splitlines()):
+        assert all(c["answer"] != question["gold"] or not c["recall"]
+                   for c in question["chains"])
+    else:
+      assert theirs["compute"]["train_flops"] <= ours["compute"]["train_flops"] < (
+          theirs["compute"]["train_flops"] + step)
+
+
 def test_report_has_every_student_and_plots(finished_run):
   run_dir, _, _ = finished_run
   report = (run_dir / "report" / "report.md").read_text()
   for name in ("vanilla (answer only)", "Fine-tune-CoT", "TinyThinker, phase 1",
                "TinyThinker, after self-reflection", "Chance: 50.0%",
-               "rule-based", "Sample reasoning chains"):
+               "TinyThinker, phase 1 continued (same compute)", "## Budget",
+               "TinyThinker + rejection-sampling fine-tuning (same compute)",
+               "model FLOPs", "rule-based", "Sample reasoning chains"):
     assert name in report, name
   for png in ("accuracy.png", "training_curves.png", "self_reflection.png"):
     data = (run_dir / "report" / png).read_bytes()

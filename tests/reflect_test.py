@@ -292,3 +292,48 @@ def test_two_rounds_of_self_reflection_from_gin(student):
   before = (student / "reflect" / "reflect_state.json").read_text()
   cli("reflect", *args, cwd=student)
   assert (student / "reflect" / "reflect_state.json").read_text() == before
+
+
+def test_rejection_sampling_rounds_from_gin(student):
+  """`reflect` with objective='rft': the round trains the three-stage loss on the
+  policy's own chains that reached the gold option, for a given FLOPs budget."""
+  budget = 3e8
+  args = ["--gin_file=experiments/coin_flip_reflect.gin", "--gin.INITIAL_MODEL_DIR='model'",
+          "--gin.OUTPUT_DIR='rft'", "--gin.ROUNDS=1",
+          f"--gin.RECORDS_PATH='{student}/rationales/coin_flip/tinythinker/train/records.jsonl'",
+          "--gin.MAX_TRAIN_EXAMPLES=16", "--gin.MAX_VALIDATION_EXAMPLES=16",
+          "--gin.sample.SampleSettings.num_recall_samples=6",
+          "--gin.sample.SampleSettings.num_analyze_samples=2",
+          "--gin.reflect.run_reflect.objective='rft'",
+          f"--gin.reflect.run_reflect.train_budgets=[{budget}]",
+          "--gin.rft/recipe.TrainSettings.batch_size=16",
+          "--gin.rft/recipe.TrainSettings.evaluations=2",
+          "--gin.rft/recipe.TrainSettings.data_parallelism=1", *ONE_DEVICE]
+  cli("reflect", *args, cwd=student)
+  state = json.loads((student / "rft" / "reflect_state.json").read_text())
+  [record] = state["rounds"]
+  assert record["objective"] == "rft" and "skipped" not in record
+  round_dir = student / "rft" / "round_1"
+  # The training records are exactly the distinct complete chains that reached gold.
+  sampled = [json.loads(l) for l in (round_dir / "samples" / "chains.jsonl").open()]
+  expected = set()
+  for question in sampled:
+    for chain in question["chains"]:
+      analyses = chain["analyses"] or {}
+      if (chain["answer"] == question["gold"] and (chain["recall"] or "").strip() and
+          all((analyses.get(l) or "").strip() for l in ("A", "B"))):
+        expected.add((question["id"], chain["recall"].strip(),
+                      analyses["A"].strip(), analyses["B"].strip()))
+  records = [json.loads(l) for l in (round_dir / "rationales" / "coin_flip" / "tinythinker"
+                                     / "train" / "records.jsonl").open()]
+  assert expected and {(r["id"], r["recall"], r["analyses"]["A"], r["analyses"]["B"])
+                       for r in records} == expected
+  assert len(records) == len(expected)
+  # Trained for the budget: the first step whose FLOPs reach it.
+  spent = json.loads((round_dir / "model" / "compute.json").read_text())
+  step = spent["train_flops"] / spent["train_steps"]
+  assert budget <= spent["train_flops"] < budget + step
+  assert record["compute"]["train_flops"] == spent["train_flops"]
+  assert record["compute"]["sample_flops"] > 0
+  # Selected by validation, the starting policy (step 0) a candidate.
+  assert sorted(dict(record["validation_history"]))[0] == 0

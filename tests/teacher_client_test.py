@@ -168,10 +168,12 @@ def test_rule_based_teacher_is_exact_and_labelled(tmp_path):
     assert record["analyses"]["A"].startswith(f"{flips} is {parity}, so the coin ends")
     assert record["label"] == ("A" if flips % 2 == 0 else "B")
     assert record["provenance"]["rule_based"] is True
-  with pytest.raises(ValueError, match="only serves generated tasks"):
+  with pytest.raises(ValueError, match="derives Coin Flip, Tracking Shuffled Objects and "
+                                       "Last Letter questions only"):
     pipelines.rule_based_outcome(
         datasets.load_dataset("coin_flip")["train"][0].__class__(
-            id="x", question="q", answer="yes"), pipelines.Method.FINETUNE_COT)
+            id="x", question="q", answer="yes"), pipelines.Method.FINETUNE_COT,
+        AnswerType.YES_NO)
 
 
 def _tinythinker_server(replies_by_sample):

@@ -187,6 +187,16 @@ def test_checkpoints_keep_k_and_resume(tiny_config, tmp_path, one_device, monkey
     assert row["train/model_tflops_per_s_per_device"] == pytest.approx(
         achieved / jax.device_count() / 1e12, rel=1e-6)
     assert row["train/mfu"] == pytest.approx(achieved / peak, rel=1e-6)
+  # Compute: every step's model FLOPs and real tokens (the copy task has no
+  # padding: 8 x 8 inputs and 8 x 9 targets), counted across the resume from
+  # the saved totals, never from zero.
+  spent = json.loads((tmp_path / "k" / "compute.json").read_text())
+  assert spent["train_steps"] == 9 and spent["train_examples"] == 9 * 8
+  assert spent["train_tokens"] == 9 * (8 * 8 + 8 * 9)
+  assert spent["train_flops"] == 9 * step_flops
+  logged = [(r["step"], r["compute/train_flops"], r["compute/train_tokens"]) for r in rows
+            if "compute/train_flops" in r]
+  assert logged == [(s, s * step_flops, s * 136.0) for s in range(1, 10)]
   files = sorted((tmp_path / "k" / "tensorboard").glob("events.out.tfevents.*"))
   assert files  # one per run (the first and the resumed one)
   tags = {v.tag for path in files
@@ -220,6 +230,34 @@ def test_selection_keeps_the_best_evaluation_and_loaders_prefer_it(tiny_config, 
   with pytest.raises(ValueError, match="not an evaluation metric"):
     run(tiny_config, tmp_path / "t", steps=2, eval_every=2, eval_fns={"validation": hook},
         select_metric="validation/accuracy")
+
+
+def test_early_stopping_ends_a_converged_run_and_stays_stopped(tiny_config, tmp_path):
+  scripted = {2: 0.5, 4: 0.6, 6: 0.6, 8: 0.55, 10: 0.9}  # patience 2: stops at 8
+
+  def hook(params, step):
+    del params
+    return {"chain_accuracy": scripted[step]} if step else {}  # none for the init
+
+  kwargs = dict(steps=12, eval_every=2, eval_fns={"validation": hook}, save_every=100,
+                select_metric="validation/chain_accuracy",
+                early_stopping=trainer.EarlyStopping(patience=2))
+  result = run(tiny_config, tmp_path / "e", **kwargs)
+  assert result.stopped_early == 8 and int(result.state.step) == 8
+  best = checkpoints.read_best(str(tmp_path / "e"))
+  assert (best["step"], best["stopped_early"]) == (4, 8)
+  spent = json.loads((tmp_path / "e" / "compute.json").read_text())
+  assert (spent["train_steps"], spent["stopped_early"]) == (8, 8)
+  assert spent["train_flops"] == 8 * flops.train_step_flops(tiny_config, 8, 8, 9)
+  again = run(tiny_config, tmp_path / "e", **kwargs)  # converged: nothing more to train
+  assert int(again.state.step) == 8 and again.stopped_early == 8
+  # min_delta: a gain of 0.01 is not an improvement, so 0.51 at 4 does not reset.
+  scripted.update({4: 0.51, 6: 0.52})
+  small = run(tiny_config, tmp_path / "d", **dict(kwargs, early_stopping=trainer.EarlyStopping(
+      patience=2, min_delta=0.05)))
+  assert small.stopped_early == 6
+  with pytest.raises(ValueError, match="early stopping needs a selection metric"):
+    run(tiny_config, tmp_path / "n", steps=2, early_stopping=trainer.EarlyStopping(2))
 
 
 def test_checkpoint_that_does_not_fit_is_named(tiny_config, tmp_path):

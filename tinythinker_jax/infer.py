@@ -58,7 +58,9 @@ def infer(student, examples: Sequence[Example], *, fmt: Format, answer_type: Ans
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), settings=settings,
                             progress=progress,
-                            barrier=lambda: shards.sync_processes(f"infer_{name}"))
+                            barrier=lambda: shards.sync_processes(f"infer_{name}"),
+                            compute=((lambda: student.compute)
+                                     if hasattr(student, "compute") else None))
 
 
 def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

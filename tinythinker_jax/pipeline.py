@@ -6,11 +6,18 @@ Stages, each in its own subfolder of `run_dir`, in order:
 |---|---|---|
 | `teach` | the teacher's rationales for train and validation (`teacher.run`) | `rationales/<dataset>/<method>/<split>/` |
 | `vocab` | a SentencePiece vocabulary on the rendered student texts (unless given) | `vocab/spm.model` |
-| `train_<format>` | phase 1 for each student format (`train.run`) | `students/<format>/` |
+| `train_<format>` | phase 1 of each TinyThinker format, then (after the baselines) of the other formats (`train.run`) | `students/<format>/` |
 | `reflect` | TinyThinker's self-reflection rounds (`reflect.run_reflect`) | `reflect/` |
-| `evaluate` | greedy and self-consistency accuracy of every student on the test split | `evaluate/<student>/report.{json,md}` |
+| `continued` | baseline: phase 1 continued to self-reflection's compute (`baselines`) | `students/tinythinker_continued/` |
+| `rft` | baseline: rejection-sampling fine-tuning on the same samples, same budget | `rft/` |
+| `evaluate` | greedy and self-consistency accuracy of every student on the test split (and `extra_test_sets`), with each student's compute | `evaluate/<student>/report.{json,md}` |
 | `export` | the final TinyThinker (or last) student as a Hugging Face T5 folder | `export/hf_model/` |
 | `report` | `report.md` with PNG plots: teacher statistics, accuracies, curves, chains | `report/` |
+
+With `match_budget`, the vanilla and Fine-tune-CoT students may train up to
+the compute that TinyThinker's phase 1 and self-reflection spent together
+(model FLOPs, `compute`; their early stopping still ends them when converged),
+so no row of the comparison had more compute than another.
 
 `pipeline.json` (the manifest) records each finished stage with its outputs and
 time. A finished stage is skipped; an unfinished one resumes from what it left
@@ -26,6 +33,8 @@ import json
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from tinythinker_jax import baselines as baselines_lib
+from tinythinker_jax import compute as compute_lib
 from tinythinker_jax import errors, gin_utils, paths
 from tinythinker_jax import sample as sample_lib
 from tinythinker_jax import shards
@@ -130,6 +139,11 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
                  dpo_settings: train_lib.DpoSettings = train_lib.DpoSettings(),
                  student: student_lib.StudentSettings = student_lib.StudentSettings(),
                  eval_num_runs: int = 5, eval_temperature: float = 0.7,
+                 rule_based_settings=None, baselines: Sequence[str] = (),
+                 match_budget: bool = False, budget_includes_sampling: bool = True,
+                 continued_settings: Optional[recipe_lib.TrainSettings] = None,
+                 rft_settings=None,
+                 extra_test_sets: Sequence[tuple] = (),
                  export: bool = True, report: bool = True, progress: bool = True,
                  stop_after_stage: Optional[str] = None) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns the manifest.
@@ -139,7 +153,20 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   arrays (packed as seqio packs with `pack`); TinyThinker's stages interleave
   every `interleave_interval` steps.
   With `train_settings.eval_every`, each student's greedy chains are validated
-  on the validation split and its best checkpoint is what later stages use.
+  on the validation split and its best checkpoint is what later stages use
+  (`early_stop_patience` stops a student once that accuracy has converged).
+
+  Comparisons (`baselines`, `match_budget`; see `baselines`): 'continued'
+  trains phase 1 on from its selected checkpoint for as much compute as
+  self-reflection spent (its sampling included with
+  `budget_includes_sampling`), 'rft' trains the same rounds on the student's
+  own correct chains instead of preference pairs (round 1 on the same
+  samples) at each round's training budget; `match_budget` gives the
+  vanilla and Fine-tune-CoT students TinyThinker's whole budget as a cap
+  (their early stopping still applies).
+  `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
+  are evaluated too (e.g. out-of-distribution variants), read from
+  `dataset_path`; `max_examples` defaults to `max_test_examples`.
   """
   from tinythinker_jax import reflect as reflect_lib  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import run as teach_run  # pylint: disable=import-outside-toplevel
@@ -151,6 +178,18 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   for fmt in student_formats:
     if fmt not in METHOD_OF:
       raise errors.UserError(f"STUDENT_FORMATS: {fmt!r} is not one of {sorted(METHOD_OF)}")
+  for name in baselines:
+    if name not in baselines_lib.BASELINES:
+      raise errors.UserError(f"run_pipeline.baselines: {name!r} is not one of "
+                             f"{baselines_lib.BASELINES}")
+  if (baselines or match_budget) and "tinythinker" not in student_formats:
+    raise errors.UserError("run_pipeline.baselines and match_budget compare against the "
+                           "TinyThinker student: add 'tinythinker' to STUDENT_FORMATS")
+  for entry in extra_test_sets:
+    if not 2 <= len(entry) <= 3:
+      raise errors.UserError(f"EXTRA_TEST_SETS: {entry!r} is not (name, dataset) or "
+                             "(name, dataset, max_examples)")
+    datasets.get_spec(entry[1])
   spec = datasets.get_spec(dataset)
   paths.as_path(run_dir).mkdir(parents=True, exist_ok=True)
   settings = {"dataset": dataset, "dataset_path": dataset_path, "teacher": teacher,
@@ -163,6 +202,14 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
               **({"pack": True} if pack else {}),  # (runs made before `pack` resume)
               "initial_checkpoint_path": initial_checkpoint_path,
               "reflect_rounds": reflect_rounds}
+  # Added only when used, so run folders made before they existed still resume.
+  if baselines:
+    settings["baselines"] = list(baselines)
+  if match_budget:
+    settings["match_budget"] = {"includes_sampling": budget_includes_sampling}
+  if teacher == "rule_based" and rule_based_settings is not None and (
+      not rule_based_settings.exact or rule_based_settings.num_samples > 1):
+    settings["rule_based"] = dataclasses.asdict(rule_based_settings)
   manifest = Manifest(run_dir, settings)
   log = print if progress else (lambda _: None)
   methods = sorted({METHOD_OF[f] for f in student_formats})
@@ -174,7 +221,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
 
   # ---- teach
   teach_settings = {k: v for k, v in (("finetune_cot", finetune_cot_settings),
-                                      ("tinythinker", tinythinker_settings)) if v}
+                                      ("tinythinker", tinythinker_settings),
+                                      ("rule_based", rule_based_settings)) if v}
 
   def teach() -> dict[str, Any]:
     summaries = {}
@@ -213,68 +261,129 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: t5.T5Config,
   if stop("vocab"):
     return manifest.data
 
-  # ---- phase 1, one student per format
+  # ---- phase 1, one student per format: TinyThinker's formats first, so that
+  # the other formats can be given its budget (`match_budget`).
   lengths = {"inputs": input_length, "targets": target_length}
   num_options = spec.num_options or 1
-  for fmt in student_formats:
-    def train(fmt=fmt) -> dict[str, Any]:
-      model_dir = _join(run_dir, "students", fmt)
-      staged = fmt in STAGED
-      result = train_lib.run(
-          model_dir=model_dir, model_config=model_config,
-          mixture_or_task_name=f"tinythinker.{dataset.replace('/', '_')}.{fmt}",
-          task_feature_lengths=lengths, settings=train_settings,
-          records_dir=_records_dir(run_dir), vocabulary=vocab_path,
-          initial_checkpoint_path=initial_checkpoint_path,
-          interleave_interval=interleave_interval if staged else None,
-          num_options=num_options if staged else None, pack=pack, progress=progress,
-          validation=validation_lib.ChainValidation(
-              dataset=dataset, dataset_path=dataset_path, split_seed=split_seed,
-              max_examples=max_validation_examples, format=fmt,
-              batch_size=student.batch_size))
-      return {"model_dir": model_dir, "metrics": result.last_metrics}
-    _stage(manifest, f"train_{fmt}", train, log)
+  students = {fmt: _join(run_dir, "students", fmt) for fmt in student_formats}
+
+  def train_student(fmt: str, settings: recipe_lib.TrainSettings,
+                    model_dir: str, initial: Optional[str]) -> dict[str, Any]:
+    staged = fmt in STAGED
+    result = train_lib.run(
+        model_dir=model_dir, model_config=model_config,
+        mixture_or_task_name=f"tinythinker.{dataset.replace('/', '_')}.{fmt}",
+        task_feature_lengths=lengths, settings=settings,
+        records_dir=_records_dir(run_dir), vocabulary=vocab_path,
+        initial_checkpoint_path=initial,
+        interleave_interval=interleave_interval if staged else None,
+        num_options=num_options if staged else None, pack=pack, progress=progress,
+        validation=validation_lib.ChainValidation(
+            dataset=dataset, dataset_path=dataset_path, split_seed=split_seed,
+            max_examples=max_validation_examples, format=fmt,
+            batch_size=student.batch_size))
+    return {"model_dir": model_dir, "metrics": result.last_metrics,
+            "compute": result.compute.to_json(), "stopped_early": result.stopped_early}
+
+  for fmt in [f for f in student_formats if f in STAGED]:
+    _stage(manifest, f"train_{fmt}",
+           lambda fmt=fmt: train_student(fmt, train_settings, students[fmt],
+                                         initial_checkpoint_path), log)
     if stop(f"train_{fmt}"):
       return manifest.data
 
   # ---- phase 2
-  students = {fmt: _join(run_dir, "students", fmt) for fmt in student_formats}
-  if "tinythinker" in student_formats and reflect_rounds > 0:
+  rounds_run = "tinythinker" in student_formats and reflect_rounds > 0
+  reflect_kwargs = dict(
+      initial_model_dir=students.get("tinythinker", ""),
+      records_path=records_path(run_dir, dataset, "tinythinker", "train"),
+      dataset=dataset, dataset_path=dataset_path,
+      max_validation_examples=max_validation_examples,
+      max_train_examples=max_reflect_examples or max_train_examples,
+      split_seed=split_seed, rounds=reflect_rounds, sample_settings=sample_settings,
+      dpo_settings=dpo_settings, student=student, progress=progress)
+  if rounds_run:
     def reflect() -> dict[str, Any]:
-      state = reflect_lib.run_reflect(
-          output_dir=_join(run_dir, "reflect"),
-          initial_model_dir=students["tinythinker"],
-          records_path=records_path(run_dir, dataset, "tinythinker", "train"),
-          dataset=dataset, dataset_path=dataset_path,
-          max_validation_examples=max_validation_examples,
-          max_train_examples=max_reflect_examples or max_train_examples,
-          split_seed=split_seed, rounds=reflect_rounds, sample_settings=sample_settings,
-          dpo_settings=dpo_settings, student=student, progress=progress)
-      return {"best": state["best"], "initial": state["initial"],
-              "rounds": [{k: r.get(k) for k in ("round", "validation_accuracy", "skipped",
-                                                "model_dir")} | {"pairs": r["samples"]
-                                                                 ["pairs"]}
-                         for r in state["rounds"]]}
+      state = reflect_lib.run_reflect(output_dir=_join(run_dir, "reflect"),
+                                      **reflect_kwargs)
+      return baselines_lib.reflect_outputs(state)
     best = _stage(manifest, "reflect", reflect, log)["best"]
     students["tinythinker_reflected"] = best["model_dir"]
     if stop("reflect"):
       return manifest.data
 
+  # ---- baselines at self-reflection's budget
+  reflect_state = (paths.read_json(paths.as_path(run_dir) / "reflect" /
+                                   "reflect_state.json") if rounds_run else None)
+  if "continued" in baselines and rounds_run:
+    def continued() -> dict[str, Any]:
+      flops = baselines_lib.reflection_flops(reflect_state, budget_includes_sampling)
+      settings = baselines_lib.budget_settings(continued_settings or train_settings, flops)
+      return dict(train_student("tinythinker", settings,
+                                _join(run_dir, "students", "tinythinker_continued"),
+                                students["tinythinker"]), budget_flops=flops)
+    students["tinythinker_continued"] = _stage(manifest, "continued", continued,
+                                               log)["model_dir"]
+    if stop("continued"):
+      return manifest.data
+  if "rft" in baselines and rounds_run:
+    def rft() -> dict[str, Any]:
+      state = reflect_lib.run_reflect(
+          output_dir=_join(run_dir, "rft"), objective="rft",
+          rft_settings=rft_settings or reflect_lib.RftSettings(
+              input_length=input_length, target_length=target_length,
+              interleave_interval=interleave_interval),
+          train_budgets=baselines_lib.round_train_flops(reflect_state),
+          reuse_samples={1: _join(run_dir, "reflect", "round_1", "samples")},
+          **reflect_kwargs)
+      return baselines_lib.reflect_outputs(state)
+    students["tinythinker_rft"] = _stage(manifest, "rft", rft, log)["best"]["model_dir"]
+    if stop("rft"):
+      return manifest.data
+
+  # ---- phase 1 of the other formats (at TinyThinker's whole budget with match_budget)
+  for fmt in [f for f in student_formats if f not in STAGED]:
+    def train_other(fmt=fmt) -> dict[str, Any]:
+      settings = train_settings
+      if match_budget:
+        budget = baselines_lib.tinythinker_flops(
+            students["tinythinker"], reflect_state, budget_includes_sampling)
+        settings = baselines_lib.budget_settings(train_settings, budget, early_stop=True)
+      return train_student(fmt, settings, students[fmt], initial_checkpoint_path)
+    _stage(manifest, f"train_{fmt}", train_other, log)
+    if stop(f"train_{fmt}"):
+      return manifest.data
+
   # ---- evaluation of every student on the test split
   def evaluate() -> dict[str, Any]:
     from tinythinker_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
-    examples, answer_type = datasets.load_split(dataset, dataset_path, "test",
-                                                split_seed, max_test_examples)
+    test_sets = [("test", dataset, max_test_examples)] + [
+        (e[0], e[1], e[2] if len(e) == 3 else max_test_examples) for e in extra_test_sets]
+    loaded = {name: datasets.load_split(name_dataset, dataset_path, "test", split_seed,
+                                        cap)
+              for name, name_dataset, cap in test_sets}
     reports = {}
+    spent = baselines_lib.student_compute(run_dir, manifest.data, students)
     for name, model_dir in students.items():
-      fmt = "tinythinker" if name == "tinythinker_reflected" else name
+      fmt = baselines_lib.format_of(name)
       log(f"  evaluating {name}")
       policy = student_lib.build(model_dir, settings=student)
-      reports[name] = eval_lib.evaluate(
-          policy, examples, fmt=Format(fmt), answer_type=answer_type,
-          output_dir=_join(run_dir, "evaluate", name), num_runs=eval_num_runs,
-          temperature=eval_temperature, seed=split_seed, progress=progress,
-          describe={"model": model_dir, "dataset": dataset, "split": "test"})
+      for set_name, set_dataset, _ in test_sets:
+        examples, answer_type = loaded[set_name]
+        out = (_join(run_dir, "evaluate", name) if set_name == "test" else
+               _join(run_dir, "evaluate", name, set_name))
+        report_ = eval_lib.evaluate(
+            policy, examples, fmt=Format(fmt), answer_type=answer_type, output_dir=out,
+            num_runs=eval_num_runs, temperature=eval_temperature, seed=split_seed,
+            progress=progress, describe={"model": model_dir, "dataset": set_dataset,
+                                         "split": "test", "compute": spent[name]})
+        if set_name == "test":
+          reports[name] = report_
+        else:
+          reports[name].setdefault("extra_test_sets", {})[set_name] = {
+              "dataset": set_dataset, "greedy": report_["greedy"],
+              **({"self_consistency": report_["self_consistency"]}
+                 if "self_consistency" in report_ else {})}
     return {"reports": reports}
   _stage(manifest, "evaluate", evaluate, log)
   if stop("evaluate"):

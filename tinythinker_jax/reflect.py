@@ -10,6 +10,15 @@ runs it, even when it validates below an earlier round), or the best of all
 rounds so far (`'overall_best'`). The run's result is the best of all rounds,
 phase 1's model included. Resumable between and within rounds
 (`reflect_state.json`).
+
+`objective='rft'` runs the rejection-sampling baseline (STaR/RFT) with the
+same rounds, sampler and selection: each round trains the ordinary
+three-stage loss on the policy's own chains that reached the gold option
+(`reasoning.rejection`), from the same samples that would build the pairs
+(`reuse_samples` points a round at another run's samples of the same
+policy). `train_budgets` gives each round's training budget in model FLOPs
+(the pipeline passes self-reflection's, round by round). Each round records
+what it spent (`compute`: sampling and training) in the state.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from tinythinker_jax import checkpoints, errors, gin_utils
+from tinythinker_jax import compute as compute_lib
 from tinythinker_jax import infer as infer_lib
 from tinythinker_jax import sample as sample_lib
 from tinythinker_jax import paths, seeds, shards
@@ -29,7 +39,64 @@ from tinythinker_jax import train as train_lib
 from tinythinker_jax import validation as validation_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import Example
+from tinythinker_jax.reasoning import rejection
 from tinythinker_jax.reasoning.formats import Format
+from tinythinker_jax.training import recipe
+
+OBJECTIVES = ("dpo", "rft")
+
+
+@dataclasses.dataclass(frozen=True)
+class RftSettings:
+  """The rejection-sampling rounds' training (gin: `reflect.RftSettings`): the
+  three-stage loss on the student's own correct chains, interleaved as phase 1,
+  selected by validation as self-reflection is."""
+
+  train: recipe.TrainSettings = recipe.TrainSettings(
+      batch_size=32, num_epochs=10.0, optimizer="adamw", schedule="cosine",
+      learning_rate=1e-4, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=1e-4,
+      dropout_rate=0.0, keep_checkpoints=1, evaluations=10)
+  input_length: int = 256
+  target_length: int = 128
+  interleave_interval: int = 1
+  max_per_question: Optional[int] = None  # correct chains kept per question
+
+
+def _rft_train(round_dir, policy_dir: str, samples_dir, questions: Sequence[Example],
+               dataset: str, settings: RftSettings, budget: Optional[float],
+               vocabulary: str, validation: validation_lib.ChainValidation,
+               progress: bool):
+  """One rejection-sampling round's training; returns the train result."""
+  loaded = student_lib.load(policy_dir, vocabulary=vocabulary, with_params=False)
+  chains_path = paths.as_path(samples_dir) / sample_lib.CHAINS
+  if not chains_path.exists():
+    raise errors.MissingFileError(f"{chains_path}: no sampled chains (sampled before "
+                                  "chains were stored; sample again in a new folder)")
+  sampled = shards.read_jsonl(chains_path)
+  records = rejection.records(questions, sampled, settings.max_per_question,
+                              {"policy": policy_dir, "samples": str(samples_dir)})
+  if not records:
+    return None
+  records_dir = paths.as_path(round_dir) / "rationales"
+  name = dataset.replace("/", "_")
+  records_file = records_dir / name / "tinythinker" / "train" / "records.jsonl"
+  records_file.parent.mkdir(parents=True, exist_ok=True)
+  shards.write_jsonl_atomically(records_file, records)
+  train_settings = settings.train
+  if budget is not None:
+    train_settings = dataclasses.replace(train_settings, train_steps=None,
+                                         num_epochs=None, train_flops=budget,
+                                         train_tokens=None)
+  spec = datasets.get_spec(dataset)
+  return train_lib.run(
+      model_dir=str(paths.as_path(round_dir) / "model"), model_config=loaded.config,
+      mixture_or_task_name=f"tinythinker.{name}.tinythinker",
+      task_feature_lengths={"inputs": settings.input_length,
+                            "targets": settings.target_length},
+      settings=train_settings, records_dir=str(records_dir),
+      vocabulary=loaded.vocabulary, initial_checkpoint_path=policy_dir,
+      interleave_interval=settings.interleave_interval,
+      num_options=spec.num_options or 1, validation=validation, progress=progress)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +120,9 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
                 sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
                 dpo_settings: train_lib.DpoSettings = train_lib.DpoSettings(),
                 student: student_lib.StudentSettings = student_lib.StudentSettings(),
+                objective: str = "dpo", rft_settings: RftSettings = RftSettings(),
+                train_budgets: Optional[Sequence[Optional[float]]] = None,
+                reuse_samples: Optional[dict[int, str]] = None,
                 progress: bool = True) -> dict[str, Any]:
   """k rounds of sample -> pairs -> DPO (validated every epoch, best kept).
 
@@ -63,6 +133,8 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
   if next_policy not in ("round_best", "overall_best"):
     raise errors.UserError(f"run_reflect.next_policy={next_policy!r}: 'round_best' or "
                            "'overall_best'")
+  if objective not in OBJECTIVES:
+    raise errors.UserError(f"run_reflect.objective={objective!r}: one of {OBJECTIVES}")
   chain_validation = validation_lib.ChainValidation(
       dataset=dataset, dataset_path=dataset_path, split=validation_split,
       split_seed=split_seed, max_examples=max_validation_examples, format="tinythinker",
@@ -90,24 +162,45 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
   for round_index in range(len(state["rounds"]) + 1, rounds + 1):
     round_dir = output_dir / f"round_{round_index}"
     policy_dir = state.get("policy", state["best"])["model_dir"]
-    policy = student_lib.build(policy_dir, vocabulary=vocabulary, settings=student)
-    settings = dataclasses.replace(
-        sample_settings, seed=seeds.derive(sample_settings.seed, "reflect_round",
-                                           round_index))
-    summary = sample_lib.sample(policy, questions, teacher, output_dir=round_dir / "samples",
-                                settings=settings, progress=progress)
-    del policy
-    record: dict[str, Any] = {"round": round_index, "policy": policy_dir,
-                              "samples": summary}
-    if summary["pairs"] == 0:
-      record["skipped"] = "no preference pairs: every sampled chain agreed"
+    samples_dir = round_dir / "samples"
+    reused = (reuse_samples or {}).get(round_index)
+    if reused:
+      samples_dir = paths.as_path(reused)
+      summary = paths.read_json(samples_dir / "summary.json")
     else:
-      model_dir = str(round_dir / "model")
+      policy = student_lib.build(policy_dir, vocabulary=vocabulary, settings=student)
+      settings = dataclasses.replace(
+          sample_settings, seed=seeds.derive(sample_settings.seed, "reflect_round",
+                                             round_index))
+      summary = sample_lib.sample(policy, questions, teacher, output_dir=samples_dir,
+                                  settings=settings, progress=progress)
+      del policy
+    record: dict[str, Any] = {"round": round_index, "policy": policy_dir,
+                              "samples": summary, "objective": objective}
+    if reused:
+      record["samples_reused_from"] = str(samples_dir)
+    budget = (train_budgets[round_index - 1]
+              if train_budgets and round_index <= len(train_budgets) else None)
+    model_dir = str(round_dir / "model")
+    result = None
+    if objective == "dpo" and summary["pairs"] == 0:
+      record["skipped"] = "no preference pairs: every sampled chain agreed"
+    elif objective == "dpo":
       result = train_lib.run_dpo(model_dir=model_dir,
-                       pairs_path=round_dir / "samples" / "pairs.jsonl",
+                       pairs_path=samples_dir / "pairs.jsonl",
                        initial_checkpoint_path=policy_dir, settings=dpo_settings,
                        vocabulary=vocabulary, validation=chain_validation,
                        progress=progress)
+    elif budget is not None and budget <= 0:
+      record["skipped"] = "no training budget (self-reflection trained nothing this round)"
+    else:
+      result = _rft_train(round_dir, policy_dir, samples_dir, questions, dataset,
+                          rft_settings, budget, vocabulary, chain_validation, progress)
+      if result is None:
+        record["skipped"] = "no sampled chain reached the gold option"
+    spent = compute_lib.Compute.from_json(summary.get("compute"))
+    if result is not None:
+      spent = spent + compute_lib.read(model_dir)
       selected = checkpoints.read_best(model_dir)
       if selected is None:  # No evaluations during training: validate the end.
         accuracy = validate(model_dir, valid, answer_type, output_dir=round_dir,
@@ -123,7 +216,10 @@ def run_reflect(*, output_dir: str, initial_model_dir: str, records_path: str,
         state["best"] = dict(this_round)
       state["policy"] = dict(this_round if next_policy == "round_best" else
                              state["best"])
+    record["compute"] = spent.to_json()
     state["rounds"].append(record)
+    state["compute"] = sum((compute_lib.Compute.from_json(r.get("compute"))
+                            for r in state["rounds"]), compute_lib.Compute()).to_json()
     if jax.process_index() == 0:
       shards.write_json_atomically(state_path, state)
     log.info("round %d: %s; best is round %d (%.3f)", round_index,

@@ -6,11 +6,13 @@ import io
 import json
 from typing import Any, Mapping
 
-from tinythinker_jax import paths
+from tinythinker_jax import compute, paths
 
 NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
          "tinythinker": "TinyThinker, phase 1",
          "tinythinker_reflected": "TinyThinker, after self-reflection",
+         "tinythinker_continued": "TinyThinker, phase 1 continued (same compute)",
+         "tinythinker_rft": "TinyThinker + rejection-sampling fine-tuning (same compute)",
          "summarize": "TinyThinker ablation: summarize only",
          "recall_summarize": "TinyThinker ablation: recall + summarize",
          "analyze_summarize": "TinyThinker ablation: analyze + summarize"}
@@ -80,8 +82,8 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
 
   fig, ax = plt.subplots(figsize=(7, 3.6))
   for name, model_dir in students.items():
-    if name == "tinythinker_reflected":
-      continue
+    if name.startswith("tinythinker_"):
+      continue  # (phase 2 and the baselines start from phase 1's checkpoint)
     steps, losses = _curve(model_dir)
     if steps:
       ax.plot(steps, losses, label=labels.get(name, name))
@@ -132,6 +134,27 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
   return files
 
 
+def budget_lines(stages: Mapping[str, Any], reports: Mapping[str, Any]) -> list[str]:
+  """What each student was given: phase 1's convergence, self-reflection's
+  compute, and the budget the baselines and other formats had."""
+  train = stages.get("train_tinythinker", {}).get("outputs", {})
+  if not train.get("compute"):
+    return []
+  phase1 = train["compute"]
+  stop = (f"converged: stopped at step {train['stopped_early']}"
+          if train.get("stopped_early") else f"{phase1['train_steps']} steps")
+  lines = ["## Budget", "", f"TinyThinker's phase 1 spent "
+           f"{compute.format_flops(phase1['train_flops'])} ({stop})."]
+  reflected = (reports.get("tinythinker_reflected") or {}).get("compute")
+  if reflected:
+    lines.append(f"With self-reflection its total is "
+                 f"{compute.format_flops(reflected['total_flops'])} (sampling included); "
+                 "the continued and rejection-sampling baselines were given the same "
+                 "compute, and vanilla and Fine-tune-CoT the same as a cap (each stops "
+                 "early once its validation accuracy has converged).")
+  return lines + [""]
+
+
 def write_report(run_dir: str, manifest: Mapping[str, Any],
                  students: Mapping[str, str]) -> dict[str, Any]:
   out = paths.as_path(run_dir) / "report"
@@ -148,24 +171,37 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
   plots = _plots(out, reports, students, reflect, labels)
   settings = manifest["settings"]
   phase1 = settings["train_settings"]
-  length = (f"{phase1['train_steps']} phase-1 steps" if phase1["train_steps"] else
-            f"{phase1['num_epochs']} phase-1 epochs")
+  length = (f"{phase1['train_steps']} phase-1 steps" if phase1.get("train_steps") else
+            f"{phase1['num_epochs']} phase-1 epochs" if phase1.get("num_epochs") else
+            "a phase-1 budget")
+  if phase1.get("early_stop_patience"):
+    length = (f"up to {length}, stopped once validation chain accuracy had not improved "
+              f"for {phase1['early_stop_patience']} evaluations")
   lines = [f"# tinythinker report: {settings['dataset']}", "",
            f"Teacher: {settings['teacher']}. Students: T5 "
            f"{settings['model_config']['emb_dim']}d, "
            f"{settings['model_config']['num_encoder_layers']}+"
            f"{settings['model_config']['num_decoder_layers']} layers, "
-           f"{length} with batches of {phase1['batch_size']}.", ""]
+           f"{length}, with batches of {phase1['batch_size']}.", ""]
+  lines += budget_lines(stages, reports)
 
+  extra = sorted({k for r in reports.values() for k in r.get("extra_test_sets") or {}})
   lines += ["## Test accuracy", "",
-            "| student | greedy | self-consistency | format errors (greedy) | examples |",
-            "|---|---|---|---|---|"]
+            "| student | greedy | self-consistency | " + "".join(f"{k} (greedy) | " for k in extra)
+            + "format errors (greedy) | examples | model FLOPs | train steps | wall (s) |",
+            "|---|---|---|" + "---|" * len(extra) + "---|---|---|---|---|"]
   for name, r in reports.items():
     sc = r.get("self_consistency")
     sc_text = f"{sc['accuracy']:.1%} ({sc['num_runs']} runs)" if sc else "-"
+    extra_text = "".join(
+        f"{r['extra_test_sets'][k]['greedy']['accuracy']:.1%} | "
+        if k in (r.get("extra_test_sets") or {}) else "- | " for k in extra)
+    spent = r.get("compute") or {}
     lines.append(f"| {labels.get(name, name)} | {r['greedy']['accuracy']:.1%} | {sc_text} | "
-                 f"{r['greedy']['format_error_rate']:.1%} | "
-                 f"{r['greedy']['num_examples']} |")
+                 f"{extra_text}{r['greedy']['format_error_rate']:.1%} | "
+                 f"{r['greedy']['num_examples']} | "
+                 f"{compute.format_flops(spent['total_flops']) if spent else '-'} | "
+                 f"{spent.get('train_steps', '-')} | {spent.get('stage_seconds', '-')} |")
   chance = next((r.get("chance") for r in reports.values() if r.get("chance")), None)
   if chance:
     lines += ["", f"Chance: {chance:.1%}."]

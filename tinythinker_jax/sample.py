@@ -79,6 +79,14 @@ def read_teacher_records(path: paths.PathLike
 # ----------------------------------------------------------------- sampling
 
 
+def _chain(run: chains.ChainRun, sampled: str) -> dict[str, Any]:
+  """A sampled chain as stored with its question (rejection-sampling data):
+  `sampled` says which stage was sampled ('recall': the recall, then the
+  rest greedy; 'analyze': the analyses after a chosen recall)."""
+  return {"sampled": sampled, "recall": run.recall, "analyses": run.analyses,
+          "answer": run.answer}
+
+
 def sample_questions(student, examples: Sequence[Example],
                      teacher: Mapping[str, TeacherFields], settings: SampleSettings,
                      seed: int) -> list[dict[str, Any]]:
@@ -95,7 +103,8 @@ def sample_questions(student, examples: Sequence[Example],
                                     settings.max_recall_pairs)
     out.append({"id": example.id, "gold": example.gold_label,
                 "recall_answers": [r.answer for r in example_runs],
-                "pairs": [p.to_json() for p in pairs]})
+                "pairs": [p.to_json() for p in pairs],
+                "chains": [_chain(r, "recall") for r in example_runs]})
     for row in preferences.pair_rows(example, example_runs, pairs, fields.recalls,
                                      fields.analyses, settings.max_chosen_recalls):
       analyze_jobs.append((i, row))
@@ -108,6 +117,7 @@ def sample_questions(student, examples: Sequence[Example],
       pairs = preferences.analyze_pairs(examples[i], row, job_runs, rng,
                                         settings.max_analyze_pairs)
       out[i]["pairs"].extend(p.to_json() for p in pairs)
+      out[i]["chains"].extend(_chain(r, "analyze") for r in job_runs)
   flat = [p for record in out for p in record["pairs"]]
   if flat:
     prompts = [p["prompt"] for p in flat]
@@ -130,10 +140,14 @@ def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
           "questions_with_pairs": sum(bool(r["pairs"]) for r in records)}
 
 
+CHAINS = "chains.jsonl"
+
+
 def sample(student, examples: Sequence[Example], teacher: Mapping[str, TeacherFields], *,
            output_dir: str, settings: SampleSettings = SampleSettings(),
            progress: bool = True) -> dict[str, Any]:
-  """Writes `<output_dir>/pairs.jsonl` and `summary.json`; returns the summary."""
+  """Writes `<output_dir>/pairs.jsonl`, `chains.jsonl` (every sampled chain by
+  question) and `summary.json` (with the compute spent); returns the summary."""
   pairs_path = paths.as_path(output_dir) / "pairs.jsonl"
   summary_path = paths.as_path(output_dir) / "summary.json"
   if summary_path.exists() and pairs_path.exists():
@@ -144,9 +158,15 @@ def sample(student, examples: Sequence[Example], teacher: Mapping[str, TeacherFi
       directory=paths.as_path(output_dir) / "shards", name="questions",
       shard_size=settings.shard_size, process_index=jax.process_index(),
       process_count=jax.process_count(), settings=dataclasses.asdict(settings),
-      progress=progress, barrier=lambda: shards.sync_processes("sample"))
+      progress=progress, barrier=lambda: shards.sync_processes("sample"),
+      compute=(lambda: student.compute) if hasattr(student, "compute") else None)
   summary = _summary(records)
+  summary["compute"] = shards.compute_of(paths.as_path(output_dir) / "shards",
+                                         "questions").to_json()
   if jax.process_index() == 0:
+    # Every sampled chain with its question (rejection-sampling data).
+    shards.write_jsonl_atomically(paths.as_path(output_dir) / CHAINS, [
+        {"id": r["id"], "gold": r["gold"], "chains": r.get("chains", [])} for r in records])
     shards.write_jsonl_atomically(pairs_path, [p for r in records for p in r["pairs"]])
     shards.write_json_atomically(summary_path, summary)
   return summary

@@ -11,11 +11,13 @@ named, instead of mixing results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import tqdm
 
+from tinythinker_jax import compute as compute_lib
 from tinythinker_jax import errors, paths, preemption
 from tinythinker_jax.paths import PathLike
 
@@ -82,15 +84,22 @@ def _check_manifest(directory: PathLike, name: str, num_items: int, shard_size: 
   write_json_atomically(path, wanted)
 
 
+def _compute_path(shard_path):
+  return shard_path.parent / (shard_path.name[:-len(".jsonl")] + ".compute.json")
+
+
 def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict]], *,
                 directory: PathLike, name: str, shard_size: int, process_index: int = 0,
                 process_count: int = 1, settings: dict[str, Any] | None = None,
-                progress: bool = True, barrier: Callable[[], None] | None = None
+                progress: bool = True, barrier: Callable[[], None] | None = None,
+                compute: Optional[Callable[[], compute_lib.Compute]] = None
                 ) -> list[dict]:
   """Runs `work(shard_items, shard_index)` on this process's unfinished shards.
 
   Returns every shard's records in item order once all are written (after
-  `barrier`, when several processes share the folder).
+  `barrier`, when several processes share the folder). With `compute` (the
+  worker's running totals, e.g. `lambda: student.compute`), what each shard
+  spent is written beside it (`compute_of` sums them), before the shard.
   """
   if shard_size < 1:
     raise errors.UserError(f"shard_size={shard_size} must be >= 1")
@@ -107,8 +116,15 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
   with preemption.guard(name):
     try:
       for written, k in enumerate(todo, 1):
+        before = dataclasses.replace(compute()) if compute is not None else None
         records = work(items[k * shard_size:(k + 1) * shard_size], k)
-        write_jsonl_atomically(_shard_path(directory, name, k, total), records)
+        path = _shard_path(directory, name, k, total)
+        if before is not None:
+          spent = compute_lib.Compute(**{
+              f.name: getattr(compute(), f.name) - getattr(before, f.name)
+              for f in dataclasses.fields(before)})
+          write_json_atomically(_compute_path(path), spent.to_json())
+        write_jsonl_atomically(path, records)
         bar.update(1)
         if written < len(todo) and preemption.requested():
           raise preemption.Preempted(
@@ -125,3 +141,11 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
       raise errors.MissingFileError(f"{path}: shard {k} is missing (did another process fail?)")
     out.extend(read_jsonl(path))
   return out
+
+
+def compute_of(directory: PathLike, name: str) -> compute_lib.Compute:
+  """What the finished shards of `name` in `directory` spent (`run_sharded(compute=)`)."""
+  total = compute_lib.Compute()
+  for path in sorted(paths.as_path(directory).glob(f"{name}-*-of-*.compute.json")):
+    total = total + compute_lib.Compute.from_json(paths.read_json(path))
+  return total

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinythinker_jax import compute as compute_lib
 from tinythinker_jax import decoding, errors, partitioning, paths, vocabularies
 from tinythinker_jax.paths import PathLike
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import flops, t5
 from tinythinker_jax.reasoning.chains import Generation, Sampling
 from tinythinker_jax.training import models as training_models
 
@@ -246,6 +247,9 @@ class Student:
                                  param_shardings(config, self.partitioner))
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
+    # Model FLOPs and tokens of the useful work done so far (`compute`): real
+    # prompts at their padded length, each row's tokens up to its EOS.
+    self.compute = compute_lib.Compute()
 
   @classmethod
   def from_path(cls, path: str, *, model_config: Optional[t5.T5Config] = None,
@@ -336,9 +340,13 @@ class Student:
                                  keys[start:start + per_call]))
       for i in range(len(chunk)):
         samples = []
+        self.compute.sample_flops += flops.encode_flops(self.config, length)
+        self.compute.sample_tokens += len(chunk[i])
         for j in range(num):
           row = i * num + j
           n = int(result.lengths[row])
+          self.compute.sample_flops += flops.decode_steps_flops(self.config, length, n)
+          self.compute.sample_tokens += n
           ids = result.tokens[row, :n]
           finished = n < max_length or (n == max_length and ids[-1] == self.codec.eos_id)
           samples.append(Generation(
@@ -374,6 +382,8 @@ class Student:
       token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length)),
                                      self._shard(self._pad(tchunk, tlength))))
       for i, ids in enumerate(tchunk):
+        self.compute.sample_flops += flops.forward_flops(self.config, 1, length, tlength)
+        self.compute.sample_tokens += len(chunk[i]) + len(ids)
         values = token_logp[i, :len(ids)]
         out.append({"logprob": float(values.sum()), "num_tokens": len(ids),
                     "token_logprobs": [float(v) for v in values]})

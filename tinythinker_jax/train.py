@@ -141,7 +141,7 @@ def run(*, model_dir: str, model_config: t5.T5Config, mixture_or_task_name: str,
   vocabulary_path = _absolute(vocabulary or os.environ.get("TINYTHINKER_VOCAB", ""))
 
   def eval_fns(model, partitioner, local):
-    if not (settings.eval_every or settings.eval_every_epochs):
+    if not (settings.eval_every or settings.eval_every_epochs or settings.evaluations):
       return {}
     hooks = {name: trainer.evaluate_loss(model, partitioner, _eval_batches(
         arrays.ArrayDataset(path), settings.batch_size, local, settings.eval_batches))

@@ -88,6 +88,17 @@ class ArrayDataset:
   def packed(self) -> bool:
     return bool(self.meta.get("packed"))
 
+  def token_counts(self) -> np.ndarray:
+    """Real (non-zero) tokens per row: encoder inputs and every `*target_tokens`
+    feature (a preference pair's prompt counts once), as the train step counts."""
+    names = [n for n in self.arrays
+             if n == "encoder_input_tokens" or n.endswith("target_tokens")]
+    return sum(np.count_nonzero(np.asarray(self.arrays[n]), axis=1) for n in names)
+
+  def batch_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of a global batch of this stream."""
+    return {n: (batch_size,) + tuple(a.shape[1:]) for n, a in self.arrays.items()}
+
   def indices(self, seed: int, position: int, batch_size: int) -> np.ndarray:
     """Example indices of the `position`-th batch of this stream (epochs reshuffle)."""
     start = position * batch_size
@@ -157,7 +168,16 @@ class BatchSource:
       return next(iter(self.datasets)), step
     return self.schedule.locate(step)
 
+  def _stream_seed(self, stream: str) -> int:
+    return seeds.derive(self.seed, f"batches/{stream}")
+
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     stream, position = self.stream_at(step)
-    seed = seeds.derive(self.seed, f"batches/{stream}")
-    return self.datasets[stream].batch(seed, position, self.batch_size, self.local)
+    return self.datasets[stream].batch(self._stream_seed(stream), position,
+                                       self.batch_size, self.local)
+
+  def global_indices(self, step: int) -> tuple[str, np.ndarray]:
+    """The stream and the example indices of the whole global batch at `step`."""
+    stream, position = self.stream_at(step)
+    return stream, self.datasets[stream].indices(self._stream_seed(stream), position,
+                                                 self.batch_size)

@@ -135,6 +135,37 @@ def _bigbench(path: str, seed: int) -> Splits:
                          seed)
 
 
+SHUFFLED_COUNTS = {3: "three", 5: "five", 7: "seven"}
+
+
+def _shuffled_objects(count: int) -> Callable[[str, int], Splits]:
+  """BIG-bench Tracking Shuffled Objects with `count` people (and swaps): `path`
+  is BIG-bench's `tracking_shuffled_objects` folder, its `<count>_objects`
+  folder or a task.json. Options keep the file's order (each person's
+  starting item), without BIG-bench's trailing period. Split 70/30 as
+  Fine-tune-CoT splits tasks without an official split."""
+  def load(path: str, seed: int) -> Splits:
+    if paths.as_path(path).is_dir():
+      found = loaders.first_existing(path, [f"{SHUFFLED_COUNTS[count]}_objects/task.json",
+                                            "task.json"])
+      if found is None:
+        raise errors.MissingFileError(
+            f"{path}: no {SHUFFLED_COUNTS[count]}_objects/task.json (BIG-bench's "
+            "tracking_shuffled_objects folder)")
+      path = found
+    examples = loaders.load_bigbench_task(_require(path, "a BIG-bench task.json"),
+                                          f"shuffled_objects_{count}")
+    examples = [dataclasses.replace(e, choices=tuple(
+        dataclasses.replace(c, text=c.text.strip().rstrip(".").strip()) for c in e.choices))
+                for e in examples]
+    people = {len(e.choices) for e in examples}
+    if people != {count}:
+      raise DataError(f"{path}: questions with {sorted(people)} options; "
+                      f"shuffled_objects_{count} expects {count}")
+    return _seventy_thirty(examples, seed)
+  return load
+
+
 def _generic(path: str, seed: int) -> Splits:
   if paths.as_path(path).is_dir():
     splits = {}
@@ -224,6 +255,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "last_letter": DatasetSpec("last_letter", AnswerType.TEXT,
                                _synthetic(synthetic.last_letter_example), "(generated)"),
 }
+for _count, _word in SHUFFLED_COUNTS.items():
+  DATASETS[f"shuffled_objects_{_count}"] = DatasetSpec(
+      f"shuffled_objects_{_count}", AnswerType.LETTER, _shuffled_objects(_count),
+      f"BIG-bench's tracking_shuffled_objects folder (or its {_word}_objects/task.json)",
+      _count)
 for _task, _type in _FTC_TYPES.items():
   DATASETS[f"finetune_cot/{_task}"] = DatasetSpec(
       f"finetune_cot/{_task}", _type, _finetune_cot(_task),

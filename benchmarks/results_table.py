@@ -1,0 +1,212 @@
+"""RESULTS.md's table from pipeline run folders: task x method, mean ± std over seeds.
+
+Each run folder is one `tinythinker pipeline` run (one task, one seed); runs
+are grouped by their parent folder (the task):
+
+  python benchmarks/results_table.py runs/evidence/*/seed_*
+
+For every student it reads `evaluate/<student>/report.json` (greedy test
+accuracy, the extra test sets, and `compute`: the model FLOPs the student
+spent from a fresh start, with the wall seconds of the stages that made it),
+and prints:
+
+1. the results table: test accuracy mean ± std over the seeds, the compute
+   (model FLOPs, mean) and the wall time (minutes, mean) of each method;
+2. paired differences over the same seeds: self-reflection minus each
+   baseline, mean ± std, and whether the mean is more than twice its standard
+   error (otherwise: within seed noise);
+3. what the self-reflection rounds did (pairs, sampled-chain accuracy, reward
+   accuracy and margin of the last logged DPO step, the round kept), so that a
+   missing gain can be read.
+
+`--json` writes every number to a file as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import statistics
+from typing import Any, Optional
+
+METHODS = [("vanilla", "vanilla (answer only)"),
+           ("finetune_cot", "Fine-tune-CoT"),
+           ("tinythinker", "TinyThinker phase 1 (converged)"),
+           ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
+           ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
+           ("tinythinker_reflected", "+ self-reflection (DPO/RPO)")]
+BASELINES = ("tinythinker", "tinythinker_continued", "tinythinker_rft", "finetune_cot")
+
+
+def _json(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _last_row(path: str, key: str) -> dict:
+  """The last metrics.jsonl row that has `key`."""
+  last = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if key in row:
+          last = row
+  return last
+
+
+def read_run(run_dir: str) -> dict[str, Any]:
+  """Accuracy, extra test sets and compute of every evaluated student of a run."""
+  out: dict[str, Any] = {"run": run_dir, "students": {}}
+  manifest = _json(os.path.join(run_dir, "pipeline.json")) or {}
+  out["settings"] = manifest.get("settings", {})
+  recorded = (manifest.get("stages", {}).get("evaluate", {}).get("outputs", {})
+              .get("reports", {}))
+  for name, _ in METHODS:
+    report = _json(os.path.join(run_dir, "evaluate", name, "report.json"))
+    if report is None:
+      continue
+    if "compute" not in report:  # (runs whose report.json predates it: pipeline.json)
+      report["compute"] = recorded.get(name, {}).get("compute")
+    out["students"][name] = {
+        "test": report["greedy"]["accuracy"],
+        "extra": {k: v["greedy"]["accuracy"]
+                  for k, v in (report.get("extra_test_sets") or {}).items()},
+        "flops": (report.get("compute") or {}).get("total_flops"),
+        "train_steps": (report.get("compute") or {}).get("train_steps"),
+        "seconds": (report.get("compute") or {}).get("stage_seconds")}
+  phase1 = _json(os.path.join(run_dir, "students", "tinythinker", "compute.json")) or {}
+  out["phase1_steps"] = phase1.get("train_steps")
+  out["phase1_stopped_early"] = phase1.get("stopped_early")
+  best = _json(os.path.join(run_dir, "students", "tinythinker", "best.json")) or {}
+  out["phase1_best"] = (best.get("step"), best.get("value"))
+  rounds = []
+  for kind in ("reflect", "rft"):
+    state = _json(os.path.join(run_dir, kind, "reflect_state.json"))
+    if not state:
+      continue
+    for r in state["rounds"]:
+      row = {"kind": kind, "round": r["round"], "pairs": r["samples"]["pairs"],
+             "sampled": r["samples"].get("sampled_chain_accuracy"),
+             "validation": r.get("validation_accuracy"), "skipped": r.get("skipped"),
+             "best_step": r.get("best_step")}
+      if kind == "reflect" and r.get("model_dir"):
+        last = _last_row(os.path.join(r["model_dir"], "metrics.jsonl"), "train/accuracy")
+        row.update(reward_accuracy=last.get("train/accuracy"),
+                   chosen=last.get("train/chosen_reward"),
+                   rejected=last.get("train/rejected_reward"))
+      if kind == "rft" and r.get("model_dir"):
+        records = os.path.join(os.path.dirname(r["model_dir"]), "rationales")
+        row["chains"] = sum(
+            sum(1 for _ in open(os.path.join(d, f)))
+            for d, _, files in os.walk(records) for f in files if f == "records.jsonl")
+      rounds.append(row)
+    out[f"{kind}_initial"] = state["initial"]["validation_accuracy"]
+    out[f"{kind}_best_round"] = state["best"]["round"]
+  out["rounds"] = rounds
+  return out
+
+
+def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+  if not values:
+    return "–"
+  mean = statistics.mean(values) * scale
+  std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _flops(value: Optional[float]) -> str:
+  if not value:
+    return "–"
+  for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9)):
+    if value >= scale:
+      return f"{value / scale:.3g} {prefix}"
+  return f"{value:.3g}"
+
+
+def tables(runs: list[dict[str, Any]]) -> str:
+  by_task: dict[str, list[dict]] = collections.defaultdict(list)
+  for run in runs:
+    by_task[os.path.basename(os.path.dirname(os.path.normpath(run["run"])))].append(run)
+  extra_sets = sorted({k for run in runs for s in run["students"].values()
+                       for k in s["extra"]})
+  head = ["task", "method", "seeds", "test accuracy (%)"] + [
+      f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  diffs = ["| task | self-reflection minus | seeds | difference (points) | beyond seed "
+           "noise? |", "|---|---|---|---|---|"]
+  for task, task_runs in sorted(by_task.items()):
+    for name, label in METHODS:
+      rows = [r["students"][name] for r in task_runs if name in r["students"]]
+      if not rows:
+        continue
+      cells = [task, label, str(len(rows)), _mean_std([r["test"] for r in rows])]
+      cells += [_mean_std([r["extra"][k] for r in rows if k in r["extra"]])
+                for k in extra_sets]
+      flops = [r["flops"] for r in rows if r["flops"]]
+      steps = [r["train_steps"] for r in rows if r["train_steps"] is not None]
+      seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+      cells += [_flops(statistics.mean(flops)) if flops else "–",
+                f"{statistics.mean(steps):.0f}" if steps else "–",
+                f"{statistics.mean(seconds) / 60:.1f}" if seconds else "–"]
+      lines.append("| " + " | ".join(cells) + " |")
+    for baseline in BASELINES:
+      pairs = [r["students"]["tinythinker_reflected"]["test"] - r["students"][baseline]["test"]
+               for r in task_runs if "tinythinker_reflected" in r["students"]
+               and baseline in r["students"]]
+      if not pairs:
+        continue
+      mean = statistics.mean(pairs)
+      std = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
+      beyond = len(pairs) > 1 and abs(mean) > 2 * std / math.sqrt(len(pairs))
+      verdict = ("yes: a gain" if mean > 0 else "yes: a loss") if beyond else "no"
+      diffs.append(f"| {task} | {dict(METHODS)[baseline]} | {len(pairs)} | "
+                   f"{_mean_std(pairs)} | {verdict} |")
+  rounds = ["| task | seed run | phase 1: steps (stopped early at) / best step, "
+            "validation | rounds (pairs; sampled-chain accuracy; reward accuracy; "
+            "chosen / rejected reward; validation) | kept round | RFT rounds (chains; "
+            "validation) |", "|---|---|---|---|---|---|"]
+  for task, task_runs in sorted(by_task.items()):
+    for run in task_runs:
+      sr = [r for r in run["rounds"] if r["kind"] == "reflect"]
+      rft = [r for r in run["rounds"] if r["kind"] == "rft"]
+
+      def fmt(value, pattern="{:.2f}"):
+        return "–" if value is None else pattern.format(value)
+      sr_text = "; ".join(
+          f"r{r['round']}: {r['pairs']} pairs, sampled {fmt(r['sampled'], '{:.0%}')}, "
+          f"reward acc {fmt(r.get('reward_accuracy'))}, {fmt(r.get('chosen'))} / "
+          f"{fmt(r.get('rejected'))}, val {fmt(r['validation'], '{:.1%}')}"
+          for r in sr) or "–"
+      rft_text = "; ".join(f"r{r['round']}: {r.get('chains', '–')} chains, val "
+                           f"{fmt(r['validation'], '{:.1%}')}" for r in rft) or "–"
+      best_step, best_value = run["phase1_best"]
+      rounds.append(
+          f"| {task} | {os.path.basename(os.path.normpath(run['run']))} | "
+          f"{run['phase1_steps']} ({run['phase1_stopped_early'] or 'no'}) / {best_step}, "
+          f"{fmt(best_value, '{:.1%}')} | {sr_text} | {run.get('reflect_best_round', '–')} "
+          f"| {rft_text} |")
+  return "\n".join(["## Results", "", *lines, "",
+                    "## Self-reflection against each baseline, paired by seed", "",
+                    *diffs, "", "## What the rounds did", "", *rounds])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("runs", nargs="+", help="pipeline run folders (task/seed_*)")
+  parser.add_argument("--json", help="also write every number to this file")
+  args = parser.parse_args()
+  runs = [read_run(r) for r in args.runs if os.path.exists(os.path.join(r, "pipeline.json"))]
+  print(tables(runs))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(runs, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
