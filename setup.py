@@ -67,11 +67,14 @@ setuptools.setup(
     version="0.1.0",
     description="Distil a large language model's reasoning into small T5 students, "
     "in JAX/Flax, t5x-style.",
-    packages=setuptools.find_packages(
-        include=["tinythinker_jax", "tinythinker_jax.*", "tasks", "tasks.*"]),
-    # The gin configs are package data: `--gin_file=runs/sft.gin` resolves in an
-    # installed wheel as in a source checkout.
-    package_data={"tinythinker_jax": ["gin_configs/*/*.gin", "gin_configs/*/*/*.gin"]},
+    # The seqio tasks are `tinythinker_jax.tasks`; the checkout's top-level `tasks/`
+    # (t5x's `import tasks`) is not installed.
+    packages=setuptools.find_packages(include=["tinythinker_jax", "tinythinker_jax.*"]) +
+    ["tinythinker_jax.gin_configs"],
+    # The top-level gin_configs/ ships as package data of tinythinker_jax.gin_configs:
+    # `--gin_file=runs/sft.gin` resolves in an installed wheel as in a checkout.
+    package_dir={"tinythinker_jax.gin_configs": "gin_configs"},
+    package_data={"tinythinker_jax.gin_configs": ["*/*.gin", "*/*/*.gin"]},
     python_requires=">=3.10",
     install_requires=_CORE,
     extras_require={

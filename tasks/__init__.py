@@ -1,13 +1,11 @@
-"""seqio Task and Mixture registrations over rationale records.
+"""`import tasks` from a checkout (t5x's convention): the project's seqio tasks.
 
-`import tasks` registers `tinythinker.<dataset>.<format>[.<stage>]` for every
-dataset of `tinythinker_jax.data.datasets` (see `tasks.rationale_tasks`), so a
-t5x run can train on these names with
-`MIXTURE_OR_TASK_NAME = 'tinythinker.csqa.tinythinker'` after pointing
-`$TINYTHINKER_RECORDS_DIR` at the rationale records and `$TINYTHINKER_VOCAB` at
-its vocabulary.
+The registrations live in the installed package, `tinythinker_jax.tasks`; this
+folder only lets a t5x run that has this repository on its path write
+`import tasks` (see that module for the task names and their files).
 """
 
-from tasks import rationale_tasks
+from tinythinker_jax.tasks import *  # noqa: F401,F403
+from tinythinker_jax.tasks import register_all
 
-rationale_tasks.register_all()
+register_all()

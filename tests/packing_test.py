@@ -233,7 +233,7 @@ def _teach_small_coin_flip(root, train=256, validation=64):
 @pytest.mark.slow  # ~35 s of CPU: teaching, seqio materialisation, a 30-step run
 def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   import tasks  # noqa: F401  pylint: disable=unused-import  (registers the tasks)
-  from tasks import rationale_tasks
+  from tinythinker_jax import tasks as rationale_tasks
   from tinythinker_jax import seqio_arrays, train
   from tinythinker_jax.data import arrays
   from tinythinker_jax.training import recipe

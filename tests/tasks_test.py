@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401  (registers the tasks)
-from tasks import rationale_tasks
+import tasks  # noqa: F401  (t5x's `import tasks` from a checkout registers them)
+from tinythinker_jax import tasks as rationale_tasks
 from tinythinker_jax import seqio_arrays, vocabularies
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType

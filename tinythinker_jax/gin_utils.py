@@ -2,8 +2,9 @@
 
 Library modules never import gin; gin files name library callables through
 `from __gin__ import dynamic_registration`. Include paths are resolved against
-the working directory, the package's `gin_configs/` folder (package data, so
-an installed wheel finds `runs/sft.gin`), and any extra search paths.
+the working directory, the project's `gin_configs/` (the repository's top-level
+folder, installed as package data, so a wheel finds `runs/sft.gin` too), and
+any extra search paths.
 
 The binaries share the helpers at the end: `add_gin_flags`, `parse_flags` and
 `run`, which turns `errors.UserError` into one line on stderr and exit code 2
@@ -23,7 +24,20 @@ from typing import Callable, Optional, Sequence
 
 from tinythinker_jax import errors, preemption
 
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
+def _gin_configs_dir() -> str:
+  """The repository's top-level `gin_configs/` in a checkout, else the installed
+  copy (package data of `tinythinker_jax.gin_configs`, which setup.py maps it to)."""
+  checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "gin_configs")
+  if os.path.isdir(os.path.join(checkout, "runs")):
+    return checkout
+  spec = importlib.util.find_spec("tinythinker_jax.gin_configs")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return checkout
+
+
+GIN_CONFIGS_DIR = _gin_configs_dir()
 
 
 class _DropSearchMisses(logging.Filter):
@@ -140,7 +154,7 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
   """t5x's gin flags: --gin_file (repeatable), --gin_bindings, --gin_search_paths."""
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin config file (repeatable); resolved against the working "
-                      "directory and the package's gin_configs/")
+                      "directory and the project's gin_configs/")
   parser.add_argument("--gin_bindings", action="append", default=[],
                       help="a gin binding such as \"MODEL_DIR='/tmp/run'\" (repeatable); "
                       "--gin.NAME=VALUE works too")

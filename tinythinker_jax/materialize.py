@@ -33,7 +33,8 @@ def _expand(name: str) -> dict[str, float]:
   function such as `seqio.mixing_rate_num_examples` evaluated now).
   """
   import seqio  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from tinythinker_jax import tasks  # pylint: disable=import-outside-toplevel
+  tasks.register_all()
   try:
     provider = seqio.get_mixture_or_task(name)
   except ValueError as e:
