@@ -189,3 +189,27 @@ def test_numeric_and_lower_case_labels_become_letters(tmp_path):
   [example] = loaders.load_generic_mc_jsonl(str(generic))
   assert (example.labels, example.answer) == (("A", "B"), "B")
   assert example.source.endswith("(labels a,b -> A,B)")
+
+
+def test_unlabelled_rows_are_counted_by_data_and_refused_by_name(tmp_path):
+  """A generic JSONL line without `answer`: `tinythinker data` counts it (it
+  used to crash sorting None among the answers), and the stages that need a gold
+  answer refuse it naming its file and line."""
+  import subprocess
+  import sys
+  from tinythinker_jax.teacher import run
+  path = tmp_path / "q.jsonl"
+  lines = [{"question": f"q{i}?", "choices": ["a", "b"], "answer": "a"} for i in range(9)]
+  lines.insert(4, {"question": "q?", "choices": ["a", "b"]})
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  text = run.describe_dataset("mc_jsonl", str(path))
+  splits = datasets.load_dataset("mc_jsonl", str(path))
+  holder = next(s for s, examples in splits.items()
+                if any(e.answer is None for e in examples))
+  assert f"1 without an answer (first: {path}:5)" in text
+  with pytest.raises(DataError, match=rf"{path}:5: no answer \(mc_jsonl {holder}: 1 of"):
+    datasets.load_split("mc_jsonl", str(path), holder)
+  result = subprocess.run([sys.executable, "-m", "tinythinker_jax.main", "data",
+                           "--dataset=mc_jsonl", f"--path={path}"],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "1 without an answer" in result.stdout

@@ -1,5 +1,7 @@
 """Model gin files: published dimensions, and parameter counts equal to HF's T5."""
 
+import re
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -104,7 +106,9 @@ CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.g
            "experiments/coin_flip_finetune_cot.gin", "experiments/csqa_pipeline.gin",
            "experiments/date_finetune_cot_pipeline.gin",
            "experiments/csqa_tinythinker_phase1.gin",
-           "experiments/coin_flip_longer_reflect.gin"]
+           "experiments/coin_flip_longer_reflect.gin", "experiments/evidence_coin_flip.gin",
+           "experiments/evidence_limited.gin", "experiments/evidence_noisy.gin",
+           "experiments/shuffled_objects.gin"]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -112,10 +116,13 @@ def test_run_and_experiment_configs_parse(config):
   import os
   assert os.path.exists(os.path.join(gin_utils.GIN_CONFIGS_DIR, config))
   text = open(os.path.join(gin_utils.GIN_CONFIGS_DIR, config)).read()
-  includes = "".join(open(os.path.join(gin_utils.GIN_CONFIGS_DIR, line.split("'")[1])).read()
-                     for line in text.splitlines() if line.startswith("include"))
+  def included(text):  # every file included, recursively
+    files = [line.split("'")[1] for line in text.splitlines() if line.startswith("include")]
+    texts = [open(os.path.join(gin_utils.GIN_CONFIGS_DIR, f)).read() for f in files]
+    return "".join(t + included(t) for t in texts)
+  includes = included(text)
   bindings = [f"{k} = {v}" for k, v in REQUIRED.items()
-              if f"{k} = %gin.REQUIRED" in text + includes]
+              if re.search(rf"^{k} = %gin.REQUIRED", text + includes, re.M)]
   if "include 'models/" not in text + includes and "MODEL_CONFIG" in text + includes:
     config_files = ["models/t5_1_1/tiny.gin", config]
     bindings.append("DROPOUT_RATE = 0.0")
@@ -127,8 +134,46 @@ def test_run_and_experiment_configs_parse(config):
     for name in ("MODEL_CONFIG",):
       if f"%{name}" in text + includes:
         assert isinstance(gin_utils.resolve(gin_utils.query(name)), t5.T5Config)
+    # No shipped config binds a macro that nothing uses.
+    assert gin_utils.unused_macros() == {}
   finally:
     gin.clear_config()
+
+
+def test_a_misspelt_macro_warns_with_the_nearest_name(capsys):
+  gin.clear_config()
+  try:
+    gin_utils.parse(["runs/demo.gin"], ["MODLE_CONFIG = 1", "ZZZ_UNHEARD_OF = 2"])
+    assert gin_utils.unused_macros() == {"MODLE_CONFIG": "MODEL_CONFIG",
+                                         "ZZZ_UNHEARD_OF": None}
+    gin_utils.warn_unused_macros()
+  finally:
+    gin.clear_config()
+  err = capsys.readouterr().err
+  assert ("warning: gin macro MODLE_CONFIG is bound but nothing uses it; did you mean "
+          "MODEL_CONFIG?") in err
+  assert "warning: gin macro ZZZ_UNHEARD_OF is bound but nothing uses it\n" in err
+
+
+def test_the_binary_warns_about_an_unused_macro(tmp_path):
+  import subprocess
+  import sys
+  command = [sys.executable, "-m", "tinythinker_jax.main", "train",
+             "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/sft.gin",
+             "--gin.MIXTURE_OR_TASK_NAME='x'", "--gin.TRAIN_STEPS=1",
+             "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}",
+             "--gin.REQUIRED_PLATFORM='tpu'"]  # (stops it on this CPU before any work)
+  result = subprocess.run(command + ["--gin.MODEL_DIR='m'", "--gin.BACTH_SIZE=8"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 2
+  assert ("warning: gin macro BACTH_SIZE is bound but nothing uses it; did you mean "
+          "BATCH_SIZE?") in result.stderr
+  # A misspelt required macro: gin's error names the misspelling.
+  result = subprocess.run(command + ["--gin.MODLE_DIR='m'"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 2
+  assert ("MODEL_DIR/macro.value set to `%gin.REQUIRED` but not subsequently overridden "
+          "(MODLE_DIR is bound but nothing uses it: did you mean MODEL_DIR?)") in result.stderr
 
 
 def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():

@@ -1,6 +1,9 @@
 """The platform check, precision by platform, peaks, memory metrics, and model FLOPs
 against a hand count and against XLA's own cost analysis."""
 
+import os
+import subprocess
+import sys
 import types
 
 import gin
@@ -157,3 +160,25 @@ def test_flops_agree_with_xla_cost_analysis(activations, lengths):
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   ours = flops.forward_flops(config, batch, input_length, target_length)
   assert 1.0 <= analysis["flops"] / ours < 1.02
+
+
+def test_tensorflow_starts_without_its_noise_and_keeps_real_messages(tmp_path):
+  """Importing the seqio tasks (TensorFlow) on a CPU machine prints none of
+  TensorFlow's start-up notices; a real message on stderr still gets through."""
+  from tinythinker_jax import tf_import
+  script = (
+      "import os\n"
+      "from tinythinker_jax import tasks, tf_import\n"
+      "with tf_import.filtered_stderr(tf_import.noise_patterns()):\n"
+      "  os.write(2, b'E0000 00:00:1 x.cc:1] a real TensorFlow error\\n')\n"
+      "print('ok')\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "ok"
+  assert "a real TensorFlow error" in result.stderr
+  for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+    assert noise not in result.stderr, result.stderr
+  if not tf_import.has_nvidia_device():
+    assert "cuInit" not in result.stderr and "cuda drivers" not in result.stderr

@@ -337,3 +337,42 @@ def test_rejection_sampling_rounds_from_gin(student):
   assert record["compute"]["sample_flops"] > 0
   # Selected by validation, the starting policy (step 0) a candidate.
   assert sorted(dict(record["validation_history"]))[0] == 0
+
+
+def test_infer_by_beam_search_from_gin(student):
+  """`NUM_BEAMS = 3` decodes the greedy stages by beam search: each recall is the
+  best beam of `decoding.beam_search` on its prompt, run here directly."""
+  import jax.numpy as jnp
+  from tinythinker_jax import decoding
+  cli("infer", "--gin.MODEL_DIR='model'", "--gin.DATASET='coin_flip'",
+      "--gin.SPLIT='validation'", "--gin.OUTPUT_DIR='beam'", "--gin.MAX_EXAMPLES=6",
+      "--gin.NUM_BEAMS=3", *LENGTHS, cwd=student)
+  records = [json.loads(l) for l in (student / "beam" / "predictions.jsonl").open()]
+  examples = datasets.load_dataset("coin_flip", seed=0)["validation"][:6]
+  codec = vocabularies.TextCodec(str(student / "spm.model"))
+  params = _params(str(student / "model"))
+  model = t5.T5(t5.T5Config(**STUDENT_CONFIG))
+  search = jax.jit(lambda p, e: decoding.beam_search(model, p, e, beam_size=3,
+                                                     max_length=32))
+  def best_beam(prompt):
+    ids = codec.encode(prompt) + [1]
+    best = search(params, jnp.array([ids + [0] * (96 - len(ids))], jnp.int32))
+    n = int(best.lengths[0, 0])
+    return codec.decode(np.asarray(best.tokens[0, 0, :n])), float(best.scores[0, 0])
+
+  greedy_decode = jax.jit(lambda p, e: decoding.greedy_decode(model, p, e, max_length=32))
+  differs = 0
+  for record, example in zip(records, examples):
+    run = record["runs"][0]
+    text, score = best_beam(formats.recall_input(example))
+    assert run["recall"] == formats.ensure_period(text)
+    assert run["logprobs"]["recall"] == pytest.approx(score, rel=1e-4, abs=1e-4)
+    # The analyses too (where beam search and greedy decoding mostly differ here).
+    for label in ("A", "B"):
+      prompt = formats.analyze_input(example, run["recall"], label)
+      text, _ = best_beam(prompt)
+      assert run["analyses"][label] == text.strip()
+      ids = codec.encode(prompt) + [1]
+      out = greedy_decode(params, jnp.array([ids + [0] * (96 - len(ids))], jnp.int32))
+      differs += codec.decode(np.asarray(out.tokens[0, :int(out.lengths[0])])) != text
+  assert differs  # greedy decoding would not have passed

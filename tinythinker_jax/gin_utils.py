@@ -106,7 +106,70 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
     # gin appends the whole operative config to some errors; the binding is named
     # before it.
     message = str(e).split(" in config string:")[0]
-    raise GinConfigError(f"gin: {message}") from e
+    hint = _misspelt_required(message)
+    raise GinConfigError(f"gin: {message.rstrip('.') + hint if hint else message}") from e
+
+
+# Macros the binaries read themselves (`query`), beside those gin values refer to.
+QUERIED_MACROS = ("MODEL_DIR", "OUTPUT_DIR", "RUN_DIR", "ACTIVATION_DTYPE",
+                  "COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID", "REQUIRED_PLATFORM",
+                  "TRAIN_RUN")
+
+
+def _references(value, out: set[str]) -> None:
+  import gin  # pylint: disable=import-outside-toplevel
+  if isinstance(value, gin.config.ConfigurableReference):
+    out.add(value.scoped_selector)
+  elif isinstance(value, dict):
+    for item in value.values():
+      _references(item, out)
+  elif isinstance(value, (list, tuple, set)):
+    for item in value:
+      _references(item, out)
+
+
+def unused_macros() -> dict[str, Optional[str]]:
+  """Macros bound in the parsed config that no binding refers to and no binary
+  reads, each with the nearest macro name that is used (or None): a misspelt
+  `--gin.MODLE_DIR=...` is otherwise accepted without a word."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  import gin  # pylint: disable=import-outside-toplevel
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  bound = {selector for selector, name in config if name == "gin.macro"}
+  referenced: set[str] = set()
+  for params in config.values():
+    for value in params.values():
+      _references(value, referenced)
+  used = {r.split("/")[0] for r in referenced if r.endswith("/gin.macro")}
+  used |= set(QUERIED_MACROS)
+  return {name: next(iter(difflib.get_close_matches(name, sorted(used), n=1, cutoff=0.6)),
+                     None)
+          for name in sorted(bound - used)}
+
+
+def warn_unused_macros() -> list[str]:
+  """Prints (to stderr) and returns a warning for each unused macro."""
+  warnings = []
+  for name, nearest in unused_macros().items():
+    hint = f"; did you mean {nearest}?" if nearest else ""
+    warnings.append(f"warning: gin macro {name} is bound but nothing uses it{hint}")
+  for warning in warnings:
+    print(warning, file=sys.stderr)
+  return warnings
+
+
+def _misspelt_required(message: str) -> str:
+  """For gin's "X set to %gin.REQUIRED but not subsequently overridden": the
+  bound but unused macro whose name is nearest to X (a misspelling), if any."""
+  import re  # pylint: disable=import-outside-toplevel
+  match = re.match(r"(\w+)/macro\.value set to `%gin.REQUIRED`", message)
+  if not match:
+    return ""
+  import difflib  # pylint: disable=import-outside-toplevel
+  unused = [name for name in unused_macros() if name != match.group(1)]
+  close = difflib.get_close_matches(match.group(1), unused, n=1, cutoff=0.6)
+  return f" ({close[0]} is bound but nothing uses it: did you mean {match.group(1)}?)" \
+      if close else ""
 
 
 def query(name: str):
@@ -175,6 +238,7 @@ def parse_flags(args: argparse.Namespace, bindings: Sequence[str] = (),
   all_bindings = list(args.gin_bindings) + list(bindings)
   if gin_files or all_bindings:
     parse(gin_files, all_bindings, args.gin_search_paths)
+    warn_unused_macros()
   if devices:
     from tinythinker_jax import partitioning, platforms  # pylint: disable=import-outside-toplevel
     coordinator = query_or("COORDINATOR_ADDRESS")

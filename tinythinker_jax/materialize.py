@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import errors, gin_utils, paths, shards
+from tinythinker_jax import errors, gin_utils, paths, shards, tf_import
 
 MANIFEST = "manifest.json"
 
@@ -32,7 +32,7 @@ def _expand(name: str) -> dict[str, float]:
   A mixture's rates are seqio's own (`Mixture.get_rate`: a number, or a rate
   function such as `seqio.mixing_rate_num_examples` evaluated now).
   """
-  import seqio  # pylint: disable=import-outside-toplevel
+  seqio, _ = tf_import.import_seqio()
   from tinythinker_jax import tasks  # pylint: disable=import-outside-toplevel
   tasks.register_all()
   try:
@@ -88,7 +88,7 @@ def _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pa
                      manifest_path) -> None:
   """Materialises every task of the mixture, then writes the manifest."""
   from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
-  import seqio  # pylint: disable=import-outside-toplevel
+  seqio, _ = tf_import.import_seqio()
   rates = _expand(mixture_or_task_name)
   names = list(rates)
   manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),

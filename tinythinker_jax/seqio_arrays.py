@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from tinythinker_jax import paths
+from tinythinker_jax import paths, tf_import
 from tinythinker_jax.data import arrays, packing
 
 
@@ -32,7 +32,7 @@ def materialize(task, split: str, feature_lengths: Mapping[str, int],
                 pack: bool = False) -> dict:
   """Writes `task`'s `split` as fixed-length (packed) features; returns the metadata
   (`num_examples` counts rows, `num_sequences` the examples in them)."""
-  import seqio  # pylint: disable=import-outside-toplevel
+  seqio, tf = tf_import.import_seqio()
   if isinstance(task, str):
     task = seqio.get_mixture_or_task(task)
   lengths = {"inputs": int(feature_lengths["inputs"]),
@@ -41,7 +41,6 @@ def materialize(task, split: str, feature_lengths: Mapping[str, int],
                              num_epochs=1, use_cached=False)
   if max_examples:
     dataset = dataset.take(max_examples)
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   dataset = dataset.cache()  # Read (and tokenized) once for both passes below.
   at_limit = num_sequences = 0
   # Both passes go in batches: numpy conversion per example is most of the cost.

@@ -204,9 +204,12 @@ def _restore_params(path: str, config: t5.T5Config, shardings: Any, where: str) 
 class StudentSettings:
   """How a student is placed and batched for generation."""
 
-  batch_size: int = 64  # rows per decode call (inputs x samples)
+  batch_size: int = 64  # rows per decode call (inputs x samples, or x beams)
   max_input_length: int = 256
   max_decode_length: int = 128
+  # Greedy stages decoded by beam search with this many beams instead (t5x's
+  # `num_decodes` with its beam search); the best beam by total log-probability.
+  num_beams: int = 1
   data_parallelism: int = -1  # over this process's devices
   model_parallelism: int = 1
 
@@ -221,7 +224,7 @@ def build(model_dir: str, *, vocabulary: str = "",
       model_dir, model_config=model_config, vocabulary=vocabulary,
       partitioner=partitioning.Partitioner(mesh), batch_size=settings.batch_size,
       max_input_length=settings.max_input_length,
-      max_decode_length=settings.max_decode_length)
+      max_decode_length=settings.max_decode_length, num_beams=settings.num_beams)
 
 
 class Student:
@@ -230,7 +233,10 @@ class Student:
   def __init__(self, config: t5.T5Config, params: Any, codec: vocabularies.TextCodec, *,
                partitioner: Optional[partitioning.Partitioner] = None,
                batch_size: int = 64, max_input_length: int = 256,
-               max_decode_length: int = 128):
+               max_decode_length: int = 128, num_beams: int = 1):
+    if num_beams < 1:
+      raise errors.UserError(f"StudentSettings.num_beams={num_beams}: at least 1")
+    self.num_beams = num_beams
     self.config = config
     self.codec = codec
     self.partitioner = partitioner or partitioning.Partitioner(
@@ -296,12 +302,19 @@ class Student:
 
   def _decode_fn(self, sampling: Sampling, num_samples: int, max_length: int):
     key = ("decode", sampling.temperature, sampling.top_k, sampling.top_p, num_samples,
-           max_length)
+           max_length, self.num_beams)
     if key not in self._fns:
       model, eos = self.model, self.codec.eos_id
 
       def fn(params, tokens, rng):
-        if sampling.temperature == 0:
+        if sampling.temperature == 0 and self.num_beams > 1:
+          beams = decoding.beam_search(model, params, tokens, beam_size=self.num_beams,
+                                       max_length=max_length, eos_id=eos)
+          # The best beam, its total log-probability as the sequence's.
+          result = decoding.DecodeResult(
+              beams.tokens[:, 0], jnp.zeros_like(beams.tokens[:, 0], jnp.float32).at[
+                  :, 0].set(beams.scores[:, 0]), beams.lengths[:, 0])
+        elif sampling.temperature == 0:
           result = decoding.greedy_decode(model, params, tokens, max_length=max_length,
                                           eos_id=eos)
         else:
@@ -325,8 +338,10 @@ class Student:
     num = 1 if sampling.temperature == 0 else sampling.num_samples
     max_length = sampling.max_length or self.max_decode_length
     data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
-    # Inputs per call: a multiple of the data axis; each is decoded `num` times.
-    per_call = max(data, (self.batch_size // num) // data * data)
+    # Inputs per call: a multiple of the data axis; each is decoded `num` times
+    # (or searched with `num_beams` beams).
+    width = self.num_beams if sampling.temperature == 0 else num
+    per_call = max(data, (self.batch_size // width) // data * data)
     fn = self._decode_fn(sampling, num, max_length)
     out: list[list[Generation]] = []
     rows = self._encode_inputs(prompts)
@@ -345,7 +360,8 @@ class Student:
         for j in range(num):
           row = i * num + j
           n = int(result.lengths[row])
-          self.compute.sample_flops += flops.decode_steps_flops(self.config, length, n)
+          self.compute.sample_flops += flops.decode_steps_flops(self.config, length, n) * (
+              self.num_beams if sampling.temperature == 0 else 1)
           self.compute.sample_tokens += n
           ids = result.tokens[row, :n]
           finished = n < max_length or (n == max_length and ids[-1] == self.codec.eos_id)

@@ -29,10 +29,11 @@ import json
 import os
 from typing import Callable, Iterator, Optional
 
-import seqio
-import tensorflow as tf
+from tinythinker_jax import errors, paths, tf_import
 
-from tinythinker_jax import errors, paths
+seqio, tf = tf_import.import_seqio()
+
+# pylint: disable=wrong-import-position
 from tinythinker_jax.data.datasets import DATASETS
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.reasoning import answers, formats

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, tf_import
 from tinythinker_jax.data import loaders
 
 BYTE = "byte"
@@ -29,7 +29,7 @@ def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   `path_or_kind` may be a local path or an object-store path (`gs://`, read
   through `etils.epath` into a local copy that seqio then loads).
   """
-  import seqio  # pylint: disable=import-outside-toplevel
+  seqio, _ = tf_import.import_seqio()
   if path_or_kind == BYTE:
     return seqio.ByteVocabulary(extra_ids=extra_ids)
   if not paths.as_path(path_or_kind).exists():

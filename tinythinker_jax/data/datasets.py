@@ -287,4 +287,15 @@ def load_split(name: str, path: str = "", split: str = "test", seed: int = 0,
   examples = splits[split][:max_examples] if max_examples else splits[split]
   if not examples:
     raise errors.UserError(f"{name} {split}: no examples")
+  require_answers(examples, name, split)
   return list(examples), spec.answer_type
+
+
+def require_answers(examples: list[Example], name: str, split: str) -> None:
+  """Raises naming the first example without a gold answer (its file and line):
+  teaching, validating and evaluating need one. (`tinythinker data` counts them.)"""
+  unlabelled = [e for e in examples if e.answer is None]
+  if unlabelled:
+    raise DataError(f"{unlabelled[0].source or unlabelled[0].id}: no answer ({name} "
+                    f"{split}: {len(unlabelled)} of {len(examples)} examples have none); "
+                    "teaching, training and evaluating need the gold answer")

@@ -42,6 +42,7 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   if split not in splits:
     raise errors.UserError(f"teach_dataset.split={split!r}; expected one of {list(splits)}")
   examples = splits[split][:max_examples] if max_examples else splits[split]
+  datasets.require_answers(examples, dataset, split)
   method_enum = pipelines.Method(method)
   if (method_enum is pipelines.Method.TINYTHINKER and tinythinker.exemplar_file is None
       and prompts_dir):
@@ -83,10 +84,14 @@ def describe_dataset(name: str, path: str = "", seed: int = 0) -> str:
   splits = datasets.load_dataset(name, path, seed)
   lines = [f"dataset {name} ({spec.answer_type.value} answers)"]
   for split, examples in splits.items():
-    labels = collections.Counter(e.answer for e in examples)
+    labels = collections.Counter(e.answer for e in examples if e.answer is not None)
     top = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items())[:12])
     more = f", ... ({len(labels)} distinct)" if len(labels) > 12 else ""
-    lines.append(f"  {split:<10} {len(examples):>6} examples   answers: {top}{more}")
+    unlabelled = [e for e in examples if e.answer is None]
+    missing = (f"; {len(unlabelled)} without an answer (first: "
+               f"{unlabelled[0].source or unlabelled[0].id})" if unlabelled else "")
+    lines.append(f"  {split:<10} {len(examples):>6} examples   answers: {top or '-'}{more}"
+                 f"{missing}")
   example = next((e for s in ("train", "test", "validation") for e in splits[s]), None)
   if example is not None:
     lines.append("\nexample " + json.dumps(example.to_json(), ensure_ascii=False)[:600])
