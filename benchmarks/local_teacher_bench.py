@@ -23,7 +23,8 @@ import argparse
 import json
 import os
 
-from tinythinker_jax.teacher import pipelines, run
+from tinythinker_jax.stages import teach as run
+from tinythinker_jax.teacher import pipelines
 from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
 
 

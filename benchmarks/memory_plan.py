@@ -45,7 +45,8 @@ def main() -> None:
   boxed = jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
   params = nn.unbox(boxed)
   optimizer = optimizers.make_optimizer(args.optimizer, optimizers.make_schedule(
-      "constant", learning_rate=1e-3, warmup_steps=0))
+      "constant", learning_rate=1e-3, warmup_steps=0),
+      param_axes=optimizers.param_logical_axes(boxed))
   state = jax.eval_shape(lambda p: step_lib.TrainState.create(p, optimizer), params)
   gib = 2.0 ** 30
   total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
@@ -64,8 +65,9 @@ def main() -> None:
         partitioning.standard_logical_axis_rules(parameter_partitioning_dims=dims))
     param_shardings = partitioner.param_shardings(boxed)
     per_param = partitioning.bytes_per_device(params, param_shardings)
-    per_state = partitioning.bytes_per_device(
-        state, partitioner.train_state_shardings(boxed, state))
+    state_shardings = partitioner.logical_shardings(
+        optimizers.train_state_logical_axes(state, boxed))
+    per_state = partitioning.bytes_per_device(state, state_shardings)
     largest = max(max(partitioning.bytes_per_device(x, s).values())
                   for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(
                       param_shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))))

@@ -63,7 +63,7 @@ def build_data(root: str) -> str:
 
 def load_streams(args, root: str, vocab: str, pack: bool):
   """The stage streams as `tinythinker train` materialises them, and the manifest."""
-  from tinythinker_jax import materialize  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import materialize  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.data import arrays  # pylint: disable=import-outside-toplevel
   data_dir = os.path.join(root, "data_packed" if pack else "data_unpacked")
   manifest = materialize.prepare_data(
@@ -85,7 +85,8 @@ class Runner:
     from tinythinker_jax import partitioning  # pylint: disable=import-outside-toplevel
     from tinythinker_jax.data import arrays  # pylint: disable=import-outside-toplevel
     from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
-    from tinythinker_jax.training import models, step  # pylint: disable=import-outside-toplevel
+    from tinythinker_jax.families import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
+    from tinythinker_jax.training import objectives, step  # pylint: disable=import-outside-toplevel
     self._jax = jax
     self.partitioner = partitioning.Partitioner(partitioning.create_mesh())
     params, _ = self.partitioner.init(lambda r: t5.init_params(config, r),
@@ -93,7 +94,7 @@ class Runner:
     optimizer = optax.adamw(2e-3)
     self.state = self.partitioner.partition(
         lambda p: step.TrainState.create(p, optimizer))(params)
-    model = models.EncoderDecoderModel(t5.T5(config), z_loss=1e-4)
+    model = objectives.TokenCrossEntropy(EncoderDecoderModel(config), z_loss=1e-4)
     self.fn = self.partitioner.partition(step.make_train_step(model, optimizer),
                                          donate_argnums=(0,))
     schedule = arrays.InterleavedSchedule.tinythinker(10, 2, tuple(streams))

@@ -47,7 +47,8 @@ def measure(args, layers: int, scan: bool) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tinythinker_jax import partitioning  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax.training import models, optimizers  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.families import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.training import objectives, optimizers  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
   config = bench_utils.load_config(args.model, "float32").replace(
       num_encoder_layers=layers, num_decoder_layers=layers, scan_layers=scan,
@@ -55,10 +56,11 @@ def measure(args, layers: int, scan: bool) -> dict:
   partitioner = partitioning.Partitioner(partitioning.create_mesh())
   optimizer = optimizers.make_optimizer(
       "adafactor", optimizers.make_schedule("constant", learning_rate=1e-3,
-                                            warmup_steps=0), scanned_layers=scan)
+                                            warmup_steps=0),
+      param_axes=optimizers.param_logical_axes(EncoderDecoderModel(config).abstract_params()))
   params, _ = partitioner.init(lambda r: t5.init_params(config, r), jax.random.key(0))
   state = partitioner.partition(lambda p: step_lib.TrainState.create(p, optimizer))(params)
-  model = models.EncoderDecoderModel(t5.T5(config))
+  model = objectives.TokenCrossEntropy(EncoderDecoderModel(config))
   fn = partitioner.partition(step_lib.make_train_step(model, optimizer), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, config.vocab_size, (args.batch, args.input_length)).astype(np.int32)

@@ -72,7 +72,8 @@ class OursStep:
     import optax  # pylint: disable=import-outside-toplevel
     from tinythinker_jax import partitioning  # pylint: disable=import-outside-toplevel
     from tinythinker_jax.models import t5  # pylint: disable=import-outside-toplevel
-    from tinythinker_jax.training import models  # pylint: disable=import-outside-toplevel
+    from tinythinker_jax.families import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
+    from tinythinker_jax.training import objectives  # pylint: disable=import-outside-toplevel
     from tinythinker_jax.training import step  # pylint: disable=import-outside-toplevel
     self._jax = jax
     partitioner = partitioning.Partitioner(partitioning.create_mesh())
@@ -80,7 +81,7 @@ class OursStep:
     optimizer = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
     self.state = partitioner.partition(lambda p: step.TrainState.create(p, optimizer))(
         params)
-    model = models.EncoderDecoderModel(t5.T5(config), z_loss=0.0)
+    model = objectives.TokenCrossEntropy(EncoderDecoderModel(config), z_loss=0.0)
     self.fn = partitioner.partition(step.make_train_step(model, optimizer),
                                     donate_argnums=(0,))
     self.batch = partitioner.shard_batch({

@@ -47,7 +47,7 @@ def test_misspelt_gin_binding_fails_naming_it(tmp_path):
 
 def test_data_verb_describes_a_dataset(shared_data):
   result = run_cli("--dataset=obqa", f"--path={shared_data / 'tinythinker' / 'obqa'}",
-                   module="tinythinker_jax.data")
+                   module="tinythinker_jax.data_cli")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "train        4957 examples" in result.stdout
   assert "TinyThinker recall input" in result.stdout
@@ -61,7 +61,7 @@ def test_teach_verb_with_the_rule_based_teacher(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["kept"] == 10 and "rule-based" in summary["teacher"]
-  assert "run.teach_dataset" in (tmp_path / "config.gin").read_text()
+  assert "teach.teach_dataset" in (tmp_path / "config.gin").read_text()
   missing = run_cli("teach", f"--gin.OUTPUT_DIR='{tmp_path}'")
   assert missing.returncode == 2 and "DATASET" in missing.stderr
 

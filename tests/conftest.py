@@ -171,7 +171,8 @@ def tiny_student(tmp_path_factory) -> pathlib.Path:
 
 
 def _train_tiny_student(root: pathlib.Path) -> None:
-  from tinythinker_jax import train, vocabularies
+  from tinythinker_jax import vocabularies
+  from tinythinker_jax.stages import phase1
   from tinythinker_jax.models import t5
   from tinythinker_jax.training import recipe
   root.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ def _train_tiny_student(root: pathlib.Path) -> None:
   vocab = vocabularies.train_sentencepiece(
       vocabularies.iter_rendered([str(records)], "tinythinker"), 64, str(root / "spm"),
       model_type="word", hard_vocab_limit=False)
-  train.run(model_dir=str(root / "model"), model_config=t5.T5Config(**STUDENT_CONFIG),
+  phase1.run(model_dir=str(root / "model"), model_config=t5.T5Config(**STUDENT_CONFIG),
             mixture_or_task_name="tinythinker.coin_flip.tinythinker",
             task_feature_lengths=STUDENT_LENGTHS,
             settings=recipe.TrainSettings(

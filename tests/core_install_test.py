@@ -53,7 +53,7 @@ def commands(student: pathlib.Path, out: pathlib.Path) -> list[list[str]]:
        f"--gin.MODEL_DIR='{out / 'model'}'",
        "--gin.MIXTURE_OR_TASK_NAME='tinythinker.coin_flip.tinythinker'",
        f"--gin.TASK_FEATURE_LENGTHS={STUDENT_LENGTHS}",
-       f"--gin.train.run.data_dir='{student / 'model' / 'data'}'",
+       f"--gin.phase1.run.data_dir='{student / 'model' / 'data'}'",
        f"--gin.INITIAL_CHECKPOINT_PATH='{student / 'model'}'",
        f"--gin.VOCABULARY='{student / 'spm.model'}'",
        f"--gin.NUM_EMBEDDINGS={STUDENT_CONFIG['vocab_size']}",

@@ -197,7 +197,7 @@ def test_unlabelled_rows_are_counted_by_data_and_refused_by_name(tmp_path):
   answer refuse it naming its file and line."""
   import subprocess
   import sys
-  from tinythinker_jax.teacher import run
+  from tinythinker_jax.stages import teach as run
   path = tmp_path / "q.jsonl"
   lines = [{"question": f"q{i}?", "choices": ["a", "b"], "answer": "a"} for i in range(9)]
   lines.insert(4, {"question": "q?", "choices": ["a", "b"]})

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import full_and_microbatched, init_params, jitted_forward
 from tinythinker_jax.models import t5
+from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.training import dpo
 from tinythinker_jax.training import step as step_lib
 
@@ -56,7 +57,7 @@ def test_preference_loss_matches_a_hand_computation(tiny_config, loss_type, alph
   params = init_params(tiny_config, 1)
   batch = _batch(np.random.default_rng(0), tiny_config.vocab_size)
   beta = 0.5
-  model = dpo.PreferenceModel(module, beta=beta, alpha=alpha, loss_type=loss_type,
+  model = dpo.PreferenceObjective(EncoderDecoderModel(module.config), beta=beta, alpha=alpha, loss_type=loss_type,
                               nll_normalization=nll_normalization)
   loss, metrics = jax.jit(lambda p, b: step_lib.mean_loss(model, p, b))(params, batch)
 
@@ -92,7 +93,7 @@ def test_padding_pairs_weigh_nothing(tiny_config):
   module = t5.T5(tiny_config)
   params = init_params(tiny_config, 2)
   batch = _batch(np.random.default_rng(1), tiny_config.vocab_size)
-  model = dpo.PreferenceModel(module)
+  model = dpo.PreferenceObjective(EncoderDecoderModel(module.config))
   first_two = {k: v[:2] for k, v in batch.items()}
   weighted = dict(batch, pair_weights=np.array([1, 1, 0, 0], np.float32))
   loss = jax.jit(lambda p, b: step_lib.mean_loss(model, p, b)[0])
@@ -105,9 +106,9 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
   module = t5.T5(tiny_config)
   params = init_params(tiny_config, 3)
   batch = _batch(np.random.default_rng(2), tiny_config.vocab_size)
-  model = dpo.PreferenceModel(module, beta=0.5, alpha=0.0)
+  model = dpo.PreferenceObjective(EncoderDecoderModel(module.config), beta=0.5, alpha=0.0)
   # RPO's batch-token NLL is normalised by the whole batch's tokens, microbatched too.
-  rpo = dpo.PreferenceModel(module, beta=0.5, alpha=0.5)
+  rpo = dpo.PreferenceObjective(EncoderDecoderModel(module.config), beta=0.5, alpha=0.5)
   _, (_, m_one), (_, m_two) = full_and_microbatched(rpo, optax.sgd(0.1), params, batch)
   np.testing.assert_allclose(float(m_two["loss"]), float(m_one["loss"]), rtol=1e-6)
   np.testing.assert_allclose(float(m_two["grad_norm"]), float(m_one["grad_norm"]),
@@ -133,7 +134,7 @@ def test_dpo_steps_raise_the_margin_and_microbatches_agree(tiny_config):
 
 def test_unknown_loss_type_is_named():
   with pytest.raises(ValueError, match="loss_type='hinge'"):
-    dpo.PreferenceModel(t5.T5(t5.T5Config()), loss_type="hinge")
+    dpo.PreferenceObjective(EncoderDecoderModel(t5.T5Config()), loss_type="hinge")
   with pytest.raises(ValueError, match="loss_type"):
     dpo.preference_losses(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta=1.0,
                           loss_type="x")

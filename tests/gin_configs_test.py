@@ -179,14 +179,15 @@ def test_the_binary_warns_about_an_unused_macro(tmp_path):
 def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
   """The pipeline's two `TrainSettings` (scopes `phase1/` and `dpo/`) resolve to
   their own values, and phase 2 keeps TinyThinker's recipe."""
-  from tinythinker_jax import pipeline, train
+  from tinythinker_jax import pipeline
+  from tinythinker_jax.stages import phase2
   from tinythinker_jax.training import recipe
   gin.clear_config()
   try:
     gin_utils.parse(["runs/demo.gin"], ["phase1/recipe.TrainSettings.max_grad_norm = 0.5"])
     with gin.config_scope("phase1"):
       phase1 = gin.get_configurable(recipe.TrainSettings)()
-    dpo_settings = gin.get_configurable(train.DpoSettings)()
+    dpo_settings = gin.get_configurable(phase2.DpoSettings)()
     assert (phase1.train_steps, phase1.optimizer, phase1.learning_rate,
             phase1.max_grad_norm, phase1.early_stop_patience) == (2000, "adamw", 3e-3,
                                                                    0.5, 3)

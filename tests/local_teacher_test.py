@@ -16,7 +16,9 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from tinythinker_jax.teacher import local, run  # noqa: E402
+from tinythinker_jax.stages import teach as run  # noqa: E402
+from tinythinker_jax import paths  # noqa: E402
+from tinythinker_jax.teacher import local  # noqa: E402
 from tinythinker_jax.teacher.cache import CompletionCache  # noqa: E402
 
 GGUF = local.smollm2_gguf()
@@ -88,7 +90,7 @@ def test_tinythinker_pipeline_runs_against_llama_cpp(server, shared_data, tmp_pa
   out = tmp_path / "tt"
   before = server.requests_served()
   command = teach_command(server, out, csqa, "tinythinker", [
-      "--gin.MAX_EXAMPLES=1", f"--gin.run.teach_dataset.prompts_dir='{prompts}'",
+      "--gin.MAX_EXAMPLES=1", f"--gin.teach.teach_dataset.prompts_dir='{prompts}'",
       "--gin.pipelines.TinyThinkerSettings.num_samples=1",
       "--gin.pipelines.TinyThinkerSettings.num_shots=2",
       "--gin.pipelines.TinyThinkerSettings.max_tokens=96"])
@@ -148,8 +150,8 @@ def test_structured_tinythinker_replies_parse_on_twenty_questions(shared_data, t
   assert summary.settings["structured_output"] == "json_object"
   assert summary.samples == 20 and summary.format_retries == 0
   assert summary.parse_rate >= 0.95, summary.dropped
-  records = run.pipelines.read_records(str(tmp_path / "records.jsonl"))
-  dropped = run.pipelines.read_records(str(tmp_path / "dropped.jsonl"))
+  records = paths.read_jsonl(str(tmp_path / "records.jsonl"))
+  dropped = paths.read_jsonl(str(tmp_path / "dropped.jsonl"))
   assert len(records) + len(dropped) == 20
   for r in records:
     assert json.loads(r["raw_reply"])["key_information"].split() == r["recall"].split()

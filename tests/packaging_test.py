@@ -5,6 +5,7 @@ accelerator extras; its core requirements install without TensorFlow."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,9 +35,14 @@ TINY_DEMO = ["--gin.phase1/recipe.TrainSettings.train_steps=8",
 
 
 def build_wheel(tmp_path: pathlib.Path) -> pathlib.Path:
+  # From a clean copy of the sources: setuptools reuses an in-tree `build/`, which
+  # would carry modules a later change removed into the wheel.
+  source = tmp_path / "source"
+  shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
+      ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "demo_output"))
   dist = tmp_path / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                  "--no-build-isolation", "-w", str(dist), str(REPO_ROOT)],
+                  "--no-build-isolation", "-w", str(dist), str(source)],
                  check=True, capture_output=True, timeout=600)
   (wheel,) = dist.glob("tinythinker_jax-*.whl")
   return wheel

@@ -10,9 +10,10 @@ import pytest
 
 from tests.conftest import full_and_microbatched, init_params, jitted_forward
 from tinythinker_jax import vocabularies
+from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.data import packing, pair_arrays
 from tinythinker_jax.models import t5
-from tinythinker_jax.training import dpo, models
+from tinythinker_jax.training import dpo, objectives
 from tinythinker_jax.training import step as step_lib
 
 
@@ -121,7 +122,7 @@ def test_packed_phase1_loss_equals_each_example_alone(tiny_config):
   np.testing.assert_array_equal(
       step_lib.shift_right(packed["decoder_target_tokens"], packed["decoder_segment_ids"]),
       packed["decoder_input_tokens"])
-  model = models.EncoderDecoderModel(t5.T5(tiny_config), z_loss=1e-2, label_smoothing=0.1)
+  model = objectives.TokenCrossEntropy(EncoderDecoderModel(tiny_config), z_loss=1e-2, label_smoothing=0.1)
   sums = jax.jit(lambda p, b: model.loss_sums(p, b)[1])
   hand = [x for e, t in zip(inputs, targets)
           for x in _hand_token_losses(tiny_config, params, e, t, 0.1, 1e-2)]
@@ -162,7 +163,7 @@ def test_packed_dpo_pair_losses_equal_each_pair_alone(tiny_config, loss_type,
   unpacked, _ = pair_arrays.encode_pairs(pairs, codec, 24, 16)
   assert packed["recall"]["pair_weights"].shape[1] == packed["analyze"]["pair_weights"].shape[1]
   beta, alpha = 0.5, 0.5
-  model = dpo.PreferenceModel(t5.T5(tiny_config), beta=beta, alpha=alpha,
+  model = dpo.PreferenceObjective(EncoderDecoderModel(tiny_config), beta=beta, alpha=alpha,
                               loss_type=loss_type, z_loss=1e-3,
                               nll_normalization=nll_normalization)
   policy = jax.jit(model.policy_logps)
@@ -209,8 +210,8 @@ def test_packed_dpo_pair_losses_equal_each_pair_alone(tiny_config, loss_type,
     for name in sums_u:
       np.testing.assert_allclose(float(sums_p[name]), float(sums_u[name]), rtol=2e-5,
                                  atol=1e-6, err_msg=name)
-    totals_p, totals_u = dpo.PreferenceModel.batch_totals(batch), \
-        dpo.PreferenceModel.batch_totals(unpacked[stage])
+    totals_p, totals_u = dpo.PreferenceObjective.batch_totals(batch), \
+        dpo.PreferenceObjective.batch_totals(unpacked[stage])
     assert {k: float(v) for k, v in totals_p.items()} == \
         {k: float(v) for k, v in totals_u.items()}
 
@@ -234,7 +235,8 @@ def _teach_small_coin_flip(root, train=256, validation=64):
 def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   import tasks  # noqa: F401  pylint: disable=unused-import  (registers the tasks)
   from tinythinker_jax import tasks as rationale_tasks
-  from tinythinker_jax import seqio_arrays, train
+  from tinythinker_jax import seqio_arrays
+  from tinythinker_jax.stages import phase1
   from tinythinker_jax.data import arrays
   from tinythinker_jax.training import recipe
   spm = _teach_small_coin_flip(tmp_path, train=192, validation=48)
@@ -243,7 +245,7 @@ def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
                        num_encoder_layers=2, num_decoder_layers=2,
                        mlp_activations=("gelu", "linear"), logits_via_embedding=False,
                        dropout_rate=0.0)
-  result = train.run(
+  result = phase1.run(
       model_dir=str(tmp_path / "model"), model_config=config, mixture_or_task_name=task,
       task_feature_lengths=lengths, pack=True, progress=False,
       settings=recipe.TrainSettings(batch_size=8, train_steps=30, optimizer="adamw",
@@ -290,7 +292,7 @@ def test_packed_pairs_from_file_train_and_microbatch_exactly(tiny_config, tmp_pa
                              dpo.PACKED_PREFERENCE_FEATURES)
   batch = arrays.BatchSource({"recall": data}, batch_size=4, seed=0)(0)
   params = init_params(tiny_config, 6)
-  model = dpo.PreferenceModel(t5.T5(tiny_config), beta=0.5, alpha=0.5)
+  model = dpo.PreferenceObjective(EncoderDecoderModel(tiny_config), beta=0.5, alpha=0.5)
   # The reference is the initial policy: the preference loss starts at log 2.
   pc, _, pr, _, _ = jax.jit(model.policy_logps)(params, batch)
   batch = dict(batch, reference_chosen_logps=np.asarray(pc),

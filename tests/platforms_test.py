@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import pytest
 
-from tinythinker_jax import platforms, train
+from tinythinker_jax import platforms
+from tinythinker_jax import train
 from tinythinker_jax.models import flops, t5
 
 

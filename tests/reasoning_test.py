@@ -1,4 +1,4 @@
-"""Answer extraction, metrics and rationale formats (METHODS.md's rules, by hand)."""
+"""Answer extraction, metrics and rationale formats (docs/methods.md's rules, by hand)."""
 
 import pytest
 

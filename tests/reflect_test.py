@@ -177,15 +177,15 @@ def test_sample_builds_pairs_with_reference_logps(student):
   # One phase-2 training run on these pairs, on the phase-1 path's full settings:
   # FSDP over 2 devices (parameters' embed dimension sharded over `data`), two
   # microbatches, gradient clipping and z-loss.
-  from tinythinker_jax import train
+  from tinythinker_jax.stages import phase2
   from tinythinker_jax.training import recipe
-  settings = train.DpoSettings(input_length=96, target_length=32, train=recipe.TrainSettings(
+  settings = phase2.DpoSettings(input_length=96, target_length=32, train=recipe.TrainSettings(
       batch_size=8, train_steps=3, optimizer="adamw", schedule="cosine",
       learning_rate=5e-6, warmup_fraction=0.1, max_grad_norm=1.0, z_loss=1e-4,
       num_microbatches=2, parameter_partitioning_dims=2, data_parallelism=2,
       log_every=1,
       async_checkpoints=False))
-  result = train.run_dpo(model_dir=str(student / "dpo"),
+  result = phase2.run_dpo(model_dir=str(student / "dpo"),
                          pairs_path=str(student / "samples" / "pairs.jsonl"),
                          initial_checkpoint_path=str(student / "model"), settings=settings,
                          progress=False)

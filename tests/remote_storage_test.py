@@ -26,7 +26,7 @@ import pytest
 from etils import epath
 
 from tests.conftest import STUDENT_CONFIG
-from tinythinker_jax import checkpoints, errors, paths
+from tinythinker_jax import checkpoints, errors, paths, weights
 
 BUCKET = "tinythinker-test"
 ROOT = f"gs://{BUCKET}/run"
@@ -149,10 +149,9 @@ def test_local_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
 
 
 def test_reading_a_missing_model_dir_creates_nothing(tmp_path):
-  from tinythinker_jax import student
   missing = tmp_path / "no_model"
   with pytest.raises(errors.MissingFileError):
-    student.load(str(missing), require_vocabulary=False)
+    weights.load(str(missing), require_vocabulary=False)
   assert not missing.exists()
   reader = checkpoints.Checkpointer(missing / "checkpoints", create=False)
   assert reader.latest_step() is None
@@ -167,15 +166,17 @@ def test_the_stages_of_a_run_on_the_store(gcs, empty_cwd, tmp_path):
   """teach -> vocabulary -> materialise + train (stopped, resumed) with validation
   and a best checkpoint -> evaluate -> load the best -> export, all on gs://."""
   del gcs
-  from tinythinker_jax import eval as eval_lib
-  from tinythinker_jax import export, student, train, vocabularies
+  from tinythinker_jax.stages import evaluate as eval_lib
+  from tinythinker_jax import student, vocabularies
+  from tinythinker_jax.stages import export
+  from tinythinker_jax.stages import phase1
   from tinythinker_jax.convert import load_hf_t5
   from tinythinker_jax.data import datasets
   from tinythinker_jax.data.schema import AnswerType
   from tinythinker_jax.models import t5
   from tinythinker_jax.teacher import pipelines
   from tinythinker_jax.training import recipe
-  from tinythinker_jax import validation
+  from tinythinker_jax.stages import validation
 
   splits = datasets.load_dataset("coin_flip", seed=0)
   for split in ("train", "validation"):
@@ -198,7 +199,7 @@ def test_the_stages_of_a_run_on_the_store(gcs, empty_cwd, tmp_path):
                                       format="finetune_cot", batch_size=8)
 
   def run(stop_after):
-    return train.run(model_dir=model_dir, model_config=t5.T5Config(**STUDENT_CONFIG),
+    return phase1.run(model_dir=model_dir, model_config=t5.T5Config(**STUDENT_CONFIG),
                      mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
                      settings=settings, records_dir=f"{ROOT}/rationales",
                      vocabulary=vocab, validation=chains, progress=False,
@@ -231,10 +232,10 @@ def test_the_stages_of_a_run_on_the_store(gcs, empty_cwd, tmp_path):
   # The best checkpoint: what best.json names, equal to that step's parameters.
   best = checkpoints.read_best(model_dir)
   assert best["metric"] == validation.CHAIN_ACCURACY and best["step"] in (0, 2, 4)
-  loaded = student.load(model_dir)
+  loaded = weights.load(model_dir)
   assert loaded.vocabulary == vocab
   if best["step"]:
-    step_params = student.load(f"{model_dir}/checkpoints/{best['step']}").params
+    step_params = weights.load(f"{model_dir}/checkpoints/{best['step']}").params
     jax.tree.map(np.testing.assert_array_equal, loaded.params, step_params)
 
   report = eval_lib.run_evaluate(

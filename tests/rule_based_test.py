@@ -3,11 +3,11 @@ rejection-sampling data built from sampled chains."""
 
 import collections
 
-import numpy as np
 import pytest
 
-from tinythinker_jax.data import datasets, loaders
-from tinythinker_jax.data.schema import YES_NO_CHOICES, AnswerType, Choice, Example
+from tinythinker_jax.data import datasets
+from tinythinker_jax.data.schema import (YES_NO_CHOICES, AnswerType, Choice, Example,
+                                         SampledChain, SampledQuestion)
 from tinythinker_jax.reasoning import formats, rejection
 from tinythinker_jax.teacher import pipelines, rule_based
 
@@ -39,8 +39,7 @@ def test_shuffled_objects_rationales_by_hand():
   outcome = pipelines.rule_based_outcome(_shuffled(), pipelines.Method.TINYTHINKER,
                                          AnswerType.LETTER)
   [record] = outcome.kept
-  pairs = formats.stage_pairs(Example.from_json(record["example"]), record["recall"],
-                              record["analyses"])
+  pairs = formats.stage_pairs(record.example, record.recall, record.analyses)
   assert pairs[formats.Stage.SUMMARIZE][0].targets == "So the answer is option B."
 
 
@@ -95,8 +94,8 @@ def test_a_noisy_teacher_misreads_steps_at_its_rate_and_is_filtered():
   outcome = pipelines.rule_based_outcome(examples[0], pipelines.Method.FINETUNE_COT,
                                          AnswerType.YES_NO, noisy)
   kept = [i for i in range(4) if derivations[i].answer == examples[0].answer]
-  assert [r["sample_index"] for r in outcome.kept] == kept
-  assert [r["teacher_errors"]["misread_steps"] for r in outcome.kept] == [
+  assert [r.sample_index for r in outcome.kept] == kept
+  assert [r.extra["teacher_errors"]["misread_steps"] for r in outcome.kept] == [
       derivations[i].misread_steps for i in kept]
   assert len(outcome.dropped) == 4 - len(kept)
   assert all(d["reason"].startswith("answer differs from gold") for d in outcome.dropped)
@@ -118,7 +117,7 @@ def test_tinythinker_keeps_one_near_duplicate_recall_per_question():
                                            AnswerType.YES_NO, noisy)
     assert len(outcome.kept) <= 1  # recalls differ by a digit: near-duplicates
     for r in outcome.kept:
-      assert r["label"] == e.gold_label
+      assert r.label == e.gold_label
     reasons.update(pipelines._reason_kind(d["reason"]) for d in outcome.dropped)
   assert set(reasons) <= {"teacher disagrees with the label",
                           "near-duplicate key information"}
@@ -135,15 +134,14 @@ def test_shuffled_objects_loader_errors_name_the_file(tmp_path):
 
 
 def _chain(recall, answer, sampled="recall", **analyses):
-  return {"sampled": sampled, "recall": recall, "answer": answer,
-          "analyses": analyses or {"A": "x.", "B": "y."}}
+  return SampledChain(sampled, recall, analyses or {"A": "x.", "B": "y."}, answer)
 
 
 def test_rejection_sampling_data_from_hand_made_chains():
   question = Example(id="q1", question="Is it?", answer="yes", choices=YES_NO_CHOICES)
   other = Example(id="q2", question="Or not?", answer="no", choices=YES_NO_CHOICES)
   sampled = [
-      {"id": "q1", "chains": [
+      SampledQuestion("q1", "A", (
           _chain("Flipped 2 times.", "A"),                    # kept
           _chain("Flipped 3 times.", "B"),                    # wrong answer
           _chain("Flipped 2 times.", "A"),                    # duplicate of the first
@@ -151,16 +149,16 @@ def test_rejection_sampling_data_from_hand_made_chains():
           _chain("Flipped 4 times.", "A", "analyze"),         # kept (analyze samples)
           _chain("Flipped 6 times.", "A", A="only A"),        # an option unanalysed
           _chain("", "A"),                                    # no recall
-          _chain("Flipped 8 times.", None)]},                 # no answer
-      {"id": "q2", "chains": [_chain("Flipped 1 time.", "A")]}]  # no correct chain
+          _chain("Flipped 8 times.", None))),                 # no answer
+      SampledQuestion("q2", "B", (_chain("Flipped 1 time.", "A"),))]  # no correct chain
   records = rejection.records([question, other], sampled,
                               provenance={"policy": "p"})
-  assert [(r["id"], r["recall"], r["label"], r["provenance"]["sampled_stage"])
+  assert [(r.id, r.recall, r.label, r.provenance["sampled_stage"])
           for r in records] == [("q1", "Flipped 2 times.", "A", "recall"),
                                 ("q1", "Flipped 4 times.", "A", "analyze")]
-  assert records[0]["analyses"] == {"A": "x.", "B": "y."}
-  assert records[0]["provenance"]["policy"] == "p"
-  assert records[0]["method"] == "tinythinker"
+  assert records[0].analyses == {"A": "x.", "B": "y."}
+  assert records[0].provenance["policy"] == "p"
+  assert records[0].method == "tinythinker"
   # Rendered as the ordinary three stages, as teacher records are.
   rendered = formats.render_record(records[1], formats.Format.TINYTHINKER,
                                    formats.Stage.RECALL)

@@ -5,7 +5,6 @@ with the same weights converted by `scan_params`, a scanned model must give
 the same logits, losses, gradients (converted back), decodes and HF files.
 """
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -15,10 +14,11 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from tests.conftest import jitted_forward
-from tinythinker_jax import decoding, errors, partitioning, student
+from tinythinker_jax import decoding, errors, partitioning, weights
+from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.convert import load_hf_t5, save_hf_t5
 from tinythinker_jax.models import t5
-from tinythinker_jax.training import models
+from tinythinker_jax.training import objectives
 from tinythinker_jax.training import step as step_lib
 
 
@@ -95,7 +95,7 @@ def test_logits_loss_and_gradients_match_unscanned(configs, remat_policy):
            "decoder_input_tokens": step_lib.shift_right(targets)}
 
   def outputs(config, p):
-    model = models.EncoderDecoderModel(t5.T5(config))
+    model = objectives.TokenCrossEntropy(EncoderDecoderModel(config))
     logits = t5.T5(config).apply({"params": p}, batch["encoder_input_tokens"],
                                  batch["decoder_input_tokens"])
     (loss, sums), grads = jax.value_and_grad(model.loss_sums, has_aux=True)(p, batch)
@@ -199,7 +199,7 @@ def test_student_load_converts_between_layouts(configs, tmp_path):
   params = _random_params(plain, 6)
   save_hf_t5(scanned, t5.scan_params(params, scanned), str(tmp_path / "hf"))
   for config, expected in ((scanned, t5.scan_params(params, scanned)), (plain, params)):
-    loaded = student.load(str(tmp_path / "hf"), model_config=config,
+    loaded = weights.load(str(tmp_path / "hf"), model=config,
                           require_vocabulary=False)
     assert loaded.config.scan_layers == config.scan_layers
     _assert_trees_equal(loaded.params, expected)
@@ -229,54 +229,15 @@ def test_hugging_face_round_trip_of_a_scanned_model(tmp_path):
     assert torch.equal(tensor, original[name]), name
 
 
-def test_per_layer_adafactor_equals_adafactor_on_each_layer():
-  """Factoring (two dims >= 128), update clipping and parameter scale per layer."""
-  import optax
-  from tinythinker_jax.training import optimizers
-  rng = np.random.default_rng(0)
-  layers = [{"k": jnp.asarray(rng.normal(size=(256, 128)) * s, jnp.float32),
-             "s": jnp.asarray(rng.normal(size=(128,)) * s, jnp.float32)}
-            for s in (0.1, 3.0)]  # different scales: shared statistics would show
-  other = jnp.asarray(rng.normal(size=(130, 129)), jnp.float32)
-  grads = [[jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
-            for p in layers] for _ in range(3)]
-  schedule = optimizers.make_schedule("constant", learning_rate=1e-2, warmup_steps=0)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def train(tx, params, grad_steps):
-    state = tx.init(params)
-    for g in grad_steps:
-      updates, state = tx.update(g, state, params)
-      params = optax.apply_updates(params, updates)
-    return params
-
-  plain = optimizers.make_optimizer("adafactor", schedule)
-  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)  # noqa: E731
-  expected = [train(plain, {"x": {"layers_0": p}, "other": other},
-                    [{"x": {"layers_0": g[i]}, "other": other * 0.1} for g in grads])
-              for i, p in enumerate(layers)]
-  params = {"x": {"layers": stack(layers)}, "other": other}
-  steps = [{"x": {"layers": stack(g)}, "other": other * 0.1} for g in grads]
-  got = train(optimizers.make_optimizer("adafactor", schedule, scanned_layers=True),
-              params, steps)
-  for i in range(2):
-    _assert_trees_close(jax.tree.map(lambda x, i=i: x[i], got["x"]["layers"]),
-                        expected[i]["x"]["layers_0"], atol=1e-7)
-  _assert_trees_close(got["other"], expected[0]["other"], atol=1e-7)
-  # Plain Adafactor on the stacked arrays would not be the same optimizer.
-  shared = train(plain, params, steps)
-  assert not np.allclose(shared["x"]["layers"]["s"][0], expected[0]["x"]["layers_0"]["s"],
-                         atol=1e-6)
-
-
 def _train(config, model_dir, *, steps=4, stop_after=None, initial_params=None):
   from tests.trainer_test import copy_task
   from tinythinker_jax.training import optimizers, trainer
   schedule = optimizers.make_schedule("constant", learning_rate=3e-3, warmup_steps=2)
   return trainer.train(
-      model=models.EncoderDecoderModel(t5.T5(config)), model_config=config,
-      optimizer=optimizers.make_optimizer("adafactor", schedule,
-                                          scanned_layers=config.scan_layers),
+      model=EncoderDecoderModel(config),
+      objective=objectives.TokenCrossEntropy(EncoderDecoderModel(config)),
+      optimizer=optimizers.make_optimizer("adafactor", schedule, param_axes=(
+          optimizers.param_logical_axes(EncoderDecoderModel(config).abstract_params()))),
       partitioner=partitioning.Partitioner(partitioning.create_mesh(1, 1)),
       batch_fn=copy_task(config.vocab_size, 8), global_batch_size=8, train_steps=steps,
       model_dir=str(model_dir), checkpoint=trainer.CheckpointSettings(
@@ -296,10 +257,10 @@ def test_scanned_checkpoints_resume_and_load_in_either_layout(configs, tmp_path)
                          ["wo"]["kernel"], jax.device_get(first.state.params)["decoder"]
                          ["layers"]["mlp"]["wo"]["kernel"])
   final = jax.device_get(resumed.state.params)
-  loaded = student.load(str(tmp_path / "scanned"), require_vocabulary=False)
+  loaded = weights.load(str(tmp_path / "scanned"), require_vocabulary=False)
   assert loaded.config.scan_layers
   _assert_trees_equal(loaded.params, final)
-  unscanned = student.load(str(tmp_path / "scanned"), model_config=plain,
+  unscanned = weights.load(str(tmp_path / "scanned"), model=plain,
                            require_vocabulary=False)
   _assert_trees_equal(unscanned.params, t5.unscan_params(final, scanned))
   with pytest.raises(errors.UserError, match="scanned/checkpoints/2: written with T5Config"

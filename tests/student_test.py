@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from tests.conftest import init_params, teacher_forced_logps
-from tinythinker_jax import decoding, partitioning, vocabularies
+from tinythinker_jax import decoding, partitioning, vocabularies, weights
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.chains import Sampling
 from tinythinker_jax.student import Student
@@ -91,18 +91,17 @@ def test_loading_restores_parameters_onto_the_mesh_by_the_rules(tiny_student, tm
   # A model dir (one-device run) and the HF folder exported from it, loaded for
   # a 4x2 FSDP mesh: every parameter arrives in the rules' shardings, with the
   # values written, and a checkpoint's optimizer state is never read.
-  from tinythinker_jax import export  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import student as student_lib  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import export# pylint: disable=import-outside-toplevel
   model_dir = str(tiny_student / "model")
-  host = student_lib.load(model_dir)
+  host = weights.load(model_dir)
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host.params))
   hf_dir = export.export_student(model_dir, str(tmp_path / "hf"))
   partitioner = partitioning.Partitioner(
       partitioning.create_mesh(4, 2),
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2))
-  want = student_lib.param_shardings(host.config, partitioner)
+  want = weights.param_shardings(host.config, partitioner)
   for path in (model_dir, hf_dir):
-    placed = student_lib.load(path, partitioner=partitioner)
+    placed = weights.load(path, partitioner=partitioner)
     for x, sharding, value in zip(jax.tree.leaves(placed.params), jax.tree.leaves(
         want, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding)),
         jax.tree.leaves(host.params)):

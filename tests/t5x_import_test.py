@@ -20,8 +20,8 @@ import pytest
 import tensorstore as ts
 from flax import serialization
 
-from tinythinker_jax import errors, student
-from tinythinker_jax import train as train_lib
+from tinythinker_jax import errors, weights
+from tinythinker_jax.stages import phase1 as train_lib
 from tinythinker_jax.convert import CheckpointMismatchError, load_t5x_checkpoint
 from tinythinker_jax.models import t5
 
@@ -206,16 +206,16 @@ def test_initial_checkpoint_path_accepts_t5x(tmp_path):
   write_orbax_t5x(str(tmp_path / "orbax"), t5x_layout(params))
   write_legacy_t5x(str(tmp_path / "legacy" / "checkpoint_7"), t5x_layout(params))
   for folder in ("orbax", "legacy"):
-    loaded = student.load(str(tmp_path / folder), model_config=config,
+    loaded = weights.load(str(tmp_path / folder), model=config,
                           require_vocabulary=False, binding="INITIAL_CHECKPOINT_PATH")
     assert loaded.config == config
     assert_same_tree(loaded.params, params)
-  initial = train_lib._initial_params(str(tmp_path / "legacy"), config,
+  initial = train_lib.initial_params(str(tmp_path / "legacy"), config,
                                       "INITIAL_CHECKPOINT_PATH")
   np.testing.assert_array_equal(logits(config, initial(None)), logits(config, params))
   with pytest.raises(errors.UserError, match="INITIAL_CHECKPOINT_PATH=.*does not store its "
                      "model config"):
-    student.load(str(tmp_path / "legacy"), binding="INITIAL_CHECKPOINT_PATH")
+    weights.load(str(tmp_path / "legacy"), binding="INITIAL_CHECKPOINT_PATH")
 
 
 def test_mismatches_name_the_parameter(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import seqio
 
 import tasks  # noqa: F401  (t5x's `import tasks` from a checkout registers them)
-from tinythinker_jax import tasks as rationale_tasks
+from tinythinker_jax import tasks as rationale_tasks, paths
 from tinythinker_jax import seqio_arrays, vocabularies
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType
@@ -30,7 +30,7 @@ def test_stage_tasks_materialise_to_the_format_strings(tmp_path, monkeypatch):
   pipelines.teach(examples, method=pipelines.Method.TINYTHINKER,
                   answer_type=AnswerType.YES_NO, output_dir=str(out), teacher=None,
                   progress=False)
-  records = pipelines.read_records(str(out / "records.jsonl"))
+  records = paths.read_jsonl(str(out / "records.jsonl"))
   texts = [t for r in records
            for pairs in formats.stage_pairs(datasets.Example.from_json(r["example"]),
                                             r["recall"], r["analyses"]).values()
@@ -97,9 +97,12 @@ def test_summarize_task_metric_uses_the_answer_regex():
 
 
 def test_mixture_rates_decide_the_share_of_batches():
-  from tinythinker_jax import materialize, train  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import materialize, phase1  # pylint: disable=import-outside-toplevel
+
+  def rates(name):
+    return {n: rate for n, (_, rate) in materialize._expand(name, "unused", "byte").items()}
   # TinyThinker's stage mixtures carry the paper's proportions as rates.
-  assert materialize._expand("tinythinker.csqa.tinythinker") == {
+  assert rates("tinythinker.csqa.tinythinker") == {
       "tinythinker.csqa.tinythinker.recall": 1.0,
       "tinythinker.csqa.tinythinker.analyze": 5.0,
       "tinythinker.csqa.tinythinker.summarize": 1.0}
@@ -109,11 +112,11 @@ def test_mixture_rates_decide_the_share_of_batches():
     seqio.MixtureRegistry.add(name, [("tinythinker.coin_flip.vanilla", 0.7),
                                      ("tinythinker.coin_flip.finetune_cot",
                                       lambda task: 0.3)])
-  manifest = {"rates": materialize._expand(name)}
+  manifest = {"rates": rates(name)}
   assert manifest["rates"] == {"tinythinker.coin_flip.vanilla": 0.7,
                                "tinythinker.coin_flip.finetune_cot": 0.3}
   sizes = {"tinythinker.coin_flip.vanilla": 100, "tinythinker.coin_flip.finetune_cot": 900}
-  schedule = train.stream_schedule(manifest, sizes)
+  schedule = phase1.stream_schedule(manifest, sizes)
   streams = [schedule.locate(step)[0] for step in range(1000)]
   assert streams.count("tinythinker.coin_flip.vanilla") == 700  # the rates, not the sizes
   # Positions within each stream run on without gaps (every batch is used once).
@@ -121,9 +124,9 @@ def test_mixture_rates_decide_the_share_of_batches():
                if streams[s] == "tinythinker.coin_flip.finetune_cot"]
   assert positions == list(range(300))
   # A manifest written before rates were recorded keeps its size-based schedule.
-  old = train.stream_schedule({}, sizes)
+  old = phase1.stream_schedule({}, sizes)
   assert [old.locate(s)[0] for s in range(1000)].count("tinythinker.coin_flip.vanilla") == 100
   # TinyThinker's interleaving, when asked for, wins over the rates.
   stages = {"recall": 10, "analyze": 50, "summarize": 10}
-  assert train.stream_schedule({"rates": {}}, stages, interleave_interval=4,
+  assert phase1.stream_schedule({"rates": {}}, stages, interleave_interval=4,
                                num_options=5).steps_per_cycle == (4, 20, 4)

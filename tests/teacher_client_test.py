@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.openai_fault_server import FaultServer
-from tinythinker_jax import reports
+from tinythinker_jax import reports, paths
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.teacher import pipelines
@@ -135,7 +135,7 @@ def test_finetune_cot_pipeline_keeps_answer_consistent_rationales(tmp_path):
            r["messages"][-1]["content"] and not r["messages"][-1]["content"].endswith("is")]
   assert all(r["temperature"] == 0.7 for r in step1)
   assert summary.samples == 12 and summary.kept + sum(summary.dropped.values()) == 12
-  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  records = paths.read_jsonl(str(tmp_path / "records.jsonl"))
   assert len(records) == summary.kept and 0 < summary.kept < 12
   for r in records:
     assert r["answer"] == gold[r["example"]["question"]]
@@ -161,7 +161,7 @@ def test_rule_based_teacher_is_exact_and_labelled(tmp_path):
                             teacher=None, progress=False)
   assert summary.kept == 50 and summary.teacher_accuracy == 1.0
   assert "rule-based" in summary.teacher
-  for record in pipelines.read_records(str(tmp_path / "records.jsonl")):
+  for record in paths.read_jsonl(str(tmp_path / "records.jsonl")):
     flips = record["example"]["question"].count(" flips the coin.")
     assert record["recall"] == f"The coin is flipped {flips} times."
     parity = "even" if flips % 2 == 0 else "odd"
@@ -227,7 +227,7 @@ def test_tinythinker_pipeline_validates_dedups_and_relabels(tmp_path, shared_dat
       "\n".join(f"{l} is incorrect. Because" for l in "ABCDE" if l != gold))
   assert summary.samples == 5 and summary.dropped["format"] == 1
   assert summary.teacher_accuracy == pytest.approx(1 / 4)
-  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  records = paths.read_jsonl(str(tmp_path / "records.jsonl"))
   if relabel:  # Three valid samples vote for `other`; one near-duplicate is dropped.
     assert [r["label"] for r in records] == [other, other]
     assert all(r["relabelled_from"] == gold for r in records)
@@ -305,7 +305,7 @@ def test_tinythinker_structured_output_with_retries_and_resume(tmp_path, shared_
   assert summary.format_retries == summary.recovered_by_retry == cut
   assert summary.samples == 4 and summary.parse_rate == 1.0 and summary.kept == 4
   assert summary.settings["structured_output"] == "json_object"
-  records = pipelines.read_records(str(tmp_path / "records.jsonl"))
+  records = paths.read_jsonl(str(tmp_path / "records.jsonl"))
   assert {r["sample_index"] for r in records} == {0, 1}
   for r in records:
     assert json.loads(r["raw_reply"])["key_information"] == r["recall"]

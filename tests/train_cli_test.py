@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import one_device_env, teach_coin_flip
 
-from tinythinker_jax import decoding, materialize
+from tinythinker_jax import decoding
+from tinythinker_jax.stages import materialize
 from tinythinker_jax.checkpoints import Checkpointer
 from tinythinker_jax.data import arrays
 from tinythinker_jax.data.schema import AnswerType
@@ -53,7 +54,7 @@ def command(data_dir, model_dir, steps, *extra):
           "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/sft.gin",
           f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
           f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}",
-          f"--gin.train.run.data_dir='{data_dir}'", "--gin.NUM_EMBEDDINGS=256",
+          f"--gin.phase1.run.data_dir='{data_dir}'", "--gin.NUM_EMBEDDINGS=256",
           "--gin.ACTIVATION_DTYPE='float32'", "--gin.OPTIMIZER='adamw'",
           "--gin.SCHEDULE='cosine'", "--gin.LEARNING_RATE=2e-3", "--gin.WARMUP_STEPS=5",
           "--gin.recipe.TrainSettings.log_every=1", *extra]
@@ -105,7 +106,7 @@ def test_sigkill_mid_training_resumes_exactly(data, tmp_path):
   train_ok(command(root / "data", killed, 30, *extra), 1)
   a, b = final_params(straight, 30), final_params(killed, 30)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a, b)
-  assert "train.run" in (killed / "config.gin").read_text()
+  assert "phase1.run" in (killed / "config.gin").read_text()
 
 
 def free_port():

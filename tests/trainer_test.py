@@ -12,10 +12,11 @@ import pytest
 from tensorboard.backend.event_processing import event_file_loader
 
 from tests.conftest import init_params
-from tinythinker_jax import checkpoints, partitioning, platforms, preemption, student
+from tinythinker_jax import checkpoints, partitioning, platforms, preemption, weights
+from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.convert import save_hf_t5
-from tinythinker_jax.models import flops, t5
-from tinythinker_jax.training import models, optimizers, trainer
+from tinythinker_jax.models import flops
+from tinythinker_jax.training import objectives, optimizers, trainer
 from tinythinker_jax.training import step as step_lib
 
 
@@ -38,8 +39,11 @@ def run(config, model_dir, *, data=1, model=1, param_dims=1, steps=6, microbatch
       partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
   schedule = optimizers.make_schedule("constant", learning_rate=3e-3, warmup_steps=2)
   return trainer.train(
-      model=models.EncoderDecoderModel(t5.T5(config)), model_config=config,
-      optimizer=optimizers.make_optimizer(optimizer, schedule), partitioner=partitioner,
+      model=EncoderDecoderModel(config),
+      objective=objectives.TokenCrossEntropy(EncoderDecoderModel(config)),
+      optimizer=optimizers.make_optimizer(optimizer, schedule, param_axes=(
+          optimizers.param_logical_axes(EncoderDecoderModel(config).abstract_params()))),
+      partitioner=partitioner,
       batch_fn=batch_fn or copy_task(config.vocab_size, batch), global_batch_size=batch,
       train_steps=steps, model_dir=str(model_dir), num_microbatches=microbatches,
       checkpoint=trainer.CheckpointSettings(save_every=save_every, keep=2), log_every=1,
@@ -222,11 +226,11 @@ def test_selection_keeps_the_best_evaluation_and_loaders_prefer_it(tiny_config, 
   assert (best["step"], best["value"], best["history"]) == (
       4, 0.8, [[s, v] for s, v in scripted.items()])
   exact = dict(rtol=0, atol=0, outliers=0)
-  load = lambda p: student.load(str(p), require_vocabulary=False).params  # noqa: E731
+  load = lambda p: weights.load(str(p), require_vocabulary=False).params  # noqa: E731
   assert_trees_close(load(tmp_path / "s"), seen[4], **exact)
   assert_trees_close(load(tmp_path / "s" / "checkpoints"), final.state.params, **exact)
   assert_trees_close(load(tmp_path / "s" / "checkpoints" / "6"), seen[6], **exact)
-  assert student.read_checkpoint_meta(str(tmp_path / "s"))["step"] == 4
+  assert weights.read_checkpoint_meta(str(tmp_path / "s"))["step"] == 4
   with pytest.raises(ValueError, match="not an evaluation metric"):
     run(tiny_config, tmp_path / "t", steps=2, eval_every=2, eval_fns={"validation": hook},
         select_metric="validation/accuracy")
@@ -287,12 +291,12 @@ def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
   placed = {}
 
   def load(shardings):
-    placed["params"] = student.load(str(tmp_path / "hf"), model_config=tiny_config,
+    placed["params"] = weights.load(str(tmp_path / "hf"), model=tiny_config,
                                     require_vocabulary=False, shardings=shardings).params
     placed["shardings"] = shardings
     return placed["params"]
   result = trainer.train(
-      model=models.EncoderDecoderModel(t5.T5(tiny_config)), model_config=tiny_config,
+      model=EncoderDecoderModel(tiny_config), objective=objectives.TokenCrossEntropy(EncoderDecoderModel(tiny_config)),
       optimizer=optimizers.make_optimizer("adamw", optimizers.make_schedule(
           "constant", learning_rate=1e-3, warmup_steps=0)),
       partitioner=partitioner, batch_fn=copy_task(128, 8), global_batch_size=8,
@@ -305,7 +309,7 @@ def test_initial_params_from_a_hugging_face_folder(tiny_config, tmp_path):
   assert_trees_close(result.state.params, params, rtol=0, atol=0, outliers=0)
   with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH=.*: mlp_dim=64 in the "
                                        "checkpoint, but the model config has 96"):
-    student.load(str(tmp_path / "hf"), model_config=tiny_config.replace(mlp_dim=96),
+    weights.load(str(tmp_path / "hf"), model=tiny_config.replace(mlp_dim=96),
                  require_vocabulary=False, binding="INITIAL_CHECKPOINT_PATH")
 
 

@@ -12,15 +12,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tinythinker_jax.models import base
 from tinythinker_jax.models.t5 import T5
 
 Array = jax.Array
 
 
-class DecodeResult(NamedTuple):
-  tokens: Array  # [batch, max_length]; 0 after the first EOS.
-  token_logprobs: Array  # [batch, max_length]; 0 where tokens are 0.
-  lengths: Array  # [batch]: tokens up to and including EOS (max_length if none).
+DecodeResult = base.DecodeResult  # tokens, token log-probs, lengths
 
 
 def init_cache(model: T5, params: Any, encoded: Array, encoder_input_tokens: Array,

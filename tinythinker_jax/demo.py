@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace, bindings: list[str]) -> int:
     extra += [f"DATASET = {args.dataset!r}", f"DATASET_PATH = {args.path!r}"]
   gin_utils.parse_flags(args, extra + list(bindings), default_gin)
   import gin  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import pipeline  # pylint: disable=import-outside-toplevel
   gin_utils.write_operative_config(args.output_dir)
   manifest = gin.get_configurable(pipeline.run_pipeline)()
   report = manifest["stages"].get("report", {}).get("outputs", {}).get("report")

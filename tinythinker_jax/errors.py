@@ -12,6 +12,10 @@ class UserError(ValueError):
   """Bad input; the message says what to change, and where."""
 
 
+class DataError(UserError):
+  """A data or run file does not have the expected format; names file and line."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the run needs is absent (also a `FileNotFoundError`)."""
 

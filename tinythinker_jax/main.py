@@ -33,7 +33,7 @@ BINARIES = {
                "config, SentencePiece tokenizer)"),
     "pipeline": ("pipeline", "teach -> phase 1 -> (sample -> DPO) x k -> evaluate -> "
                  "export -> report, in one resumable run folder"),
-    "data": ("data.__main__", "inspect a dataset: counts per split, answers, a rendered "
+    "data": ("data_cli", "inspect a dataset: counts per split, answers, a rendered "
              "example"),
     "demo": ("demo", "run the most complete end-to-end job on the embedded defaults"),
 }

@@ -161,38 +161,15 @@ class Partitioner:
     return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
-  def train_state_shardings(self, boxed_params: Any, abstract_state: Any) -> Any:
-    """Shardings of a whole train state, every leaf from logical axes.
-
-    `boxed_params` are the model's (abstract) `nn.LogicallyPartitioned`
-    parameters; `abstract_state` is the state's shapes (`jax.eval_shape` of its
-    constructor). Parameters take their own axes. An optimizer leaf that
-    mirrors a parameter (optax states hold trees shaped like the parameters,
-    e.g. Adam's `mu`/`nu`) takes that parameter's axes; a factored statistic
-    (Adafactor's `v_row`/`v_col`, one dimension reduced) takes the parameter's
-    axes less the reduced one, mapped through the rules anew. Counts, steps
-    and placeholders are replicated. Passed to jit as in/out shardings, the
-    layout is the rules', not whatever XLA's propagation would choose.
-    """
-    logical = nn.get_partition_spec(boxed_params)
-    params = {}
-    for (path, spec), (_, x) in zip(
-        jax.tree_util.tree_flatten_with_path(
-            logical, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
-        jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]):
-      params[_names(path)] = (tuple(x.shape), tuple(spec) + (None,) * (x.ndim - len(spec)))
-    by_suffix: dict[tuple, list[tuple]] = {}
-    for name in params:
-      for k in range(1, len(name) + 1):
-        by_suffix.setdefault(name[-k:], []).append(name)
-
-    def leaf_sharding(path, leaf) -> NamedSharding:
-      names = _state_leaf_axes(_names(path), tuple(leaf.shape), params, by_suffix)
-      if names is None:
-        return self.replicated
-      return NamedSharding(self.mesh, nn.logical_to_mesh_axes(names, self.rules))
-
-    return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+  def logical_shardings(self, logical_specs: Any) -> Any:
+    """Shardings of a tree whose leaves are `PartitionSpec`s of logical axis
+    names (as `training.optimizers.state_logical_axes` derives for a whole
+    train state), through the rules. Passed to jit as in/out shardings, the
+    layout is the rules', not whatever XLA's propagation would choose."""
+    return jax.tree.map(
+        lambda spec: NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(spec),
+                                                                      self.rules)),
+        logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
   def data_sharding(self, ndim: int = 2) -> NamedSharding:
     """Sharding of a batch-major array: batch over `data`, rest replicated."""
@@ -269,63 +246,6 @@ def bytes_per_device(abstract: Any, shardings: Any) -> dict[Any, int]:
         size *= stop - start
       out[device] = out.get(device, 0) + size * itemsize
   return out
-
-
-def _names(path) -> tuple[str, ...]:
-  """A tree path as names; a joined key ('encoder/layers', as
-  `optimizers.per_layer` keys its stacks) counts as its parts."""
-  out: list[str] = []
-  for key in path:
-    name = str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-    out.extend(name.split("/"))
-  return tuple(out)
-
-
-def _is_subsequence(short: tuple, long: tuple) -> bool:
-  it = iter(long)
-  return all(any(x == y for y in it) for x in short)
-
-
-def _state_leaf_axes(path: tuple[str, ...], shape: tuple[int, ...], params: dict,
-                     by_suffix: dict) -> Optional[tuple]:
-  """The logical axes of a train-state leaf at `path` (None: replicate it).
-
-  Its parameter is the one whose path ends the leaf's path the longest way,
-  with the rest of the parameter's path earlier in the leaf's (optax states
-  nest parameter trees, e.g. `opt_state/0/mu/encoder/...`; a per-layer state
-  `stacks/encoder/layers/0/v_row/mlp/...`).
-  """
-  for depth in range(len(path), 0, -1):
-    owners = [p for p in by_suffix.get(path[len(path) - depth:], ())
-              if _is_subsequence(p[:len(p) - depth], path[:len(path) - depth])]
-    if not owners:
-      continue
-    pshape, names = params[max(owners, key=len)]
-    if shape == pshape:
-      return names
-    if len(shape) != len(pshape) - 1:
-      return None
-    field = path[len(path) - depth - 1] if len(path) > depth else ""
-    if field in ("v_row", "v_col") and len(pshape) >= 2:
-      # optax's factored second moments: `v_row` reduces the largest dimension,
-      # `v_col` the second largest (`np.argsort` order, as optax picks them);
-      # for a scanned stack (`optimizers.per_layer`) those of one layer.
-      offset = 1 if names[0] == "layers" else 0
-      order = np.argsort(pshape[offset:]) + offset
-      removed = [int(order[-1]) if field == "v_row" else int(order[-2])]
-    else:
-      removed = list(range(len(pshape)))
-    candidates = {names[:i] + names[i + 1:] for i in removed
-                  if pshape[:i] + pshape[i + 1:] == shape}
-    if len(candidates) == 1:
-      return candidates.pop()
-    if not candidates:
-      return None  # Not a statistic of this parameter (e.g. a (1,) placeholder).
-    logging.warning("train state leaf %s: shape %s does not say which axis of its "
-                    "parameter %s it reduces; it is replicated", "/".join(path), shape,
-                    pshape)
-    return None
-  return None
 
 
 class PartitionedFunction:

@@ -25,9 +25,11 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 from etils import epath
+
+from tinythinker_jax import errors
 
 PathLike = Union[str, os.PathLike]
 
@@ -76,6 +78,43 @@ def write_json(path: PathLike, value: Any, indent: Optional[int] = 2) -> None:
 
 def read_json(path: PathLike) -> Any:
   return json.loads(as_path(path).read_text())
+
+
+def _jsonable(record: Any) -> Any:
+  return record.to_json() if hasattr(record, "to_json") else record
+
+
+def write_jsonl(path: PathLike, records: Iterable[Any]) -> None:
+  """One JSON object per line (dicts, or records with `to_json()`), all or none
+  (`write_bytes`): the one JSONL writer of every run file."""
+  write_text(path, "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n"
+                           for r in records))
+
+
+def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
+  """`(line number, object)` for every non-blank line: the one JSONL reader of
+  every run and dataset file. A missing file is a `MissingFileError`; a line that
+  is not a JSON object is a `DataError` naming the file and line."""
+  try:
+    f = as_path(path).open("r")  # a local file or an object (gs://)
+  except FileNotFoundError:
+    raise errors.MissingFileError(f"{path}: not found") from None
+  with f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise errors.DataError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
+      if not isinstance(record, dict):
+        raise errors.DataError(f"{path}:{line_no}: expected a JSON object")
+      yield line_no, record
+
+
+def read_jsonl(path: PathLike) -> list[dict]:
+  """Every object of a JSONL file, in order (`iter_jsonl`)."""
+  return [record for _, record in iter_jsonl(path)]
 
 
 def remove(path: PathLike) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Mapping
 
 from tinythinker_jax import compute, paths
@@ -37,7 +36,7 @@ def _read_jsonl(path: paths.PathLike) -> list[dict[str, Any]]:
   path = paths.as_path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+  return paths.read_jsonl(path)
 
 
 def _save(fig, out: paths.PathLike, name: str) -> None:

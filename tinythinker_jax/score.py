@@ -1,25 +1,14 @@
-"""`tinythinker score`: the log-likelihood of given targets under a student."""
+"""`tinythinker score`: the log-likelihood of given targets under a student
+(`stages.score.run_score`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional, Sequence
-
-from tinythinker_jax import errors, gin_utils, shards
+from typing import Optional, Sequence
+from tinythinker_jax import errors, gin_utils, paths
 from tinythinker_jax import student as student_lib
-from tinythinker_jax.models import t5
-
-
-def run_score(*, model_dir: str, inputs: Sequence[str], targets: Sequence[str],
-              vocabulary: str = "", model_config: Optional[t5.T5Config] = None,
-              student: student_lib.StudentSettings = student_lib.StudentSettings()
-              ) -> list[dict[str, Any]]:
-  """Per target: its summed log-probability (EOS included), length and token log-probs."""
-  model = student_lib.build(model_dir, vocabulary=vocabulary, model_config=model_config,
-                            settings=student)
-  return model.score(inputs, targets)
-
+from tinythinker_jax.stages.score import run_score
 
 def _add_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model_dir", required=True,
@@ -38,7 +27,7 @@ def _score(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings)
   inputs, targets = list(args.input), list(args.target)
   if args.file:
-    for i, record in enumerate(shards.read_jsonl(args.file), 1):
+    for i, record in enumerate(paths.read_jsonl(args.file), 1):
       if "inputs" not in record or "targets" not in record:
         raise errors.UserError(f"{args.file}:{i}: expected 'inputs' and 'targets' fields")
       inputs.append(record["inputs"])

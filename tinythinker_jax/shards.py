@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import tqdm
 
@@ -29,43 +29,12 @@ def _shard_path(directory: PathLike, name: str, index: int, total: int):
   return paths.as_path(directory) / f"{name}-{index:05d}-of-{total:05d}.jsonl"
 
 
-def write_jsonl_atomically(path: PathLike, records: Iterable[dict[str, Any]]) -> None:
-  """All records or none (`paths.write_text`: renamed locally, one object on a store)."""
-  paths.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
-                                 for record in records))
-
-
-def write_text_atomically(path: PathLike, text: str) -> None:
-  """The whole text or the previous file (see `paths.write_text`)."""
-  paths.write_text(path, text)
-
-
-def write_json_atomically(path: PathLike, value: Any) -> None:
-  paths.write_json(path, value)
-
-
 def sync_processes(name: str) -> None:
   """Waits for every process (a no-op with one)."""
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
-
-
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-  """The records of a JSONL file; a malformed line is an error naming file and line."""
-  try:
-    text = paths.as_path(path).read_text()
-  except FileNotFoundError:
-    raise errors.MissingFileError(f"{path}: not found") from None
-  records = []
-  for line_no, line in enumerate(text.split("\n"), 1):
-    if line.strip():
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise errors.UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-  return records
 
 
 def _check_manifest(directory: PathLike, name: str, num_items: int, shard_size: int,
@@ -81,7 +50,7 @@ def _check_manifest(directory: PathLike, name: str, num_items: int, shard_size: 
                        f"({', '.join(changed)} differ); use a new output folder or "
                        "delete it")
     return
-  write_json_atomically(path, wanted)
+  paths.write_json(path, wanted)
 
 
 def _compute_path(shard_path):
@@ -123,8 +92,8 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
           spent = compute_lib.Compute(**{
               f.name: getattr(compute(), f.name) - getattr(before, f.name)
               for f in dataclasses.fields(before)})
-          write_json_atomically(_compute_path(path), spent.to_json())
-        write_jsonl_atomically(path, records)
+          paths.write_json(_compute_path(path), spent.to_json())
+        paths.write_jsonl(path, records)
         bar.update(1)
         if written < len(todo) and preemption.requested():
           raise preemption.Preempted(
@@ -139,7 +108,7 @@ def run_sharded(items: Sequence[T], work: Callable[[Sequence[T], int], list[dict
     path = _shard_path(directory, name, k, total)
     if not path.exists():
       raise errors.MissingFileError(f"{path}: shard {k} is missing (did another process fail?)")
-    out.extend(read_jsonl(path))
+    out.extend(paths.read_jsonl(path))
   return out
 
 

@@ -1,6 +1,8 @@
 """A trained student as a text-in, text-out function: batched, sharded, jitted.
 
-`Student` holds a T5's parameters on a device mesh and a TF-free text codec.
+`Student` holds a model's parameters (any family, through the model interface
+`models.base.BaseModel`) on a device mesh and a TF-free text codec; `weights`
+loads them.
 `generate` turns prompts into sampled or greedy continuations (with the model's
 log-probabilities); `score` gives the log-likelihood of given targets. Both
 pad the batch to a fixed number of rows (a multiple of the data axis) and the
@@ -12,21 +14,17 @@ self-reflection sampler (`tinythinker_jax.reasoning`) are handed `generate`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tinythinker_jax import compute as compute_lib
-from tinythinker_jax import decoding, errors, partitioning, paths, vocabularies
-from tinythinker_jax.paths import PathLike
-from tinythinker_jax.models import flops, t5
+from tinythinker_jax import errors, families, partitioning, vocabularies, weights
+from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.reasoning.chains import Generation, Sampling
-from tinythinker_jax.training import models as training_models
 
 log = logging.getLogger(__name__)
 
@@ -37,167 +35,6 @@ def _buckets(maximum: int, smallest: int = 16) -> list[int]:
     out.append(size)
     size *= 2
   return out + [maximum]
-
-
-def config_from_meta(meta: dict) -> t5.T5Config:
-  fields = dict(meta["model_config"])
-  fields["mlp_activations"] = tuple(fields["mlp_activations"])
-  return t5.T5Config(**fields)
-
-
-def read_checkpoint_meta(path: PathLike) -> dict:
-  """The JSON meta of the checkpoint a model path means (`checkpoints.locate`)."""
-  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  where = checkpoints.locate(path)
-  if not paths.as_path(where.directory).is_dir():
-    raise errors.MissingFileError(f"{path}: no checkpoints")
-  checkpointer = checkpoints.Checkpointer(where.directory, create=False)
-  try:
-    return checkpointer.read_meta(where.step)
-  finally:
-    checkpointer.close()
-
-
-@dataclasses.dataclass
-class LoadedStudent:
-  config: t5.T5Config
-  params: Any  # host arrays, or on the mesh of `load`'s partitioner; None: not read
-  vocabulary: str  # "" when neither the checkpoint nor the caller names one
-  source: str
-
-
-ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
-                       "num_decoder_layers", "vocab_size", "mlp_activations",
-                       "logits_via_embedding")
-
-
-def _t5x_checkpoint(path: PathLike):
-  """The t5x checkpoint `path` names, unless it is one of our model dirs."""
-  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
-  if paths.as_path(checkpoints.locate(path).directory).is_dir():
-    return None  # ours: `<model_dir>/checkpoints/<step>/state` is orbax too.
-  return t5x.locate(str(path))
-
-
-def load(path: PathLike, *, model_config: Optional[t5.T5Config] = None, vocabulary: str = "",
-         require_vocabulary: bool = True, binding: str = "",
-         partitioner: Optional[partitioning.Partitioner] = None,
-         shardings: Any = None, with_params: bool = True) -> LoadedStudent:
-  """Parameters, config and vocabulary from a model dir, an HF folder or a t5x checkpoint.
-
-  A model dir gives its best checkpoint when its run marked one (selection by
-  validation chain accuracy), else its latest; `<model_dir>/checkpoints` asks
-  for the latest and `<model_dir>/checkpoints/<step>` for one step
-  (`checkpoints.locate`).
-
-  A t5x checkpoint (`convert.t5x.locate`: a t5x model dir, step dir, orbax
-  `state/` folder or msgpack `checkpoint` file) stores no config: it needs
-  `model_config`, and its vocabulary is `vocabulary`.
-
-  The one loader for "an HF folder, a t5x checkpoint or one of our model
-  dirs": initial weights of both phases, the DPO reference, evaluation,
-  sampling and export use it.
-  A model dir's checkpoint meta records the model config and the vocabulary it
-  was trained with. With `model_config` given, the stored architecture must
-  match it (`binding` names the setting in the error) and its dtypes and layer
-  layout are used: parameters saved unscanned load into a `scan_layers` config
-  and the other way round (`t5.convert_params`).
-
-  With a `partitioner`, the parameters are placed on its mesh as its
-  logical-axis rules shard them (or onto `shardings`, a tree of them shaped
-  like the parameters); without either they are host arrays. A model dir's
-  checkpoint is restored straight into those shards (only its parameters: the
-  optimizer state is never read), so no device, and no host, holds a full copy
-  of a sharded parameter; HF and t5x weights, and a checkpoint loaded into the
-  other layer layout, pass through host memory one tensor at a time.
-  `with_params=False` reads only the config and vocabulary (for an HF folder,
-  whose tying is read from its weights, after reading them).
-  """
-  path = str(path)
-  where = f"{binding}={path}" if binding else path
-  kind, host_params = "ours", None
-  if (paths.as_path(path) / "config.json").exists():
-    from tinythinker_jax.convert import load_hf_t5  # pylint: disable=import-outside-toplevel
-    kind = "hf"
-    config, host_params = load_hf_t5(path)
-    spiece = paths.as_path(path) / "spiece.model"
-    vocab = vocabulary or (str(spiece) if spiece.exists() else "")
-  elif (t5x_location := _t5x_checkpoint(path)) is not None:
-    if model_config is None:
-      raise errors.UserError(
-          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
-          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
-    kind = "t5x"
-    config = model_config
-    vocab = vocabulary
-  else:
-    try:
-      meta = read_checkpoint_meta(path)
-    except FileNotFoundError as e:
-      raise errors.MissingFileError(
-          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
-          f"model dir with checkpoints ({e})") from None
-    config = config_from_meta(meta)
-    vocab = vocabulary or meta.get("vocabulary", "")
-  stored_scanned = config.scan_layers
-  if model_config is not None:
-    for field in ARCHITECTURE_FIELDS:
-      if getattr(config, field) != getattr(model_config, field):
-        raise errors.UserError(
-            f"{where}: {field}={getattr(config, field)!r} in the checkpoint, but the "
-            f"model config has {getattr(model_config, field)!r}")
-    config = model_config
-  if require_vocabulary and not vocab:
-    raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
-                           "spiece.model or recorded vocabulary); set VOCABULARY")
-  params = None
-  if with_params:
-    if shardings is None and partitioner is not None:
-      shardings = param_shardings(config, partitioner)
-    if kind == "t5x":  # t5x's layers are named one by one (unscanned).
-      from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
-      host_params = t5x.load_t5x_checkpoint(path, config.replace(scan_layers=False))
-    elif kind == "ours" and stored_scanned != config.scan_layers:
-      # Saved in the other layer layout: through host memory, then restacked.
-      host_params = _restore_params(path, config.replace(scan_layers=stored_scanned),
-                                    None, where)
-    if host_params is not None:
-      # A checkpoint or HF folder (always unscanned) loads into either layer
-      # layout; then one tensor at a time from host memory into its shards.
-      host_params = t5.convert_params(host_params, config)
-      params = (host_params if shardings is None else
-                jax.tree.map(jax.device_put, host_params, shardings))
-    else:
-      params = _restore_params(path, config, shardings, where)
-  return LoadedStudent(config, params, vocab, path)
-
-
-@functools.lru_cache(maxsize=8)
-def _boxed_params(config: t5.T5Config) -> Any:
-  """The config's parameter shapes with their logical axes (traced once per config:
-  loading and placing a student both need them)."""
-  return jax.eval_shape(lambda r: t5.init_params(config, r), jax.random.key(0))
-
-
-def param_shardings(config: t5.T5Config, partitioner: partitioning.Partitioner) -> Any:
-  """The shardings the partitioner's rules give `config`'s parameters."""
-  return partitioner.param_shardings(_boxed_params(config))
-
-
-def _restore_params(path: str, config: t5.T5Config, shardings: Any, where: str) -> Any:
-  from tinythinker_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  location = checkpoints.locate(path)
-  abstract = nn.unbox(_boxed_params(config))
-  checkpointer = checkpoints.Checkpointer(location.directory, create=False)
-  try:
-    params = checkpointer.restore_params(location.step, shardings, abstract=abstract,
-                                         source=where)
-  finally:
-    checkpointer.close()
-  if location.best:
-    log.info("%s: the best checkpoint (step %s)", path, location.step)
-  return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +51,7 @@ class StudentSettings:
   model_parallelism: int = 1
 
 
-def build(model_dir: str, *, vocabulary: str = "",
-          model_config: Optional[t5.T5Config] = None,
+def build(model_dir: str, *, vocabulary: str = "", model_config: Any = None,
           settings: StudentSettings = StudentSettings()) -> "Student":
   """A `Student` on this process's devices (sampling is sharded by process)."""
   mesh = partitioning.create_mesh(settings.data_parallelism, settings.model_parallelism,
@@ -230,14 +66,15 @@ def build(model_dir: str, *, vocabulary: str = "",
 class Student:
   """Generation and scoring with one set of parameters on a mesh."""
 
-  def __init__(self, config: t5.T5Config, params: Any, codec: vocabularies.TextCodec, *,
+  def __init__(self, model: Any, params: Any, codec: vocabularies.TextCodec, *,
                partitioner: Optional[partitioning.Partitioner] = None,
                batch_size: int = 64, max_input_length: int = 256,
                max_decode_length: int = 128, num_beams: int = 1):
     if num_beams < 1:
       raise errors.UserError(f"StudentSettings.num_beams={num_beams}: at least 1")
     self.num_beams = num_beams
-    self.config = config
+    self.model: BaseModel = families.from_config(model)  # a model or a model config
+    self.config = self.model.config
     self.codec = codec
     self.partitioner = partitioner or partitioning.Partitioner(
         partitioning.create_mesh(devices=jax.local_devices()))
@@ -245,12 +82,11 @@ class Student:
     self.batch_size = -(-batch_size // data) * data
     self.max_input_length = max_input_length
     self.max_decode_length = max_decode_length
-    self.model = t5.T5(config)
-    if codec.vocab_size > config.vocab_size:
+    if codec.vocab_size > self.model.vocab_size:
       raise errors.UserError(f"the vocabulary {codec.path} has {codec.vocab_size} tokens; the "
-                       f"model's embedding has {config.vocab_size}")
-    self.params = jax.device_put(t5.convert_params(params, config),
-                                 param_shardings(config, self.partitioner))
+                       f"model's embedding has {self.model.vocab_size}")
+    self.params = jax.device_put(self.model.convert_params(params),
+                                 weights.param_shardings(self.model, self.partitioner))
     self._fns: dict[tuple, Any] = {}
     self.truncated_inputs = 0
     # Model FLOPs and tokens of the useful work done so far (`compute`): real
@@ -258,13 +94,13 @@ class Student:
     self.compute = compute_lib.Compute()
 
   @classmethod
-  def from_path(cls, path: str, *, model_config: Optional[t5.T5Config] = None,
+  def from_path(cls, path: str, *, model_config: Any = None,
                 vocabulary: str = "", **kwargs) -> "Student":
     partitioner = kwargs.pop("partitioner", None) or partitioning.Partitioner(
         partitioning.create_mesh(devices=jax.local_devices()))
-    loaded = load(path, model_config=model_config, vocabulary=vocabulary,
-                  partitioner=partitioner)
-    return cls(loaded.config, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
+    loaded = weights.load(path, model=model_config, vocabulary=vocabulary,
+                          partitioner=partitioner)
+    return cls(loaded.model, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
                partitioner=partitioner, **kwargs)
 
   # ------------------------------------------------------------- batching
@@ -304,25 +140,13 @@ class Student:
     key = ("decode", sampling.temperature, sampling.top_k, sampling.top_p, num_samples,
            max_length, self.num_beams)
     if key not in self._fns:
-      model, eos = self.model, self.codec.eos_id
+      model, eos, beams = self.model, self.codec.eos_id, self.num_beams
 
       def fn(params, tokens, rng):
-        if sampling.temperature == 0 and self.num_beams > 1:
-          beams = decoding.beam_search(model, params, tokens, beam_size=self.num_beams,
-                                       max_length=max_length, eos_id=eos)
-          # The best beam, its total log-probability as the sequence's.
-          result = decoding.DecodeResult(
-              beams.tokens[:, 0], jnp.zeros_like(beams.tokens[:, 0], jnp.float32).at[
-                  :, 0].set(beams.scores[:, 0]), beams.lengths[:, 0])
-        elif sampling.temperature == 0:
-          result = decoding.greedy_decode(model, params, tokens, max_length=max_length,
-                                          eos_id=eos)
-        else:
-          result = decoding.sample_decode(
-              model, params, tokens, rng, max_length=max_length, num_samples=num_samples,
-              temperature=sampling.temperature, top_k=sampling.top_k,
-              top_p=sampling.top_p, eos_id=eos)
-        return result
+        return model.decode(params, tokens, max_length=max_length, eos_id=eos, rng=rng,
+                            temperature=sampling.temperature, top_k=sampling.top_k,
+                            top_p=sampling.top_p, num_samples=num_samples,
+                            num_beams=beams)
       self._fns[key] = self.partitioner.partition(fn)
     return self._fns[key]
 
@@ -355,12 +179,12 @@ class Student:
                                  keys[start:start + per_call]))
       for i in range(len(chunk)):
         samples = []
-        self.compute.sample_flops += flops.encode_flops(self.config, length)
+        self.compute.sample_flops += self.model.encode_flops(length)
         self.compute.sample_tokens += len(chunk[i])
         for j in range(num):
           row = i * num + j
           n = int(result.lengths[row])
-          self.compute.sample_flops += flops.decode_steps_flops(self.config, length, n) * (
+          self.compute.sample_flops += self.model.decode_steps_flops(length, n) * (
               self.num_beams if sampling.temperature == 0 else 1)
           self.compute.sample_tokens += n
           ids = result.tokens[row, :n]
@@ -378,7 +202,7 @@ class Student:
       model = self.model
 
       def fn(params, inputs, targets):
-        return training_models.target_token_logps(model, params, inputs, targets)[0]
+        return model.token_logps(params, inputs, targets)[0]
       self._fns["score"] = self.partitioner.partition(fn)
     return self._fns["score"]
 
@@ -398,7 +222,7 @@ class Student:
       token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length)),
                                      self._shard(self._pad(tchunk, tlength))))
       for i, ids in enumerate(tchunk):
-        self.compute.sample_flops += flops.forward_flops(self.config, 1, length, tlength)
+        self.compute.sample_flops += self.model.forward_flops(1, length, tlength)
         self.compute.sample_tokens += len(chunk[i]) + len(ids)
         values = token_logp[i, :len(ids)]
         out.append({"logprob": float(values.sum()), "num_tokens": len(ids),

@@ -13,34 +13,38 @@ tokenizes with the configured vocabulary and appends EOS. Names:
     tinythinker.<dataset>.<format>                  (a Mixture of its stages, rates
                                                      1 : num_options : 1)
 
-Files are found when a dataset is built, at
-`$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl` (the output
-folder of `tinythinker teach` for that split; method:
-`finetune_cot` for vanilla/Fine-tune-CoT/step-by-step, else `tinythinker`), and
-the vocabulary is `$TINYTHINKER_VOCAB` when used (default: T5's
-SentencePiece model).
-`make_task` builds the same tasks for explicit files, unregistered.
+The names, records paths and stage rates come from the format registry
+(`reasoning.registry`).
+
+The library never registers or reads the environment: `resolve(name,
+records_dir=..., vocabulary=...)` builds a name's tasks (unregistered) bound to
+a run's records and vocabulary, which `stages.materialize` writes as arrays.
+`register_all()` registers every name for t5x users (`import tasks`); those
+registered tasks find their files when a dataset is built, at
+`$TINYTHINKER_RECORDS_DIR/<dataset>/<method>/<split>/records.jsonl`, and their
+vocabulary at `$TINYTHINKER_VOCAB` (default: T5's SentencePiece model), as a
+t5x gin file cannot pass paths to a registered task.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-from tinythinker_jax import errors, paths, tf_import
+from tinythinker_jax import errors, paths, tf_import, vocabularies
 
 seqio, tf = tf_import.import_seqio()
 
 # pylint: disable=wrong-import-position
 from tinythinker_jax.data.datasets import DATASETS
+from tinythinker_jax.data import schema
 from tinythinker_jax.data.schema import AnswerType
-from tinythinker_jax.reasoning import answers, formats
+from tinythinker_jax.reasoning import answers, formats, registry
 
 RECORDS_DIR_ENV = "TINYTHINKER_RECORDS_DIR"
 VOCAB_ENV = "TINYTHINKER_VOCAB"
-DEFAULT_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+DEFAULT_VOCAB = vocabularies.T5_VOCABULARY
 STAGE_FORMATS = (formats.Format.TINYTHINKER, formats.Format.RECALL_SUMMARIZE,
                  formats.Format.ANALYZE_SUMMARIZE, formats.Format.SUMMARIZE_ONLY)
 
@@ -79,15 +83,6 @@ def default_vocabulary() -> seqio.Vocabulary:
 render_record = formats.render_record
 
 
-def _records(path: str) -> Iterator[dict]:
-  for line_no, line in enumerate(paths.as_path(path).read_text().split("\n"), 1):
-    if line.strip():
-      try:
-        yield json.loads(line)
-      except json.JSONDecodeError as e:
-        raise errors.UserError(f"{path}:{line_no}: invalid JSON: {e}") from e
-
-
 def _source(path_fn: Callable[[str], str], fmt: formats.Format,
             stage: Optional[formats.Stage]) -> seqio.DataSource:
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
@@ -96,7 +91,7 @@ def _source(path_fn: Callable[[str], str], fmt: formats.Format,
     if not paths.as_path(path).exists():
       raise errors.MissingFileError(f"{path}: no rationale records for split {split!r} "
                               f"(set ${RECORDS_DIR_ENV} or run `tinythinker teach`)")
-    rendered = [e for r in _records(path) for e in render_record(r, fmt, stage)]
+    rendered = [e for r in schema.read_records(path, schema.RationaleRecord) for e in render_record(r, fmt, stage)]
     keys = ("inputs", "targets", "answer", "id")
     return tf.data.Dataset.from_tensor_slices(
         {k: tf.constant([e[k] for e in rendered], tf.string) for k in keys})
@@ -147,45 +142,69 @@ def make_task(name: str, path_fn: Callable[[str], str], fmt: formats.Format,
       metric_fns=[_accuracy(answer_type, fmt)] if answer_task else [])
 
 
-def _records_path(dataset: str, method: str, split: str) -> str:
-  root = os.environ.get(RECORDS_DIR_ENV, "rationales")
-  return str(paths.as_path(root) / dataset.replace("/", "_") / method / split /
-             "records.jsonl")
+def _env_records_path(dataset: str, method: str, split: str) -> str:
+  """A registered task's records file (t5x users: `$TINYTHINKER_RECORDS_DIR`)."""
+  spec = next(f for f in registry.FORMATS.values() if f.method == method)
+  return spec.records_path(os.environ.get(RECORDS_DIR_ENV, "rationales"), dataset, split)
+
+
+def _tasks_of(dataset: str, spec: registry.FormatSpec,
+              path_fn: Callable[[str], str], answer_type: AnswerType,
+              vocabulary: Optional[seqio.Vocabulary]) -> dict[str, seqio.Task]:
+  if not spec.staged:
+    name = spec.task_name(dataset)
+    return {name: make_task(name, path_fn, spec.format, answer_type=answer_type,
+                            vocabulary=vocabulary)}
+  return {spec.task_name(dataset, stage): make_task(
+      spec.task_name(dataset, stage), path_fn, spec.format, stage,
+      answer_type=answer_type, vocabulary=vocabulary) for stage in spec.stages}
+
+
+def resolve(name: str, *, records_dir: str, vocabulary: str
+            ) -> Optional[dict[str, tuple[seqio.Task, float]]]:
+  """The tasks of a `tinythinker.<dataset>.<format>[.<stage>]` name with their
+  mixing rates, unregistered, reading `records_dir`'s records and tokenizing
+  with `vocabulary` (a SentencePiece model path or 'byte'; '' for T5's); None
+  for a name of another form (a seqio task registered elsewhere)."""
+  parsed = registry.parse_task_name(name)
+  if parsed is None:
+    return None
+  dataset = next((d for d in DATASETS if registry.dataset_key(d) == parsed.dataset_key),
+                 None)
+  if dataset is None:
+    return None
+  spec, stage = parsed.spec, parsed.stage
+  vocab = vocabularies.get_vocabulary(vocabulary or DEFAULT_VOCAB)
+  num_options = DATASETS[dataset].num_options or 1
+  path_fn = functools.partial(spec.records_path, records_dir, dataset)
+  tasks = _tasks_of(dataset, spec, path_fn, DATASETS[dataset].answer_type, vocab)
+  if stage is not None:
+    return {spec.task_name(dataset, stage): (tasks[spec.task_name(dataset, stage)], 1.0)}
+  if not spec.staged:
+    return {n: (t, 1.0) for n, t in tasks.items()}
+  rates = spec.mixture_rates(num_options)
+  return {spec.task_name(dataset, s): (tasks[spec.task_name(dataset, s)], rates[s])
+          for s in spec.stages}
 
 
 def task_names(dataset: str) -> list[str]:
-  base = f"tinythinker.{dataset.replace('/', '_')}"
-  names = [f"{base}.{f.value}" for f in (formats.Format.VANILLA, formats.Format.FINETUNE_COT,
-                                         formats.Format.STEP_BY_STEP)]
-  for fmt in STAGE_FORMATS:
-    names += [f"{base}.{fmt.value}.{s.value}" for s in formats.STAGES_OF[fmt]]
-  return names
+  return [n for spec in registry.FORMATS.values() for n in spec.task_names(dataset)]
 
 
 def register_all() -> None:
-  """Registers every dataset x format task and the stage mixtures (idempotent)."""
-  for dataset, spec in DATASETS.items():
-    base = f"tinythinker.{dataset.replace('/', '_')}"
-    for fmt in (formats.Format.VANILLA, formats.Format.FINETUNE_COT,
-                formats.Format.STEP_BY_STEP):
-      name = f"{base}.{fmt.value}"
-      if name not in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.add_provider(name, make_task(
-            name, functools.partial(_records_path, dataset, "finetune_cot"), fmt,
-            answer_type=spec.answer_type))
-    for fmt in STAGE_FORMATS:
-      stage_names = []
-      for stage in formats.STAGES_OF[fmt]:
-        name = f"{base}.{fmt.value}.{stage.value}"
-        stage_names.append(name)
+  """Registers every dataset x format task and the stage mixtures (idempotent),
+  reading their files from the environment (see the module docstring)."""
+  for dataset, ds_spec in DATASETS.items():
+    for spec in registry.FORMATS.values():
+      path_fn = functools.partial(_env_records_path, dataset, spec.method)
+      for name, task in _tasks_of(dataset, spec, path_fn, ds_spec.answer_type,
+                                  None).items():
         if name not in seqio.TaskRegistry.names():
-          seqio.TaskRegistry.add_provider(name, make_task(
-              name, functools.partial(_records_path, dataset, "tinythinker"), fmt, stage,
-              answer_type=spec.answer_type))
-      mixture = f"{base}.{fmt.value}"
-      if mixture not in seqio.MixtureRegistry.names():
+          seqio.TaskRegistry.add_provider(name, task)
+      mixture = spec.task_name(dataset)
+      if spec.staged and mixture not in seqio.MixtureRegistry.names():
         # TinyThinker's proportions (its interleaving: an analyze step per
         # option for each recall and summarize step) as the mixture's rates.
-        seqio.MixtureRegistry.add(mixture, [
-            (n, float(spec.num_options or 1) if n.endswith(".analyze") else 1.0)
-            for n in stage_names])
+        rates = spec.mixture_rates(ds_spec.num_options or 1)
+        seqio.MixtureRegistry.add(mixture, [(spec.task_name(dataset, s), rates[s])
+                                            for s in spec.stages])

@@ -1,6 +1,6 @@
 """`tinythinker teach`: teacher rationales for a dataset (Fine-tune-CoT, TinyThinker).
 
-Runs `teacher.run.teach_dataset` as `runs/teach.gin` and the flags configure
+Runs `stages.teach.teach_dataset` as `runs/teach.gin` and the flags configure
 it; prints the teacher's summary (kept, dropped and parse rates).
 """
 
@@ -17,9 +17,9 @@ from tinythinker_jax import gin_utils
 def _teach(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings, "runs/teach.gin", devices=False)
   import gin  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import teach  # pylint: disable=import-outside-toplevel
   output_dir = gin_utils.query("OUTPUT_DIR")
-  summary = gin.get_configurable(run.teach_dataset)()
+  summary = gin.get_configurable(teach.teach_dataset)()
   gin_utils.write_operative_config(output_dir)
   print(json.dumps(dataclasses.asdict(summary), indent=2))
   return 0

@@ -17,10 +17,12 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 from tinythinker_jax import errors, paths, tf_import
-from tinythinker_jax.data import loaders
+from tinythinker_jax.data import schema
 
 BYTE = "byte"
 DEFAULT_EXTRA_IDS = 100
+# T5's own SentencePiece model (t5x's default vocabulary), used when none is given.
+T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 
 
 def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
@@ -61,7 +63,7 @@ def iter_text(files: Sequence[str]) -> Iterator[str]:
   """
   for path in files:
     if path.endswith(".jsonl"):
-      for _, record in loaders.read_jsonl(path):
+      for _, record in paths.iter_jsonl(path):
         yield from _strings_from_json(record)
     elif path.endswith(".json"):
       try:
@@ -81,7 +83,7 @@ def iter_rendered(files: Sequence[str], fmt: str) -> Iterator[str]:
   fmt_enum = formats.Format(fmt)
   stages = formats.STAGES_OF.get(fmt_enum, (None,))
   for path in files:
-    for _, record in loaders.read_jsonl(path):
+    for record in schema.read_records(path, schema.RationaleRecord):
       for stage in stages:
         for pair in formats.render_record(record, fmt_enum, stage):
           yield pair["inputs"]

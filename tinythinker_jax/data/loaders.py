@@ -37,25 +37,6 @@ def _json_list(path: str, what: str = "a JSON list") -> Iterator[tuple[str, dict
     yield where, record
 
 
-def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-  """(line number, record) for every non-blank line."""
-  try:
-    f = paths.as_path(path).open("r")  # a local file or an object (gs://)
-  except FileNotFoundError:
-    raise errors.MissingFileError(f"{path}: not found") from None
-  with f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
-      if not isinstance(record, dict):
-        raise DataError(f"{path}:{line_no}: expected a JSON object")
-      yield line_no, record
-
-
 def _field(record: dict, key: str, where: str) -> Any:
   node = record
   for part in key.split("."):
@@ -79,7 +60,7 @@ def _choices(raw: Any, where: str) -> tuple[Choice, ...]:
 def load_arc_style_jsonl(path: str, task: str) -> list[Example]:
   """CommonsenseQA and OpenBookQA: `{id, question: {stem, choices}, answerKey}`."""
   examples = []
-  for line_no, record in read_jsonl(path):
+  for line_no, record in paths.iter_jsonl(path):
     where = f"{path}:{line_no}"
     choices = _choices(_field(record, "question.choices", where), where)
     answer = record.get("answerKey")  # The official test files have no labels.
@@ -98,7 +79,7 @@ def load_arc_style_jsonl(path: str, task: str) -> list[Example]:
 def load_gsm8k_jsonl(path: str, task: str = "gsm8k") -> list[Example]:
   """Official GSM8K: `{question, answer: "<reasoning> #### <number>"}`."""
   examples = []
-  for line_no, record in read_jsonl(path):
+  for line_no, record in paths.iter_jsonl(path):
     where = f"{path}:{line_no}"
     text = str(_field(record, "answer", where))
     if "####" not in text:
@@ -117,7 +98,7 @@ _AQUA_OPTION = re.compile(r"^\s*([A-E])\s*\)\s*(.*)$", re.S)
 def load_aqua_json_lines(path: str, task: str = "aqua") -> list[Example]:
   """Official AQuA-RAT: one `{question, options: ["A)...", ...], rationale, correct}` per line."""
   examples = []
-  for line_no, record in read_jsonl(path):
+  for line_no, record in paths.iter_jsonl(path):
     where = f"{path}:{line_no}"
     choices = []
     for option in _field(record, "options", where):
@@ -255,7 +236,7 @@ def load_generic_mc_jsonl(path: str, task: str = "") -> list[Example]:
   """
   name = task or os.path.splitext(os.path.basename(path))[0]
   examples = []
-  for line_no, record in read_jsonl(path):
+  for line_no, record in paths.iter_jsonl(path):
     where = f"{path}:{line_no}"
     choices = _choices(_field(record, "choices", where), where)
     answer = record.get("answer")

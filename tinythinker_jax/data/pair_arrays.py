@@ -23,13 +23,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from tinythinker_jax import paths, shards, vocabularies
+from tinythinker_jax import errors, paths, shards
+from tinythinker_jax.data import schema
 from tinythinker_jax.data import arrays, packing
 
 STAGES = ("recall", "analyze")
 
 
-def encode_pairs(pairs: Sequence[dict[str, Any]], codec: vocabularies.TextCodec,
+def encode_pairs(pairs: Sequence[Any], codec: Any,
                  input_length: int, target_length: int, pack: bool = False
                  ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
   """Arrays per stage; pairs that do not fit the lengths are dropped and counted
@@ -37,16 +38,21 @@ def encode_pairs(pairs: Sequence[dict[str, Any]], codec: vocabularies.TextCodec,
   rows: dict[str, list[tuple]] = {s: [] for s in STAGES}
   dropped = collections.Counter()
   for p in pairs:
-    enc = codec.encode(p["prompt"]) + [codec.eos_id]
-    chosen = codec.encode(p["chosen"]) + [codec.eos_id]
-    rejected = codec.encode(p["rejected"]) + [codec.eos_id]
+    if isinstance(p, dict):
+      p = schema.PreferencePair.from_json(p)
+    enc = codec.encode(p.prompt) + [codec.eos_id]
+    chosen = codec.encode(p.chosen) + [codec.eos_id]
+    rejected = codec.encode(p.rejected) + [codec.eos_id]
     if len(enc) > input_length:
       dropped["prompt_too_long"] += 1
     elif max(len(chosen), len(rejected)) > target_length:
       dropped["target_too_long"] += 1
     else:
-      rows[p["stage"]].append((enc, chosen, rejected, p["reference_chosen_logp"],
-                               p["reference_rejected_logp"]))
+      if p.reference_chosen_logp is None or p.reference_rejected_logp is None:
+        raise errors.DataError(f"pair of {p.example_id or p.prompt[:40]!r}: no reference "
+                               "log-probabilities (sample it with `tinythinker sample`)")
+      rows[p.stage].append((enc, chosen, rejected, p.reference_chosen_logp,
+                            p.reference_rejected_logp))
   out = {}
   for stage, items in rows.items():
     if items:
@@ -104,7 +110,7 @@ def _packed(items: list[tuple], input_length: int, target_length: int
 
 
 def prepare(pairs_path: paths.PathLike, data_dir: paths.PathLike,
-            codec: vocabularies.TextCodec, input_length: int, target_length: int,
+            codec: Any, input_length: int, target_length: int,
             pack: bool = False) -> dict[str, Any]:
   """Writes the pairs' arrays per stage once; `counts` are rows (pairs when
   unpacked), `pairs` the pairs in them."""
@@ -120,7 +126,7 @@ def prepare(pairs_path: paths.PathLike, data_dir: paths.PathLike,
     if manifest["source"] == source:
       return manifest
   if jax.process_index() == 0:
-    pairs = shards.read_jsonl(pairs_path)
+    pairs = schema.read_records(pairs_path, schema.PreferencePair)
     encoded, dropped = encode_pairs(pairs, codec, input_length, target_length, pack)
     counts, num_pairs = {}, {}
     for stage, features in encoded.items():
@@ -132,6 +138,6 @@ def prepare(pairs_path: paths.PathLike, data_dir: paths.PathLike,
     manifest = {"source": source, "counts": counts, "pairs": num_pairs,
                 "dropped": dropped}
     data_dir.mkdir(parents=True, exist_ok=True)
-    shards.write_json_atomically(manifest_path, manifest)
+    paths.write_json(manifest_path, manifest)
   shards.sync_processes("dpo_data")
   return paths.read_json(manifest_path)

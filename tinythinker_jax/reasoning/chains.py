@@ -10,7 +10,7 @@ stub in tests) and batches each stage over all examples and runs at once:
   `For option A, ... For option B, ...` before `Summarize:`.
 - Fine-tune-CoT and vanilla: one pass, the answer parsed from the output.
 
-Test-time sampling (METHODS.md): recall and analyze at T=0.7 with top-k off,
+Test-time sampling (docs/methods.md): recall and analyze at T=0.7 with top-k off,
 summarize greedy; N runs are majority-voted (self-consistency).
 """
 

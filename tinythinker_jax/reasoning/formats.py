@@ -1,6 +1,6 @@
 """Rationale formats: render student inputs/targets, parse model output into fields.
 
-Pure functions of examples and rationale fields (METHODS.md gives the exact
+Pure functions of examples and rationale fields (docs/methods.md gives the exact
 strings). Parsing never raises on model output: it returns a `Parsed` whose
 `ok` is False with the reason.
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Generic, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Generic, Mapping, Optional, Sequence, TypeVar
 
-from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord
 from tinythinker_jax.reasoning import answers
 
 T = TypeVar("T")
@@ -184,25 +184,25 @@ def stage_pairs(example: Example, recall: Optional[str], analyses: Mapping[str, 
   return pairs
 
 
-def render_record(record: dict, fmt: Format,
+def render_record(record: Any, fmt: Format,
                   stage: Optional[Stage]) -> list[dict[str, str]]:
-  """One rationale record (`tinythinker teach`) -> `{inputs, targets, answer, id}`
-  examples of `fmt` (for the stage formats, of `stage`)."""
-  example = Example.from_json(record["example"])
+  """One rationale record (`RationaleRecord`, or its JSON) -> `{inputs, targets,
+  answer, id}` examples of `fmt` (for the stage formats, of `stage`)."""
+  if isinstance(record, dict):
+    record = RationaleRecord.from_json(record)
+  example = record.example
   if fmt is Format.VANILLA:
     pairs = [vanilla(example)]
   elif fmt is Format.FINETUNE_COT:
-    pairs = [finetune_cot(example, record["rationale"], record.get("answer"))]
+    pairs = [finetune_cot(example, record.rationale, record.answer)]
   elif fmt is Format.STEP_BY_STEP:
-    pairs = list(step_by_step(example, record["rationale"]).values())
+    pairs = list(step_by_step(example, record.rationale).values())
   else:
-    labelled = Example(**{**record["example"], "choices": example.choices,
-                          "answer": record.get("label", example.gold_label)})
-    pairs = stage_pairs(labelled, record.get("recall"), record.get("analyses") or {},
-                        fmt)[stage]
-  answer = record.get("label") or record.get("answer") or example.answer or ""
+    labelled = dataclasses.replace(example, answer=record.label or example.gold_label)
+    pairs = stage_pairs(labelled, record.recall, record.analyses or {}, fmt)[stage]
+  answer = record.label or record.answer or example.answer or ""
   return [{"inputs": p.inputs, "targets": p.targets, "answer": str(answer),
-           "id": str(record["id"])} for p in pairs]
+           "id": str(record.id)} for p in pairs]
 
 
 # ------------------------------------------------------- distilling step-by-step

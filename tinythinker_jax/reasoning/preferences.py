@@ -21,10 +21,11 @@ rejected analysis). See `analyze_pairs` for the balancing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from tinythinker_jax.data import schema
 from tinythinker_jax.data.schema import Example
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.reasoning.chains import ChainRun
@@ -33,19 +34,7 @@ STUDENT = "student"
 TEACHER = "teacher"
 
 
-@dataclasses.dataclass(frozen=True)
-class PreferencePair:
-  stage: str  # 'recall' or 'analyze'
-  example_id: str
-  prompt: str
-  chosen: str
-  rejected: str
-  chosen_source: str  # STUDENT or TEACHER
-  option: Optional[str] = None  # the analysed option (analyze pairs)
-  recall: Optional[str] = None  # the recall the analysis follows (analyze pairs)
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+PreferencePair = schema.PreferencePair  # the record `pairs.jsonl` holds
 
 
 def _unique(texts: Sequence[str]) -> list[str]:

@@ -3,10 +3,10 @@
 The baseline that separates what self-reflection's preference loss adds from
 what the student's own correct chains add: from the same sampled chains that
 build the preference pairs (`tinythinker sample` stores them with each
-question), keep the chains that reached the gold option and train on them
-with the ordinary three-stage loss. Pure functions; the records have the
-shape of TinyThinker teacher records, so the registered seqio tasks,
-materialisation and phase-1 training read them unchanged.
+question, `chains.jsonl`), keep the chains that reached the gold option and
+train on them with the ordinary three-stage loss. Pure functions; the records
+are `RationaleRecord`s of TinyThinker's shape, so the seqio tasks,
+materialisation and phase-1 training read them as they read a teacher's.
 
 Kept: chains whose summary names the gold option and that analysed every
 option; one per distinct (recall, analyses); at most `max_per_question`
@@ -19,23 +19,24 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
-from tinythinker_jax.data.schema import Example
+from tinythinker_jax.data.schema import (TINYTHINKER, Example, RationaleRecord,
+                                         SampledChain, SampledQuestion)
 
 SOURCE = "the student's own sampled chain that reached the gold option (rejection sampling)"
 
 
-def correct_chains(example: Example, chains: Iterable[dict[str, Any]],
-                   max_per_question: Optional[int] = None) -> list[dict[str, Any]]:
+def correct_chains(example: Example, chains: Iterable[SampledChain],
+                   max_per_question: Optional[int] = None) -> list[SampledChain]:
   """The distinct complete chains that reached the gold option, in order."""
   gold, labels = example.gold_label, tuple(example.labels)
   kept, seen = [], set()
   for chain in chains:
-    recall, analyses = chain.get("recall"), chain.get("analyses") or {}
-    if chain.get("answer") != gold or not recall or not recall.strip():
+    analyses = chain.analyses or {}
+    if chain.answer != gold or not (chain.recall or "").strip():
       continue
     if any(not (analyses.get(label) or "").strip() for label in labels):
       continue
-    key = (recall.strip(), tuple(analyses[label].strip() for label in labels))
+    key = (chain.recall.strip(), tuple(analyses[label].strip() for label in labels))
     if key in seen:
       continue
     seen.add(key)
@@ -45,27 +46,25 @@ def correct_chains(example: Example, chains: Iterable[dict[str, Any]],
   return kept
 
 
-def records(examples: Sequence[Example], sampled: Sequence[dict[str, Any]],
+def records(examples: Sequence[Example], sampled: Sequence[SampledQuestion],
             max_per_question: Optional[int] = None,
-            provenance: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
-  """TinyThinker-shaped records of every question's correct chains.
+            provenance: Optional[dict[str, Any]] = None) -> list[RationaleRecord]:
+  """TinyThinker records of every question's correct chains.
 
-  `sampled` are the sampler's per-question records (`{"id", "chains": [...]}`);
-  questions are matched by id, and a sampled question not among `examples`
-  is an error (the samples belong to another dataset).
+  Questions are matched by id; a sampled question not among `examples` is an
+  error (the samples belong to another dataset).
   """
   by_id = {e.id: e for e in examples}
   out = []
-  for record in sampled:
-    example = by_id.get(record["id"])
+  for question in sampled:
+    example = by_id.get(question.id)
     if example is None:
-      raise KeyError(f"sampled question {record['id']!r} is not among the examples")
-    for index, chain in enumerate(correct_chains(example, record.get("chains") or (),
+      raise KeyError(f"sampled question {question.id!r} is not among the examples")
+    for index, chain in enumerate(correct_chains(example, question.chains,
                                                  max_per_question)):
-      out.append({"id": example.id, "method": "tinythinker", "example": example.to_json(),
-                  "label": example.gold_label, "recall": chain["recall"].strip(),
-                  "analyses": {l: chain["analyses"][l].strip() for l in example.labels},
-                  "sample_index": index,
-                  "provenance": dict(provenance or {}, teacher=SOURCE,
-                                     sampled_stage=chain.get("sampled"))})
+      out.append(RationaleRecord(
+          id=example.id, method=TINYTHINKER, example=example, sample_index=index,
+          provenance=dict(provenance or {}, teacher=SOURCE, sampled_stage=chain.sampled),
+          label=example.gold_label, recall=chain.recall.strip(),
+          analyses={l: chain.analyses[l].strip() for l in example.labels}))
   return out

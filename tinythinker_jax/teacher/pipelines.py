@@ -33,8 +33,8 @@ import editdistance
 import numpy as np
 import tqdm
 
-from tinythinker_jax import errors, paths, shards
-from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax import errors, paths
+from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord
 from tinythinker_jax.reasoning import answers, formats
 from tinythinker_jax.teacher import prompts, replies, rule_based
 from tinythinker_jax.teacher.cache import CompletionCache
@@ -99,7 +99,7 @@ def _structured_mode(value: Optional[str]) -> str:
 class Outcome:
   """What teaching one example produced."""
 
-  kept: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  kept: list[RationaleRecord] = dataclasses.field(default_factory=list)
   dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   teacher_correct: int = 0
   teacher_total: int = 0  # Samples whose answer could be read.
@@ -197,11 +197,11 @@ def finetune_cot_outcome(example: Example, answer_type: AnswerType,
             f"answer differs from gold: teacher {predicted}, gold {example.answer}",
             reply, rationale=text, teacher_answer=predicted)
     else:
-      outcome.kept.append({
-          "id": example.id, "method": Method.FINETUNE_COT.value,
-          "example": example.to_json(), "rationale": text, "answer": example.answer,
-          "teacher_answer_text": reply.strip(), "sample_index": index,
-          "provenance": provenance, **(extra[i] if extra else {})})
+      outcome.kept.append(RationaleRecord(
+          id=example.id, method=Method.FINETUNE_COT.value, example=example,
+          rationale=text, answer=example.answer, sample_index=index,
+          provenance=provenance,
+          extra=dict(teacher_answer_text=reply.strip(), **(extra[i] if extra else {}))))
   return outcome
 
 
@@ -329,15 +329,14 @@ def keep_tinythinker(example: Example, outcome: Outcome,
             sample.text, rendered=rendered)
     else:
       kept_infos.append(key_info)
-      record = {"id": example.id, "method": Method.TINYTHINKER.value,
-                "example": example.to_json(), "label": label, "recall": key_info,
-                "analyses": {l: verdicts[l].reason for l in example.labels},
-                "rationale_text": rendered, "raw_reply": sample.text,
-                "sample_index": sample.sample_index, "provenance": provenance,
-                **(extra[i] if extra else {})}
+      details = dict(rationale_text=rendered, raw_reply=sample.text,
+                     **(extra[i] if extra else {}))
       if label != gold:
-        record["relabelled_from"] = gold
-      outcome.kept.append(record)
+        details["relabelled_from"] = gold
+      outcome.kept.append(RationaleRecord(
+          id=example.id, method=Method.TINYTHINKER.value, example=example, label=label,
+          recall=key_info, analyses={l: verdicts[l].reason for l in example.labels},
+          sample_index=sample.sample_index, provenance=provenance, extra=details))
 
 
 # ------------------------------------------------------------- rule-based teacher
@@ -444,9 +443,9 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   summary.format_retries = sum(o.format_retries for o in outcomes)
   summary.recovered_by_retry = sum(o.recovered_by_retry for o in outcomes)
   output_dir = paths.as_path(output_dir)
-  shards.write_jsonl_atomically(output_dir / RECORDS, kept)
-  shards.write_jsonl_atomically(output_dir / DROPPED, dropped)
-  shards.write_json_atomically(output_dir / SUMMARY, dataclasses.asdict(summary))
+  paths.write_jsonl(output_dir / RECORDS, kept)
+  paths.write_jsonl(output_dir / DROPPED, dropped)
+  paths.write_json(output_dir / SUMMARY, dataclasses.asdict(summary))
   return summary
 
 
@@ -514,10 +513,3 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
     return _finish(output_dir, outcomes, summary)
   return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
                                   finetune_cot, tinythinker, seed, progress))
-
-
-def read_records(path: paths.PathLike) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in paths.as_path(path).read_text().split("\n")
-          if line.strip()]
-
-

@@ -1,4 +1,4 @@
-"""Teacher prompts of both methods (METHODS.md), as pure functions."""
+"""Teacher prompts of both methods (docs/methods.md), as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preference losses (DPO, RPO, IPO) and the model that owns them for phase 2.
+"""Preference losses (DPO, RPO, IPO) and phase 2's objective over the model interface.
 
 With policy log-probabilities `pi_c, pi_r` and the reference policy's `ref_c,
 ref_r` of the chosen and rejected sequences (summed over tokens, EOS included),
@@ -12,8 +12,8 @@ ref_r` of the chosen and rejected sequences (summed over tokens, EOS included),
   tokens of the batch, as TRL 0.9.6 (the version TinyThinker ran) does with
   `CrossEntropyLoss`; `nll_normalization='sequence'` averages per sequence first.
 
-`PreferenceModel` plugs into the phase-1 trainer unchanged: like
-`EncoderDecoderModel` it returns loss *sums* and metric sums, and the
+`PreferenceObjective` plugs into the phase-1 trainer unchanged: like
+`TokenCrossEntropy` it returns loss *sums* and metric sums, and the
 normalizer (the number of real pairs), so microbatching composes exactly. The
 batch-token NLL needs the whole batch's token count: the train step hands
 `batch_totals(batch)`, taken before the batch is split, to every microbatch.
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import errors
-from tinythinker_jax.models.t5 import T5
-from tinythinker_jax.training import losses, models
+from tinythinker_jax.models.base import BaseModel
+from tinythinker_jax.training import losses
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -71,7 +71,7 @@ def preference_losses(policy_chosen: Array, policy_rejected: Array, ref_chosen: 
 
 
 @dataclasses.dataclass(frozen=True)
-class PreferenceModel:
+class PreferenceObjective:
   """DPO/IPO with an optional RPO NLL term, over (prompt, chosen, rejected) batches.
 
   Batch features: `encoder_input_tokens`, `chosen_target_tokens`,
@@ -82,7 +82,7 @@ class PreferenceModel:
   (`*_positions`, unused by T5), with per-pair features `[batch, pairs]`.
   """
 
-  module: T5
+  model: BaseModel
   beta: float = 0.5
   alpha: float = 0.5  # RPO's NLL weight; 0 for plain DPO/IPO
   loss_type: str = SIGMOID
@@ -110,11 +110,11 @@ class PreferenceModel:
     segments = jnp.concatenate([_segments(batch, "chosen"), _segments(batch, "rejected")],
                                axis=0)
     packed = "chosen_segment_ids" in batch
-    token_logps, logits = models.target_token_logps(
-        self.module, params, enc, targets, dropout_rng,
-        encoder_segment_ids=(jnp.concatenate([batch["encoder_segment_ids"]] * 2, axis=0)
-                             if packed else None),
-        decoder_segment_ids=segments if packed else None)
+    token_logps, logits = self.model.token_logps(
+        params, enc, targets, dropout_rng=dropout_rng,
+        input_segment_ids=(jnp.concatenate([batch["encoder_segment_ids"]] * 2, axis=0)
+                           if packed else None),
+        target_segment_ids=segments if packed else None)
     mask = (targets > 0).astype(jnp.float32)
     logps = losses.segment_sums(token_logps, segments, num_pairs)
     lengths = losses.segment_sums(mask, segments, num_pairs)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from tinythinker_jax import errors
+from tinythinker_jax.training import adafactor
 
 SCHEDULES = ("constant", "rsqrt", "cosine")
 OPTIMIZERS = ("adafactor", "adamw")
@@ -38,86 +41,84 @@ def jax_rsqrt(x):
   return 1.0 / jnp.sqrt(jnp.asarray(x, jnp.float32))
 
 
-LAYERS = "layers"  # the key (and logical axis) of a scanned stack's parameters
+def param_logical_axes(boxed_params: Any) -> Any:
+  """The parameters' logical axis names, a tree of tuples (one name or None per
+  dimension) like the parameters, from their `nn.LogicallyPartitioned` boxes."""
+  specs = nn.get_partition_spec(boxed_params)
+  return jax.tree.map(
+      lambda spec, p: tuple(spec) + (None,) * (len(p.shape) - len(spec)), specs,
+      nn.unbox(boxed_params), is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def _split_stacks(tree: Mapping, prefix: tuple = ()) -> tuple[dict, dict]:
-  """({path: subtree under a `layers` key}, the tree without those subtrees)."""
-  stacks, rest = {}, {}
-  for key, value in tree.items():
-    if key == LAYERS:
-      stacks["/".join(prefix + (key,))] = value
-    elif isinstance(value, Mapping):
-      inner_stacks, rest[key] = _split_stacks(value, prefix + (key,))
-      stacks.update(inner_stacks)
-    else:
-      rest[key] = value
-  return stacks, rest
+def state_logical_axes(opt_state: Any, param_axes: Any, params: Any) -> Any:
+  """Every optimizer-state leaf's logical axes (`PartitionSpec` of axis names;
+  `PartitionSpec()` replicates), derived from the parameters' through the
+  state's own structure (t5x's `derive_logical_axes`):
 
+  - a subtree shaped like the parameters (Adam's `mu`/`nu`) takes their axes;
+  - Adafactor's state derives its factored statistics' axes from its plan
+    (`adafactor.state_logical_axes`);
+  - scalars (counts, steps) are replicated.
 
-def _copy_dicts(tree: Mapping) -> dict:
-  return {k: _copy_dicts(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-
-
-def _merge_stacks(stacks: Mapping, rest: Mapping) -> dict:
-  """The inverse of `_split_stacks`."""
-  out = _copy_dicts(rest)
-  for path, subtree in stacks.items():
-    *parents, last = path.split("/")
-    node = out
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[last] = subtree
-  return out
-
-
-def per_layer(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`inner` applied to each layer of a scanned stack separately (the subtrees
-  under a `layers` key, layers on the leading axis), and to the rest as is.
-
-  For optimizers whose statistics are per array (Adafactor's factoring, update
-  clipping and parameter scale), this makes a scanned model's updates those of
-  the unscanned model, as t5x's Adafactor does by treating the `layers` axis
-  as a batch dimension (`FactorDim.BATCH`). Stacks of different depths
-  (encoder, decoder) are mapped separately.
+  Any other leaf is an error naming it: its layout would otherwise be a guess.
   """
-  def init(params):
-    stacks, rest = _split_stacks(params)
-    return {"stacks": {k: jax.vmap(inner.init)(v) for k, v in stacks.items()},
-            "rest": inner.init(rest)}
+  params_def = jax.tree.structure(params)
+  param_specs = jax.tree.map(lambda axes: PartitionSpec(*axes), param_axes,
+                             is_leaf=lambda x: isinstance(x, tuple))
 
-  def update(updates, state, params=None):
-    stacks, rest = _split_stacks(updates)
-    param_stacks, param_rest = (({k: None for k in stacks}, None) if params is None
-                                else _split_stacks(params))
-    new_stacks, new_states = {}, {}
-    for k, v in stacks.items():
-      new_stacks[k], new_states[k] = jax.vmap(inner.update)(v, state["stacks"][k],
-                                                           param_stacks[k])
-    rest, rest_state = inner.update(rest, state["rest"], param_rest)
-    return _merge_stacks(new_stacks, rest), {"stacks": new_states, "rest": rest_state}
+  def derive(node, where):
+    if isinstance(node, adafactor.AdafactorState):
+      return adafactor.state_logical_axes(node, param_axes, params)
+    if (jax.tree.structure(node) == params_def and
+        all(a.shape == b.shape for a, b in zip(jax.tree.leaves(node),
+                                               jax.tree.leaves(params)))):
+      return param_specs
+    if node is None:
+      return None
+    if hasattr(node, "shape"):
+      if len(node.shape) == 0:
+        return PartitionSpec()
+      raise errors.UserError(f"optimizer state {where}: shape {tuple(node.shape)} is "
+                             "neither a scalar nor shaped like the parameters; its "
+                             "sharding cannot be derived")
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+      return type(node)(*(derive(v, f"{where}.{f}") for f, v in zip(node._fields, node)))
+    if isinstance(node, (tuple, list)):
+      return type(node)(derive(v, f"{where}[{i}]") for i, v in enumerate(node))
+    if isinstance(node, Mapping):
+      return {k: derive(v, f"{where}/{k}") for k, v in node.items()}
+    raise errors.UserError(f"optimizer state {where}: {type(node).__name__} is not a "
+                           "state this trainer can derive shardings for")
+  return derive(opt_state, "opt_state")
 
-  return optax.GradientTransformation(init, update)
+
+def train_state_logical_axes(abstract_state: Any, boxed_params: Any) -> Any:
+  """A `step.TrainState` of logical `PartitionSpec`s: the step replicated, the
+  parameters by their boxes, the optimizer state derived from them
+  (`state_logical_axes`); `Partitioner.logical_shardings` places it."""
+  from tinythinker_jax.training import step  # pylint: disable=import-outside-toplevel
+  param_axes = param_logical_axes(boxed_params)
+  return step.TrainState(
+      step=PartitionSpec(),
+      params=jax.tree.map(lambda axes: PartitionSpec(*axes), param_axes,
+                          is_leaf=lambda x: isinstance(x, tuple)),
+      opt_state=state_logical_axes(abstract_state.opt_state, param_axes,
+                                   nn.unbox(boxed_params)))
 
 
-def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   grad_clip_norm: float | None = None,
-                   scanned_layers: bool = False) -> optax.GradientTransformation:
-  """`adafactor` with t5x's defaults (factored second moments, decay 0.8, update
-  clipping 1.0, parameter-scaled updates, no momentum) or `adamw`.
-
-  With `scanned_layers` (a `T5Config.scan_layers` model), Adafactor keeps its
-  statistics per layer (`per_layer`); AdamW is elementwise and needs nothing.
-  """
+def make_optimizer(name: str, schedule: optax.Schedule, *, param_axes: Any = None,
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8,
+                   grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """`adafactor`, t5x's (`training.adafactor`: second moments factored by the
+  parameters' logical axes, `param_axes`; decay 0.8, update clipping 1.0,
+  parameter-scaled updates, no momentum; a scanned stack's `layers` axis a batch
+  dimension), or `adamw`."""
   if name == "adafactor":
-    optimizer = optax.adafactor(learning_rate=schedule, decay_rate=0.8,
-                                multiply_by_parameter_scale=True, clipping_threshold=1.0,
-                                momentum=None, factored=True, min_dim_size_to_factor=128,
-                                eps=1e-30,
-                                weight_decay_rate=weight_decay or None)
-    if scanned_layers:
-      optimizer = per_layer(optimizer)
+    if param_axes is None:
+      raise errors.UserError("adafactor needs the parameters' logical axes (param_axes)")
+    optimizer = adafactor.adafactor(schedule, param_axes,
+                                    weight_decay_rate=weight_decay or None)
   elif name == "adamw":
     optimizer = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
   else:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tinythinker_jax import errors, partitioning
 from tinythinker_jax.data import arrays
-from tinythinker_jax.models import flops, t5
+from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.training import optimizers, trainer
 
 
@@ -189,7 +189,7 @@ class Fitted:
   train_steps: int
 
 
-def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
+def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
         datasets: Mapping[str, arrays.ArrayDataset],
         schedule: Optional[arrays.InterleavedSchedule], settings: TrainSettings,
         model_dir: str, initial_params: Optional[Callable[[Any], Any]] = None,
@@ -197,21 +197,21 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
                                     Mapping[str, trainer.EvalFn]]] = None,
         meta: Optional[dict] = None, progress: bool = True, eval_at_start: bool = True,
         stop_after: Optional[int] = None, binding: str = "TrainSettings") -> Fitted:
-  """Trains `model_fn(config)` on `datasets` as `settings` say; resumes in `model_dir`.
+  """Trains `model` (the model interface) on `datasets` as `settings` say, with
+  the loss of `objective_fn(model)`; resumes in `model_dir`.
 
-  `model_fn` builds the model with its loss from the (dropout-adjusted) config;
-  `eval_fns(model, partitioner, local_slice)` builds the evaluation hooks.
+  `objective_fn` gets the model with `settings.dropout_rate` applied;
+  `eval_fns(objective, partitioner, local_slice)` builds the evaluation hooks.
   """
   if len(datasets) > 1 and schedule is None:
     raise errors.UserError(f"{sorted(datasets)}: several streams need a schedule")
-  config = model_config if settings.dropout_rate is None else model_config.replace(
-      dropout_rate=settings.dropout_rate)
+  if settings.dropout_rate is not None:
+    model = model.replace(dropout_rate=settings.dropout_rate)
   num_examples = sum(d.num_examples for d in datasets.values())
   budget_source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule)
   steps = settings.steps_for(
       num_examples, binding, lambda setting, value: steps_for_budget(
-          budget_source, lambda shapes: flops.batch_step_flops(config, shapes), setting,
-          value))
+          budget_source, model.train_step_flops, setting, value))
   eval_every = settings.eval_interval(num_examples, steps)
   warmup = (int(settings.warmup_fraction * steps) if settings.warmup_fraction is not None
             else settings.warmup_steps)
@@ -222,8 +222,8 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
   layout = partitioner.data_layout(settings.batch_size)
   source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
                               local=layout.local_slice)
-  model = model_fn(config)
-  hooks = dict(eval_fns(model, partitioner, layout.local_slice)) if eval_fns else {}
+  objective = objective_fn(model)
+  hooks = dict(eval_fns(objective, partitioner, layout.local_slice)) if eval_fns else {}
   # Selection applies when a hook gives the metric (e.g. chain validation is on).
   select = settings.select_metric if settings.select_metric and eval_every and any(
       settings.select_metric.startswith(f"{name}/") for name in hooks) else None
@@ -233,14 +233,14 @@ def fit(*, model_fn: Callable[[t5.T5Config], Any], model_config: t5.T5Config,
         f"that give select_metric={settings.select_metric!r}: set eval_every (or "
         "eval_every_epochs) and a validation dataset")
   result = trainer.train(
-      model=model, model_config=config,
-      optimizer=optimizers.make_optimizer(settings.optimizer, lr,
-                                          weight_decay=settings.weight_decay,
-                                          grad_clip_norm=settings.max_grad_norm,
-                                          scanned_layers=config.scan_layers),
+      model=model, objective=objective,
+      optimizer=optimizers.make_optimizer(
+          settings.optimizer, lr,
+          param_axes=optimizers.param_logical_axes(model.abstract_params()),
+          weight_decay=settings.weight_decay, grad_clip_norm=settings.max_grad_norm),
       partitioner=partitioner, batch_fn=source, global_batch_size=settings.batch_size,
       train_steps=steps, model_dir=model_dir, seed=settings.seed,
-      num_microbatches=settings.num_microbatches, dropout=config.dropout_rate > 0,
+      num_microbatches=settings.num_microbatches, dropout=model.dropout_rate > 0,
       checkpoint=trainer.CheckpointSettings(settings.checkpoint_every,
                                             settings.keep_checkpoints,
                                             settings.async_checkpoints),

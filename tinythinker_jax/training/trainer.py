@@ -1,7 +1,7 @@
 """The training loop: partitioned steps, checkpoints, metrics, evaluation hooks.
 
-`train` takes every collaborator as an argument (the model with its loss, the
-optimizer, the partitioner, a `batch_fn(step)` returning this process's slice
+`train` takes every collaborator as an argument (the model, through the
+model interface, and its objective, the optimizer, the partitioner, a `batch_fn(step)` returning this process's slice
 of the global batch at `step`), so it reads no files and knows nothing of gin.
 It resumes from the latest checkpoint in `model_dir` automatically; because
 batches are a function of the step, a resumed run takes exactly the steps an
@@ -23,9 +23,9 @@ import tqdm
 
 from tinythinker_jax import checkpoints, errors, paths, platforms, preemption
 from tinythinker_jax import compute as compute_lib
-from tinythinker_jax.models import flops as flops_lib
-from tinythinker_jax.models import t5
+from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.partitioning import Partitioner
+from tinythinker_jax.training import optimizers
 from tinythinker_jax.training import step as step_lib
 from tinythinker_jax.training.metric_writer import MetricWriter
 
@@ -71,7 +71,7 @@ def _param_count(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransformation,
+def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformation,
           partitioner: Partitioner, batch_fn: BatchFn, global_batch_size: int,
           train_steps: int, model_dir: paths.PathLike, seed: int = 0,
           num_microbatches: int = 1,
@@ -95,7 +95,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   With `select_metric` (an evaluation metric's full name, e.g.
   `validation/chain_accuracy`; higher is better), every evaluation that beats
   the best so far saves the parameters to `<model_dir>/best_checkpoint` and
-  names its step in `<model_dir>/best.json`, which `student.load` then
+  names its step in `<model_dir>/best.json`, which the weight loader then
   prefers. The evaluation at step 0 (the initial parameters; unless
   `eval_at_start=False`, or the hook gives nothing at step 0) is a candidate.
   """
@@ -103,7 +103,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     raise errors.UserError(f"batch size {global_batch_size} is not divisible by "
                      f"num_microbatches={num_microbatches}")
   rng = jax.random.key(seed)
-  init_fn = lambda r: t5.init_params(model_config, r)  # noqa: E731
+  init_fn = model.init_params
   boxed = jax.eval_shape(init_fn, rng)
   abstract_params = nn.unbox(boxed)
   param_shardings = partitioner.param_shardings(boxed)
@@ -111,7 +111,8 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   # Every leaf of the state (optimizer statistics included) is placed by the
   # logical-axis rules and held there by the jitted functions' shardings.
   abstract_state = jax.eval_shape(create_state, abstract_params)
-  state_shardings = partitioner.train_state_shardings(boxed, abstract_state)
+  state_shardings = partitioner.logical_shardings(
+      optimizers.train_state_logical_axes(abstract_state, boxed))
   create = partitioner.partition(create_state, in_shardings=(param_shardings,),
                                  out_shardings=state_shardings, donate_argnums=(0,))
   model_dir = paths.as_path(model_dir)
@@ -142,7 +143,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                                                  asynchronous=False)
   if latest is None:
     if initial_params is not None:
-      params = t5.convert_params(initial_params(param_shardings), model_config)
+      params = model.convert_params(initial_params(param_shardings))
       checkpoints.check_params_fit(params, abstract_params, "initial checkpoint")
       params = jax.device_put(params, param_shardings)  # a no-op when already placed
     else:
@@ -153,11 +154,11 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     # Restored from shapes alone, straight into the rules' layout: nothing is
     # initialised first, so the state is never held twice.
     saved_config = checkpointer.read_meta(latest).get("model_config", {})
-    if bool(saved_config.get("scan_layers", False)) != model_config.scan_layers:
+    if bool(saved_config.get("scan_layers", False)) != model.scan_layers:
       raise errors.UserError(
           f"{checkpointer.directory}/{latest}: written with T5Config.scan_layers="
           f"{bool(saved_config.get('scan_layers', False))}, but this run has "
-          f"scan_layers={model_config.scan_layers}; resume with the same setting, or "
+          f"scan_layers={model.scan_layers}; resume with the same setting, or "
           "start a new model dir from it with INITIAL_CHECKPOINT_PATH (converted on load)")
     target = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -172,15 +173,16 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
     log.info("resumed from step %d in %s (saved meta: seed=%s)", latest, model_dir,
              saved_meta.get("seed"))
   step_fn = partitioner.partition(
-      step_lib.make_train_step(model, optimizer, num_microbatches=num_microbatches,
+      step_lib.make_train_step(objective, optimizer, num_microbatches=num_microbatches,
                                dropout=dropout), donate_argnums=(0,),
       in_shardings=(state_shardings, partitioner.data_sharding(1), partitioner.replicated),
       out_shardings=(state_shardings, partitioner.replicated))
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
-  activation_dtype = jax.numpy.dtype(model_config.compute_dtype).name
+  activation_dtype = jax.numpy.dtype(model.config.compute_dtype).name
   base_meta = dict(meta or {}, seed=seed, global_batch_size=global_batch_size,
-                   model_config=dataclasses.asdict(model_config),
+                   model=model.to_json(),
+                   model_config=dataclasses.asdict(model.config),
                    platform=dict(platforms.describe(), activation_dtype=activation_dtype))
   start = int(jax.device_get(state.step))
   end = train_steps if stop_after is None else min(train_steps, stop_after)
@@ -268,7 +270,7 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
                            f"examples; this process feeds {layout.local_batch_size}")
         shape_key = tuple(sorted((k, tuple(np.shape(v)[1:])) for k, v in local.items()))
         if shape_key not in flops_by_shape:
-          flops_by_shape[shape_key] = flops_lib.batch_step_flops(model_config, {
+          flops_by_shape[shape_key] = model.train_step_flops({
               k: (global_batch_size,) + tuple(np.shape(v)[1:]) for k, v in local.items()})
         step_flops = flops_by_shape[shape_key]
         state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
@@ -339,10 +341,11 @@ def train(*, model, model_config: t5.T5Config, optimizer: optax.GradientTransfor
   return TrainResult(state, last, resumed_from, final, stopped_early)
 
 
-def evaluate_loss(model, partitioner: Partitioner, batches: list[Mapping[str, np.ndarray]]
+def evaluate_loss(objective, partitioner: Partitioner,
+                  batches: list[Mapping[str, np.ndarray]]
                   ) -> EvalFn:
   """An eval hook: teacher-forced loss and token accuracy over fixed batches."""
-  fn = partitioner.partition(lambda p, b: model.loss_sums(p, b)[1])
+  fn = partitioner.partition(lambda p, b: objective.loss_sums(p, b)[1])
 
   def run(params, step: int = 0) -> dict[str, float]:
     del step
@@ -351,7 +354,7 @@ def evaluate_loss(model, partitioner: Partitioner, batches: list[Mapping[str, np
       sums = jax.device_get(fn(params, partitioner.shard_batch(dict(batch))))
       for k, v in sums.items():
         totals[k] = totals.get(k, 0.0) + float(v)
-    denom = float(model.normalizer({k: np.float32(v) for k, v in totals.items()}))
+    denom = float(objective.normalizer({k: np.float32(v) for k, v in totals.items()}))
     return {"loss": totals["loss"] / denom,
             "accuracy": totals["correct"] / max(totals["weight_sum"], 1.0)}
   return run

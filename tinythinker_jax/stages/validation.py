@@ -21,9 +21,8 @@ from typing import Any, Optional
 
 import jax
 
-from tinythinker_jax import errors, paths, shards, vocabularies
+from tinythinker_jax import errors, paths, vocabularies
 from tinythinker_jax.data import datasets
-from tinythinker_jax.models import t5
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.reasoning.formats import Format
 
@@ -55,15 +54,15 @@ class ChainValidation:
     return bool(self.dataset)
 
 
-def chain_accuracy_hook(settings: ChainValidation, *, model_config: t5.T5Config,
+def chain_accuracy_hook(settings: ChainValidation, *, model: Any,
                         vocabulary: str, partitioner: Partitioner, input_length: int,
                         target_length: int, model_dir: paths.PathLike,
                         skip_initial: bool = False):
   """`(params, step) -> {chain_accuracy, format_error_rate, no_answer_rate}` on the
-  split; with `skip_initial`, nothing at step 0 (a student trained from scratch is
+  split, decoded by `model` (a model or its config); with `skip_initial`, nothing at step 0 (a student trained from scratch is
   no candidate there, and its chains would run to the length limit)."""
   # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import infer as infer_lib
+  from tinythinker_jax.stages import infer as infer_lib
   from tinythinker_jax import student as student_lib
   if jax.process_count() > 1:
     raise errors.UserError(
@@ -89,7 +88,7 @@ def chain_accuracy_hook(settings: ChainValidation, *, model_config: t5.T5Config,
       return {}
     if "student" not in holder:  # Compiled once, reused with each step's params.
       holder["student"] = student_lib.Student(
-          model_config, params, codec, partitioner=partitioner,
+          model, params, codec, partitioner=partitioner,
           batch_size=settings.batch_size, max_input_length=input_length,
           max_decode_length=target_length)
     policy = holder["student"]
@@ -100,7 +99,7 @@ def chain_accuracy_hook(settings: ChainValidation, *, model_config: t5.T5Config,
     if settings.write_chains and jax.process_index() == 0:
       chains_dir = paths.as_path(model_dir) / HOOK
       chains_dir.mkdir(parents=True, exist_ok=True)
-      shards.write_jsonl_atomically(chains_dir / f"step_{step}.jsonl", records)
+      paths.write_jsonl(chains_dir / f"step_{step}.jsonl", records)
     return {"chain_accuracy": summary["accuracy"],
             "format_error_rate": summary["format_error_rate"],
             "no_answer_rate": summary["no_answer_rate"]}

@@ -1,9 +1,11 @@
-"""Models own their losses; the trainer owns the step.
+"""Training objectives over the model interface; the trainer owns the step.
 
-A model here wraps a Flax module and returns loss *sums* and metric sums for a
-batch, so that gradient accumulation over microbatches and t5x's
-loss-normalizing factor compose exactly: the step divides once, by the
-normalizer of the whole global batch.
+An objective holds a `models.base.BaseModel` and returns loss *sums* and
+metric sums for a batch, so that gradient accumulation over microbatches and
+t5x's loss-normalizing factor compose exactly: the step divides once, by the
+normalizer of the whole global batch. Phase 1's is `TokenCrossEntropy`;
+phase 2's is `training.dpo.PreferenceObjective`. Each calls the model's
+`logits` / `token_logps` only, so it serves every family.
 
 Packed batches (seqio's `EncDecFeatureConverter(pack=True)` features) carry
 `encoder_segment_ids` and `decoder_segment_ids`; the model is called with them,
@@ -23,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import errors
-from tinythinker_jax.models.t5 import T5
-from tinythinker_jax.training import losses, step
+from tinythinker_jax.models.base import BaseModel
+from tinythinker_jax.training import losses
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -35,10 +37,10 @@ NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderDecoderModel:
-  """Teacher-forced token cross-entropy (z-loss, label smoothing) of a T5."""
+class TokenCrossEntropy:
+  """Teacher-forced token cross-entropy (z-loss, label smoothing) of a model."""
 
-  module: T5
+  model: BaseModel
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS
@@ -53,12 +55,7 @@ class EncoderDecoderModel:
   def loss_sums(self, params: Any, batch: Batch,
                 dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
     """(sum of token losses, metric sums) for a (micro)batch."""
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    logits = self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                               batch["decoder_input_tokens"],
-                               encoder_segment_ids=batch.get("encoder_segment_ids"),
-                               decoder_segment_ids=batch.get("decoder_segment_ids"),
-                               enable_dropout=dropout_rng is not None, rngs=rngs)
+    logits = self.model.logits(params, batch, dropout_rng=dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     if weights is None:
@@ -92,25 +89,3 @@ class EncoderDecoderModel:
     return {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom,
             "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
             "examples": sums["num_examples"]}
-
-
-def target_token_logps(module: T5, params: Any, encoder_input_tokens: Array,
-                       targets: Array, dropout_rng: Optional[Array] = None, *,
-                       encoder_segment_ids: Optional[Array] = None,
-                       decoder_segment_ids: Optional[Array] = None
-                       ) -> tuple[Array, Array]:
-  """Teacher-forced `(token log-probs [batch, length], logits)` of `targets`.
-
-  `targets` are EOS-terminated and 0-padded; the decoder reads them shifted
-  right (`step.shift_right`, within each segment of packed rows, whose
-  segment ids are then given). Padding positions have log-probability 0.
-  Sequence log-probabilities are the sums of these over each sequence
-  (`losses.segment_sums` for packed rows).
-  """
-  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-  logits = module.apply({"params": params}, encoder_input_tokens,
-                        step.shift_right(targets, decoder_segment_ids),
-                        encoder_segment_ids=encoder_segment_ids,
-                        decoder_segment_ids=decoder_segment_ids,
-                        enable_dropout=dropout_rng is not None, rngs=rngs)
-  return losses.token_logps(logits, targets), logits

@@ -1,4 +1,5 @@
-"""Library entry points behind `tinythinker teach` and `tinythinker data`."""
+"""Library entry points behind `tinythinker teach` and `tinythinker data`: a dataset
+split taught by the chosen teacher, and a dataset described."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`tinythinker data` (or `python -m tinythinker_jax.data`): inspect a dataset.
+"""`tinythinker data` (or `python -m tinythinker_jax.data_cli`): inspect a dataset.
 
 Lists the dataset names (`--list`), or loads one and prints its counts per
 split, its answers and a rendered example in every student format.
@@ -22,12 +22,12 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings, devices=False)
   from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax.teacher import run  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.stages import teach  # pylint: disable=import-outside-toplevel
   if args.list or not args.dataset:
     for name, spec in sorted(datasets.DATASETS.items()):
       print(f"{name:<42} {spec.answer_type.value:<7} path: {spec.path_help}")
     return 0 if args.list else 2
-  print(run.describe_dataset(args.dataset, args.path, args.seed))
+  print(teach.describe_dataset(args.dataset, args.path, args.seed))
   return 0
 
 

@@ -1,0 +1,57 @@
+"""The student families behind the model interface, and how to tell them apart.
+
+| family | model | configs | checkpoints |
+|---|---|---|---|
+| `encoder_decoder` | `EncoderDecoderModel` (T5 v1.0 / v1.1 / Flan-T5 / mT5) | `models.t5.T5Config` | HF `model_type: t5`/`mt5`, t5x |
+
+`from_config(config)` gives the model of a config (gin's `MODEL_CONFIG`),
+`from_json(meta)` the model a checkpoint's meta records (meta written before
+families existed holds a bare T5 config), and `hf_family(config_json)` the
+family of a Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from tinythinker_jax import errors
+from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel
+from tinythinker_jax.models import t5
+from tinythinker_jax.models.base import BaseModel
+
+FAMILIES: dict[str, type[BaseModel]] = {EncoderDecoderModel.family: EncoderDecoderModel}
+CONFIGS = {t5.T5Config: EncoderDecoderModel}
+HF_MODEL_TYPES = {"t5": EncoderDecoderModel, "mt5": EncoderDecoderModel}
+
+
+def from_config(config: Any) -> BaseModel:
+  """The model for a config (a model passes through unchanged)."""
+  if isinstance(config, BaseModel):
+    return config
+  for kind, family in CONFIGS.items():
+    if isinstance(config, kind):
+      return family(config)
+  raise errors.UserError(f"MODEL_CONFIG: {type(config).__name__} is not a known model "
+                         f"config ({', '.join(k.__name__ for k in CONFIGS)})")
+
+
+def from_json(meta: Mapping[str, Any]) -> BaseModel:
+  """The model a checkpoint's meta records (`{"model": {"family", "config"}}`, or
+  an older meta's `model_config`, which is T5's)."""
+  record = meta.get("model")
+  if record is None:
+    return EncoderDecoderModel.from_config_json(meta["model_config"])
+  family = FAMILIES.get(record.get("family", ""))
+  if family is None:
+    raise errors.UserError(f"checkpoint meta: unknown model family {record.get('family')!r}"
+                           f" (known: {sorted(FAMILIES)})")
+  return family.from_config_json(record["config"])
+
+
+def hf_family(hf_config: Mapping[str, Any], where: str = "") -> type[BaseModel]:
+  """The family of a Hugging Face folder from its `config.json`."""
+  model_type = hf_config.get("model_type", "t5")
+  if model_type not in HF_MODEL_TYPES:
+    raise errors.UserError(f"{where or 'config.json'}: model_type {model_type!r} is not "
+                           f"supported (supported: {sorted(HF_MODEL_TYPES)})")
+  return HF_MODEL_TYPES[model_type]

@@ -1,0 +1,135 @@
+"""One registry of the student formats: what each renders, trains on and is called.
+
+Everything that was a string contract between files reads it here: which
+teacher records a format renders (`method`), its stages and the interleaving
+schedule of them (TinyThinker's recall, `num_options` analyze, summarize
+batches), its seqio task and mixture names, the records file of a run's
+split, and a task name's stage. The seqio tasks (`tinythinker_jax.tasks`),
+materialisation, phase-1 training, the vocabulary and the pipeline use it.
+
+| format | renders records of | stages |
+|---|---|---|
+| `vanilla`, `finetune_cot`, `step_by_step` | `finetune_cot` | one pass |
+| `tinythinker` | `tinythinker` | recall, analyze (one per option), summarize |
+| `summarize`, `recall_summarize`, `analyze_summarize` (ablations) | `tinythinker` | their stages |
+
+Task names: `tinythinker.<dataset>.<format>` (a task, or for a staged format
+the mixture of its stages) and `tinythinker.<dataset>.<format>.<stage>`, with
+`/` in dataset names written `_`. Records: `<records_dir>/<dataset>/<method>/
+<split>/records.jsonl` (the output folders of `tinythinker teach`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from tinythinker_jax import errors, paths
+from tinythinker_jax.reasoning.formats import STAGES_OF, Format, Stage
+
+PREFIX = "tinythinker"
+FINETUNE_COT = "finetune_cot"  # the teacher methods whose records formats render
+TINYTHINKER = "tinythinker"
+
+
+def dataset_key(dataset: str) -> str:
+  """A dataset's name as task names and records folders write it."""
+  return dataset.replace("/", "_")
+
+
+def records_path(records_dir: paths.PathLike, dataset: str, method: str, split: str) -> str:
+  """Where a teacher `method`'s records of a dataset split are under `records_dir`."""
+  return str(paths.as_path(records_dir) / dataset_key(dataset) / method / split /
+             "records.jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatSpec:
+  """One student format; see the module docstring."""
+
+  format: Format
+  method: str  # FINETUNE_COT or TINYTHINKER: the records it renders
+  stages: tuple[Stage, ...] = ()  # () for one-pass formats
+
+  @property
+  def name(self) -> str:
+    return self.format.value
+
+  @property
+  def staged(self) -> bool:
+    return bool(self.stages)
+
+  def task_name(self, dataset: str, stage: Optional[Stage] = None) -> str:
+    """The task (or, without a stage, a staged format's mixture) name."""
+    base = f"{PREFIX}.{dataset_key(dataset)}.{self.name}"
+    return base if stage is None else f"{base}.{stage.value}"
+
+  def task_names(self, dataset: str) -> list[str]:
+    """The tasks training reads: one, or one per stage."""
+    if not self.staged:
+      return [self.task_name(dataset)]
+    return [self.task_name(dataset, s) for s in self.stages]
+
+  def records_path(self, records_dir: paths.PathLike, dataset: str, split: str) -> str:
+    return records_path(records_dir, dataset, self.method, split)
+
+  def steps_per_cycle(self, interval: int, num_options: int) -> dict[str, int]:
+    """TinyThinker's interleaving: `interval` batches of each stage, the analyze
+    stage `interval * num_options` (one example per option)."""
+    return {s.value: interval * (num_options if s is Stage.ANALYZE else 1)
+            for s in self.stages}
+
+  def mixture_rates(self, num_options: int) -> dict[Stage, float]:
+    """The stage mixture's seqio rates, in the schedule's proportions."""
+    return {s: float(num_options if s is Stage.ANALYZE else 1) for s in self.stages}
+
+
+FORMATS: dict[str, FormatSpec] = {
+    f.value: FormatSpec(f, TINYTHINKER if f in STAGES_OF else FINETUNE_COT,
+                        STAGES_OF.get(f, ()))
+    for f in Format}
+
+
+def get(name: str, binding: str = "format") -> FormatSpec:
+  """The spec of a format name (a `UserError` naming the setting otherwise)."""
+  if isinstance(name, Format):
+    name = name.value
+  if name not in FORMATS:
+    raise errors.UserError(f"{binding}={name!r} is not one of {sorted(FORMATS)}")
+  return FORMATS[name]
+
+
+def stage_of_task(task_name: str) -> Optional[Stage]:
+  """The stage a task name ends in (None for a one-pass task)."""
+  last = task_name.rsplit(".", 1)[-1]
+  return next((s for s in Stage if s.value == last), None)
+
+
+def stream_name(task_name: str) -> str:
+  """The training stream a task feeds: its stage, or the task itself."""
+  stage = stage_of_task(task_name)
+  return stage.value if stage else task_name
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedTaskName:
+  dataset_key: str
+  spec: FormatSpec
+  stage: Optional[Stage]
+
+
+def parse_task_name(name: str) -> Optional[ParsedTaskName]:
+  """`tinythinker.<dataset>.<format>[.<stage>]` split up, or None for a name of
+  another form (a user's own seqio task)."""
+  parts = name.split(".")
+  if len(parts) < 3 or parts[0] != PREFIX:
+    return None
+  stage = stage_of_task(name)
+  fmt = parts[-2] if stage is not None else parts[-1]
+  dataset = ".".join(parts[1:-2] if stage is not None else parts[1:-1])
+  if fmt not in FORMATS or not dataset:
+    return None
+  spec = FORMATS[fmt]
+  if stage is not None and stage not in spec.stages:
+    return None
+  return ParsedTaskName(dataset, spec, stage)

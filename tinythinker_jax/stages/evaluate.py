@@ -1,0 +1,133 @@
+"""`tinythinker evaluate`: greedy and self-consistency accuracy of a student.
+
+`run_evaluate` runs greedy chains and N test-time-sampled chains and writes
+`report.json` and `report.md`: greedy and self-consistency accuracy,
+format-error rates and the per-option confusion of the greedy answers.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional, Sequence
+
+import jax
+
+from tinythinker_jax import paths
+from tinythinker_jax.stages import infer as infer_lib
+from tinythinker_jax import student as student_lib
+from tinythinker_jax.data import datasets
+from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.reasoning.formats import Format
+
+
+def confusion(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Gold option -> predicted option counts ('none': no parsable answer)."""
+  labels = sorted({str(l) for r in records for l in r["labels"]} |
+                  {str(r["gold"]) for r in records if r["gold"] is not None})
+  matrix: dict[str, collections.Counter] = {g: collections.Counter() for g in labels}
+  for r in records:
+    if r["gold"] is None:
+      continue
+    matrix.setdefault(str(r["gold"]), collections.Counter())[
+        "none" if r["answer"] is None else str(r["answer"])] += 1
+  return {"labels": labels, "matrix": {g: dict(c) for g, c in matrix.items()}}
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+  g, sc = report["greedy"], report.get("self_consistency")
+  lines = [f"# Evaluation: {report['dataset']} {report['split']} "
+           f"({report['format']})", "",
+           f"Model: `{report['model']}`  ", f"Examples: {g['num_examples']}", "",
+           "| decoding | accuracy | format errors | no answer |", "|---|---|---|---|",
+           f"| greedy | {g['accuracy']:.1%} | {g['format_error_rate']:.1%} | "
+           f"{g['no_answer_rate']:.1%} |"]
+  if sc:
+    lines.append(f"| self-consistency ({sc['num_runs']} runs, T={sc['temperature']}) | "
+                 f"{sc['accuracy']:.1%} | {sc['format_error_rate']:.1%} | "
+                 f"{sc['no_answer_rate']:.1%} |")
+  if report.get("chance") is not None:
+    lines += ["", f"Chance: {report['chance']:.1%}"]
+  conf = report.get("confusion")
+  if conf and conf["labels"]:
+    predicted = conf["labels"] + ["none"]
+    lines += ["", "Greedy answers (rows: gold, columns: predicted):", "",
+              "| gold | " + " | ".join(predicted) + " |",
+              "|---|" + "---|" * len(predicted)]
+    for gold in conf["labels"]:
+      row = conf["matrix"].get(gold, {})
+      lines.append(f"| {gold} | " + " | ".join(str(row.get(p, 0)) for p in predicted) +
+                   " |")
+  examples = report.get("sample_chains") or []
+  if examples:
+    lines += ["", "Sample greedy chains:", ""]
+    for ex in examples:
+      lines.append(f"- `{ex['id']}` gold {ex['gold']}, predicted {ex['answer']}: "
+                   f"{ex['chain']}")
+  return "\n".join(lines) + "\n"
+
+
+def _chain_text(run: dict[str, Any]) -> str:
+  parts = []
+  if run.get("recall"):
+    parts.append(f"Recall: {run['recall']}")
+  if run.get("analyses"):
+    parts.append("Analyze: " + " ".join(f"For option {k}, {v}"
+                                        for k, v in run["analyses"].items()))
+  parts.append(run["output"])
+  return " / ".join(p.replace("\n", " ") for p in parts)
+
+
+def evaluate(student, examples: Sequence[Example], *, fmt: Format,
+             answer_type: AnswerType, output_dir: str, num_runs: int = 5,
+             temperature: float = 0.7, seed: int = 0, shard_size: int = 256,
+             progress: bool = True, describe: Optional[dict[str, Any]] = None
+             ) -> dict[str, Any]:
+  """Greedy and self-consistency accuracy; writes report.json and report.md."""
+  greedy = infer_lib.infer(student, examples, fmt=fmt, answer_type=answer_type,
+                 output_dir=output_dir, name="greedy", seed=seed, shard_size=shard_size,
+                 progress=progress)
+  report = dict(describe or {}, format=fmt.value, greedy=infer_lib.summarize_records(greedy),
+                confusion=confusion(greedy) if examples[0].choices else None)
+  if examples[0].choices:
+    report["chance"] = sum(1 / len(e.choices) for e in examples) / len(examples)
+  if num_runs > 0:
+    sampled = infer_lib.infer(student, examples, fmt=fmt, answer_type=answer_type,
+                    output_dir=output_dir, name="self_consistency", sampled=True,
+                    num_runs=num_runs, temperature=temperature, seed=seed,
+                    shard_size=shard_size, progress=progress)
+    report["self_consistency"] = dict(infer_lib.summarize_records(sampled), num_runs=num_runs,
+                                      temperature=temperature)
+  report["sample_chains"] = [
+      {"id": r["id"], "gold": r["gold"], "answer": r["answer"],
+       "chain": _chain_text(r["runs"][0])} for r in greedy[:3]]
+  if jax.process_index() == 0:
+    output_dir = paths.as_path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths.write_json(output_dir / "report.json", report)
+    paths.write_text(output_dir / "report.md", markdown_report(report))
+  return report
+
+
+# ------------------------------------------------------------ gin entry point
+
+
+def _describe(model_dir: str, dataset: str, split: str) -> dict[str, Any]:
+  return {"model": model_dir, "dataset": dataset, "split": split}
+
+
+def run_evaluate(*, model_dir: str, dataset: str, output_dir: str,
+                 format: str,  # noqa: A002
+                 dataset_path: str = "", split: str = "test", num_runs: int = 5,
+                 temperature: float = 0.7, max_examples: Optional[int] = None,
+                 split_seed: int = 0, seed: int = 0, vocabulary: str = "",
+                 model_config: Any = None,
+                 student: student_lib.StudentSettings = student_lib.StudentSettings(), shard_size: int = 256,
+                 progress: bool = True) -> dict[str, Any]:
+  examples, answer_type = datasets.load_split(dataset, dataset_path, split, split_seed,
+                                        max_examples)
+  model = student_lib.build(model_dir, vocabulary=vocabulary, model_config=model_config,
+                        settings=student)
+  return evaluate(model, examples, fmt=Format(format), answer_type=answer_type,
+                  output_dir=output_dir, num_runs=num_runs, temperature=temperature,
+                  seed=seed, shard_size=shard_size, progress=progress,
+                  describe=_describe(model_dir, dataset, split))

@@ -1,0 +1,154 @@
+"""Phase 1: a student trained on rationale records (`tinythinker train`, `runs/sft.gin`).
+
+Its data comes from seqio tasks named t5x-style (`MIXTURE_OR_TASK_NAME`),
+materialised once into `<model_dir>/data` (`stages.materialize.prepare_data`).
+TinyThinker's stage mixtures train on the interleaved schedule
+(`interleave_interval`, `num_options`); other mixtures interleave whole
+batches of their tasks in proportion to the mixture's seqio rates. `pack`
+(gin: `PACK`) packs several examples per row as seqio's
+`EncDecFeatureConverter(pack=True)` does; batch sizes and epochs then count
+packed rows, as in t5x. Training goes through `training.recipe.fit` (one
+path for both phases; phase 2 is `stages.phase2`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from tinythinker_jax import errors, families, partitioning, paths, vocabularies, weights
+from tinythinker_jax.data import arrays
+from tinythinker_jax.stages import materialize
+from tinythinker_jax.stages import validation as validation_lib
+from tinythinker_jax.reasoning import registry
+from tinythinker_jax.reasoning.formats import Format, Stage
+from tinythinker_jax.training import objectives, recipe, trainer
+
+def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
+                  max_batches: int) -> list[dict[str, np.ndarray]]:
+  """The first examples in order, in full batches; padding rows weigh nothing."""
+  batches = []
+  total = min(dataset.num_examples, batch_size * max_batches)
+  for start in range(0, total, batch_size):
+    rows = np.arange(start, start + batch_size)
+    valid = rows < total
+    rows = np.where(valid, rows, 0)
+    batch = {k: np.asarray(v[rows]) for k, v in dataset.arrays.items()}
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"] * valid[:, None]
+    batches.append({k: v[local] for k, v in batch.items()})
+  return batches
+
+
+def initial_params(path: Optional[str], model: Any, binding: str):
+  """`shardings -> parameters` from `path` (any source `weights.load` reads) for
+  `model` (a model or a config), placed as the shardings say; None without a path."""
+  if not path:
+    return None
+  return lambda shardings: weights.load(
+      path, model=model, require_vocabulary=False, binding=binding,
+      shardings=shardings).params
+
+
+def _absolute(path: str) -> str:
+  return path if path == vocabularies.BYTE else paths.absolute_str(path)
+
+
+def stream_schedule(manifest: Mapping[str, Any], sizes: Mapping[str, int],
+                    interleave_interval: Optional[int] = None,
+                    num_options: Optional[int] = None
+                    ) -> Optional[arrays.InterleavedSchedule]:
+  """Which stream (task) each step's batch comes from.
+
+  TinyThinker's stages with `interleave_interval`: its interleaved schedule.
+  Otherwise a mixture's tasks take whole batches in proportion to the
+  mixture's seqio rates (as recorded in the manifest; a manifest written
+  before rates were recorded: to the tasks' sizes).
+  """
+  if interleave_interval:
+    stages = tuple(s for s in (st.value for st in Stage) if s in sizes)
+    if set(stages) != set(sizes):
+      raise errors.UserError(f"INTERLEAVE_INTERVAL needs TinyThinker stage tasks; got "
+                             f"{sorted(sizes)}")
+    spec = registry.get(Format.TINYTHINKER)
+    counts = spec.steps_per_cycle(interleave_interval, num_options or 1)
+    return arrays.InterleavedSchedule(stages, tuple(counts[s] for s in stages))
+  rates = manifest.get("rates")
+  weights = ({registry.stream_name(t): r for t, r in rates.items()
+              if registry.stream_name(t) in sizes} if rates else dict(sizes))
+  return recipe.proportional_schedule(weights, sorted(sizes))
+
+
+def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
+        task_feature_lengths: Mapping[str, int],
+        settings: recipe.TrainSettings = recipe.TrainSettings(),
+        records_dir: str = "", vocabulary: str = "", data_dir: Optional[str] = None,
+        label_smoothing: float = 0.0,
+        loss_normalizing_factor: Any = objectives.NUM_REAL_TARGET_TOKENS,
+        initial_checkpoint_path: Optional[str] = None,
+        interleave_interval: Optional[int] = None, num_options: Optional[int] = None,
+        coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+        process_id: Optional[int] = None,
+        validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
+        pack: bool = False, progress: bool = True,
+        stop_after: Optional[int] = None) -> trainer.TrainResult:
+  """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
+
+  With `validation` naming a dataset, every `eval_every` steps also runs the
+  student's greedy chains on its split and keeps the best checkpoint by that
+  accuracy (both papers' model selection).
+  """
+  if coordinator_address and not jax.distributed.is_initialized():
+    partitioning.initialize_distributed(
+        None if coordinator_address == "auto" else coordinator_address, num_processes,
+        process_id)
+  model = families.from_config(model_config)
+  root = paths.as_path(data_dir or paths.as_path(model_dir) / "data")
+  manifest = materialize.prepare_data(mixture_or_task_name, task_feature_lengths, root,
+                                      records_dir=records_dir, vocabulary=vocabulary,
+                                      pack=pack)
+  if model_config.vocab_size < manifest["vocab_size"]:
+    raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
+                           f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
+  train_sets = {registry.stream_name(t): arrays.ArrayDataset(root / t / "train")
+                for t, splits in manifest["tasks"].items() if "train" in splits}
+  if not train_sets:
+    raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
+                           "a train split")
+  schedule = stream_schedule(manifest, {n: d.num_examples for n, d in train_sets.items()},
+                             interleave_interval, num_options)
+
+  loss_validation = {f"eval/{registry.stream_name(task)}": root / task / "validation"
+                for task, splits in manifest["tasks"].items() if "validation" in splits}
+
+  vocabulary_path = _absolute(vocabulary or vocabularies.T5_VOCABULARY)
+
+  def eval_fns(objective, partitioner, local):
+    if not (settings.eval_every or settings.eval_every_epochs or settings.evaluations):
+      return {}
+    hooks = {name: trainer.evaluate_loss(objective, partitioner, _eval_batches(
+        arrays.ArrayDataset(path), settings.batch_size, local, settings.eval_batches))
+             for name, path in loss_validation.items()}
+    if validation.enabled:
+      hooks[validation_lib.HOOK] = validation_lib.chain_accuracy_hook(
+          validation, model=model, vocabulary=vocabulary_path,
+          partitioner=partitioner, input_length=task_feature_lengths["inputs"],
+          target_length=task_feature_lengths["targets"], model_dir=model_dir,
+          skip_initial=not initial_checkpoint_path)
+    return hooks
+
+  def objective_fn(model):
+    return objectives.TokenCrossEntropy(model, z_loss=settings.z_loss,
+                                        label_smoothing=label_smoothing,
+                                        loss_normalizing_factor=loss_normalizing_factor)
+
+  return recipe.fit(
+      model=model, objective_fn=objective_fn, datasets=train_sets,
+      schedule=schedule, settings=settings, model_dir=model_dir,
+      initial_params=initial_params(initial_checkpoint_path, model,
+                                     "INITIAL_CHECKPOINT_PATH"),
+      eval_fns=eval_fns, progress=progress, stop_after=stop_after,
+      meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
+            "task_feature_lengths": dict(task_feature_lengths),
+            "vocabulary": vocabulary_path, "packed": bool(pack)}).result

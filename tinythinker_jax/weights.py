@@ -1,0 +1,172 @@
+"""The one weight loader: an HF folder, a t5x checkpoint or a model dir, onto a mesh.
+
+`load(path)` returns the model (`models.base.BaseModel`, its family read from
+what the path holds), its parameters and its vocabulary:
+
+| path | model from | parameters |
+|---|---|---|
+| one of our model dirs | the checkpoint's meta (`families.from_json`) | its best checkpoint when its run marked one, else its latest (`checkpoints.locate`: `<dir>/checkpoints`, `<dir>/checkpoints/<step>`) |
+| a Hugging Face folder (`config.json`) | `config.json`'s `model_type` (`families.hf_family`) | its safetensors (or `pytorch_model.bin`) |
+| a t5x checkpoint (`convert.t5x.locate`) | the caller's `model` (t5x stores no config) | its `target` |
+
+Initial weights of both phases, the DPO reference, evaluation, sampling and
+export all load through here. With a `model` given, the stored architecture
+must match it (`binding` names the setting at fault) and its dtypes and layer
+layout are used (parameters saved unscanned load into a `scan_layers` config
+and back, `model.convert_params`).
+
+With a `partitioner` (or `shardings`, a tree like the parameters) the
+parameters are placed on its mesh as its logical-axis rules shard them: our
+checkpoints are restored straight into those shards (only the parameters: the
+optimizer state is never read), so no device, and no host, holds a full copy;
+HF and t5x weights pass through host memory one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+
+from tinythinker_jax import checkpoints, errors, families, partitioning, paths
+from tinythinker_jax.models.base import BaseModel
+from tinythinker_jax.paths import PathLike
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoadedWeights:
+  model: BaseModel
+  params: Any  # host arrays, or on the mesh of `load`'s partitioner; None: not read
+  vocabulary: str  # "" when neither the checkpoint nor the caller names one
+  source: str
+
+  @property
+  def config(self) -> Any:
+    return self.model.config
+
+
+def read_checkpoint_meta(path: PathLike) -> dict:
+  """The JSON meta of the checkpoint a model path means (`checkpoints.locate`)."""
+  where = checkpoints.locate(path)
+  if not paths.as_path(where.directory).is_dir():
+    raise errors.MissingFileError(f"{path}: no checkpoints")
+  checkpointer = checkpoints.Checkpointer(where.directory, create=False)
+  try:
+    return checkpointer.read_meta(where.step)
+  finally:
+    checkpointer.close()
+
+
+def model_from_meta(meta: dict) -> BaseModel:
+  """The model a checkpoint's meta records."""
+  return families.from_json(meta)
+
+
+# Config fields that fix the parameters' shapes (the rest: dtypes, dropout, layout).
+ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
+                       "num_decoder_layers", "vocab_size", "mlp_activations",
+                       "logits_via_embedding")
+
+
+def _check_architecture(stored: BaseModel, wanted: BaseModel, where: str) -> None:
+  if type(stored) is not type(wanted):
+    raise errors.UserError(f"{where}: a {stored.family} model, but the model config is "
+                           f"{wanted.family}")
+  for field in ARCHITECTURE_FIELDS:
+    if getattr(stored.config, field, None) != getattr(wanted.config, field, None):
+      raise errors.UserError(
+          f"{where}: {field}={getattr(stored.config, field, None)!r} in the checkpoint, "
+          f"but the model config has {getattr(wanted.config, field, None)!r}")
+
+
+def _t5x_checkpoint(path: PathLike):
+  """The t5x checkpoint `path` names, unless it is one of our model dirs."""
+  from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
+  if paths.as_path(checkpoints.locate(path).directory).is_dir():
+    return None  # ours: `<model_dir>/checkpoints/<step>/state` is orbax too.
+  return t5x.locate(str(path))
+
+
+def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
+         require_vocabulary: bool = True, binding: str = "",
+         partitioner: Optional[partitioning.Partitioner] = None,
+         shardings: Any = None, with_params: bool = True) -> LoadedWeights:
+  """The model, parameters and vocabulary `path` holds; see the module docstring.
+
+  `model` is a `BaseModel` or a model config (gin's `MODEL_CONFIG`);
+  `with_params=False` reads only the model and vocabulary (an HF folder, whose
+  tying is read from its weights, is read whole).
+  """
+  path = str(path)
+  where = f"{binding}={path}" if binding else path
+  wanted = None if model is None else families.from_config(model)
+  kind, host_params = "ours", None
+  if (paths.as_path(path) / "config.json").exists():
+    kind = "hf"
+    family = families.hf_family(paths.read_json(paths.as_path(path) / "config.json"),
+                                f"{path}/config.json")
+    stored, host_params = family.load_hf(path)
+    spiece = paths.as_path(path) / "spiece.model"
+    vocab = vocabulary or (str(spiece) if spiece.exists() else "")
+  elif (t5x_location := _t5x_checkpoint(path)) is not None:
+    if wanted is None:
+      raise errors.UserError(
+          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
+          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
+    kind, stored, vocab = "t5x", wanted, vocabulary
+  else:
+    try:
+      meta = read_checkpoint_meta(path)
+    except FileNotFoundError as e:
+      raise errors.MissingFileError(
+          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
+          f"model dir with checkpoints ({e})") from None
+    stored = model_from_meta(meta)
+    vocab = vocabulary or meta.get("vocabulary", "")
+  loaded_model = stored
+  if wanted is not None:
+    _check_architecture(stored, wanted, where)
+    loaded_model = wanted
+  if require_vocabulary and not vocab:
+    raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
+                           "spiece.model or recorded vocabulary); set VOCABULARY")
+  params = None
+  if with_params:
+    if shardings is None and partitioner is not None:
+      shardings = param_shardings(loaded_model, partitioner)
+    if kind == "t5x":
+      host_params = loaded_model.load_t5x(path)
+    elif kind == "ours" and stored.scan_layers != loaded_model.scan_layers:
+      # Saved in the other layer layout: through host memory, then restacked.
+      host_params = _restore_params(path, stored, None, where)
+    if host_params is not None:
+      host_params = loaded_model.convert_params(host_params)
+      params = (host_params if shardings is None else
+                jax.tree.map(jax.device_put, host_params, shardings))
+    else:
+      params = _restore_params(path, loaded_model, shardings, where)
+  return LoadedWeights(loaded_model, params, vocab, path)
+
+
+def param_shardings(model: Any, partitioner: partitioning.Partitioner) -> Any:
+  """The shardings the partitioner's rules give the model's parameters."""
+  return partitioner.param_shardings(families.from_config(model).abstract_params())
+
+
+def _restore_params(path: str, model: BaseModel, shardings: Any, where: str) -> Any:
+  location = checkpoints.locate(path)
+  abstract = nn.unbox(model.abstract_params())
+  checkpointer = checkpoints.Checkpointer(location.directory, create=False)
+  try:
+    params = checkpointer.restore_params(location.step, shardings, abstract=abstract,
+                                         source=where)
+  finally:
+    checkpointer.close()
+  if location.best:
+    log.info("%s: the best checkpoint (step %s)", path, location.step)
+  return params
