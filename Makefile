@@ -15,7 +15,7 @@ DEMO_INSTALLED := $(VENV)/.installed-demo
 CUDA ?= 12
 ACCEL_CONSTRAINTS := -c constraints.txt -c constraints-accelerators.txt
 
-.PHONY: install install-gpu install-tpu test test-all demo bench bench-accelerator clean
+.PHONY: install install-gpu install-tpu test test-all demo bench bench-accelerator clean wheelhouse
 
 install: $(INSTALLED)
 
@@ -90,3 +90,24 @@ bench-accelerator:
 
 clean:
 	rm -rf $(VENV) demo_output build dist *.egg-info
+
+# Accelerator hosts with no network (Python 3.12 with JAX and its CUDA plugin or
+# libtpu preinstalled, no TensorFlow): the package's other runtime dependencies as
+# wheels for CPython 3.12 on x86-64 Linux, at constraints.txt's versions, carried
+# with the tree; benchmarks/accelerator_host.sh installs the missing ones there
+# (--no-deps --no-index) and runs the accelerator benchmark. Optional ones
+# (matplotlib for reports, TensorBoard event files) are left out.
+WHEELHOUSE ?= wheelhouse
+HOST_WHEELS := flax optax orbax-checkpoint tensorstore gin-config etils fsspec \
+  importlib_resources zipp tqdm httpx httpcore h11 anyio sniffio idna certifi \
+  editdistance msgpack rich markdown-it-py mdurl Pygments treescope typing_extensions \
+  PyYAML absl-py aiofiles humanize nest-asyncio protobuf simplejson psutil \
+  prometheus_client uvloop
+wheelhouse:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -c constraints.txt \
+	  -d $(WHEELHOUSE) $(HOST_WHEELS)
+	rm -rf build
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE) .
+	@du -sh $(WHEELHOUSE)

@@ -128,3 +128,44 @@ def test_a_fresh_core_install_has_no_tensorflow(tmp_path):
       cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert check.returncode == 0, check.stderr[-3000:]
   assert json.loads(check.stdout.strip().splitlines()[-1]) == []
+
+
+# What an accelerator host brings (JAX and its own dependencies, the ML stack) and
+# what the package only imports when asked (report plots, TensorBoard event files).
+HOST_HAS = {"jax", "jaxlib", "numpy", "scipy", "ml-dtypes", "opt-einsum", "sentencepiece",
+            "safetensors", "packaging", "setuptools", "markupsafe"}
+OPTIONAL = {"matplotlib", "tensorboard"}
+
+
+def test_the_wheelhouse_carries_every_runtime_dependency():
+  """`make wheelhouse` (for accelerator hosts without network) lists the whole
+  closure of the core requirements, less what such a host has and the optional."""
+  import importlib.metadata as md
+  import re
+  from packaging.requirements import Requirement
+  host = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+          "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+          "implementation_name": "cpython", "extra": ""}
+
+  def requirements(dist):
+    """A distribution's requirements on such a host (markers evaluated)."""
+    for text in md.distribution(dist).requires or ():
+      req = Requirement(text)
+      if req.marker is None or req.marker.evaluate(host):
+        yield norm(req.name)
+  makefile = (REPO_ROOT / "Makefile").read_text()
+  listed = re.search(r"HOST_WHEELS := (.*?)\n\S", makefile, re.S).group(1)
+  norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+  listed = {norm(n) for n in listed.replace("\\", " ").split()}
+  core = list(requirements("tinythinker_jax"))
+  needed, stack = set(), [n for n in core if n not in OPTIONAL]
+  while stack:
+    name = stack.pop()
+    if name in needed or name in HOST_HAS or name in OPTIONAL:
+      continue
+    needed.add(name)
+    try:
+      stack += list(requirements(name))
+    except md.PackageNotFoundError:
+      continue
+  assert needed - listed == set(), sorted(needed - listed)

@@ -96,7 +96,8 @@ def create_mesh(data_parallelism: int = -1, model_parallelism: int = 1,
     from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
     device_array = mesh_utils.create_device_mesh(shape, devices=devices,
                                                  allow_split_physical_axes=True)
-  except (ValueError, NotImplementedError, AssertionError):
+  except (ImportError, AttributeError, ValueError, NotImplementedError, AssertionError):
+    # (No topology-aware layout for these devices, or a jax without mesh_utils.)
     device_array = np.asarray(devices).reshape(shape)
   mesh = Mesh(device_array, (DATA_AXIS, MODEL_AXIS))
   platforms.log_mesh(mesh)
