@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from tinythinker_jax import paths
+from tinythinker_jax.stages import baselines
 from tinythinker_jax.stages import infer as infer_lib
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
@@ -109,6 +110,40 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
 
 
 # ------------------------------------------------------------ gin entry point
+
+
+def evaluate_students(students: dict[str, str], test_sets: Sequence[tuple[str, str, Optional[int]]],
+                      *, output_dir: str, dataset_path: str, split_seed: int,
+                      student: student_lib.StudentSettings, num_runs: int,
+                      temperature: float, compute: dict[str, Any], progress: bool = True,
+                      log=print) -> dict[str, dict[str, Any]]:
+  """Evaluates each student (name -> model dir) on `test_sets`, `(name, dataset,
+  max_examples)` with 'test' first; the others land in each report's
+  `extra_test_sets`. Reports go to `output_dir/<student>[/<set name>]`, each
+  with the student's `compute[name]`."""
+  loaded = {name: datasets.load_split(name_dataset, dataset_path, "test", split_seed, cap)
+            for name, name_dataset, cap in test_sets}
+  reports: dict[str, dict[str, Any]] = {}
+  for name, model_dir in students.items():
+    log(f"  evaluating {name}")
+    policy = student_lib.build(model_dir, settings=student)
+    for set_name, set_dataset, _ in test_sets:
+      examples, answer_type = loaded[set_name]
+      out = paths.as_path(output_dir) / name
+      report = evaluate(
+          policy, examples, fmt=Format(baselines.format_of(name)), answer_type=answer_type,
+          output_dir=str(out if set_name == "test" else out / set_name),
+          num_runs=num_runs, temperature=temperature, seed=split_seed, progress=progress,
+          describe={"model": model_dir, "dataset": set_dataset, "split": "test",
+                    "compute": compute[name]})
+      if set_name == "test":
+        reports[name] = report
+      else:
+        reports[name].setdefault("extra_test_sets", {})[set_name] = {
+            "dataset": set_dataset, "greedy": report["greedy"],
+            **({"self_consistency": report["self_consistency"]}
+               if "self_consistency" in report else {})}
+  return reports
 
 
 def _describe(model_dir: str, dataset: str, split: str) -> dict[str, Any]:

@@ -29,13 +29,13 @@ without redoing finished work.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-from typing import Any, Callable, Optional, Sequence
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tinythinker_jax import errors, paths
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.stages import baselines as baselines_lib
+from tinythinker_jax.stages import manifest as manifest_lib
 from tinythinker_jax.stages import phase1
 from tinythinker_jax.stages import phase2
 from tinythinker_jax.stages import sample as sample_lib
@@ -46,10 +46,8 @@ from tinythinker_jax.stages import teach as teach_lib
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import registry
-from tinythinker_jax.reasoning.formats import Format
 from tinythinker_jax.training import recipe as recipe_lib
 
-MANIFEST = "pipeline.json"
 # The formats a pipeline trains and evaluates (step-by-step has no chain to evaluate).
 FORMATS = tuple(name for name in registry.FORMATS if name != "step_by_step")
 
@@ -58,51 +56,6 @@ FORMATS = tuple(name for name in registry.FORMATS if name != "step_by_step")
 # cosine decay with warm-up (TinyThinker's), 1000 steps.
 PHASE1 = recipe_lib.TrainSettings(batch_size=64, train_steps=1000, optimizer="adamw",
                                   schedule="cosine", learning_rate=5e-4, warmup_steps=100)
-
-
-class Manifest:
-  """`pipeline.json`: finished stages, written atomically after each one."""
-
-  def __init__(self, run_dir: str, settings: dict[str, Any]):
-    self.path = paths.as_path(run_dir) / MANIFEST
-    self.data: dict[str, Any] = {"settings": settings, "stages": {}, "runs": 0}
-    if self.path.exists():
-      saved = paths.read_json(self.path)
-      if saved.get("settings") != json.loads(json.dumps(settings)):
-        changed = sorted(k for k in set(saved.get("settings", {})) | set(settings)
-                         if saved.get("settings", {}).get(k) != json.loads(
-                             json.dumps(settings.get(k))))
-        raise errors.UserError(f"{self.path}: this run folder was made with other settings "
-                         f"({', '.join(changed)}); use a new run folder")
-      self.data = saved
-    self.data["runs"] = self.data.get("runs", 0) + 1
-    self._write()
-
-  def done(self, stage: str) -> bool:
-    return stage in self.data["stages"]
-
-  def finish(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
-    self.data["stages"][stage] = {"outputs": outputs, "seconds": round(seconds, 1),
-                                  "run": self.data["runs"]}
-    self._write()
-
-  def outputs(self, stage: str) -> dict[str, Any]:
-    return self.data["stages"][stage]["outputs"]
-
-  def _write(self) -> None:
-    paths.write_json(self.path, self.data)
-
-
-def _stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]],
-           log: Callable[[str], None]) -> dict[str, Any]:
-  if manifest.done(name):
-    log(f"[{name}] done before; skipped")
-    return manifest.outputs(name)
-  log(f"[{name}]")
-  start = time.time()
-  outputs = fn()
-  manifest.finish(name, outputs, time.time() - start)
-  return outputs
 
 
 def _join(directory: paths.PathLike, *parts: str) -> str:
@@ -117,6 +70,240 @@ def _records_dir(run_dir: paths.PathLike) -> str:
 def records_path(run_dir: paths.PathLike, dataset: str, method: str, split: str) -> str:
   """A teacher method's records of a dataset split under the run's rationales."""
   return registry.records_path(_records_dir(run_dir), dataset, method, split)
+
+
+@dataclasses.dataclass
+class _Run:
+  """One pipeline run: its arguments, manifest and students (the stages' context)."""
+  run_dir: str
+  dataset: str
+  model_config: Any
+  dataset_path: str
+  teacher: str
+  teacher_config: Any
+  gguf: str
+  prompts_dir: str
+  teach_settings: dict[str, Any]
+  student_formats: Sequence[str]
+  max_train_examples: Optional[int]
+  max_validation_examples: Optional[int]
+  max_test_examples: Optional[int]
+  max_reflect_examples: Optional[int]
+  split_seed: int
+  vocabulary: str
+  vocab_size: int
+  vocab_model_type: str
+  train_settings: recipe_lib.TrainSettings
+  lengths: dict[str, int]
+  interleave_interval: int
+  pack: bool
+  initial_checkpoint_path: Optional[str]
+  reflect_rounds: int
+  sample_settings: sample_lib.SampleSettings
+  dpo_settings: phase2.DpoSettings
+  student: student_lib.StudentSettings
+  eval_num_runs: int
+  eval_temperature: float
+  baselines: Sequence[str]
+  match_budget: bool
+  budget_includes_sampling: bool
+  continued_settings: Optional[recipe_lib.TrainSettings]
+  rft_settings: Any
+  extra_test_sets: Sequence[tuple]
+  num_options: int
+  manifest: manifest_lib.Manifest
+  log: Callable[[str], None]
+  progress: bool
+  # model dir of each student (filled as its stage finishes), and the vocabulary
+  students: dict[str, str] = dataclasses.field(default_factory=dict)
+  vocab_path: str = ""
+
+  @property
+  def records_dir(self) -> str:
+    return _records_dir(self.run_dir)
+
+  @property
+  def rounds_run(self) -> bool:
+    return "tinythinker" in self.student_formats and self.reflect_rounds > 0
+
+  def reflect_state(self) -> Optional[dict[str, Any]]:
+    if not self.rounds_run:
+      return None
+    return paths.read_json(paths.as_path(self.run_dir) / "reflect" / "reflect_state.json")
+
+  def reflect_kwargs(self) -> dict[str, Any]:
+    return dict(
+        initial_model_dir=self.students.get("tinythinker", ""),
+        records_path=records_path(self.run_dir, self.dataset, registry.TINYTHINKER, "train"),
+        dataset=self.dataset, dataset_path=self.dataset_path,
+        max_validation_examples=self.max_validation_examples,
+        max_train_examples=self.max_reflect_examples or self.max_train_examples,
+        split_seed=self.split_seed, rounds=self.reflect_rounds,
+        sample_settings=self.sample_settings, dpo_settings=self.dpo_settings,
+        student=self.student, progress=self.progress)
+
+
+def _teach(run: _Run) -> dict[str, Any]:
+  summaries = {}
+  methods = sorted({registry.get(f).method for f in run.student_formats})
+  for method in methods:
+    for split, cap in (("train", run.max_train_examples),
+                       ("validation", run.max_validation_examples)):
+      out = str(paths.as_path(records_path(run.run_dir, run.dataset, method, split)).parent)
+      summary = teach_lib.teach_dataset(
+          dataset=run.dataset, output_dir=out, dataset_path=run.dataset_path, split=split,
+          method=method, teacher=run.teacher, teacher_config=run.teacher_config,
+          gguf=run.gguf, max_examples=cap, seed=run.split_seed,
+          prompts_dir=run.prompts_dir, progress=run.progress, **run.teach_settings)
+      summaries[f"{method}/{split}"] = dataclasses.asdict(summary)
+      if split == "train" and summary.kept == 0:
+        raise errors.UserError(f"teach: the teacher kept no {method} rationales for "
+                               f"{run.dataset} train ({summary.dropped}); see "
+                               f"{out}/dropped.jsonl")
+  return {"summaries": summaries, "records_dir": run.records_dir}
+
+
+def _vocab(run: _Run) -> dict[str, Any]:
+  if run.vocabulary:
+    return {"vocabulary": run.vocabulary}
+  from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
+  texts = []
+  for fmt in run.student_formats:
+    texts.extend(vocabularies.iter_rendered(
+        [records_path(run.run_dir, run.dataset, registry.get(fmt).method, "train")], fmt))
+  path = vocabularies.train_sentencepiece(
+      texts, run.vocab_size, _join(run.run_dir, "vocab", "spm"),
+      model_type=run.vocab_model_type, hard_vocab_limit=False, seed=run.split_seed)
+  return {"vocabulary": paths.absolute_str(path)}
+
+
+def _train_student(run: _Run, fmt: str, settings: recipe_lib.TrainSettings,
+                   model_dir: str, initial: Optional[str]) -> dict[str, Any]:
+  """Phase 1 of one student format (or its continuation, from `initial`)."""
+  staged = registry.get(fmt).staged
+  result = phase1.run(
+      model_dir=model_dir, model_config=run.model_config,
+      mixture_or_task_name=registry.get(fmt).task_name(run.dataset),
+      task_feature_lengths=run.lengths, settings=settings,
+      records_dir=run.records_dir, vocabulary=run.vocab_path,
+      initial_checkpoint_path=initial,
+      interleave_interval=run.interleave_interval if staged else None,
+      num_options=run.num_options if staged else None, pack=run.pack,
+      progress=run.progress,
+      validation=validation_lib.ChainValidation(
+          dataset=run.dataset, dataset_path=run.dataset_path, split_seed=run.split_seed,
+          max_examples=run.max_validation_examples, format=fmt,
+          batch_size=run.student.batch_size))
+  return {"model_dir": model_dir, "metrics": result.last_metrics,
+          "compute": result.compute.to_json(), "stopped_early": result.stopped_early}
+
+
+def _reflect(run: _Run) -> dict[str, Any]:
+  state = reflect_lib.run_reflect(output_dir=_join(run.run_dir, "reflect"),
+                                  **run.reflect_kwargs())
+  return baselines_lib.reflect_outputs(state)
+
+
+def _continued(run: _Run) -> dict[str, Any]:
+  """Phase 1 continued from its selected checkpoint for self-reflection's compute."""
+  flops = baselines_lib.reflection_flops(run.reflect_state(), run.budget_includes_sampling)
+  settings = baselines_lib.budget_settings(run.continued_settings or run.train_settings,
+                                           flops)
+  return dict(_train_student(run, "tinythinker", settings,
+                             _join(run.run_dir, "students", "tinythinker_continued"),
+                             run.students["tinythinker"]), budget_flops=flops)
+
+
+def _rft(run: _Run) -> dict[str, Any]:
+  """Rejection-sampling fine-tuning: the same rounds (round 1 on the same samples)."""
+  state = reflect_lib.run_reflect(
+      output_dir=_join(run.run_dir, "rft"), objective="rft",
+      rft_settings=run.rft_settings or reflect_lib.RftSettings(
+          input_length=run.lengths["inputs"], target_length=run.lengths["targets"],
+          interleave_interval=run.interleave_interval),
+      train_budgets=baselines_lib.round_train_flops(run.reflect_state()),
+      reuse_samples={1: _join(run.run_dir, "reflect", "round_1", "samples")},
+      **run.reflect_kwargs())
+  return baselines_lib.reflect_outputs(state)
+
+
+def _train_other(run: _Run, fmt: str) -> dict[str, Any]:
+  """Phase 1 of a format without stages, capped at TinyThinker's budget with
+  `match_budget` (its early stopping still applies)."""
+  settings = run.train_settings
+  if run.match_budget:
+    budget = baselines_lib.tinythinker_flops(
+        run.students["tinythinker"], run.reflect_state(), run.budget_includes_sampling)
+    settings = baselines_lib.budget_settings(run.train_settings, budget, early_stop=True)
+  return _train_student(run, fmt, settings, run.students[fmt], run.initial_checkpoint_path)
+
+
+def _evaluate(run: _Run) -> dict[str, Any]:
+  """Every student on the test split (and the extra test sets), with its compute."""
+  test_sets = [("test", run.dataset, run.max_test_examples)] + [
+      (e[0], e[1], e[2] if len(e) == 3 else run.max_test_examples)
+      for e in run.extra_test_sets]
+  reports = eval_lib.evaluate_students(
+      run.students, test_sets, output_dir=_join(run.run_dir, "evaluate"),
+      dataset_path=run.dataset_path, split_seed=run.split_seed,
+      student=run.student, num_runs=run.eval_num_runs,
+      temperature=run.eval_temperature, progress=run.progress, log=run.log,
+      compute=baselines_lib.student_compute(run.run_dir, run.manifest.data,
+                                            run.students))
+  return {"reports": reports}
+
+
+def _final_student(run: _Run) -> str:
+  return (run.students.get("tinythinker_reflected") or run.students.get("tinythinker")
+          or run.students[run.student_formats[-1]])
+
+
+def _export(run: _Run) -> dict[str, Any]:
+  final = _final_student(run)
+  path = export_lib.export_student(final, _join(run.run_dir, "export", "hf_model"),
+                                   vocabulary=run.vocab_path)
+  return {"hf_model": path, "from": final}
+
+
+def _report(run: _Run) -> dict[str, Any]:
+  from tinythinker_jax import reports  # pylint: disable=import-outside-toplevel
+  return reports.write_report(run.run_dir, run.manifest.data, run.students)
+
+
+def _stages(run: _Run, export: bool, report: bool
+            ) -> Iterator[tuple[str, Callable[[], dict[str, Any]],
+                                Callable[[dict[str, Any]], None]]]:
+  """The stages in order, as (name, run it, record its outputs in `run`).
+
+  TinyThinker's formats train first, so that the other formats can be given
+  its budget (`match_budget`); the baselines follow self-reflection, whose
+  compute they are given.
+  """
+  def keep(key: str, best: bool = False) -> Callable[[dict[str, Any]], None]:
+    def record(out: dict[str, Any]) -> None:
+      run.students[key] = out["best"]["model_dir"] if best else out["model_dir"]
+    return record
+  yield "teach", lambda: _teach(run), lambda out: None
+  yield "vocab", lambda: _vocab(run), lambda out: setattr(run, "vocab_path",
+                                                          out["vocabulary"])
+  for fmt in [f for f in run.student_formats if registry.get(f).staged]:
+    yield (f"train_{fmt}",
+           functools.partial(_train_student, run, fmt, run.train_settings,
+                             run.students[fmt], run.initial_checkpoint_path),
+           lambda out: None)
+  if run.rounds_run:
+    yield "reflect", lambda: _reflect(run), keep("tinythinker_reflected", best=True)
+    if "continued" in run.baselines:
+      yield "continued", lambda: _continued(run), keep("tinythinker_continued")
+    if "rft" in run.baselines:
+      yield "rft", lambda: _rft(run), keep("tinythinker_rft", best=True)
+  for fmt in [f for f in run.student_formats if not registry.get(f).staged]:
+    yield f"train_{fmt}", functools.partial(_train_other, run, fmt), lambda out: None
+  yield "evaluate", lambda: _evaluate(run), lambda out: None
+  if export:
+    yield "export", lambda: _export(run), lambda out: None
+  if report:
+    yield "report", lambda: _report(run), lambda out: None
 
 
 def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
@@ -208,200 +395,32 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   if teacher == "rule_based" and rule_based_settings is not None and (
       not rule_based_settings.exact or rule_based_settings.num_samples > 1):
     settings["rule_based"] = dataclasses.asdict(rule_based_settings)
-  manifest = Manifest(run_dir, settings)
-  log = print if progress else (lambda _: None)
-  methods = sorted({registry.get(f).method for f in student_formats})
-  stages_done: list[str] = []
-
-  def stop(name: str) -> bool:
-    stages_done.append(name)
-    return stop_after_stage == name
-
-  # ---- teach
-  teach_settings = {k: v for k, v in (("finetune_cot", finetune_cot_settings),
-                                      ("tinythinker", tinythinker_settings),
-                                      ("rule_based", rule_based_settings)) if v}
-
-  def teach() -> dict[str, Any]:
-    summaries = {}
-    for method in methods:
-      for split, cap in (("train", max_train_examples),
-                         ("validation", max_validation_examples)):
-        out = str(paths.as_path(records_path(run_dir, dataset, method, split)).parent)
-        summary = teach_lib.teach_dataset(
-            dataset=dataset, output_dir=out, dataset_path=dataset_path, split=split,
-            method=method, teacher=teacher, teacher_config=teacher_config, gguf=gguf,
-            max_examples=cap, seed=split_seed, prompts_dir=prompts_dir,
-            progress=progress, **teach_settings)
-        summaries[f"{method}/{split}"] = dataclasses.asdict(summary)
-        if split == "train" and summary.kept == 0:
-          raise errors.UserError(f"teach: the teacher kept no {method} rationales for "
-                           f"{dataset} train ({summary.dropped}); see {out}/dropped.jsonl")
-    return {"summaries": summaries, "records_dir": _records_dir(run_dir)}
-  _stage(manifest, "teach", teach, log)
-  if stop("teach"):
-    return manifest.data
-
-  # ---- vocabulary
-  def vocab() -> dict[str, Any]:
-    if vocabulary:
-      return {"vocabulary": vocabulary}
-    from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
-    texts = []
-    for fmt in student_formats:
-      texts.extend(vocabularies.iter_rendered(
-          [records_path(run_dir, dataset, registry.get(fmt).method, "train")], fmt))
-    path = vocabularies.train_sentencepiece(
-        texts, vocab_size, _join(run_dir, "vocab", "spm"),
-        model_type=vocab_model_type, hard_vocab_limit=False, seed=split_seed)
-    return {"vocabulary": paths.absolute_str(path)}
-  vocab_path = _stage(manifest, "vocab", vocab, log)["vocabulary"]
-  if stop("vocab"):
-    return manifest.data
-
-  # ---- phase 1, one student per format: TinyThinker's formats first, so that
-  # the other formats can be given its budget (`match_budget`).
-  lengths = {"inputs": input_length, "targets": target_length}
-  num_options = spec.num_options or 1
-  students = {fmt: _join(run_dir, "students", fmt) for fmt in student_formats}
-
-  def train_student(fmt: str, settings: recipe_lib.TrainSettings,
-                    model_dir: str, initial: Optional[str]) -> dict[str, Any]:
-    staged = registry.get(fmt).staged
-    result = phase1.run(
-        model_dir=model_dir, model_config=model_config,
-        mixture_or_task_name=registry.get(fmt).task_name(dataset),
-        task_feature_lengths=lengths, settings=settings,
-        records_dir=_records_dir(run_dir), vocabulary=vocab_path,
-        initial_checkpoint_path=initial,
-        interleave_interval=interleave_interval if staged else None,
-        num_options=num_options if staged else None, pack=pack, progress=progress,
-        validation=validation_lib.ChainValidation(
-            dataset=dataset, dataset_path=dataset_path, split_seed=split_seed,
-            max_examples=max_validation_examples, format=fmt,
-            batch_size=student.batch_size))
-    return {"model_dir": model_dir, "metrics": result.last_metrics,
-            "compute": result.compute.to_json(), "stopped_early": result.stopped_early}
-
-  for fmt in [f for f in student_formats if registry.get(f).staged]:
-    _stage(manifest, f"train_{fmt}",
-           lambda fmt=fmt: train_student(fmt, train_settings, students[fmt],
-                                         initial_checkpoint_path), log)
-    if stop(f"train_{fmt}"):
-      return manifest.data
-
-  # ---- phase 2
-  rounds_run = "tinythinker" in student_formats and reflect_rounds > 0
-  reflect_kwargs = dict(
-      initial_model_dir=students.get("tinythinker", ""),
-      records_path=records_path(run_dir, dataset, registry.TINYTHINKER, "train"),
-      dataset=dataset, dataset_path=dataset_path,
+  run = _Run(
+      run_dir=run_dir, dataset=dataset, model_config=model_config,
+      dataset_path=dataset_path, teacher=teacher, teacher_config=teacher_config,
+      gguf=gguf, prompts_dir=prompts_dir,
+      teach_settings={k: v for k, v in (("finetune_cot", finetune_cot_settings),
+                                        ("tinythinker", tinythinker_settings),
+                                        ("rule_based", rule_based_settings)) if v},
+      student_formats=student_formats, max_train_examples=max_train_examples,
       max_validation_examples=max_validation_examples,
-      max_train_examples=max_reflect_examples or max_train_examples,
-      split_seed=split_seed, rounds=reflect_rounds, sample_settings=sample_settings,
-      dpo_settings=dpo_settings, student=student, progress=progress)
-  if rounds_run:
-    def reflect() -> dict[str, Any]:
-      state = reflect_lib.run_reflect(output_dir=_join(run_dir, "reflect"),
-                                      **reflect_kwargs)
-      return baselines_lib.reflect_outputs(state)
-    best = _stage(manifest, "reflect", reflect, log)["best"]
-    students["tinythinker_reflected"] = best["model_dir"]
-    if stop("reflect"):
-      return manifest.data
-
-  # ---- baselines at self-reflection's budget
-  reflect_state = (paths.read_json(paths.as_path(run_dir) / "reflect" /
-                                   "reflect_state.json") if rounds_run else None)
-  if "continued" in baselines and rounds_run:
-    def continued() -> dict[str, Any]:
-      flops = baselines_lib.reflection_flops(reflect_state, budget_includes_sampling)
-      settings = baselines_lib.budget_settings(continued_settings or train_settings, flops)
-      return dict(train_student("tinythinker", settings,
-                                _join(run_dir, "students", "tinythinker_continued"),
-                                students["tinythinker"]), budget_flops=flops)
-    students["tinythinker_continued"] = _stage(manifest, "continued", continued,
-                                               log)["model_dir"]
-    if stop("continued"):
-      return manifest.data
-  if "rft" in baselines and rounds_run:
-    def rft() -> dict[str, Any]:
-      state = reflect_lib.run_reflect(
-          output_dir=_join(run_dir, "rft"), objective="rft",
-          rft_settings=rft_settings or reflect_lib.RftSettings(
-              input_length=input_length, target_length=target_length,
-              interleave_interval=interleave_interval),
-          train_budgets=baselines_lib.round_train_flops(reflect_state),
-          reuse_samples={1: _join(run_dir, "reflect", "round_1", "samples")},
-          **reflect_kwargs)
-      return baselines_lib.reflect_outputs(state)
-    students["tinythinker_rft"] = _stage(manifest, "rft", rft, log)["best"]["model_dir"]
-    if stop("rft"):
-      return manifest.data
-
-  # ---- phase 1 of the other formats (at TinyThinker's whole budget with match_budget)
-  for fmt in [f for f in student_formats if not registry.get(f).staged]:
-    def train_other(fmt=fmt) -> dict[str, Any]:
-      settings = train_settings
-      if match_budget:
-        budget = baselines_lib.tinythinker_flops(
-            students["tinythinker"], reflect_state, budget_includes_sampling)
-        settings = baselines_lib.budget_settings(train_settings, budget, early_stop=True)
-      return train_student(fmt, settings, students[fmt], initial_checkpoint_path)
-    _stage(manifest, f"train_{fmt}", train_other, log)
-    if stop(f"train_{fmt}"):
-      return manifest.data
-
-  # ---- evaluation of every student on the test split
-  def evaluate() -> dict[str, Any]:
-    test_sets = [("test", dataset, max_test_examples)] + [
-        (e[0], e[1], e[2] if len(e) == 3 else max_test_examples) for e in extra_test_sets]
-    loaded = {name: datasets.load_split(name_dataset, dataset_path, "test", split_seed,
-                                        cap)
-              for name, name_dataset, cap in test_sets}
-    reports = {}
-    spent = baselines_lib.student_compute(run_dir, manifest.data, students)
-    for name, model_dir in students.items():
-      fmt = baselines_lib.format_of(name)
-      log(f"  evaluating {name}")
-      policy = student_lib.build(model_dir, settings=student)
-      for set_name, set_dataset, _ in test_sets:
-        examples, answer_type = loaded[set_name]
-        out = (_join(run_dir, "evaluate", name) if set_name == "test" else
-               _join(run_dir, "evaluate", name, set_name))
-        report_ = eval_lib.evaluate(
-            policy, examples, fmt=Format(fmt), answer_type=answer_type, output_dir=out,
-            num_runs=eval_num_runs, temperature=eval_temperature, seed=split_seed,
-            progress=progress, describe={"model": model_dir, "dataset": set_dataset,
-                                         "split": "test", "compute": spent[name]})
-        if set_name == "test":
-          reports[name] = report_
-        else:
-          reports[name].setdefault("extra_test_sets", {})[set_name] = {
-              "dataset": set_dataset, "greedy": report_["greedy"],
-              **({"self_consistency": report_["self_consistency"]}
-                 if "self_consistency" in report_ else {})}
-    return {"reports": reports}
-  _stage(manifest, "evaluate", evaluate, log)
-  if stop("evaluate"):
-    return manifest.data
-
-  # ---- export
-  final = students.get("tinythinker_reflected") or students.get("tinythinker") or \
-      students[student_formats[-1]]
-  if export:
-    def export_stage() -> dict[str, Any]:
-      path = export_lib.export_student(final, _join(run_dir, "export", "hf_model"),
-                                       vocabulary=vocab_path)
-      return {"hf_model": path, "from": final}
-    _stage(manifest, "export", export_stage, log)
-    if stop("export"):
-      return manifest.data
-
-  # ---- report
-  if report:
-    def report_stage() -> dict[str, Any]:
-      from tinythinker_jax import reports  # pylint: disable=import-outside-toplevel
-      return reports.write_report(run_dir, manifest.data, students)
-    _stage(manifest, "report", report_stage, log)
-  return manifest.data
+      max_test_examples=max_test_examples, max_reflect_examples=max_reflect_examples,
+      split_seed=split_seed, vocabulary=vocabulary, vocab_size=vocab_size,
+      vocab_model_type=vocab_model_type, train_settings=train_settings,
+      lengths={"inputs": input_length, "targets": target_length},
+      interleave_interval=interleave_interval, pack=pack,
+      initial_checkpoint_path=initial_checkpoint_path, reflect_rounds=reflect_rounds,
+      sample_settings=sample_settings, dpo_settings=dpo_settings, student=student,
+      eval_num_runs=eval_num_runs, eval_temperature=eval_temperature,
+      baselines=baselines, match_budget=match_budget,
+      budget_includes_sampling=budget_includes_sampling,
+      continued_settings=continued_settings, rft_settings=rft_settings,
+      extra_test_sets=extra_test_sets, num_options=spec.num_options or 1,
+      manifest=manifest_lib.Manifest(run_dir, settings), log=print if progress else (lambda _: None),
+      progress=progress,
+      students={fmt: _join(run_dir, "students", fmt) for fmt in student_formats})
+  for name, stage_fn, record in _stages(run, export, report):
+    record(manifest_lib.run_stage(run.manifest, name, stage_fn, run.log))
+    if stop_after_stage == name:
+      break
+  return run.manifest.data
