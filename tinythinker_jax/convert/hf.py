@@ -1,11 +1,9 @@
 """Hugging Face T5 folders <-> (T5Config, params).
 
 Reads `config.json` plus weights in any of the layouts `save_pretrained`
-writes: `model.safetensors`, sharded safetensors with
-`model.safetensors.index.json`, or `pytorch_model.bin` (and its sharded
-index), the last only through `torch.load(weights_only=True)`. Writes
-safetensors (sharded above `max_shard_bytes`) and a `config.json` that
-`transformers.T5ForConditionalGeneration.from_pretrained` loads.
+writes (`hf_files`). Writes safetensors (sharded above `max_shard_bytes`) and
+a `config.json` that `transformers.T5ForConditionalGeneration.from_pretrained`
+loads.
 
 PyTorch stores `nn.Linear` weights as `[out, in]`; our kernels are
 `[in, out]` with attention projections split into `[embed, heads, kv]`.
@@ -34,30 +32,23 @@ on here with its output layer untied from the embedding.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
-import os
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import ml_dtypes
 import numpy as np
-import safetensors
-import safetensors.numpy
 
 from tinythinker_jax import errors, paths
+from tinythinker_jax.convert import hf_files
 from tinythinker_jax.models import t5
 from tinythinker_jax.models.t5 import T5Config
 
 log = logging.getLogger(__name__)
 
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PYTORCH_BIN = "pytorch_model.bin"
-PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 
 # HF `feed_forward_proj` activation name -> ours. HF's gated-gelu is the tanh
 # approximation ('gelu_new'); a plain 'gelu' there is the exact erf form.
@@ -272,50 +263,6 @@ _IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$|"
                       r"relative_attention_bias\.weight$")
 
 
-def _weight_files(path: paths.PathLike) -> tuple[str, list[str]]:
-  """Returns (format, files) for the weights in a Hugging Face folder."""
-  def join(name):
-    return str(paths.as_path(path) / name)
-  for index_name, fmt in ((SAFETENSORS_INDEX, "safetensors"), (PYTORCH_BIN_INDEX, "torch")):
-    if paths.as_path(join(index_name)).exists():
-      try:
-        weight_map = paths.read_json(join(index_name))["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise errors.UserError(f"{join(index_name)}: not a valid index file ({e})") from e
-      return fmt, [join(n) for n in sorted(set(weight_map.values()))]
-  if paths.as_path(join(SAFETENSORS)).exists():
-    return "safetensors", [join(SAFETENSORS)]
-  if paths.as_path(join(PYTORCH_BIN)).exists():
-    return "torch", [join(PYTORCH_BIN)]
-  raise errors.MissingFileError(
-      f"{path}: no {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or "
-      f"{PYTORCH_BIN_INDEX} found")
-
-
-def _read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
-  tensors: dict[str, np.ndarray] = {}
-  for file in files:
-    if fmt == "safetensors" and paths.is_remote(file):  # Read whole: no mmap there.
-      tensors.update(safetensors.numpy.load(paths.as_path(file).read_bytes()))
-    elif fmt == "safetensors":
-      with safetensors.safe_open(file, framework="numpy") as f:
-        for name in f.keys():
-          tensors[name] = f.get_tensor(name)
-    else:
-      try:
-        import torch  # pylint: disable=import-outside-toplevel
-      except ImportError as e:
-        raise ImportError(f"{file}: reading pytorch_model.bin needs torch; install it "
-                          "or convert the folder to safetensors") from e
-      source = io.BytesIO(paths.as_path(file).read_bytes()) if paths.is_remote(file) \
-          else file
-      state = torch.load(source, map_location="cpu", weights_only=True)
-      for name, value in state.items():
-        tensors[name] = value.float().numpy() if value.dtype == torch.bfloat16 else \
-            value.numpy()
-  return tensors
-
-
 def load_hf_t5(path: str, *, dtype: str = "auto", param_dtype: str = "float32",
                scan_layers: bool = False) -> tuple[T5Config, dict]:
   """Reads a Hugging Face T5 / Flan-T5 folder into (T5Config, params).
@@ -334,8 +281,8 @@ def load_hf_t5(path: str, *, dtype: str = "auto", param_dtype: str = "float32",
                             "model folder?") from None
   except json.JSONDecodeError as e:
     raise errors.UserError(f"{config_path}: invalid JSON: {e}") from e
-  fmt, files = _weight_files(path)
-  tensors = _read_tensors(fmt, files)
+  fmt, files = hf_files.weight_files(path)
+  tensors = hf_files.read_tensors(fmt, files)
   tied = lm_head_is_tied(tensors)
   try:
     config = config_from_hf(hf_config, dtype=dtype, lm_head_tied=tied).replace(
@@ -450,14 +397,6 @@ def params_to_hf_tensors(config: T5Config, params: Mapping) -> dict[str, np.ndar
   return tensors
 
 
-def _save_safetensors(tensors: Mapping[str, np.ndarray], path: paths.PathLike,
-                      metadata: dict[str, str]) -> None:
-  if paths.is_remote(path):
-    paths.write_bytes(path, safetensors.numpy.save(dict(tensors), metadata=metadata))
-  else:
-    safetensors.numpy.save_file(dict(tensors), os.fspath(path), metadata=metadata)
-
-
 def save_hf_t5(config: T5Config, params: Mapping, path: paths.PathLike, *,
                max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> None:
   """Writes a Hugging Face T5 folder (config.json + safetensors) at `path`.
@@ -477,25 +416,5 @@ def save_hf_t5(config: T5Config, params: Mapping, path: paths.PathLike, *,
   path.mkdir(parents=True, exist_ok=True)
   hf_config = config_to_hf(config)
   hf_config["dtype"] = dtype or str(next(iter(tensors.values())).dtype)
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  for name in sorted(tensors):
-    nbytes = tensors[name].nbytes
-    if shards[-1] and size + nbytes > max_shard_bytes:
-      shards.append({})
-      size = 0
-    shards[-1][name] = tensors[name]
-    size += nbytes
-  metadata = {"format": "pt"}
-  if len(shards) == 1:
-    _save_safetensors(shards[0], path / SAFETENSORS, metadata)
-  else:
-    weight_map = {}
-    for i, shard in enumerate(shards):
-      name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      _save_safetensors(shard, path / name, metadata)
-      weight_map.update({k: name for k in shard})
-    total = sum(v.nbytes for v in tensors.values())
-    paths.write_json(path / SAFETENSORS_INDEX,
-                     {"metadata": {"total_size": total}, "weight_map": weight_map})
+  hf_files.save_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
   paths.write_text(path / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))
