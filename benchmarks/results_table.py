@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 METHODS = [("vanilla", "vanilla (answer only)"),
            ("finetune_cot", "Fine-tune-CoT"),
-           ("tinythinker", "TinyThinker phase 1 (converged)"),
+           ("tinythinker", "TinyThinker phase 1 (early stopping)"),
            ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
            ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
            ("tinythinker_reflected", "+ self-reflection (DPO/RPO)")]
