@@ -13,8 +13,9 @@ and prints:
 1. the results table: test accuracy mean ± std over the seeds, the compute
    (model FLOPs, mean) and the wall time (minutes, mean) of each method;
 2. paired differences over the same seeds: self-reflection minus each
-   baseline, mean ± std, and whether the mean is more than twice its standard
-   error (otherwise: within seed noise);
+   baseline, and phase 1 continued minus Fine-tune-CoT (the two formats at the
+   same compute), mean ± std, and whether the mean is more than twice its
+   standard error (otherwise: within seed noise);
 3. what the self-reflection rounds did (pairs, sampled-chain accuracy, reward
    accuracy and margin of the last logged DPO step, the round kept), so that a
    missing gain can be read.
@@ -38,7 +39,11 @@ METHODS = [("vanilla", "vanilla (answer only)"),
            ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
            ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
            ("tinythinker_reflected", "+ self-reflection (DPO/RPO)")]
-BASELINES = ("tinythinker", "tinythinker_continued", "tinythinker_rft", "finetune_cot")
+# Paired comparisons (A minus B): self-reflection against each baseline, and the
+# three-stage format against Fine-tune-CoT at the same compute.
+COMPARISONS = [("tinythinker_reflected", b) for b in
+               ("tinythinker", "tinythinker_continued", "tinythinker_rft", "finetune_cot")
+               ] + [("tinythinker_continued", "finetune_cot")]
 
 
 def _json(path: str) -> Optional[dict]:
@@ -138,8 +143,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
   head = ["task", "method", "seeds", "test accuracy (%)"] + [
       f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  diffs = ["| task | self-reflection minus | seeds | difference (points) | beyond seed "
-           "noise? |", "|---|---|---|---|---|"]
+  diffs = ["| task | student | minus | seeds | difference (points) | beyond seed noise "
+           "(mean > 2 standard errors)? |", "|---|---|---|---|---|---|"]
   for task, task_runs in sorted(by_task.items()):
     for name, label in METHODS:
       rows = [r["students"][name] for r in task_runs if name in r["students"]]
@@ -155,17 +160,16 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{statistics.mean(steps):.0f}" if steps else "–",
                 f"{statistics.mean(seconds) / 60:.1f}" if seconds else "–"]
       lines.append("| " + " | ".join(cells) + " |")
-    for baseline in BASELINES:
-      pairs = [r["students"]["tinythinker_reflected"]["test"] - r["students"][baseline]["test"]
-               for r in task_runs if "tinythinker_reflected" in r["students"]
-               and baseline in r["students"]]
+    for a, b in COMPARISONS:
+      pairs = [r["students"][a]["test"] - r["students"][b]["test"]
+               for r in task_runs if a in r["students"] and b in r["students"]]
       if not pairs:
         continue
       mean = statistics.mean(pairs)
       std = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
       beyond = len(pairs) > 1 and abs(mean) > 2 * std / math.sqrt(len(pairs))
       verdict = ("yes: a gain" if mean > 0 else "yes: a loss") if beyond else "no"
-      diffs.append(f"| {task} | {dict(METHODS)[baseline]} | {len(pairs)} | "
+      diffs.append(f"| {task} | {dict(METHODS)[a]} | {dict(METHODS)[b]} | {len(pairs)} | "
                    f"{_mean_std(pairs)} | {verdict} |")
   rounds = ["| task | seed run | phase 1: steps (stopped early at) / best step, "
             "validation | rounds (pairs; sampled-chain accuracy; reward accuracy; "
@@ -192,7 +196,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
           f"{fmt(best_value, '{:.1%}')} | {sr_text} | {run.get('reflect_best_round', '–')} "
           f"| {rft_text} |")
   return "\n".join(["## Results", "", *lines, "",
-                    "## Self-reflection against each baseline, paired by seed", "",
+                    "## Paired by seed: self-reflection against each baseline, TinyThinker against Fine-tune-CoT", "",
                     *diffs, "", "## What the rounds did", "", *rounds])
 
 

@@ -1,0 +1,85 @@
+"""benchmarks/results_table.py and pair_audit.py on hand-made run folders."""
+
+import json
+import statistics
+
+import pytest
+
+from benchmarks import pair_audit, results_table
+
+# test accuracy of each student in two seeds of one task
+ACCURACY = {"vanilla": (0.50, 0.52), "finetune_cot": (0.90, 0.80),
+            "tinythinker": (0.60, 0.70), "tinythinker_continued": (0.75, 0.80),
+            "tinythinker_rft": (0.62, 0.70), "tinythinker_reflected": (0.65, 0.74)}
+
+
+def _write(path, value):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(value))
+
+
+def _run(root, seed):
+  run = root / "task_a" / f"seed_{seed}"
+  _write(run / "pipeline.json", {"settings": {}, "stages": {}})
+  for name, values in ACCURACY.items():
+    _write(run / "evaluate" / name / "report.json",
+           {"greedy": {"accuracy": values[seed]},
+            "compute": {"total_flops": 1e12 * (seed + 1), "train_steps": 100 + seed,
+                        "stage_seconds": 60.0}})
+  _write(run / "students" / "tinythinker" / "compute.json",
+         {"train_steps": 900, "stopped_early": 900})
+  _write(run / "students" / "tinythinker" / "best.json", {"step": 400, "value": 0.6})
+  return str(run)
+
+
+def test_table_means_and_paired_differences(tmp_path):
+  runs = [results_table.read_run(_run(tmp_path, s)) for s in (0, 1)]
+  text = results_table.tables(runs)
+  rows = {line.split(" | ")[1]: line for line in text.splitlines()
+          if line.startswith("| task_a |")}
+  label = dict(results_table.METHODS)
+  # Fine-tune-CoT: 90 and 80 -> 85.0 ± 7.1; 1.5 TFLOP mean; 100.5 steps
+  assert rows[label["finetune_cot"]].startswith(
+      f"| task_a | {label['finetune_cot']} | 2 | 85.0 ± 7.1 | 1.5 T | 100 |")
+  # self-reflection minus continued: -10 and -6 points -> -8.0 ± 2.8; the mean is
+  # 4.0 standard errors from zero: a loss beyond seed noise
+  diffs = [line for line in text.splitlines()
+           if line.startswith(f"| task_a | {label['tinythinker_reflected']} | "
+                              f"{label['tinythinker_continued']} |")]
+  assert diffs == [f"| task_a | {label['tinythinker_reflected']} | "
+                   f"{label['tinythinker_continued']} | 2 | -8.0 ± 2.8 | yes: a loss |"]
+  # self-reflection minus phase 1: +5 and +4 -> 4.5 ± 0.7 (a gain); minus RFT:
+  # +3 and +4 -> 3.5 ± 0.7
+  assert "| 2 | 4.5 ± 0.7 | yes: a gain |" in text
+  assert "| 2 | 3.5 ± 0.7 | yes: a gain |" in text
+  expected = statistics.mean([(0.75 - 0.90) * 100, (0.80 - 0.80) * 100])
+  assert f"| 2 | {expected:.1f} ± 10.6 | no |" in text  # continued minus FTC
+  assert "| 900 (900) / 400, 60.0% |" in text
+
+
+def test_pair_audit_checks_recalls_against_the_question(tmp_path):
+  samples = tmp_path / "run" / "reflect" / "round_1" / "samples"
+  samples.mkdir(parents=True)
+  question = ("A coin is heads up. Ann flips the coin. Bo does not flip the coin. "
+              "Cy flips the coin. Di flips the coin. Is the coin still heads up?")
+  prompt = question + "\n(A) yes (B) no\nRecall:"
+  pairs = [{"stage": "recall", "example_id": "q", "prompt": prompt,
+            "chosen": "The coin is flipped 3 times.", "rejected": "The coin is flipped 2 times."},
+           {"stage": "recall", "example_id": "q", "prompt": prompt,
+            "chosen": "The coin is flipped 1 times.", "rejected": "The coin is flipped 4 times."},
+           {"stage": "analyze", "example_id": "q", "prompt": prompt,
+            "chosen": "x", "rejected": "y"}]
+  (samples / "pairs.jsonl").write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
+  chains = [{"recall": "The coin is flipped 3 times.", "answer": "B"},  # right, right
+            {"recall": "The coin is flipped 1 times.", "answer": "B"},  # wrong, right
+            {"recall": "The coin is flipped 2 times.", "answer": "A"},  # wrong, wrong
+            {"recall": None, "answer": None}]
+  (samples / "chains.jsonl").write_text(
+      json.dumps({"id": "q", "gold": "B", "chains": chains}) + "\n"
+      + json.dumps({"id": "unpaired", "gold": "A", "chains": chains}) + "\n")
+  assert pair_audit.true_flips(prompt) == 3
+  audit = pair_audit.audit(str(tmp_path / "run"))
+  assert audit == pytest.approx({
+      "chains": 4, "recall_right": 0.25, "answer_right": 0.5,
+      "recall_right_given_answer_right": 0.5, "recall_pairs": 2,
+      "chosen_recall_right": 0.5, "rejected_recall_right": 0.0})
