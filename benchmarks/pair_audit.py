@@ -73,6 +73,8 @@ def main() -> None:
         "| recall pairs | chosen recall right | rejected recall right |")
   print("|---|---|---|---|---|---|---|---|")
   for run in args.runs:
+    if not os.path.isdir(os.path.join(run, "reflect", f"round_{args.round}", "samples")):
+      continue  # (not a run folder, or no samples for that round)
     a = audit(run, args.round)
     print(f"| {run} | {a['chains']} | {a['recall_right']:.1%} | {a['answer_right']:.1%} | "
           f"{a['recall_right_given_answer_right']:.1%} | {a['recall_pairs']} | "
