@@ -189,7 +189,7 @@ def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
       phase1 = gin.get_configurable(recipe.TrainSettings)()
     dpo_settings = gin.get_configurable(phase2.DpoSettings)()
     assert (phase1.train_steps, phase1.optimizer, phase1.learning_rate,
-            phase1.max_grad_norm, phase1.early_stop_patience) == (800, "adamw", 3e-3,
+            phase1.max_grad_norm, phase1.early_stop_patience) == (600, "adamw", 3e-3,
                                                                    0.5, 3)
     phase2 = dpo_settings.train
     assert (phase2.batch_size, phase2.num_epochs, phase2.optimizer, phase2.schedule,
