@@ -126,7 +126,9 @@ class _Run:
   def rounds_run(self) -> bool:
     return "tinythinker" in self.student_formats and self.reflect_rounds > 0
 
+  @functools.cached_property
   def reflect_state(self) -> Optional[dict[str, Any]]:
+    """Self-reflection's final state (read once, by the first stage after it)."""
     if not self.rounds_run:
       return None
     return paths.read_json(paths.as_path(self.run_dir) / "reflect" / "reflect_state.json")
@@ -206,7 +208,7 @@ def _reflect(run: _Run) -> dict[str, Any]:
 
 def _continued(run: _Run) -> dict[str, Any]:
   """Phase 1 continued from its selected checkpoint for self-reflection's compute."""
-  flops = baselines_lib.reflection_flops(run.reflect_state(), run.budget_includes_sampling)
+  flops = baselines_lib.reflection_flops(run.reflect_state, run.budget_includes_sampling)
   settings = baselines_lib.budget_settings(run.continued_settings or run.train_settings,
                                            flops)
   return dict(_train_student(run, "tinythinker", settings,
@@ -221,7 +223,7 @@ def _rft(run: _Run) -> dict[str, Any]:
       rft_settings=run.rft_settings or reflect_lib.RftSettings(
           input_length=run.lengths["inputs"], target_length=run.lengths["targets"],
           interleave_interval=run.interleave_interval),
-      train_budgets=baselines_lib.round_train_flops(run.reflect_state()),
+      train_budgets=baselines_lib.round_train_flops(run.reflect_state),
       reuse_samples={1: _join(run.run_dir, "reflect", "round_1", "samples")},
       **run.reflect_kwargs())
   return baselines_lib.reflect_outputs(state)
@@ -233,7 +235,7 @@ def _train_other(run: _Run, fmt: str) -> dict[str, Any]:
   settings = run.train_settings
   if run.match_budget:
     budget = baselines_lib.tinythinker_flops(
-        run.students["tinythinker"], run.reflect_state(), run.budget_includes_sampling)
+        run.students["tinythinker"], run.reflect_state, run.budget_includes_sampling)
     settings = baselines_lib.budget_settings(run.train_settings, budget, early_stop=True)
   return _train_student(run, fmt, settings, run.students[fmt], run.initial_checkpoint_path)
 
