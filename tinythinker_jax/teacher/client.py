@@ -2,7 +2,12 @@
 llama.cpp), built to survive real APIs.
 
 - A bounded number of requests in flight, and an optional requests-per-minute
-  limit.
+  limit; with several replicas of one model (`base_urls`), each request goes to
+  the replica with the fewest requests in flight.
+- `seed_each_sample`: each sample is its own request with a seed derived from
+  the run's seed and the sample's cache key, so that a sample's text does not
+  depend on the order, the concurrency or the replica that served it (for
+  servers that ignore `n` and sample from one running state, as llama.cpp's).
 - Retries with exponential backoff and full jitter on 429, 5xx, timeouts,
   dropped connections, truncated bodies and malformed JSON, honouring
   `Retry-After`.
@@ -10,6 +15,9 @@ llama.cpp), built to survive real APIs.
 - Samples go through the append-only `CompletionCache`: a finished request is
   never sent again. When a server ignores `n` (llama.cpp does), the client
   loops until it has every sample.
+- Deferred mode (`defer_to`): a request that is not cached is recorded there
+  and `Deferred` is raised instead of sending it. The Batch API teacher
+  (`teacher.batch`) and `tinythinker teach --dry_run` collect requests so.
 - The API key comes from an environment variable named in the config; it is
   sent in the Authorization header and never logged or written anywhere.
 """
@@ -20,6 +28,7 @@ import asyncio
 import dataclasses
 import email.utils
 import enum
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +54,9 @@ class TeacherConfig:
   """Where and how to reach the teacher. Holds the key's variable name, never the key."""
 
   base_url: str = "https://api.openai.com/v1"
+  # Several replicas of the same model (servers on other ports or hosts); when
+  # given, they are used instead of `base_url`.
+  base_urls: tuple[str, ...] = ()
   model: str = "gpt-4o"
   api_key_env: str = "OPENAI_API_KEY"
   endpoint: str = "chat"
@@ -56,13 +68,37 @@ class TeacherConfig:
   max_backoff_s: float = 60.0
   max_n_per_request: int = 16
   seed: int = 0
+  seed_each_sample: bool = False
+  # OpenAI's Batch API (and servers with the same /files + /batches protocol):
+  # requests are collected, submitted as one batch per round, polled every
+  # `batch_poll_s`, and the answers land in the completion cache (teacher.batch).
+  batch: bool = False
+  batch_poll_s: float = 30.0
+  batch_completion_window: str = "24h"
+  batch_max_attempts: int = 3  # Batches that may fail one request before it is an error.
+  # Prices in dollars per million tokens, for `tinythinker teach --dry_run`'s estimate.
+  prompt_price_per_million: Optional[float] = None
+  completion_price_per_million: Optional[float] = None
 
   def __post_init__(self):
     Endpoint(self.endpoint)  # Raises ValueError naming a bad value.
+    if isinstance(self.base_urls, str):
+      object.__setattr__(self, "base_urls", (self.base_urls,))
+
+  @property
+  def urls(self) -> tuple[str, ...]:
+    return tuple(self.base_urls) or (self.base_url,)
 
   def describe(self) -> str:
-    """For provenance: model and endpoint, without secrets."""
-    return f"{self.model} @ {self.base_url} ({self.endpoint})"
+    """For provenance: model and endpoint, without secrets (replicas counted,
+    not named: their ports change from run to run)."""
+    where = self.urls[0] if len(self.urls) == 1 else f"{len(self.urls)} replicas"
+    return f"{self.model} @ {where} ({self.endpoint})"
+
+  def sample_seed(self, key: str) -> int:
+    """The seed of the sample cached under `key` (31 bits)."""
+    digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +158,25 @@ class TeacherError(RuntimeError):
   """A request failed after all retries (or with an error that is not retried)."""
 
 
+class Deferred(Exception):
+  """Requests were recorded in the client's `defer_to` instead of being sent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingRequest:
+  """A request recorded in deferred mode: its cache key, the sample index, the
+  content it is cached under, and the body to send (n=1, with its seed)."""
+
+  key: str
+  sample_index: int
+  content: dict[str, Any]
+  body: dict[str, Any]
+
+  @property
+  def path(self) -> str:
+    return "/chat/completions" if "messages" in self.body else "/completions"
+
+
 @dataclasses.dataclass(frozen=True)
 class Sample:
   text: str
@@ -150,12 +205,33 @@ def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+def auth_headers(config: TeacherConfig) -> dict[str, str]:
+  """JSON content type, and the key from the environment where one is set."""
+  headers = {"Content-Type": "application/json"}
+  key = os.environ.get(config.api_key_env, "")
+  if key:
+    headers["Authorization"] = f"Bearer {key}"
+  return headers
+
+
+def parse_completion(payload: dict[str, Any]) -> tuple[list[dict], dict]:
+  """A completion's choices as `{text, finish_reason}` and its token usage."""
+  choices = []
+  for choice in payload["choices"]:
+    text = (choice["message"]["content"] if "message" in choice else choice["text"])
+    choices.append({"text": text or "", "finish_reason": choice.get("finish_reason")})
+  usage = payload.get("usage") or {}
+  return choices, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
+
+
 class TeacherClient:
   """Sends prompts to the teacher; use as `async with TeacherClient(...) as client`."""
 
   def __init__(self, config: TeacherConfig, cache: CompletionCache,
-               transport: Optional[httpx.AsyncBaseTransport] = None):
+               transport: Optional[httpx.AsyncBaseTransport] = None,
+               defer_to: Optional[dict[str, PendingRequest]] = None):
     self.config = config
+    self.defer_to = defer_to
     self.cache = cache
     self.usage = Usage()
     self._transport = transport
@@ -163,21 +239,22 @@ class TeacherClient:
     self._rng = random.Random(config.seed)
     self._rate_lock = asyncio.Lock()
     self._next_start = 0.0
-    self._http: Optional[httpx.AsyncClient] = None
+    self._http: list[httpx.AsyncClient] = []
+    self._in_flight: list[int] = []
 
   async def __aenter__(self) -> "TeacherClient":
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(self.config.api_key_env, "")
-    if key:
-      headers["Authorization"] = f"Bearer {key}"
-    self._http = httpx.AsyncClient(base_url=self.config.base_url.rstrip("/"),
-                                   headers=headers, transport=self._transport,
-                                   timeout=httpx.Timeout(self.config.timeout_s))
+    headers = auth_headers(self.config)
+    self._http = [httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
+                                    transport=self._transport,
+                                    timeout=httpx.Timeout(self.config.timeout_s))
+                  for url in self.config.urls]
+    self._in_flight = [0] * len(self._http)
     return self
 
   async def __aexit__(self, *exc) -> None:
-    if self._http is not None:
-      await self._http.aclose()
+    for http in self._http:
+      await http.aclose()
+    self._http = []
 
   async def samples(self, prompt: Prompt, num_samples: int) -> list[Sample]:
     """`num_samples` completions of `prompt`, from the cache where already paid for."""
@@ -191,16 +268,36 @@ class TeacherClient:
         results[i] = Sample(record["response"]["text"],
                             record["response"].get("finish_reason"), i, True)
     missing = [i for i in range(num_samples) if i not in results]
+    if missing and self.defer_to is not None:
+      for i in missing:
+        body = content
+        if self.config.seed_each_sample:
+          body = dict(content, seed=self.config.sample_seed(keys[i]))
+        self.defer_to[keys[i]] = PendingRequest(keys[i], i, content, body)
+      raise Deferred(f"{len(missing)} request(s) deferred")
+
+    def store(index: int, choice: dict, usage: dict) -> None:
+      response = {"text": choice["text"], "finish_reason": choice.get("finish_reason"),
+                  "usage": usage}
+      self.cache.put(keys[index], content, index, response)
+      results[index] = Sample(choice["text"], choice.get("finish_reason"), index, False)
+
+    if self.config.seed_each_sample:
+      async def one(index: int) -> None:
+        choices, usage = await self._send(
+            dict(content, seed=self.config.sample_seed(keys[index])), 1)
+        if not choices:
+          raise TeacherError(f"{self.config.describe()}: a response had no choices")
+        store(index, choices[0], usage)
+      await asyncio.gather(*(one(i) for i in missing))
+      missing = []
     while missing:
       n = min(len(missing), self.config.max_n_per_request)
       choices, usage = await self._send(content, n)
       if not choices:
         raise TeacherError(f"{self.config.describe()}: a response had no choices")
       for choice, index in zip(choices, missing):
-        response = {"text": choice["text"], "finish_reason": choice.get("finish_reason"),
-                    "usage": usage}
-        self.cache.put(keys[index], content, index, response)
-        results[index] = Sample(choice["text"], choice.get("finish_reason"), index, False)
+        store(index, choice, usage)
       missing = missing[len(choices):]  # A server that ignores `n` returns one.
     return [results[i] for i in range(num_samples)]
 
@@ -243,13 +340,17 @@ class TeacherClient:
                        f"{self.config.max_retries + 1} attempts: {last_error}")
 
   async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    assert self._http is not None, "use `async with TeacherClient(...)`"
+    assert self._http, "use `async with TeacherClient(...)`"
+    replica = min(range(len(self._http)), key=self._in_flight.__getitem__)
+    self._in_flight[replica] += 1
     try:
-      response = await self._http.post(path, json=body)
+      response = await self._http[replica].post(path, json=body)
     except httpx.TimeoutException as e:
       raise _RetryableError(f"timeout ({type(e).__name__})") from e
     except (httpx.TransportError, httpx.DecodingError) as e:
       raise _RetryableError(f"connection error ({type(e).__name__}: {e})") from e
+    finally:
+      self._in_flight[replica] -= 1
     if response.status_code == 429 or response.status_code >= 500:
       raise _RetryableError(f"HTTP {response.status_code}",
                             _retry_after_seconds(response.headers.get("retry-after")))
@@ -264,14 +365,9 @@ class TeacherClient:
 
   def _parse(self, payload: dict[str, Any]) -> tuple[list[dict], dict]:
     try:
-      choices = []
-      for choice in payload["choices"]:
-        text = (choice["message"]["content"] if "message" in choice else choice["text"])
-        choices.append({"text": text or "", "finish_reason": choice.get("finish_reason")})
+      choices, usage = parse_completion(payload)
     except (KeyError, TypeError) as e:
       raise _RetryableError(f"response without choices/text ({e!r})") from e
-    usage = payload.get("usage") or {}
     self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
     self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
-    return choices, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
-
+    return choices, usage

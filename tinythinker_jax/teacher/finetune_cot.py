@@ -5,7 +5,6 @@ whose extracted answer equals the gold answer."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from typing import Any, Optional, Sequence
@@ -14,7 +13,8 @@ from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord
 from tinythinker_jax.reasoning import answers
 from tinythinker_jax.teacher import prompts, replies
 from tinythinker_jax.teacher.client import Prompt, TeacherClient
-from tinythinker_jax.teacher.outcomes import Method, Outcome, drop, structured_mode
+from tinythinker_jax.teacher.outcomes import (Method, Outcome, drop, gather_all,
+                                              structured_mode)
 from tinythinker_jax.teacher.outcomes import provenance as make_provenance
 
 
@@ -76,7 +76,7 @@ async def teach_finetune_cot(client: TeacherClient, example: Example,
                            temperature=0.0, max_tokens=settings.answer_max_tokens,
                            extra_json=extra)
                     for r in rationales]
-  replies_ = await asyncio.gather(*(client.samples(p, 1) for p in answer_prompts))
+  replies_ = await gather_all(*(client.samples(p, 1) for p in answer_prompts))
   return finetune_cot_outcome(
       example, answer_type,
       [(r.sample_index, r.text, _teacher_answer(reply.text, example, answer_type,

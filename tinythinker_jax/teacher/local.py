@@ -1,9 +1,17 @@
 """The embedded local teacher: llama.cpp's OpenAI-compatible server on a GGUF file.
 
-`LocalServer(gguf)` starts `python -m llama_cpp.server` on a free loopback
+`LocalServer(gguf)` starts llama-cpp-python's server (`llama_server.py`) on a free loopback
 port, waits until `/v1/models` answers, and stops the server on exit, on an
 error and on Ctrl-C (it is a context manager, and an atexit hook covers
 interpreter exit).
+
+llama-cpp-python's server answers one request at a time. `num_servers` starts
+that many processes, which share `n_threads` threads between them, and the
+client keeps one request in flight on each (`teacher_config`): BENCHMARKS.md
+measures what that gains on a CPU. Each sample is its own request with its
+own seed (`TeacherConfig.seed_each_sample`), so the records do not depend on
+how many servers answered them (with `fresh_prompts`, each prompt is evaluated
+whole rather than after the previous request's shared prefix).
 """
 
 from __future__ import annotations
@@ -45,35 +53,55 @@ def smollm2_gguf() -> Optional[str]:
 class LocalServer:
   gguf: str
   n_ctx: int = 4096  # Room for 8 exemplars as chat turns plus a JSON reply.
-  n_threads: int = 2
+  n_threads: int = 2  # In all, shared by the servers.
   startup_timeout_s: float = 120.0
-  port: Optional[int] = None
+  port: Optional[int] = None  # The first server's; the others take free ports.
   chat_format: Optional[str] = None
+  num_servers: int = 1
+  # Every prompt evaluated whole (llama_server.py): a reply depends only on its
+  # request and seed, not on the order or the server that answered it.
+  fresh_prompts: bool = True
 
   def __post_init__(self):
-    self._process: Optional[subprocess.Popen] = None
-    self._log = None
+    if self.num_servers < 1:
+      raise errors.UserError(f"LocalServer.num_servers={self.num_servers}; expected >= 1")
+    self._processes: list[subprocess.Popen] = []
+    self._logs: list = []
+    self._ports: list[int] = []
+
+  @property
+  def threads_per_server(self) -> int:
+    return max(1, self.n_threads // self.num_servers)
 
   @property
   def log_path(self) -> Optional[str]:
-    """The server's own log (uvicorn's access lines count the requests it served)."""
-    return self._log.name if self._log is not None else None
+    """The first server's own log (uvicorn's access lines count the requests it served)."""
+    return self._logs[0].name if self._logs else None
 
   def requests_served(self) -> int:
-    if self._log is None:
-      return 0
-    with open(self._log.name, encoding="utf-8", errors="replace") as f:
-      return sum('"POST /v1/' in line for line in f)
+    """Requests answered by all the servers, from their access logs."""
+    total = 0
+    for log in self._logs:
+      with open(log.name, encoding="utf-8", errors="replace") as f:
+        total += sum('"POST /v1/' in line for line in f)
+    return total
+
+  @property
+  def base_urls(self) -> tuple[str, ...]:
+    return tuple(f"http://127.0.0.1:{port}/v1" for port in self._ports)
 
   @property
   def base_url(self) -> str:
-    return f"http://127.0.0.1:{self.port}/v1"
+    return self.base_urls[0] if self._ports else f"http://127.0.0.1:{self.port}/v1"
 
   def teacher_config(self, **overrides) -> TeacherConfig:
-    """A TeacherConfig for this server (no key is needed or sent)."""
-    settings = dict(base_url=self.base_url, model=os.path.basename(self.gguf),
-                    api_key_env="TINYTHINKER_LOCAL_NO_KEY", max_concurrency=1,
-                    timeout_s=300.0)
+    """A TeacherConfig for these servers (no key is needed or sent): one request
+    in flight per server, a seed per sample."""
+    settings = dict(base_url=self.base_url, base_urls=self.base_urls,
+                    model=os.path.basename(self.gguf),
+                    api_key_env="TINYTHINKER_LOCAL_NO_KEY",
+                    max_concurrency=self.num_servers, timeout_s=300.0,
+                    seed_each_sample=True)
     settings.update(overrides)
     return TeacherConfig(**settings)
 
@@ -83,45 +111,64 @@ class LocalServer:
     if importlib.util.find_spec("llama_cpp") is None:
       raise RuntimeError("the local teacher needs llama.cpp's server: "
                          "pip install 'tinythinker_jax[teacher]'")
-    self.port = self.port or free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", self.gguf,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-               "--n_threads", str(self.n_threads)]
-    if self.chat_format:
-      command += ["--chat_format", self.chat_format]
-    self._log = tempfile.NamedTemporaryFile("w+", prefix="llama_server_", suffix=".log",
-                                            delete=False)
-    self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
     atexit.register(self.stop)
+    self._logs, self._processes = [], []
+    self._ports = [self.port or free_port()]
+    while len(self._ports) < self.num_servers:
+      port = free_port()
+      if port not in self._ports:
+        self._ports.append(port)
+    for port in self._ports:
+      command = [sys.executable, "-m", "tinythinker_jax.teacher.llama_server",
+                 *(["--fresh_prompts"] if self.fresh_prompts else []), "--model", self.gguf,
+                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
+                 "--n_threads", str(self.threads_per_server)]
+      if self.chat_format:
+        command += ["--chat_format", self.chat_format]
+      log = tempfile.NamedTemporaryFile("w+", prefix="llama_server_", suffix=".log",
+                                        delete=False)
+      self._logs.append(log)
+      self._processes.append(subprocess.Popen(command, stdout=log,
+                                              stderr=subprocess.STDOUT))
     deadline = time.monotonic() + self.startup_timeout_s
-    while time.monotonic() < deadline:
-      if self._process.poll() is not None:
-        raise RuntimeError(f"llama.cpp server exited with code {self._process.returncode}; "
-                           f"log: {self._log.name}\n{self._tail()}")
-      try:
-        if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
-          return self
-      except httpx.HTTPError:
-        pass
-      time.sleep(0.25)
-    self.stop()
-    raise RuntimeError(f"llama.cpp server did not answer within {self.startup_timeout_s}s; "
-                       f"log: {self._log.name}")
+    waiting = list(range(len(self._ports)))
+    while waiting and time.monotonic() < deadline:
+      for i in list(waiting):
+        process = self._processes[i]
+        if process.poll() is not None:
+          code = process.returncode
+          self.stop()
+          raise RuntimeError(f"llama.cpp server exited with code {code}; "
+                             f"log: {self._logs[i].name}\n{self._tail(i)}")
+        try:
+          if httpx.get(f"{self.base_urls[i]}/models", timeout=2.0).status_code == 200:
+            waiting.remove(i)
+        except httpx.HTTPError:
+          pass
+      if waiting:
+        time.sleep(0.25)
+    if waiting:
+      self.stop()
+      raise RuntimeError(f"llama.cpp server did not answer within "
+                         f"{self.startup_timeout_s}s; log: {self._logs[waiting[0]].name}")
+    return self
 
-  def _tail(self) -> str:
-    self._log.flush()
-    with open(self._log.name, encoding="utf-8", errors="replace") as f:
+  def _tail(self, i: int = 0) -> str:
+    self._logs[i].flush()
+    with open(self._logs[i].name, encoding="utf-8", errors="replace") as f:
       return f.read()[-2000:]
 
   def stop(self) -> None:
-    if self._process is not None and self._process.poll() is None:
-      self._process.terminate()
+    for process in self._processes:
+      if process.poll() is None:
+        process.terminate()
+    for process in self._processes:
       try:
-        self._process.wait(timeout=10)
+        process.wait(timeout=10)
       except subprocess.TimeoutExpired:
-        self._process.kill()
-        self._process.wait()
-    self._process = None
+        process.kill()
+        process.wait()
+    self._processes = []
 
   def __enter__(self) -> "LocalServer":
     return self.start()

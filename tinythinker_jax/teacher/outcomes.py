@@ -4,10 +4,11 @@ teachers; and the structured-output modes their requests may use."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import enum
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from tinythinker_jax import errors
 from tinythinker_jax.data.schema import Example, RationaleRecord
@@ -51,3 +52,14 @@ def drop(outcome: Outcome, example: Example, index: int, reason: str, text: str,
   """A dropped sample keeps the gold answer, so disagreements can be read."""
   outcome.dropped.append({"id": example.id, "sample_index": index, "reason": reason,
                           "gold": example.answer, "text": text, **extra})
+
+
+async def gather_all(*awaitables: Awaitable[Any]) -> list[Any]:
+  """`asyncio.gather` that lets every awaitable finish before raising the first
+  error: in deferred mode each records its requests, so that one batch holds
+  them all."""
+  results = await asyncio.gather(*awaitables, return_exceptions=True)
+  for result in results:
+    if isinstance(result, BaseException):
+      raise result
+  return list(results)

@@ -19,15 +19,18 @@ import collections
 import dataclasses
 from typing import Any, Optional, Sequence
 
+import httpx
 import numpy as np
 import tqdm
 
 from tinythinker_jax import errors, paths
 from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import formats
+from tinythinker_jax.teacher import batch as batch_lib
+from tinythinker_jax.teacher import estimate as estimate_lib
 from tinythinker_jax.teacher import prompts, replies, rule_based
 from tinythinker_jax.teacher.cache import CompletionCache
-from tinythinker_jax.teacher.client import TeacherClient, TeacherConfig
+from tinythinker_jax.teacher.client import Deferred, TeacherClient, TeacherConfig
 # The settings are bound in gin as pipelines.FinetuneCotSettings and
 # pipelines.TinyThinkerSettings (runs/teach.gin).
 from tinythinker_jax.teacher.finetune_cot import (FinetuneCotSettings, finetune_cot_outcome,
@@ -154,50 +157,134 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   return summary
 
 
+async def _teach_examples(client: TeacherClient, examples: Sequence[Example],
+                          method: Method, answer_type: AnswerType,
+                          finetune_cot: FinetuneCotSettings,
+                          tinythinker: TinyThinkerSettings, instruction: str,
+                          exemplars: Sequence[dict[str, Any]], seed: int,
+                          progress: bool) -> Optional[list[Outcome]]:
+  """Every example's outcome; None when the client deferred requests (then
+  every example has recorded what it needs next)."""
+  deferred = client.defer_to is not None
+  bar = tqdm.tqdm(total=len(examples), unit="q", disable=not progress,
+                  desc=f"{'collect' if deferred else 'teach'} ({method.value})")
+  kept = 0
+
+  async def one(index: int, example: Example) -> Optional[Outcome]:
+    nonlocal kept
+    try:
+      if method is Method.FINETUNE_COT:
+        outcome = await teach_finetune_cot(client, example, answer_type, finetune_cot)
+      else:
+        outcome = await teach_tinythinker(
+            client, example, tinythinker, instruction, exemplars,
+            np.random.default_rng([seed, index]))
+    except Deferred:
+      outcome = None
+    kept += len(outcome.kept) if outcome else 0
+    bar.update(1)
+    bar.set_postfix(kept=kept, tok_s=f"{client.usage.tokens_per_second():.0f}",
+                    cached=client.usage.cached,
+                    **({"deferred": len(client.defer_to)} if deferred else {}))
+    return outcome
+
+  # Bound the scheduled examples too, so a crash loses little in-flight work.
+  semaphore = asyncio.Semaphore(max(2 * client.config.max_concurrency, 1))
+
+  async def bounded(index, example):
+    async with semaphore:
+      return await one(index, example)
+
+  try:
+    outcomes = await asyncio.gather(*(bounded(i, e) for i, e in enumerate(examples)))
+  finally:
+    bar.close()
+  return None if any(o is None for o in outcomes) else list(outcomes)
+
+
 async def _teach_async(examples: Sequence[Example], method: Method,
                        answer_type: AnswerType, output_dir: str, config: TeacherConfig,
                        finetune_cot: FinetuneCotSettings, tinythinker: TinyThinkerSettings,
-                       seed: int, progress: bool) -> Summary:
+                       seed: int, progress: bool,
+                       transport: Optional[httpx.AsyncBaseTransport] = None) -> Summary:
   instruction = prompts.load_instruction(tinythinker.instruction_file)
   exemplars = (prompts.load_exemplars(tinythinker.exemplar_file)
                if tinythinker.exemplar_file else [])
   summary = Summary(method.value, config.describe(), examples=len(examples))
   summary.settings = dataclasses.asdict(
       finetune_cot if method is Method.FINETUNE_COT else tinythinker)
+  summary.settings["one_correct_constraint"] = _one_correct_note(method, tinythinker)
   with CompletionCache(paths.as_path(output_dir) / CACHE) as cache:
     summary.torn_cache_lines = cache.torn_lines
-    async with TeacherClient(config, cache) as client:
-      bar = tqdm.tqdm(total=len(examples), desc=f"teach ({method.value})", unit="q",
-                      disable=not progress)
-      kept = 0
 
-      async def one(index: int, example: Example) -> Outcome:
-        nonlocal kept
-        if method is Method.FINETUNE_COT:
-          outcome = await teach_finetune_cot(client, example, answer_type, finetune_cot)
-        else:
-          outcome = await teach_tinythinker(
-              client, example, tinythinker, instruction, exemplars,
-              np.random.default_rng([seed, index]))
-        kept += len(outcome.kept)
-        bar.update(1)
-        bar.set_postfix(kept=kept, tok_s=f"{client.usage.tokens_per_second():.0f}",
-                        cached=client.usage.cached)
-        return outcome
+    async def replay(defer_to):
+      async with TeacherClient(config, cache, transport, defer_to) as client:
+        outcomes = await _teach_examples(client, examples, method, answer_type,
+                                         finetune_cot, tinythinker, instruction,
+                                         exemplars, seed, progress)
+        summary.usage = client.usage.to_json()
+        return outcomes
 
-      # Bound the scheduled examples too, so a crash loses little in-flight work.
-      semaphore = asyncio.Semaphore(max(2 * config.max_concurrency, 1))
-
-      async def bounded(index, example):
-        async with semaphore:
-          return await one(index, example)
-
-      try:
-        outcomes = await asyncio.gather(*(bounded(i, e) for i, e in enumerate(examples)))
-      finally:
-        bar.close()
-      summary.usage = client.usage.to_json()
+    if config.batch:
+      async with batch_lib.BatchRunner(config, cache, output_dir, transport,
+                                       progress) as runner:
+        outcomes = await batch_lib.run_rounds(replay, runner)
+        summary.usage.update(runner.usage())
+    else:
+      outcomes = await replay(None)
   return _finish(output_dir, outcomes, summary)
+
+
+def dry_run(examples: Sequence[Example], *, method: Method, answer_type: AnswerType,
+            output_dir: str, teacher: TeacherConfig,
+            finetune_cot: FinetuneCotSettings = FinetuneCotSettings(),
+            tinythinker: TinyThinkerSettings = TinyThinkerSettings(),
+            seed: int = 0) -> estimate_lib.Estimate:
+  """What teaching would ask for (`teacher.estimate`), without sending anything;
+  an existing completion cache in `output_dir` counts as paid for."""
+  instruction = prompts.load_instruction(tinythinker.instruction_file)
+  exemplars = (prompts.load_exemplars(tinythinker.exemplar_file)
+               if tinythinker.exemplar_file else [])
+  cache_path = paths.as_path(output_dir) / CACHE
+
+  async def collect():
+    pending: dict = {}
+    with CompletionCache(cache_path) if cache_path.exists() else \
+        _EmptyCache() as cache:
+      async with TeacherClient(teacher, cache, defer_to=pending) as client:
+        await _teach_examples(client, examples, method, answer_type, finetune_cot,
+                              tinythinker, instruction, exemplars, seed, progress=False)
+        return pending, client.usage.cached
+
+  pending, cached = asyncio.run(collect())
+  return estimate_lib.estimate(
+      pending, teacher, len(examples), cached, method.value,
+      answer_max_tokens=finetune_cot.answer_max_tokens,
+      format_retries=tinythinker.format_retries)
+
+
+class _EmptyCache:
+  """A cache with nothing in it that writes nothing (a dry run creates no files)."""
+
+  def get(self, key):
+    return None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    pass
+
+
+def _one_correct_note(method: Method, settings: TinyThinkerSettings) -> Optional[str]:
+  """What made each TinyThinker rationale mark exactly one option correct."""
+  if method is not Method.TINYTHINKER:
+    return None
+  if settings.structured_output in (None, "none"):
+    return ("not constrained: text replies (structured_output='none'); replies that "
+            "mark several options correct are dropped")
+  return (f"the schema ({settings.one_correct!r}), where the endpoint enforces it "
+          f"({settings.structured_output!r}); replies that break it are dropped")
 
 
 def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerType,
@@ -205,8 +292,10 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
           finetune_cot: FinetuneCotSettings = FinetuneCotSettings(),
           tinythinker: TinyThinkerSettings = TinyThinkerSettings(),
           rule_based_settings: rule_based.RuleBasedSettings = rule_based.RuleBasedSettings(),
-          seed: int = 0, progress: bool = True) -> Summary:
-  """Teaches every example; `teacher=None` selects the rule-based teacher."""
+          seed: int = 0, progress: bool = True,
+          transport: Optional[httpx.AsyncBaseTransport] = None) -> Summary:
+  """Teaches every example; `teacher=None` selects the rule-based teacher.
+  With `teacher.batch`, through the Batch API (`teacher.batch`)."""
   paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
   if teacher is None:
     outcomes = [rule_based_outcome(e, method, answer_type, rule_based_settings,
@@ -217,4 +306,4 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
     summary.settings = dataclasses.asdict(rule_based_settings)
     return _finish(output_dir, outcomes, summary)
   return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
-                                  finetune_cot, tinythinker, seed, progress))
+                                  finetune_cot, tinythinker, seed, progress, transport))

@@ -78,7 +78,14 @@ JSON_INSTRUCTION = (
     "\nReply with one JSON object and nothing else: {\"key_information\": the key "
     "information in one sentence, \"explanations\": one object per option, in the "
     "options' order, {\"option\": its letter, \"verdict\": \"correct\" or "
-    "\"incorrect\", \"explanation\": one sentence starting with Because}}.\n")
+    "\"incorrect\", \"explanation\": one sentence starting with Because}}. Exactly "
+    "one option is correct.\n")
+# The 'final_answer' form (replies.ONE_CORRECT_FORMS): verdicts follow from `answer`.
+JSON_ANSWER_INSTRUCTION = (
+    "\nReply with one JSON object and nothing else: {\"key_information\": the key "
+    "information in one sentence, \"explanations\": one object per option, in the "
+    "options' order, {\"option\": its letter, \"explanation\": one sentence starting "
+    "with Because}, \"answer\": the letter of the one correct option}.\n")
 
 FEW_SHOT_LAYOUTS = ("turns", "system")
 
@@ -99,33 +106,41 @@ def _exemplar_example(exemplar: dict[str, Any]) -> Example:
                  choices=tuple(Choice(l, t.strip()) for l, t in options))
 
 
-def exemplar_reply(exemplar: dict[str, Any], structured: bool) -> str:
+def exemplar_reply(exemplar: dict[str, Any], structured: bool,
+                   one_correct: str = "one_of") -> str:
   """The exemplar's answer as the teacher should write it: the paper's text,
-  or the JSON object of structured output."""
+  or the JSON object of structured output (in `one_correct`'s form)."""
   if not structured:
     explanations = "\n".join(exemplar["Explanations"])
     return f"Key Information: {exemplar['Key Information']}\nExplanations: {explanations}"
-  items = []
+  items, answer = [], None
   for line in exemplar["Explanations"]:
     match = re.match(r"\s*([A-Z])\s+is\s+(correct|incorrect)\.\s*(.*)$", line, re.S)
     if match:
-      items.append({"option": match.group(1), "verdict": match.group(2),
-                    "explanation": match.group(3).strip()})
-  return json.dumps({"key_information": exemplar["Key Information"],
-                     "explanations": items}, ensure_ascii=False)
+      item = {"option": match.group(1), "verdict": match.group(2),
+              "explanation": match.group(3).strip()}
+      if one_correct == "final_answer":
+        answer = answer or (item["option"] if item.pop("verdict") == "correct" else None)
+      items.append(item)
+  reply = {"key_information": exemplar["Key Information"], "explanations": items}
+  if one_correct == "final_answer":
+    reply["answer"] = answer or exemplar_hint(exemplar)
+  return json.dumps(reply, ensure_ascii=False)
 
 
 def tinythinker_messages(example: Example, hint_label: str, instruction: str,
                          exemplars: Sequence[dict[str, Any]], num_shots: int,
                          rng: np.random.Generator, layout: str = "system",
-                         structured: bool = False) -> tuple[tuple[str, str], ...]:
+                         structured: bool = False,
+                         one_correct: str = "one_of") -> tuple[tuple[str, str], ...]:
   """The chat request: the instruction, k random exemplars and the user query.
 
   `layout='system'` puts the exemplars in the system message, delimited by ###
   (TinyThinker's own request); `'turns'` gives each as a user turn (its
   question with the hint) and an assistant turn (its rationale), which chat
   models follow more closely. `structured` asks for the JSON object of
-  `replies.rationale_schema`, and writes the exemplars' replies in it.
+  `replies.rationale_schema` (in `one_correct`'s form), and writes the
+  exemplars' replies in it.
   """
   if layout not in FEW_SHOT_LAYOUTS:
     raise errors.UserError(f"TinyThinkerSettings.few_shot={layout!r}; expected one of "
@@ -134,7 +149,7 @@ def tinythinker_messages(example: Example, hint_label: str, instruction: str,
                              replace=False)) if exemplars else []
   system = instruction.rstrip() + "\n"
   if structured:
-    system += JSON_INSTRUCTION
+    system += JSON_ANSWER_INSTRUCTION if one_correct == "final_answer" else JSON_INSTRUCTION
   query = tinythinker_query(example, hint_label)
   if layout == "system":
     shots = "\n".join(render_exemplar(exemplars[i]) for i in chosen)
@@ -145,7 +160,7 @@ def tinythinker_messages(example: Example, hint_label: str, instruction: str,
   for i in chosen:
     shot = _exemplar_example(exemplars[i])
     turns += [("user", tinythinker_query(shot, shot.answer)),
-              ("assistant", exemplar_reply(exemplars[i], structured))]
+              ("assistant", exemplar_reply(exemplars[i], structured, one_correct))]
   return tuple(turns) + (("user", query),)
 
 

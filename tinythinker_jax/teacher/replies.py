@@ -29,6 +29,7 @@ import json
 import re
 from typing import Any, Optional, Sequence
 
+from tinythinker_jax import errors
 from tinythinker_jax.data.schema import Example
 from tinythinker_jax.reasoning import answers
 from tinythinker_jax.reasoning.formats import OptionVerdict, Parsed
@@ -45,36 +46,62 @@ Rationale = tuple[str, dict[str, OptionVerdict]]
 # ------------------------------------------------------------------ structured
 
 
-def rationale_schema(example: Example) -> dict[str, Any]:
-  """The JSON schema of one question's reply: every option exactly once, in order."""
-  items = [{
-      "type": "object",
-      "properties": {
-          "option": {"type": "string", "enum": [label]},
-          "verdict": {"type": "string", "enum": ["correct", "incorrect"]},
-          "explanation": {"type": "string", "minLength": 8,
-                          "maxLength": EXPLANATION_MAX_CHARS},
-      },
-      "required": ["option", "verdict", "explanation"],
-      "additionalProperties": False,
-  } for label in example.labels]
-  return {
-      "type": "object",
-      "properties": {
-          "key_information": {"type": "string", "minLength": 8,
-                              "maxLength": KEY_INFORMATION_MAX_CHARS},
-          "explanations": {"type": "array", "prefixItems": items, "items": False,
-                           "minItems": len(items), "maxItems": len(items)},
-      },
-      "required": ["key_information", "explanations"],
-      "additionalProperties": False,
-  }
+# How the schema makes exactly one option correct without fixing which one:
+# 'one_of': the explanations array is one of N alternatives, the k-th marking
+#   option k `correct` and every other option `incorrect` (a grammar lets the
+#   model choose at the first `correct` it writes; the rest are then forced);
+# 'final_answer': the explanations carry no verdict, and a closing `answer`
+#   field names the one correct option (the verdicts are rendered from it);
+# 'none': every verdict free (two options may be marked correct).
+ONE_CORRECT_FORMS = ("one_of", "final_answer", "none")
+
+
+def _item(label: str, verdicts: Optional[Sequence[str]]) -> dict[str, Any]:
+  properties: dict[str, Any] = {"option": {"type": "string", "enum": [label]}}
+  if verdicts is not None:
+    properties["verdict"] = {"type": "string", "enum": list(verdicts)}
+  properties["explanation"] = {"type": "string", "minLength": 8,
+                               "maxLength": EXPLANATION_MAX_CHARS}
+  return {"type": "object", "properties": properties, "required": list(properties),
+          "additionalProperties": False}
+
+
+def _array(items: list[dict[str, Any]]) -> dict[str, Any]:
+  return {"type": "array", "prefixItems": items, "items": False,
+          "minItems": len(items), "maxItems": len(items)}
+
+
+def check_one_correct(form: str) -> str:
+  if form not in ONE_CORRECT_FORMS:
+    raise errors.UserError(f"TinyThinkerSettings.one_correct={form!r}; expected one of "
+                           f"{ONE_CORRECT_FORMS}")
+  return form
+
+
+def rationale_schema(example: Example, one_correct: str = "one_of") -> dict[str, Any]:
+  """The JSON schema of one question's reply: every option exactly once, in
+  order, and (unless `one_correct='none'`) exactly one of them correct."""
+  labels = example.labels
+  properties: dict[str, Any] = {"key_information": {
+      "type": "string", "minLength": 8, "maxLength": KEY_INFORMATION_MAX_CHARS}}
+  if check_one_correct(one_correct) == "one_of":
+    properties["explanations"] = {"oneOf": [
+        _array([_item(l, ["correct" if l == right else "incorrect"]) for l in labels])
+        for right in labels]}
+  elif one_correct == "final_answer":
+    properties["explanations"] = _array([_item(l, None) for l in labels])
+    properties["answer"] = {"type": "string", "enum": list(labels)}
+  else:
+    properties["explanations"] = _array([_item(l, ["correct", "incorrect"])
+                                         for l in labels])
+  return {"type": "object", "properties": properties, "required": list(properties),
+          "additionalProperties": False}
 
 
 def structured_token_budget(example: Example) -> int:
   """max_tokens that fits the largest reply the schema admits (~3 chars a token)."""
   per_option = EXPLANATION_MAX_CHARS + 60  # The item's keys and punctuation.
-  return (KEY_INFORMATION_MAX_CHARS + 40 + per_option * len(example.labels)) // 3
+  return (KEY_INFORMATION_MAX_CHARS + 60 + per_option * len(example.labels)) // 3
 
 
 def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -119,12 +146,19 @@ def parse_structured(text: str, example: Example) -> Parsed[Rationale]:
   key_info = " ".join(str(data.get("key_information") or "").split())
   if not key_info:
     return Parsed.fail("no key_information in the JSON reply")
+  answer = data.get("answer")  # The 'final_answer' form: verdicts follow from it.
+  if answer is not None:
+    answer = str(answer).strip().strip("().").upper()
+    if answer not in example.labels:
+      return Parsed.fail(f"answer {answer!r} is not an option")
   verdicts: dict[str, OptionVerdict] = {}
   for item in data.get("explanations") or []:
     if not isinstance(item, dict):
       return Parsed.fail(f"an explanation is not an object: {str(item)[:60]!r}")
     label = str(item.get("option", "")).strip().strip("().").upper()
     verdict = str(item.get("verdict", "")).strip().lower()
+    if not verdict and answer is not None:
+      verdict = "correct" if label == answer else "incorrect"
     reason = _reason(" ".join(str(item.get("explanation", "")).split()))
     if label not in example.labels:
       return Parsed.fail(f"explanation for unknown option {label!r}")

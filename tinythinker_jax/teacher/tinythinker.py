@@ -9,7 +9,6 @@ gold label with the teacher's majority vote is an explicit option
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import json
@@ -22,7 +21,8 @@ from tinythinker_jax import errors
 from tinythinker_jax.data.schema import Example, RationaleRecord
 from tinythinker_jax.teacher import prompts, replies
 from tinythinker_jax.teacher.client import Prompt, TeacherClient
-from tinythinker_jax.teacher.outcomes import Method, Outcome, drop, structured_mode
+from tinythinker_jax.teacher.outcomes import (Method, Outcome, drop, gather_all,
+                                              structured_mode)
 from tinythinker_jax.teacher.outcomes import provenance as make_provenance
 
 
@@ -44,6 +44,9 @@ class TinyThinkerSettings:
   # Exemplars as user/assistant 'turns' or inside the 'system' message (the
   # paper's request). Completions endpoints always get one prompt.
   few_shot: str = "turns"
+  # How structured output makes exactly one option correct
+  # (replies.ONE_CORRECT_FORMS): 'one_of', 'final_answer' or 'none'.
+  one_correct: str = "one_of"
   format_retries: int = 2  # New-seed requests for a sample that cannot be parsed.
 
 
@@ -62,13 +65,15 @@ def tinythinker_request(example: Example, settings: TinyThinkerSettings,
   structured = mode != "none"
   messages = prompts.tinythinker_messages(example, example.gold_label, instruction,
                                           exemplars, settings.num_shots, rng,
-                                          settings.few_shot, structured)
+                                          settings.few_shot, structured,
+                                          replies.check_one_correct(settings.one_correct))
   max_tokens = settings.max_tokens
   extra = ""
   if structured:
     max_tokens = max(max_tokens, replies.structured_token_budget(example))
     # Key order is kept: a grammar generates properties in the schema's order.
-    extra = json.dumps(replies.response_format(mode, replies.rationale_schema(example)))
+    extra = json.dumps(replies.response_format(mode, replies.rationale_schema(
+        example, settings.one_correct)))
   if endpoint == "completions":
     return Prompt(text=prompts.completion_prompt(messages),
                   temperature=settings.temperature, max_tokens=max_tokens, stop=("###",),
@@ -91,7 +96,8 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
       client.config.describe(), prompts.TINYTHINKER_TEMPLATE_VERSION,
       {"temperature": settings.temperature, "max_tokens": request.max_tokens,
        "num_samples": settings.num_samples, "num_shots": settings.num_shots,
-       "few_shot": settings.few_shot, "structured_output": mode})
+       "few_shot": settings.few_shot, "structured_output": mode,
+       "one_correct": settings.one_correct if mode != "none" else "not constrained"})
   outcome = Outcome(samples=settings.num_samples)
 
   structured = mode != "none"
@@ -115,7 +121,7 @@ async def teach_tinythinker(client: TeacherClient, example: Example,
     return sample, parsed, attempt
 
   valid = []
-  for sample, parsed, attempts in await asyncio.gather(
+  for sample, parsed, attempts in await gather_all(
       *(parsed_sample(s) for s in await client.samples(request, settings.num_samples))):
     if not parsed.ok:
       drop(outcome, example, sample.sample_index, f"format: {parsed.error}", sample.text,
