@@ -117,6 +117,20 @@ def read_run(run_dir: str) -> dict[str, Any]:
   return out
 
 
+def phase1_label(task_runs: list[dict[str, Any]]) -> str:
+  """Phase 1's row label: how its runs stopped (early stopping, or a schedule
+  that decays to zero over its steps)."""
+  patience = {(r["settings"].get("train_settings") or {}).get("early_stop_patience")
+              for r in task_runs}
+  steps = {(r["settings"].get("train_settings") or {}).get("train_steps")
+           for r in task_runs}
+  if patience == {0} and len(steps) == 1 and None not in steps:
+    return f"TinyThinker phase 1 (annealed: cosine to zero over {steps.pop()} steps)"
+  if 0 in patience:
+    return "TinyThinker phase 1 (runs of different protocols)"
+  return dict(METHODS)["tinythinker"]
+
+
 def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
   if not values:
     return "–"
@@ -146,7 +160,9 @@ def tables(runs: list[dict[str, Any]]) -> str:
   diffs = ["| task | student | minus | seeds | difference (points) | beyond seed noise "
            "(mean > 2 standard errors)? |", "|---|---|---|---|---|---|"]
   for task, task_runs in sorted(by_task.items()):
-    for name, label in METHODS:
+    labels = dict(METHODS, tinythinker=phase1_label(task_runs))
+    for name, _ in METHODS:
+      label = labels[name]
       rows = [r["students"][name] for r in task_runs if name in r["students"]]
       if not rows:
         continue
@@ -169,7 +185,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
       std = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
       beyond = len(pairs) > 1 and abs(mean) > 2 * std / math.sqrt(len(pairs))
       verdict = ("yes: a gain" if mean > 0 else "yes: a loss") if beyond else "no"
-      diffs.append(f"| {task} | {dict(METHODS)[a]} | {dict(METHODS)[b]} | {len(pairs)} | "
+      diffs.append(f"| {task} | {labels[a]} | {labels[b]} | {len(pairs)} | "
                    f"{_mean_std(pairs)} | {verdict} |")
   rounds = ["| task | seed run | phase 1: steps (stopped early at) / best step, "
             "validation | rounds (pairs; sampled-chain accuracy; reward accuracy; "

@@ -83,3 +83,12 @@ def test_pair_audit_checks_recalls_against_the_question(tmp_path):
       "chains": 4, "recall_right": 0.25, "answer_right": 0.5,
       "recall_right_given_answer_right": 0.5, "recall_pairs": 2,
       "chosen_recall_right": 0.5, "rejected_recall_right": 0.0})
+
+
+def test_phase1_row_names_its_protocol():
+  annealed = {"settings": {"train_settings": {"early_stop_patience": 0, "train_steps": 1500}}}
+  stopped = {"settings": {"train_settings": {"early_stop_patience": 5, "train_steps": 2000}}}
+  assert results_table.phase1_label([annealed, annealed]) == (
+      "TinyThinker phase 1 (annealed: cosine to zero over 1500 steps)")
+  assert results_table.phase1_label([stopped]) == "TinyThinker phase 1 (early stopping)"
+  assert results_table.phase1_label([annealed, stopped]).endswith("different protocols)")

@@ -344,3 +344,29 @@ def test_finetune_cot_step_two_constrained_to_the_labels(tmp_path, shared_data):
     step1, step2 = server.requests
   assert "response_format" not in step1 and step2["response_format"]["type"] == "json_schema"
   assert summary.kept == 1 and summary.teacher_accuracy == 1.0
+
+
+@pytest.mark.parametrize("mode", ["none", "json_object"])
+def test_summary_says_whether_one_correct_option_was_enforced(tmp_path, shared_data, mode):
+  """Text replies are not constrained; an endpoint that ignores the schema and
+  marks two options correct is named as not enforcing it."""
+  example = datasets.load_dataset(
+      "csqa", str(shared_data / "tinythinker" / "csqa"))["train"][0]
+  gold = example.gold_label
+  two = _reply("Sanctions undo the school's efforts to change.", gold).replace(
+      f"{'B' if gold != 'B' else 'C'} is incorrect", f"{'B' if gold != 'B' else 'C'} is correct")
+  with _tinythinker_server([two, _reply("A blow against the reforms.", gold)]) as server:
+    config = TeacherConfig(base_url=server.base_url, model="scripted", **FAST)
+    settings = pipelines.TinyThinkerSettings(num_samples=2, format_retries=0,
+                                             structured_output=mode)
+    summary = pipelines.teach([example], method=pipelines.Method.TINYTHINKER,
+                              answer_type=AnswerType.LETTER, output_dir=str(tmp_path),
+                              teacher=config, tinythinker=settings, progress=False)
+  assert summary.kept == 1 and summary.dropped == {"not exactly one option marked correct": 1}
+  note = json.loads((tmp_path / "summary.json").read_text())["settings"][
+      "one_correct_constraint"]
+  if mode == "none":
+    assert note.startswith("not constrained: text replies")
+  else:
+    assert note.startswith("the schema ('one_of')") and "NOT enforced by this endpoint: 1 " \
+        "replies" in note

@@ -1,0 +1,86 @@
+"""The Llama family against transformers' PyTorch models: tiny checkpoints made
+here with transformers (Llama with grouped-query attention, tied embeddings,
+Qwen2 with attention biases), imported, and their logits compared."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tinythinker_jax import errors  # noqa: E402
+from tinythinker_jax.convert import hf_llama  # noqa: E402
+from tinythinker_jax.models import llama  # noqa: E402
+
+COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=64)
+VARIANTS = {
+    "llama_gqa": (transformers.LlamaConfig, dict(num_key_value_heads=2, rope_theta=500.0)),
+    "llama_tied": (transformers.LlamaConfig, dict(num_key_value_heads=4,
+                                                  tie_word_embeddings=True)),
+    "qwen2_bias": (transformers.Qwen2Config, dict(num_key_value_heads=2,
+                                                  tie_word_embeddings=False)),
+}
+
+
+def make_folder(tmp_path, variant):
+  config_cls, extra = VARIANTS[variant]
+  torch.manual_seed(0)
+  config = config_cls(**COMMON, **extra)
+  model = (transformers.Qwen2ForCausalLM if config_cls is transformers.Qwen2Config
+           else transformers.LlamaForCausalLM)(config).eval()
+  with torch.no_grad():  # Non-zero biases and norm scales, so that each is exercised.
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.add_(torch.randn_like(p) * 0.1)
+  model.save_pretrained(tmp_path / variant)
+  return model, tmp_path / variant
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_logits_match_transformers(tmp_path, variant):
+  model, folder = make_folder(tmp_path, variant)
+  config, params = hf_llama.load_hf_llama(folder)
+  assert config.tie_word_embeddings == (variant == "llama_tied")
+  assert config.attention_bias == (variant == "qwen2_bias")
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, COMMON["vocab_size"], (2, 11))
+  mask = np.ones_like(tokens)
+  mask[1, 8:] = 0  # Right padding in the second row.
+  with torch.no_grad():
+    expected = model(input_ids=torch.tensor(tokens),
+                     attention_mask=torch.tensor(mask)).logits.numpy()
+  got = np.asarray(llama.LlamaModule(config).apply({"params": params}, tokens,
+                                                    attention_mask=mask))
+  np.testing.assert_allclose(got[0], expected[0], atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(got[1, :8], expected[1, :8], atol=1e-4, rtol=1e-4)
+
+
+def test_packed_segments_equal_separate_sequences(tmp_path):
+  model, folder = make_folder(tmp_path, "llama_gqa")
+  config, params = hf_llama.load_hf_llama(folder)
+  rng = np.random.default_rng(1)
+  a, b = rng.integers(0, 97, 5), rng.integers(0, 97, 7)
+  packed = np.concatenate([a, b])[None]
+  segments = np.array([[1] * 5 + [2] * 7])
+  positions = np.array([list(range(5)) + list(range(7))])
+  module = llama.LlamaModule(config)
+  got = np.asarray(module.apply({"params": params}, packed, positions=positions,
+                                segment_ids=segments))
+  with torch.no_grad():
+    for seq, rows in ((a, slice(0, 5)), (b, slice(5, 12))):
+      expected = model(input_ids=torch.tensor(seq[None])).logits.numpy()
+      np.testing.assert_allclose(got[:, rows], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_import_errors_name_the_file_and_weight(tmp_path):
+  _, folder = make_folder(tmp_path, "llama_gqa")
+  config = (folder / "config.json").read_text()
+  (folder / "config.json").write_text(config.replace('"num_hidden_layers": 2',
+                                                     '"num_hidden_layers": 3'))
+  with pytest.raises(errors.UserError, match="weight 'layers.2.self_attn.q_proj.weight' "
+                                             "is missing"):
+    hf_llama.load_hf_llama(folder)
+  (folder / "config.json").write_text(config.replace('"LlamaForCausalLM"', '"GPT2LMHeadModel"'))
+  with pytest.raises(errors.UserError, match="config.json: architectures='GPT2LMHeadModel'"):
+    hf_llama.load_hf_llama(folder)

@@ -1,0 +1,113 @@
+"""Hugging Face Llama-family folders (Llama, SmolLM, Qwen2) -> `models.llama`.
+
+Reads `config.json` and the weights in any layout `save_pretrained` writes
+(`hf_files`), checks every tensor's shape, and returns the config and the
+parameter tree of `LlamaModule` (unboxed). Variants read from the config:
+grouped-query attention, tied embeddings, Qwen2's attention biases, the RoPE
+base. Scaled RoPE (`rope_scaling`) is refused by name, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from tinythinker_jax import errors, paths
+from tinythinker_jax.convert import hf_files
+from tinythinker_jax.models.llama import LlamaConfig
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> LlamaConfig:
+  architecture = (hf.get("architectures") or ["?"])[0]
+  if architecture not in ARCHITECTURES:
+    raise errors.UserError(f"{where}: architectures={architecture!r}; the Llama family "
+                           f"reads {ARCHITECTURES}")
+  # transformers 5 writes `rope_parameters`; older folders `rope_theta` and
+  # `rope_scaling`.
+  rope = dict(hf.get("rope_scaling") or {}, **(hf.get("rope_parameters") or {}))
+  if (rope.get("rope_type") or rope.get("type")) not in (None, "default"):
+    raise errors.UserError(f"{where}: scaled RoPE ({rope}) is not supported yet")
+  theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+  if hf.get("hidden_act", "silu") != "silu":
+    raise errors.UserError(f"{where}: hidden_act={hf['hidden_act']!r}; expected 'silu'")
+  if hf.get("mlp_bias"):
+    raise errors.UserError(f"{where}: mlp_bias=true is not supported")
+  heads = hf["num_attention_heads"]
+  qwen2 = architecture == "Qwen2ForCausalLM"
+  return LlamaConfig(
+      vocab_size=hf["vocab_size"], emb_dim=hf["hidden_size"], num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      mlp_dim=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6 if qwen2 else 1e-5),
+      rope_theta=theta,
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      attention_bias=qwen2 or bool(hf.get("attention_bias", False)),
+      max_position_embeddings=hf.get("max_position_embeddings", 2048))
+
+
+def load_hf_llama(path: paths.PathLike) -> tuple[LlamaConfig, dict[str, Any]]:
+  """(config, params) of an HF folder, params as float32 numpy arrays."""
+  folder = paths.as_path(path)
+  config_path = folder / "config.json"
+  if not config_path.exists():
+    raise errors.MissingFileError(f"{config_path}: no config.json in the HF folder")
+  config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
+  fmt, files = hf_files.weight_files(folder)
+  tensors = {k.removeprefix("model."): np.asarray(v, np.float32)
+             for k, v in hf_files.read_tensors(fmt, files).items()}
+  c = config
+  used = set()
+
+  def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in tensors:
+      raise errors.UserError(f"{folder}: weight {name!r} is missing")
+    value = tensors[name]
+    if value.shape != shape:
+      raise errors.UserError(f"{folder}: weight {name!r} has shape {value.shape}; the "
+                             f"config implies {shape}")
+    used.add(name)
+    return value
+
+  def heads_in(name: str, heads: int) -> np.ndarray:  # [h*k, d] -> [d, h, k]
+    return take(name, (heads * c.head_dim, c.emb_dim)).T.reshape(
+        c.emb_dim, heads, c.head_dim)
+
+  params: dict[str, Any] = {"embedding": take("embed_tokens.weight",
+                                              (c.vocab_size, c.emb_dim))}
+  for i in range(c.num_layers):
+    p = f"layers.{i}."
+    attention = {
+        "query_kernel": heads_in(p + "self_attn.q_proj.weight", c.num_heads),
+        "key_kernel": heads_in(p + "self_attn.k_proj.weight", c.num_kv_heads),
+        "value_kernel": heads_in(p + "self_attn.v_proj.weight", c.num_kv_heads),
+        "out_kernel": take(p + "self_attn.o_proj.weight",
+                           (c.emb_dim, c.num_heads * c.head_dim)).T.reshape(
+                               c.num_heads, c.head_dim, c.emb_dim)}
+    if c.attention_bias:
+      for ours, theirs, heads in (("query", "q", c.num_heads), ("key", "k", c.num_kv_heads),
+                                  ("value", "v", c.num_kv_heads)):
+        attention[f"{ours}_bias"] = take(p + f"self_attn.{theirs}_proj.bias",
+                                         (heads * c.head_dim,)).reshape(heads, c.head_dim)
+    params[f"layers_{i}"] = {
+        "pre_attention_norm": {"scale": take(p + "input_layernorm.weight", (c.emb_dim,))},
+        "attention": attention,
+        "pre_mlp_norm": {"scale": take(p + "post_attention_layernorm.weight",
+                                       (c.emb_dim,))},
+        "mlp": {"gate_kernel": take(p + "mlp.gate_proj.weight", (c.mlp_dim, c.emb_dim)).T,
+                "up_kernel": take(p + "mlp.up_proj.weight", (c.mlp_dim, c.emb_dim)).T,
+                "down_kernel": take(p + "mlp.down_proj.weight",
+                                    (c.emb_dim, c.mlp_dim)).T}}
+  params["final_norm"] = {"scale": take("norm.weight", (c.emb_dim,))}
+  if not c.tie_word_embeddings:
+    params["lm_head"] = take("lm_head.weight", (c.vocab_size, c.emb_dim)).T
+  unused = sorted(set(tensors) - used - {"lm_head.weight"} -
+                  {k for k in tensors if k.endswith("rotary_emb.inv_freq")})
+  if unused:
+    raise errors.UserError(f"{folder}: weights the Llama family does not read: "
+                           f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
+  return config, params

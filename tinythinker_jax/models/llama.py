@@ -1,0 +1,182 @@
+"""The Llama architecture (and its common variants) as a Flax linen module: the
+decoder-only family that students are today (Llama 2/3, SmolLM, Qwen2).
+
+Variants, from the config: grouped-query attention (`num_kv_heads`), tied or
+untied input and output embeddings, attention biases on the query, key and
+value projections (Qwen2), the RoPE base (`rope_theta`). Numerics follow
+Hugging Face's PyTorch `LlamaForCausalLM` / `Qwen2ForCausalLM`: RMS norm in
+float32, rotary embeddings on the two halves of each head (`rotate_half`),
+SiLU-gated MLP, causal attention scaled by 1/sqrt(head_dim).
+
+Parameters and activations carry t5x-style logical axis names, so the
+partitioning rules (FSDP included) apply as they do to T5.
+
+Status (issue #25): the forward pass and Hugging Face import are here and
+tested against transformers; the model interface (training, decoding,
+export), tokenizers and pipeline are not wired yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+NEG_INF = -1e10
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int
+  emb_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_layers: int
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False  # Qwen2: biases on the q, k and v projections.
+  max_position_embeddings: int = 2048
+  dtype: str = "float32"  # Activations.
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
+                   self.param_dtype)
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return (scale.astype(jnp.float32) * x).astype(dtype)
+
+
+def rotary(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embeddings on `x` [batch, length, heads, head_dim] at `positions`
+  [batch, length], the halves of each head rotated together (HF's rotate_half)."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1]))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, l, half]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    c = self.config
+    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    init = nn.initializers.normal(0.02)
+
+    def project(name, heads, kernel_axes):
+      kernel = _param(self, f"{name}_kernel", init, (c.emb_dim, heads, c.head_dim),
+                      kernel_axes, pdtype)
+      y = jnp.einsum("bld,dhk->blhk", x, kernel.astype(dtype))
+      if c.attention_bias:
+        bias = _param(self, f"{name}_bias", nn.initializers.zeros, (heads, c.head_dim),
+                      kernel_axes[1:], pdtype)
+        y = y + bias.astype(dtype)
+      return y
+
+    q = project("query", c.num_heads, ("embed", "heads", "kv"))
+    k = project("key", c.num_kv_heads, ("embed", "heads", "kv"))
+    v = project("value", c.num_kv_heads, ("embed", "heads", "kv"))
+    q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
+    groups = c.num_heads // c.num_kv_heads
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
+        jnp.float32(c.head_dim))
+    scores = jnp.where(mask[:, None], scores, NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    kernel = _param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
+                    ("heads", "kv", "embed"), pdtype)
+    return jnp.einsum("blhk,hkd->bld", out, kernel.astype(dtype))
+
+
+class Mlp(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    init = nn.initializers.normal(0.02)
+    gate = _param(self, "gate_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
+    up = _param(self, "up_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
+    down = _param(self, "down_kernel", init, (c.mlp_dim, c.emb_dim), ("mlp", "embed"),
+                  pdtype)
+    hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+    return hidden @ down.astype(dtype)
+
+
+class Block(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    c = self.config
+    pdtype = jnp.dtype(c.param_dtype)
+    h = x + Attention(c, name="attention")(
+        RMSNorm(c.rms_norm_eps, pdtype, name="pre_attention_norm")(x), positions, mask)
+    return h + Mlp(c, name="mlp")(RMSNorm(c.rms_norm_eps, pdtype, name="pre_mlp_norm")(h))
+
+
+class LlamaModule(nn.Module):
+  """Token ids [batch, length] -> logits [batch, length, vocab]."""
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Optional[Array] = None,
+               segment_ids: Optional[Array] = None,
+               attention_mask: Optional[Array] = None) -> Array:
+    """`positions` default to 0..L-1; `segment_ids` (packing) keep attention
+    inside each segment; `attention_mask` [batch, length] (1 = a real token)
+    hides padding, as transformers' mask does."""
+    c = self.config
+    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    length = tokens.shape[1]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    mask = jnp.tril(jnp.ones((length, length), bool))[None]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(bool)[:, None, :]
+    embedding = _param(self, "embedding", nn.initializers.normal(0.02),
+                       (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    for i in range(c.num_layers):
+      x = Block(c, name=f"layers_{i}")(x, positions, mask)
+    x = RMSNorm(c.rms_norm_eps, pdtype, name="final_norm")(x)
+    if c.tie_word_embeddings:
+      return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)
+    head = _param(self, "lm_head", nn.initializers.normal(0.02), (c.emb_dim, c.vocab_size),
+                  ("embed", "vocab"), pdtype)
+    return (x @ head.astype(dtype)).astype(jnp.float32)
