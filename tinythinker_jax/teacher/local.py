@@ -7,8 +7,8 @@ interpreter exit).
 
 llama-cpp-python's server answers one request at a time. `num_servers` starts
 that many processes, which share `n_threads` threads between them, and the
-client keeps one request in flight on each (`teacher_config`): BENCHMARKS.md
-measures what that gains on a CPU. Each sample is its own request with its
+client keeps one request in flight on each (`teacher_config`). On a 2-core CPU
+one server with both threads is faster (BENCHMARKS.md, "Teacher throughput"). Each sample is its own request with its
 own seed (`TeacherConfig.seed_each_sample`), so the records do not depend on
 how many servers answered them (with `fresh_prompts`, each prompt is evaluated
 whole rather than after the previous request's shared prefix).
