@@ -84,3 +84,27 @@ def test_import_errors_name_the_file_and_weight(tmp_path):
   (folder / "config.json").write_text(config.replace('"LlamaForCausalLM"', '"GPT2LMHeadModel"'))
   with pytest.raises(errors.UserError, match="config.json: architectures='GPT2LMHeadModel'"):
     hf_llama.load_hf_llama(folder)
+
+
+def test_completion_logps_match_transformers_on_unpadded_sequences(tmp_path):
+  """Prompts and completions of different lengths in one batch: each row's
+  completion log-probabilities equal transformers' on that row alone."""
+  from tinythinker_jax.families import decoder_only
+  model, folder = make_folder(tmp_path, "qwen2_bias")
+  config, params = hf_llama.load_hf_llama(folder)
+  rng = np.random.default_rng(2)
+  prompts = [rng.integers(1, 97, n) for n in (3, 6)]
+  completions = [rng.integers(1, 97, n) for n in (5, 2)]
+  inputs = np.zeros((2, 7), np.int32)
+  targets = np.zeros((2, 6), np.int32)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    inputs[i, :len(p)], targets[i, :len(c)] = p, c
+  logps, _ = decoder_only.completion_logps(config, params, inputs, targets)
+  logps = np.asarray(logps)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    sequence = torch.tensor(np.concatenate([p, c])[None])
+    with torch.no_grad():
+      log_probs = torch.log_softmax(model(input_ids=sequence).logits[0], -1).numpy()
+    expected = [log_probs[len(p) - 1 + t, c[t]] for t in range(len(c))]
+    np.testing.assert_allclose(logps[i, :len(c)], expected, atol=1e-4, rtol=1e-4)
+    assert (logps[i, len(c):] == 0).all()  # Padding.
