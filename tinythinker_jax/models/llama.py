@@ -85,7 +85,12 @@ def rotary(x: Array, positions: Array, theta: float) -> Array:
 
 
 class Attention(nn.Module):
+  """Grouped-query causal attention. With `decode`, keys and values go into a
+  'cache' collection at its running index (sized by the first, initialising
+  call), and `mask` covers the whole cache."""
+
   config: LlamaConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
@@ -107,6 +112,17 @@ class Attention(nn.Module):
     k = project("key", c.num_kv_heads, ("embed", "heads", "kv"))
     v = project("value", c.num_kv_heads, ("embed", "heads", "kv"))
     q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
+    if self.decode:
+      initialising = not self.has_variable("cache", "key")
+      cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if not initialising:
+        at = (0, index.value, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
+        index.value = index.value + x.shape[1]
+        k, v = cached_key.value, cached_value.value
     groups = c.num_heads // c.num_kv_heads
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
@@ -137,44 +153,50 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   config: LlamaConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
     c = self.config
     pdtype = jnp.dtype(c.param_dtype)
-    h = x + Attention(c, name="attention")(
+    h = x + Attention(c, self.decode, name="attention")(
         RMSNorm(c.rms_norm_eps, pdtype, name="pre_attention_norm")(x), positions, mask)
     return h + Mlp(c, name="mlp")(RMSNorm(c.rms_norm_eps, pdtype, name="pre_mlp_norm")(h))
 
 
 class LlamaModule(nn.Module):
-  """Token ids [batch, length] -> logits [batch, length, vocab]."""
+  """Token ids [batch, length] -> logits [batch, length, vocab]. With `decode`,
+  attention reads and extends a KV cache (`families.decoder_only.decode`)."""
 
   config: LlamaConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Optional[Array] = None,
                segment_ids: Optional[Array] = None,
-               attention_mask: Optional[Array] = None) -> Array:
+               attention_mask: Optional[Array] = None,
+               mask: Optional[Array] = None) -> Array:
     """`positions` default to 0..L-1; `segment_ids` (packing) keep attention
     inside each segment; `attention_mask` [batch, length] (1 = a real token)
-    hides padding, as transformers' mask does."""
+    hides padding, as transformers' mask does. `mask` [batch, length, keys]
+    replaces all three (decoding: the keys are the cache's)."""
     c = self.config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     length = tokens.shape[1]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-    mask = jnp.tril(jnp.ones((length, length), bool))[None]
-    if segment_ids is not None:
-      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    if attention_mask is not None:
-      mask = mask & attention_mask.astype(bool)[:, None, :]
+    if mask is None:
+      mask = jnp.tril(jnp.ones((length, length), bool))[None]
+      if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+      if attention_mask is not None:
+        mask = mask & attention_mask.astype(bool)[:, None, :]
     embedding = _param(self, "embedding", nn.initializers.normal(0.02),
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     for i in range(c.num_layers):
-      x = Block(c, name=f"layers_{i}")(x, positions, mask)
+      x = Block(c, self.decode, name=f"layers_{i}")(x, positions, mask)
     x = RMSNorm(c.rms_norm_eps, pdtype, name="final_norm")(x)
     if c.tie_word_embeddings:
       return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)
