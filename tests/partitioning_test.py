@@ -28,7 +28,7 @@ def test_rules_are_t5x_defaults():
       ("batch", "data"), ("vocab", "model"), ("embed", None), ("mlp", "model"),
       ("heads", "model"), ("kv", None), ("joined_kv", "model"),
       ("relpos_buckets", None), ("abspos_buckets", None), ("length", None),
-      ("layers", None), ("stack", None), ("mlp_activations", None))
+      ("layers", None), ("stack", None), ("mlp_activations", None), ("kv_heads", None))
   fsdp = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
   assert ("embed", "data") in fsdp and ("embed", None) not in fsdp
   extra = partitioning.standard_logical_axis_rules(additional_rules=[("foo", "model")])

@@ -59,8 +59,11 @@ def standard_logical_axis_rules(
     raise errors.UserError(f"activation_partitioning_dims={activation_partitioning_dims}, "
                      f"parameter_partitioning_dims={parameter_partitioning_dims}: "
                      "each must be 1 or 2")
+  # `kv_heads`: grouped-query attention's key/value heads (decoder-only
+  # students), fewer than the model axis may hold, so replicated over it.
   rules += [("relpos_buckets", None), ("abspos_buckets", None), ("length", None),
-            ("layers", None), ("stack", None), ("mlp_activations", None)]
+            ("layers", None), ("stack", None), ("mlp_activations", None),
+            ("kv_heads", None)]
   if additional_rules:
     rules += [tuple(r) for r in additional_rules]
   return tuple(rules)

@@ -117,3 +117,58 @@ def params_from_tensors(c: LlamaConfig, tensors: dict[str, np.ndarray],
     raise errors.UserError(f"{where}: weights the Llama family does not read: "
                            f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
   return params
+
+
+def hf_config(c: LlamaConfig) -> dict[str, Any]:
+  """`config.json` of an HF folder for `c` (Qwen2 where it has attention biases)."""
+  qwen2 = c.attention_bias
+  return {
+      "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+      "model_type": "qwen2" if qwen2 else "llama",
+      "vocab_size": c.vocab_size, "hidden_size": c.emb_dim,
+      "intermediate_size": c.mlp_dim, "num_hidden_layers": c.num_layers,
+      "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
+      "head_dim": c.head_dim, "hidden_act": "silu", "rms_norm_eps": c.rms_norm_eps,
+      "rope_theta": c.rope_theta,
+      "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+      "tie_word_embeddings": c.tie_word_embeddings,
+      "max_position_embeddings": c.max_position_embeddings,
+      **({} if qwen2 else {"attention_bias": False, "mlp_bias": False}),
+      "torch_dtype": "float32"}
+
+
+def save_hf_llama(c: LlamaConfig, params: dict[str, Any], path: paths.PathLike, *,
+                  max_shard_bytes: int = 2 << 30) -> None:
+  """Writes an HF folder (safetensors, then `config.json` last, so a folder
+  that has it is complete) that transformers loads as LlamaForCausalLM or
+  Qwen2ForCausalLM."""
+  folder = paths.as_path(path)
+  folder.mkdir(parents=True, exist_ok=True)
+  f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
+  tensors = {"model.embed_tokens.weight": f32(params["embedding"]),
+             "model.norm.weight": f32(params["final_norm"]["scale"])}
+  for i in range(c.num_layers):
+    layer, p = params[f"layers_{i}"], f"model.layers.{i}."
+    attention = layer["attention"]
+
+    def heads_out(kernel):  # [d, h, k] -> [h*k, d]
+      kernel = f32(kernel)
+      return f32(kernel.reshape(kernel.shape[0], -1).T)
+    tensors.update({
+        p + "input_layernorm.weight": f32(layer["pre_attention_norm"]["scale"]),
+        p + "post_attention_layernorm.weight": f32(layer["pre_mlp_norm"]["scale"]),
+        p + "self_attn.q_proj.weight": heads_out(attention["query_kernel"]),
+        p + "self_attn.k_proj.weight": heads_out(attention["key_kernel"]),
+        p + "self_attn.v_proj.weight": heads_out(attention["value_kernel"]),
+        p + "self_attn.o_proj.weight": f32(f32(attention["out_kernel"]).reshape(
+            -1, c.emb_dim).T),
+        p + "mlp.gate_proj.weight": f32(f32(layer["mlp"]["gate_kernel"]).T),
+        p + "mlp.up_proj.weight": f32(f32(layer["mlp"]["up_kernel"]).T),
+        p + "mlp.down_proj.weight": f32(f32(layer["mlp"]["down_kernel"]).T)})
+    if c.attention_bias:
+      for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v")):
+        tensors[p + f"self_attn.{theirs}_proj.bias"] = f32(attention[f"{ours}_bias"]).reshape(-1)
+  if not c.tie_word_embeddings:
+    tensors["lm_head.weight"] = f32(f32(params["lm_head"]).T)
+  hf_files.save_tensors(tensors, folder, max_shard_bytes=max_shard_bytes)
+  paths.write_text(folder / "config.json", json.dumps(hf_config(c), indent=2, sort_keys=True))

@@ -14,19 +14,24 @@ needs from prompt + response).
 (greedy or sampled, several samples per prompt), with the T5 sampler's token
 choice and keys (`decoding.sample_token`).
 
-Not yet behind the model interface (no packing, FLOPs, export, gin or pipeline).
+`DecoderOnlyModel` puts these behind the model interface, over the same
+prompt/completion features as T5's. Not yet: packing, beam search, the
+model's own tokenizer as a vocabulary, gin model files, Fine-tune-CoT's
+decoder-only text format, the pipeline.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tinythinker_jax import decoding
+from tinythinker_jax import decoding, errors
 from tinythinker_jax.models import llama
-from tinythinker_jax.models.base import DecodeResult
+from tinythinker_jax.models.base import BaseModel, DecodeResult
 from tinythinker_jax.training import losses
 
 Array = jax.Array
@@ -133,3 +138,100 @@ def decode(config: llama.LlamaConfig, params: Any, inputs: Array, *, max_length:
                                  top_p=top_p)
   return _decode_loop(config, params, jnp.repeat(inputs, num_samples, axis=0), max_length,
                       eos_id, choose)
+
+
+def _no_packing(*segment_ids: Optional[Array]) -> None:
+  if any(s is not None for s in segment_ids):
+    raise errors.UserError("decoder-only students do not train on packed batches yet "
+                           "(TrainSettings / PACK = False)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyModel(BaseModel):
+  """A Llama-family decoder over prompt -> completion batches (the same features
+  as T5's: `encoder_input_tokens` is the prompt, `decoder_target_tokens` the
+  completion); see the module docstring."""
+
+  config: llama.LlamaConfig
+  family: ClassVar[str] = "decoder_only"
+
+  @property
+  def dropout_rate(self) -> float:
+    return 0.0
+
+  @classmethod
+  def from_config_json(cls, fields: Mapping[str, Any]) -> "DecoderOnlyModel":
+    known = {f.name for f in dataclasses.fields(llama.LlamaConfig)}
+    return cls(llama.LlamaConfig(**{k: v for k, v in fields.items() if k in known}))
+
+  def init_params(self, rng: Array) -> Any:
+    tokens = jnp.ones((1, 2), jnp.int32)
+    return llama.LlamaModule(self.config).init(rng, tokens)["params"]
+
+  def logits(self, params: Any, batch: Mapping[str, Array], *,
+             dropout_rng: Optional[Array] = None) -> Array:
+    _no_packing(batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"))
+    return completion_logps(self.config, params, batch["encoder_input_tokens"],
+                            batch["decoder_target_tokens"])[1]
+
+  def token_logps(self, params: Any, inputs: Array, targets: Array, *,
+                  dropout_rng: Optional[Array] = None,
+                  input_segment_ids: Optional[Array] = None,
+                  target_segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
+    _no_packing(input_segment_ids, target_segment_ids)
+    return completion_logps(self.config, params, inputs, targets)
+
+  def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
+             rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1
+             ) -> DecodeResult:
+    if num_beams > 1:
+      raise errors.UserError("beam search is not built for decoder-only students yet; "
+                             "use greedy or sampled decoding")
+    return decode(self.config, params, inputs, max_length=max_length, eos_id=eos_id,
+                  rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
+                  num_samples=num_samples)
+
+  # FLOPs: the standard count (models.flops) for one decoder over prompt + completion.
+  def _weights(self) -> int:
+    c = self.config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return c.num_layers * (2 * c.emb_dim * q + 2 * c.emb_dim * kv + 3 * c.emb_dim *
+                           c.mlp_dim) + c.emb_dim * c.vocab_size
+
+  def _attention(self, queries: int, keys: int) -> int:
+    return 4 * self.config.num_heads * self.config.head_dim * self.config.num_layers * \
+        queries * keys
+
+  def forward_flops(self, batch: int, input_length: int, target_length: int) -> int:
+    length = input_length + target_length
+    return batch * (2 * self._weights() * length + self._attention(length, length))
+
+  def train_step_flops(self, shapes: Mapping[str, Sequence[int]]) -> Optional[int]:
+    if "encoder_input_tokens" not in shapes:
+      return None
+    batch, input_length = shapes["encoder_input_tokens"][:2]
+    keys = [k for k in ("decoder_target_tokens", "chosen_target_tokens",
+                        "rejected_target_tokens") if k in shapes]
+    if not keys or (keys[0] != "decoder_target_tokens" and len(keys) != 2):
+      return None
+    return sum(3 * self.forward_flops(batch, input_length, shapes[k][1])
+               for k in keys[:1 if keys[0] == "decoder_target_tokens" else 2])
+
+  def encode_flops(self, input_length: int) -> int:
+    return 2 * self._weights() * input_length + self._attention(input_length, input_length)
+
+  def decode_steps_flops(self, input_length: int, new_tokens: int) -> int:
+    n = int(new_tokens)
+    attended = n * input_length + n * (n + 1) // 2
+    return 2 * self._weights() * n + self._attention(1, 1) * attended
+
+  @classmethod
+  def load_hf(cls, path: str, **options) -> tuple["DecoderOnlyModel", Any]:
+    from tinythinker_jax.convert import hf_llama  # pylint: disable=import-outside-toplevel
+    config, params = hf_llama.load_hf_llama(path)
+    return cls(config), params
+
+  def save_hf(self, params: Any, path: str, *, dtype: Optional[str] = None) -> None:
+    from tinythinker_jax.convert import hf_llama  # pylint: disable=import-outside-toplevel
+    hf_llama.save_hf_llama(self.config, nn.unbox(params), path)

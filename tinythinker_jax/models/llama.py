@@ -47,6 +47,11 @@ class LlamaConfig:
   dtype: str = "float32"  # Activations.
   param_dtype: str = "float32"
 
+  @property
+  def compute_dtype(self) -> str:
+    """The activations' dtype (the name the trainer's MFU reads, as T5's config)."""
+    return self.dtype
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
@@ -109,8 +114,8 @@ class Attention(nn.Module):
       return y
 
     q = project("query", c.num_heads, ("embed", "heads", "kv"))
-    k = project("key", c.num_kv_heads, ("embed", "heads", "kv"))
-    v = project("value", c.num_kv_heads, ("embed", "heads", "kv"))
+    k = project("key", c.num_kv_heads, ("embed", "kv_heads", "kv"))
+    v = project("value", c.num_kv_heads, ("embed", "kv_heads", "kv"))
     q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
     if self.decode:
       initialising = not self.has_variable("cache", "key")
