@@ -55,3 +55,54 @@ def test_trained_student_copies_its_prompt(tmp_path):
   tokens = np.asarray(decoded.tokens)
   exact = (tokens[:, :9] == batch["decoder_target_tokens"]).all(axis=1)
   assert exact.mean() >= 0.75, tokens
+
+
+def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
+  """`tinythinker pipeline` with `models/llama/tiny.gin` after the demo's run
+  config: teaching, phase 1, self-reflection and its baselines, evaluation,
+  export (an HF Llama folder that transformers loads) and the report."""
+  import json
+  import subprocess
+  import sys
+
+  import torch
+  import transformers
+
+  from tests.conftest import one_device_env
+  from tinythinker_jax.convert import hf_llama
+  from tinythinker_jax.models import llama as llama_lib
+  run_dir = tmp_path / "run"
+  command = [
+      sys.executable, "-m", "tinythinker_jax.main", "pipeline", "--gin_file=runs/demo.gin",
+      "--gin_file=models/llama/tiny.gin", f"--gin.RUN_DIR='{run_dir}'",
+      "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.MAX_TRAIN_EXAMPLES=40",
+      "--gin.MAX_VALIDATION_EXAMPLES=4", "--gin.MAX_TEST_EXAMPLES=4", "--gin.EVAL_NUM_RUNS=0",
+      "--gin.phase1/recipe.TrainSettings.train_steps=8",
+      "--gin.phase1/recipe.TrainSettings.eval_every=4",
+      "--gin.phase1/recipe.TrainSettings.checkpoint_every=4",
+      "--gin.phase1/recipe.TrainSettings.batch_size=8",
+      "--gin.phase1/recipe.TrainSettings.warmup_steps=2",
+      "--gin.pipeline.run_pipeline.max_reflect_examples=4",
+      "--gin.sample.SampleSettings.num_recall_samples=2",
+      "--gin.dpo/recipe.TrainSettings.num_epochs=None",
+      "--gin.dpo/recipe.TrainSettings.train_steps=2",
+      "--gin.dpo/recipe.TrainSettings.batch_size=4"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env=one_device_env())
+  assert result.returncode == 0, result.stderr[-3000:]
+  stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+  for stage in ("train_tinythinker", "reflect", "continued", "rft", "evaluate", "export",
+                "report"):
+    assert stage in stages, stage
+  report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
+  assert report["greedy"]["num_examples"] == 4
+  assert "Llama-family decoder 64d, 2 layers" in (run_dir / "report" / "report.md").read_text()
+  exported = run_dir / "export" / "hf_model"
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
+  assert type(model).__name__ == "LlamaForCausalLM"
+  config, params = hf_llama.load_hf_llama(exported)
+  tokens = np.array([[5, 9, 17, 3, 2]])
+  with torch.no_grad():
+    expected = model(input_ids=torch.tensor(tokens)).logits.numpy()
+  got = np.asarray(llama_lib.LlamaModule(config).apply({"params": params}, tokens))
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -205,3 +205,21 @@ def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
     del pipeline
   finally:
     gin.clear_config()
+
+
+# The Llama-family sizes and their published parameter counts (model cards).
+LLAMA_PUBLISHED = {"llama/smollm2_135m": 134_515_008, "llama/qwen2_5_0_5b": 494_032_768}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_PUBLISHED))
+def test_llama_gin_has_the_published_parameter_count(name):
+  from tinythinker_jax.families.decoder_only import DecoderOnlyModel
+  gin.clear_config()
+  try:
+    gin_utils.parse([f"models/{name}.gin"], ["ACTIVATION_DTYPE = 'auto'"])
+    config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
+  finally:
+    gin.clear_config()
+  shapes = nn.unbox(DecoderOnlyModel(config).abstract_params())
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == LLAMA_PUBLISHED[name]
+  assert config.compute_dtype == jnp.float32  # 'auto' on this CPU

@@ -154,6 +154,14 @@ def budget_lines(stages: Mapping[str, Any], reports: Mapping[str, Any]) -> list[
   return lines + [""]
 
 
+def describe_model(config: dict) -> str:
+  """'T5 64d, 2+2 layers' or 'Llama-family decoder 64d, 2 layers' from a model config."""
+  if "num_encoder_layers" in config:
+    return (f"T5 {config['emb_dim']}d, {config['num_encoder_layers']}+"
+            f"{config['num_decoder_layers']} layers")
+  return f"Llama-family decoder {config['emb_dim']}d, {config['num_layers']} layers"
+
+
 def write_report(run_dir: str, manifest: Mapping[str, Any],
                  students: Mapping[str, str]) -> dict[str, Any]:
   out = paths.as_path(run_dir) / "report"
@@ -177,10 +185,7 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
     length = (f"up to {length}, stopped once validation chain accuracy had not improved "
               f"for {phase1['early_stop_patience']} evaluations")
   lines = [f"# tinythinker report: {settings['dataset']}", "",
-           f"Teacher: {settings['teacher']}. Students: T5 "
-           f"{settings['model_config']['emb_dim']}d, "
-           f"{settings['model_config']['num_encoder_layers']}+"
-           f"{settings['model_config']['num_decoder_layers']} layers, "
+           f"Teacher: {settings['teacher']}. Students: {describe_model(settings['model_config'])}, "
            f"{length}, with batches of {phase1['batch_size']}.", ""]
   lines += budget_lines(stages, reports)
 

@@ -3,6 +3,7 @@
 | family | model | configs | checkpoints |
 |---|---|---|---|
 | `encoder_decoder` | `EncoderDecoderModel` (T5 v1.0 / v1.1 / Flan-T5 / mT5) | `models.t5.T5Config` | HF `model_type: t5`/`mt5`, t5x |
+| `decoder_only` | `DecoderOnlyModel` (Llama, SmolLM, Qwen2) | `models.llama.LlamaConfig` | HF `model_type: llama`/`qwen2`, GGUF |
 
 `from_config(config)` gives the model of a config (gin's `MODEL_CONFIG`),
 `from_json(meta)` the model a checkpoint's meta records (meta written before
@@ -15,13 +16,16 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from tinythinker_jax import errors
+from tinythinker_jax.families.decoder_only import DecoderOnlyModel
 from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import llama, t5
 from tinythinker_jax.models.base import BaseModel
 
-FAMILIES: dict[str, type[BaseModel]] = {EncoderDecoderModel.family: EncoderDecoderModel}
-CONFIGS = {t5.T5Config: EncoderDecoderModel}
-HF_MODEL_TYPES = {"t5": EncoderDecoderModel, "mt5": EncoderDecoderModel}
+FAMILIES: dict[str, type[BaseModel]] = {EncoderDecoderModel.family: EncoderDecoderModel,
+                                        DecoderOnlyModel.family: DecoderOnlyModel}
+CONFIGS = {t5.T5Config: EncoderDecoderModel, llama.LlamaConfig: DecoderOnlyModel}
+HF_MODEL_TYPES = {"t5": EncoderDecoderModel, "mt5": EncoderDecoderModel,
+                  "llama": DecoderOnlyModel, "qwen2": DecoderOnlyModel}
 
 
 def from_config(config: Any) -> BaseModel:

@@ -155,10 +155,6 @@ class DecoderOnlyModel(BaseModel):
   config: llama.LlamaConfig
   family: ClassVar[str] = "decoder_only"
 
-  @property
-  def dropout_rate(self) -> float:
-    return 0.0
-
   @classmethod
   def from_config_json(cls, fields: Mapping[str, Any]) -> "DecoderOnlyModel":
     known = {f.name for f in dataclasses.fields(llama.LlamaConfig)}

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tinythinker_jax import platforms
+
 Array = jax.Array
 NEG_INF = -1e10
 
@@ -44,15 +46,20 @@ class LlamaConfig:
   tie_word_embeddings: bool = False
   attention_bias: bool = False  # Qwen2: biases on the q, k and v projections.
   max_position_embeddings: int = 2048
-  dtype: str = "float32"  # Activations.
+  dropout_rate: float = 0.0  # Only 0 is built (pretrained Llama-family models use none).
+  # Activations; 'auto' is bfloat16 on TPUs and GPUs, float32 on CPUs.
+  dtype: str = "float32"
   param_dtype: str = "float32"
 
   @property
-  def compute_dtype(self) -> str:
-    """The activations' dtype (the name the trainer's MFU reads, as T5's config)."""
-    return self.dtype
+  def compute_dtype(self):
+    """The activations' dtype, 'auto' resolved where the model runs (as T5's)."""
+    return jnp.dtype(platforms.activation_dtype(self.dtype))
 
   def __post_init__(self):
+    if self.dropout_rate:
+      raise ValueError(f"LlamaConfig.dropout_rate={self.dropout_rate}: dropout is not built "
+                       "for decoder-only students (set it to 0)")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -100,7 +107,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
     c = self.config
-    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
 
     def project(name, heads, kernel_axes):
@@ -146,7 +153,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = self.config
-    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
     gate = _param(self, "gate_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
     up = _param(self, "up_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
@@ -186,7 +193,7 @@ class LlamaModule(nn.Module):
     hides padding, as transformers' mask does. `mask` [batch, length, keys]
     replaces all three (decoding: the keys are the cache's)."""
     c = self.config
-    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     length = tokens.shape[1]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
