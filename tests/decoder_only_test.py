@@ -59,8 +59,9 @@ def test_trained_student_copies_its_prompt(tmp_path):
 
 def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
   """`tinythinker pipeline` with `models/llama/tiny.gin` after the demo's run
-  config: teaching, phase 1, self-reflection and its baselines, evaluation,
-  export (an HF Llama folder that transformers loads) and the report."""
+  config: teaching, phase 1, self-reflection, evaluation, export (an HF Llama
+  folder that transformers loads) and the report. (The baselines train through
+  the same interface calls as phase 1 and self-reflection; left out for time.)"""
   import json
   import subprocess
   import sys
@@ -75,7 +76,8 @@ def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
   command = [
       sys.executable, "-m", "tinythinker_jax.main", "pipeline", "--gin_file=runs/demo.gin",
       "--gin_file=models/llama/tiny.gin", f"--gin.RUN_DIR='{run_dir}'",
-      "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.MAX_TRAIN_EXAMPLES=40",
+      "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
+      "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",
       "--gin.MAX_VALIDATION_EXAMPLES=4", "--gin.MAX_TEST_EXAMPLES=4", "--gin.EVAL_NUM_RUNS=0",
       "--gin.phase1/recipe.TrainSettings.train_steps=8",
       "--gin.phase1/recipe.TrainSettings.eval_every=4",
@@ -91,8 +93,7 @@ def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
                           env=one_device_env())
   assert result.returncode == 0, result.stderr[-3000:]
   stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
-  for stage in ("train_tinythinker", "reflect", "continued", "rft", "evaluate", "export",
-                "report"):
+  for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
     assert stage in stages, stage
   report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
   assert report["greedy"]["num_examples"] == 4

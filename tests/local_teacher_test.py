@@ -140,8 +140,8 @@ def test_concurrent_servers_cache_exactly_what_one_server_does(tmp_path):
   """Two server processes answering at once (one thread each) against one
   server answering one request at a time (one thread): the same seeded samples,
   cached under the same keys, and the same records."""
-  examples = run.datasets.load_dataset("coin_flip", seed=0)["test"][:2]
-  settings = run.pipelines.FinetuneCotSettings(num_samples=2, max_tokens=16,
+  examples = run.datasets.load_dataset("coin_flip", seed=0)["test"][:1]
+  settings = run.pipelines.FinetuneCotSettings(num_samples=3, max_tokens=16,
                                                answer_max_tokens=4,
                                                structured_output="none")
   results = {}
@@ -155,16 +155,16 @@ def test_concurrent_servers_cache_exactly_what_one_server_does(tmp_path):
                                     answer_type=run.datasets.AnswerType.YES_NO,
                                     output_dir=str(out), teacher=config,
                                     finetune_cot=settings, progress=False)
-      assert s.requests_served() == 8 and summary.samples == 4
+      assert s.requests_served() == 6 and summary.samples == 3
     with CompletionCache(str(out / "completions.jsonl")) as cache:
       texts = {k: r["response"]["text"] for k, r in cache._records.items()}
     records = [(r["id"], r["sample_index"], r["rationale"])
                for r in paths.read_jsonl(str(out / "records.jsonl"))]
     results[servers] = texts, sorted(records), summary.dropped
-  assert len(results[1][0]) == 8
+  assert len(results[1][0]) == 6
   assert results[2] == results[1]
   # Seeded samples of one prompt differ from each other.
-  assert len({t for t in results[1][0].values()}) > 4
+  assert len({t for t in results[1][0].values()}) > 3
 
 
 @pytest.mark.slow  # About 3-4 minutes of llama.cpp on 2 cores.
