@@ -6,7 +6,9 @@ Endpoints: `POST /v1/files` (multipart, purpose=batch), `GET /v1/files/{id}/cont
 requests. Every completion's text comes from `respond(body)`. A batch is
 `in_progress` until `hold` is cleared and it has been polled `polls` times;
 then `completed` with an output file (and an error file for the custom ids
-in `fail_once`, each failing the first time it is seen).
+in `fail_once`, each failing the first time it is seen), or `failed` with no
+output for the first `fail_batches` batches. `lose_create_reply` creates that
+many batches but drops the connection instead of answering.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from typing import Callable
 class BatchServer:
 
   def __init__(self, respond: Callable[[dict], str], polls: int = 1, hold: bool = False,
-               fail_once: tuple[str, ...] = ()):
+               fail_once: tuple[str, ...] = (), lose_create_reply: int = 0,
+               fail_batches: int = 0):
     self.respond = respond
     self.polls = polls
     self.hold = threading.Event()
     if hold:
       self.hold.set()
     self.fail_once = set(fail_once)
+    self.lose_create_reply = lose_create_reply  # Creates, then drops the connection.
+    self.fail_batches = fail_batches  # The first N batches end 'failed', no output.
     self.files: dict[str, bytes] = {}
     self.batches: dict[str, dict] = {}
     self.order: list[str] = []
@@ -85,6 +90,11 @@ class BatchServer:
                 "request_counts": {"total": 0, "completed": 0, "failed": 0}}
             server.order.insert(0, batch_id)
             server.created += 1
+            if server.lose_create_reply:
+              server.lose_create_reply -= 1
+              self.close_connection = True
+              self.connection.shutdown(2)
+              return None
             return self._json(200, server.public(batch_id))
           if path in ("/v1/chat/completions", "/v1/completions"):
             server.direct_requests += 1
@@ -143,6 +153,12 @@ class BatchServer:
     batch["polled"] += 1
     if batch["status"] != "in_progress" or self.hold.is_set() or \
         batch["polled"] < self.polls:
+      return
+    if self.fail_batches:
+      self.fail_batches -= 1
+      batch["status"] = "failed"
+      batch["errors"] = {"data": [{"code": "token_limit_exceeded",
+                                   "message": "Enqueued token limit reached."}]}
       return
     outputs, errors = [], []
     for line in self.files[batch["input_file_id"]].decode().splitlines():

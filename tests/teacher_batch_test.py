@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.openai_batch_server import BatchServer
 from tinythinker_jax import paths
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.teacher import pipelines
-from tinythinker_jax.teacher.client import TeacherConfig
+from tinythinker_jax.teacher.client import TeacherConfig, TeacherError
 
 EXAMPLES = datasets.load_dataset("coin_flip", seed=0)["test"][:5]
 GOLD = {e.question: e.answer for e in EXAMPLES}
@@ -82,6 +84,30 @@ def test_requests_that_fail_in_a_batch_are_asked_in_the_next(tmp_path):
   errors = paths.read_jsonl(str(tmp_path / "batch" / "batch_errors" / "batch_0000.jsonl"))
   assert [e["custom_id"] for e in errors] == [first[0]["custom_id"]]
   assert summary.usage["failed"] == 1 and summary.usage["answered"] == 20
+
+
+def test_a_lost_create_reply_and_a_failed_batch_submit_nothing_twice(tmp_path):
+  """The server creates a batch but its reply is lost (the client must find it,
+  not create another), and the first batch fails as a whole (its requests go
+  into the next round)."""
+  with BatchServer(respond) as server:
+    teach(tmp_path / "direct", server)
+  with BatchServer(respond, lose_create_reply=1) as server:
+    teach(tmp_path / "lost", server, batch=True)
+    assert server.created == 2  # One batch per round, none twice.
+  assert records(tmp_path / "lost") == records(tmp_path / "direct")
+  with BatchServer(respond, fail_batches=1) as server:
+    summary = teach(tmp_path / "failed", server, batch=True)
+    assert server.created == 3  # The failed round once more, then step 2.
+  state = paths.read_json(str(tmp_path / "failed" / "batches.json"))
+  assert state["batches"][0]["final_status"] == "failed"
+  assert "token_limit_exceeded" in state["batches"][0]["errors"]
+  assert records(tmp_path / "failed") == records(tmp_path / "direct")
+  assert summary.usage["failed"] == 10
+  with BatchServer(respond, fail_batches=5) as server:
+    with pytest.raises(TeacherError, match=r"failed in 3 batches .*token_limit_exceeded"):
+      teach(tmp_path / "worn", server, batch=True)
+    assert server.created == 3
 
 
 def teach_command(server, output_dir):

@@ -262,6 +262,11 @@ def test_exemplar_replies_follow_the_one_correct_form():
                                           "final_answer")
   shot = json.loads(messages[2][1])
   assert shot["answer"] == "C" and all("verdict" not in i for i in shot["explanations"])
+  first_correct = dict(INK, Explanations=["A is correct. Because pockets absorb.",
+                                          "B is incorrect. Because hands smudge.",
+                                          "C is incorrect. Because blotters tear."])
+  shot = json.loads(prompts.exemplar_reply(first_correct, True, "final_answer"))
+  assert shot["answer"] == "A" and all("verdict" not in i for i in shot["explanations"])
   assert '"answer"' in messages[0][1]
   shot_example = prompts._exemplar_example(exemplar)
   jsonschema = pytest.importorskip("jsonschema")

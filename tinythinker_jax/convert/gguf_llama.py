@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tinythinker_jax import errors
-from tinythinker_jax.convert.hf_llama import params_from_tensors
+from tinythinker_jax.convert.hf_llama import llama_config, params_from_tensors
 from tinythinker_jax.models.llama import LlamaConfig
 
 # GGUF tensor name -> HF name (per layer: `blk.N.` -> `layers.N.`).
@@ -68,8 +68,10 @@ def load_gguf_llama(path: str) -> tuple[LlamaConfig, dict[str, Any]]:
   kv_heads = int(_field(reader, f"{a}.attention.head_count_kv", path, heads))
   emb = int(_field(reader, f"{a}.embedding_length", path))
   names = {t.name for t in reader.tensors}
-  embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
-  config = LlamaConfig(
+  embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+  if embedding is None:
+    raise errors.UserError(f"{path}: no token_embd.weight tensor")
+  config = llama_config(path,
       vocab_size=int(embedding.shape[1]), emb_dim=emb, num_heads=heads,
       num_kv_heads=kv_heads,
       head_dim=int(_field(reader, f"{a}.attention.key_length", path, emb // heads)),

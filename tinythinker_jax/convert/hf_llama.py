@@ -36,18 +36,32 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> LlamaConfi
     raise errors.UserError(f"{where}: hidden_act={hf['hidden_act']!r}; expected 'silu'")
   if hf.get("mlp_bias"):
     raise errors.UserError(f"{where}: mlp_bias=true is not supported")
+  if hf.get("use_sliding_window"):
+    raise errors.UserError(f"{where}: use_sliding_window=true (sliding-window attention) "
+                           "is not supported")
+  if hf.get("attention_bias") and architecture == "LlamaForCausalLM":
+    raise errors.UserError(f"{where}: attention_bias=true on a Llama model (an o_proj "
+                           "bias) is not supported")
   heads = hf["num_attention_heads"]
   qwen2 = architecture == "Qwen2ForCausalLM"
-  return LlamaConfig(
+  return llama_config(where,
       vocab_size=hf["vocab_size"], emb_dim=hf["hidden_size"], num_heads=heads,
       num_kv_heads=hf.get("num_key_value_heads") or heads,
       head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
       mlp_dim=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-      rms_norm_eps=hf.get("rms_norm_eps", 1e-6 if qwen2 else 1e-5),
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),  # transformers' default for both
       rope_theta=theta,
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      attention_bias=qwen2 or bool(hf.get("attention_bias", False)),
+      attention_bias=qwen2,
       max_position_embeddings=hf.get("max_position_embeddings", 2048))
+
+
+def llama_config(where: str, **fields) -> LlamaConfig:
+  """A LlamaConfig whose errors name the file it was read from."""
+  try:
+    return LlamaConfig(**fields)
+  except ValueError as e:
+    raise errors.UserError(f"{where}: {e}") from e
 
 
 def load_hf_llama(path: paths.PathLike) -> tuple[LlamaConfig, dict[str, Any]]:

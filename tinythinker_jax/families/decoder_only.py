@@ -15,9 +15,10 @@ needs from prompt + response).
 choice and keys (`decoding.sample_token`).
 
 `DecoderOnlyModel` puts these behind the model interface, over the same
-prompt/completion features as T5's. Not yet: packing, beam search, the
-model's own tokenizer as a vocabulary, gin model files, Fine-tune-CoT's
-decoder-only text format, the pipeline.
+prompt/completion features as T5's, so the trainer, DPO, the sampler, the
+pipeline and export take it as they take T5 (`models/llama/*.gin`). Not yet:
+packing, beam search, dropout, a pretrained model's own tokenizer as the
+vocabulary, Fine-tune-CoT's decoder-only text format.
 """
 
 from __future__ import annotations
@@ -229,5 +230,8 @@ class DecoderOnlyModel(BaseModel):
     return cls(config), params
 
   def save_hf(self, params: Any, path: str, *, dtype: Optional[str] = None) -> None:
+    if dtype not in (None, "float32"):
+      raise errors.UserError(f"export dtype={dtype!r}: decoder-only students export in "
+                             "float32 only so far")
     from tinythinker_jax.convert import hf_llama  # pylint: disable=import-outside-toplevel
     hf_llama.save_hf_llama(self.config, nn.unbox(params), path)

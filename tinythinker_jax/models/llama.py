@@ -11,10 +11,10 @@ SiLU-gated MLP, causal attention scaled by 1/sqrt(head_dim).
 Parameters and activations carry t5x-style logical axis names, so the
 partitioning rules (FSDP included) apply as they do to T5.
 
-Status (issue #25): the forward pass, Hugging Face import (`convert.hf_llama`)
-and GGUF import (`convert.gguf_llama`) are here and tested against
-transformers; the model interface (training, decoding, export), tokenizers and
-pipeline are not wired yet.
+Behind the model interface as `families.decoder_only.DecoderOnlyModel`
+(training, cached decoding, export, gin files `models/llama/*.gin`); weights
+from Hugging Face folders (`convert.hf_llama`) and GGUF files
+(`convert.gguf_llama`). What is not built yet is listed in the README.
 """
 
 from __future__ import annotations

@@ -83,8 +83,9 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     return run(None)
   if dry_run:
     config = teacher_config or TeacherConfig()
-    if teacher == "local":
-      config = dataclasses.replace(config, seed_each_sample=True, base_urls=())
+    if teacher == "local":  # The config the local server would get (not started).
+      gguf = gguf or smollm2_gguf() or "model.gguf"
+      config = LocalServer(gguf).teacher_config(**_local_overrides(teacher_config))
     return pipelines.dry_run(
         examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
         teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed)
@@ -97,8 +98,16 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   with LocalServer(gguf, num_servers=local_servers,
                    n_threads=local_threads or os.cpu_count() or 1,
                    fresh_prompts=local_fresh_prompts) as server:
-    overrides = {} if teacher_config is None else {"max_retries": teacher_config.max_retries}
-    return run(server.teacher_config(**overrides))
+    return run(server.teacher_config(**_local_overrides(teacher_config)))
+
+
+def _local_overrides(config: Optional[TeacherConfig]) -> dict:
+  """What of the user's TeacherConfig applies to the local server's: the seed
+  (per-sample and retry seeds), retries and a request rate."""
+  if config is None:
+    return {}
+  return {"seed": config.seed, "max_retries": config.max_retries,
+          "requests_per_minute": config.requests_per_minute}
 
 
 def describe_dataset(name: str, path: str = "", seed: int = 0) -> str:

@@ -16,8 +16,11 @@ batch as it goes: its local input file, the uploaded file's id, then the
 batch's id. A run killed at any point resumes from there: a submitted batch is
 polled again, not resubmitted; a file uploaded but not yet submitted is looked
 up among the account's batches (by input file id) before a batch is created.
-Requests that failed inside a batch are asked again in the next round, up to
-`TeacherConfig.batch_max_attempts` batches each.
+Creating a batch is never retried blindly: before each new attempt the
+account's batches are searched for one made from the same file. Requests that
+failed inside a batch, or whose whole batch failed, are asked again in the next
+round, up to `TeacherConfig.batch_max_attempts` batches each; a round larger
+than `batch_max_requests` is split into several batches.
 """
 
 from __future__ import annotations
@@ -76,11 +79,14 @@ class BatchRunner:
 
   # ------------------------------------------------------------------ HTTP
 
-  async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-    """One API call, retried on 429/5xx/connection errors with backoff."""
+  async def _call(self, method: str, path: str, attempts: Optional[int] = None,
+                  **kwargs) -> httpx.Response:
+    """One API call, retried on 429/5xx/connection errors with backoff
+    (`attempts` tries at most; default 1 + max_retries)."""
     assert self._http is not None, "use `async with BatchRunner(...)`"
     delay = self.config.initial_backoff_s
-    for attempt in range(self.config.max_retries + 1):
+    attempts = self.config.max_retries + 1 if attempts is None else attempts
+    for attempt in range(attempts):
       try:
         response = await self._http.request(method, path, **kwargs)
       except httpx.TransportError as e:
@@ -92,12 +98,12 @@ class BatchRunner:
           raise TeacherError(f"{self.config.describe()}: HTTP {response.status_code} on "
                              f"{method} {path}: {response.text[:300]}")
         problem = f"HTTP {response.status_code}"
-      if attempt < self.config.max_retries:
+      if attempt < attempts - 1:
         log.info("batch API %s %s failed (%s); retrying", method, path, problem)
         await asyncio.sleep(min(delay, self.config.max_backoff_s))
         delay *= 2
     raise TeacherError(f"{self.config.describe()}: {method} {path} gave up after "
-                       f"{self.config.max_retries + 1} attempts: {problem}")
+                       f"{attempts} attempt(s): {problem}")
 
   # ---------------------------------------------------------------- rounds
 
@@ -114,10 +120,13 @@ class BatchRunner:
     attempts = self.attempts()
     worn = [k for k in pending if attempts.get(k, 0) >= self.config.batch_max_attempts]
     if worn:
+      last = next((b.get("errors") for b in reversed(self.state["batches"])
+                   if b.get("errors")), None)
       raise TeacherError(
           f"{self.config.describe()}: {len(worn)} request(s) failed in "
           f"{self.config.batch_max_attempts} batches (batch_max_attempts); the errors "
-          f"are in {self.folder / 'batch_errors'}")
+          f"are in {self.folder / 'batch_errors'} and {self.state_path}"
+          + (f" (last batch error: {last})" if last else ""))
     number = len(self.state["batches"])
     input_path = self.folder / "batch_inputs" / f"batch_{number:04d}.jsonl"
     input_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,15 +153,7 @@ class BatchRunner:
       batch["status"] = "uploaded"
       self._save()
     if batch["status"] == "uploaded":
-      found = await self._find_batch(batch["input_file_id"])
-      if found is None:
-        created = await self._call("POST", "/batches", json={
-            "input_file_id": batch["input_file_id"], "endpoint": batch["endpoint"],
-            "completion_window": self.config.batch_completion_window,
-            "metadata": {"tinythinker_batch": str(batch["number"])}})
-        found = created.json()
-        self.submitted += 1
-      batch["batch_id"] = found["id"]
+      batch["batch_id"] = (await self._create(batch))["id"]
       batch["status"] = "submitted"
       self._save()
     if batch["status"] == "submitted":
@@ -161,6 +162,34 @@ class BatchRunner:
       batch["status"] = "ingested"
       batch["final_status"] = info["status"]
       self._save()
+
+  async def _create(self, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch of `batch`'s uploaded file: found among the account's batches
+    (a run killed, or a reply lost, after the server created it), else created.
+    A create call is never retried blindly: before each new attempt the
+    account's batches are searched again."""
+    problem = ""
+    for attempt in range(self.config.max_retries + 1):
+      found = await self._find_batch(batch["input_file_id"])
+      if found is not None:
+        return found
+      try:
+        created = await self._call("POST", "/batches", attempts=1, json={
+            "input_file_id": batch["input_file_id"], "endpoint": batch["endpoint"],
+            "completion_window": self.config.batch_completion_window,
+            "metadata": {"tinythinker_batch": str(batch["number"])}})
+      except TeacherError as e:
+        if "HTTP 4" in str(e) and "HTTP 429" not in str(e):
+          raise
+        problem = str(e)
+        await asyncio.sleep(min(self.config.initial_backoff_s * 2 ** attempt,
+                                self.config.max_backoff_s))
+        continue
+      self.submitted += 1
+      return created.json()
+    raise TeacherError(f"{self.config.describe()}: creating batch {batch['number']} failed "
+                       f"{self.config.max_retries + 1} times ({problem}); "
+                       f"{self.state_path} records its uploaded file")
 
   async def _find_batch(self, input_file_id: str) -> Optional[dict[str, Any]]:
     """A batch already created from this file (by a run killed before it could
@@ -197,9 +226,11 @@ class BatchRunner:
     batch_errors/ (they are asked again in the next round)."""
     if info["status"] == "failed" and not info.get("output_file_id"):
       errors = (info.get("errors") or {}).get("data") or []
-      raise TeacherError(f"{self.config.describe()}: batch {info['id']} failed: "
-                         + "; ".join(f"{e.get('code')}: {e.get('message')}"
-                                     for e in errors[:5]))
+      batch["errors"] = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:5])
+      log.warning("batch %s failed (%s); its requests go into the next round (%s)",
+                  info["id"], batch["errors"] or "no reason given", self.state_path)
+      batch["answered"], batch["failed"] = 0, len(batch["keys"])
+      return
     inputs = {r["custom_id"]: r["body"] for r in paths.read_jsonl(batch["input"])}
     answered, failed, tokens = 0, [], {"prompt_tokens": 0, "completion_tokens": 0}
     for field in ("output_file_id", "error_file_id"):
@@ -217,9 +248,14 @@ class BatchRunner:
         if record.get("error") or response.get("status_code") != 200:
           failed.append(record)
           continue
-        choices, usage = parse_completion(response["body"])
+        try:
+          choices, usage = parse_completion(response["body"])
+          first = choices[0]
+        except (KeyError, TypeError, IndexError):
+          failed.append(record)  # A malformed answer is asked again.
+          continue
         self.cache.put(key, inputs[key], batch["sample_index"][key], {
-            "text": choices[0]["text"], "finish_reason": choices[0]["finish_reason"],
+            "text": first["text"], "finish_reason": first["finish_reason"],
             "usage": usage, "batch_id": info["id"]})
         answered += 1
         for name in tokens:
@@ -230,6 +266,7 @@ class BatchRunner:
                         failed)
     batch["answered"], batch["failed"] = answered, len(failed)
     batch.update(tokens)
+    self.cache.flush()  # The answers are durable before the state says "ingested".
     log.info("batch %s (%s): %d answered, %d failed, %d missing", info["id"],
              info["status"], answered, len(failed),
              len(inputs) - answered - len(failed))
@@ -260,7 +297,11 @@ async def run_rounds(replay: Callable[[dict[str, PendingRequest]], Awaitable[Any
     result = await replay(pending)
     if not pending:
       return result
-    started = time.monotonic()
-    batch = await runner.submit(pending)
-    log.info("batch %d: %d requests in %.0fs", batch["number"], len(pending),
-             time.monotonic() - started)
+    keys = sorted(pending)
+    size = max(runner.config.batch_max_requests, 1)
+    for start in range(0, len(keys), size):  # The API caps a batch's requests.
+      started = time.monotonic()
+      chunk = {k: pending[k] for k in keys[start:start + size]}
+      batch = await runner.submit(chunk)
+      log.info("batch %d: %d requests in %.0fs", batch["number"], len(chunk),
+               time.monotonic() - started)

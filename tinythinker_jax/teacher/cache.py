@@ -82,6 +82,10 @@ class CompletionCache:
     self._records[key] = record
     return record
 
+  def flush(self) -> None:
+    """Makes every record written so far durable (an object store's rewrite)."""
+    self._file.flush()
+
   def close(self) -> None:
     self._file.close()
 

@@ -76,6 +76,7 @@ class TeacherConfig:
   batch_poll_s: float = 30.0
   batch_completion_window: str = "24h"
   batch_max_attempts: int = 3  # Batches that may fail one request before it is an error.
+  batch_max_requests: int = 50_000  # OpenAI's cap on one batch's requests.
   # Prices in dollars per million tokens, for `tinythinker teach --dry_run`'s estimate.
   prompt_price_per_million: Optional[float] = None
   completion_price_per_million: Optional[float] = None

@@ -4,7 +4,8 @@ The pipeline runs once with the client in deferred mode (nothing is sent; the
 completion cache answers what is already paid for), which gives the first
 round's requests exactly. Later rounds depend on the replies and are estimated:
 Fine-tune-CoT's answer step (one request per rationale, its prompt the
-reasoning prompt plus the rationale) exactly in count, TinyThinker's format
+reasoning prompt plus the rationale) exactly in count (also where some
+rationales are cached and only their answers are missing), TinyThinker's format
 retries as an upper bound. Token counts are estimates: prompt text at about 4
 characters a token (the teacher's own tokenizer is not at hand), completions at
 their `max_tokens` (an upper bound). With prices in the TeacherConfig, the
@@ -86,22 +87,43 @@ class Estimate:
     return "\n".join(lines)
 
 
+ANSWER_CUE = "Therefore, the answer is"  # Fine-tune-CoT's step-2 prompts end so.
+
+
+def _is_answer_step(request: PendingRequest) -> bool:
+  body = request.body
+  text = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
+  return text.rstrip().endswith(ANSWER_CUE)
+
+
 def estimate(pending: dict[str, PendingRequest], config: TeacherConfig, examples: int,
              cached: int, method: str, answer_max_tokens: int = 0,
              format_retries: int = 0) -> Estimate:
   """The estimate from the first round's deferred requests."""
   first: Sequence[PendingRequest] = list(pending.values())
-  rounds = [Round("first round" if method == "tinythinker" else "reasoning (step 1)",
-                  len(first), sum(prompt_tokens(r.body) for r in first),
-                  sum(int(r.body.get("max_tokens") or 0) for r in first))]
-  if method == "finetune_cot" and first:
-    # Step 2's prompt is step 1's plus the rationale (at most max_tokens) and a cue.
-    rounds.append(Round("answer (step 2)", len(first),
-                        sum(prompt_tokens(r.body) + int(r.body.get("max_tokens") or 0) + 6
-                            for r in first), answer_max_tokens * len(first)))
-  if method == "tinythinker" and format_retries and first:
-    rounds.append(Round("format retries", len(first) * format_retries,
-                        rounds[0].prompt_tokens * format_retries,
-                        rounds[0].completion_tokens * format_retries, exact_count=False))
+  if method != "finetune_cot":
+    rounds = [Round("first round", len(first), sum(prompt_tokens(r.body) for r in first),
+                    sum(int(r.body.get("max_tokens") or 0) for r in first))]
+    if format_retries and first:
+      rounds.append(Round("format retries", len(first) * format_retries,
+                          rounds[0].prompt_tokens * format_retries,
+                          rounds[0].completion_tokens * format_retries, exact_count=False))
+  else:
+    # Step-2 requests of cached rationales are already deferred; every deferred
+    # step-1 request will add one more, its prompt step 1's plus the rationale
+    # (at most max_tokens) and the cue.
+    answers = [r for r in first if _is_answer_step(r)]
+    reasoning = [r for r in first if not _is_answer_step(r)]
+    rounds = [Round("reasoning (step 1)", len(reasoning),
+                    sum(prompt_tokens(r.body) for r in reasoning),
+                    sum(int(r.body.get("max_tokens") or 0) for r in reasoning))]
+    if reasoning or answers:
+      rounds.append(Round(
+          "answer (step 2)", len(answers) + len(reasoning),
+          sum(prompt_tokens(r.body) for r in answers) +
+          sum(prompt_tokens(r.body) + int(r.body.get("max_tokens") or 0) + 6
+              for r in reasoning),
+          sum(int(r.body.get("max_tokens") or 0) for r in answers) +
+          answer_max_tokens * len(reasoning)))
   return Estimate(examples, cached, rounds, config.prompt_price_per_million,
                   config.completion_price_per_million)

@@ -120,7 +120,9 @@ def exemplar_reply(exemplar: dict[str, Any], structured: bool,
       item = {"option": match.group(1), "verdict": match.group(2),
               "explanation": match.group(3).strip()}
       if one_correct == "final_answer":
-        answer = answer or (item["option"] if item.pop("verdict") == "correct" else None)
+        verdict = item.pop("verdict")
+        if verdict == "correct" and answer is None:
+          answer = item["option"]
       items.append(item)
   reply = {"key_information": exemplar["Key Information"], "explanations": items}
   if one_correct == "final_answer":
