@@ -10,7 +10,7 @@ import pytest
 
 from tinythinker_jax import shards, vocabularies
 from tinythinker_jax.data.schema import AnswerType, Example, labelled
-from tinythinker_jax.reasoning import chains, preferences
+from tinythinker_jax.reasoning import chains, formats, preferences
 from tinythinker_jax.reasoning.chains import ChainRun, Generation, Sampling
 from tinythinker_jax.reasoning.formats import Format
 
@@ -298,3 +298,23 @@ def test_byte_codec_round_trips_and_stops_at_eos():
   assert ids == [b + 3 for b in "héllo".encode()]
   assert codec.decode(ids + [1, 50, 60]) == "héllo"
   assert codec.vocab_size == 259 + 100
+
+
+def test_finetune_cot_decoder_format_prompts_and_reads_like_the_papers_code():
+  """`{question} ###` -> ` {rationale} --> {answer} END` (METHODS.md): the prompt
+  ends in ` ###`, and what follows `END` in a completion is not read."""
+  example = Example(id="m", question="What is 2 + 3?", answer="5")
+  pair = formats.finetune_cot_decoder(example, " 2 plus 3 is 5. ")
+  assert (pair.inputs, pair.targets) == ("What is 2 + 3? ###", " 2 plus 3 is 5. --> 5 END")
+  record = {"id": "m", "method": "finetune_cot", "example": example.to_json(),
+            "rationale": "2 plus 3 is 5.", "answer": "5", "sample_index": 0,
+            "provenance": {}}
+  (rendered,) = formats.render_record(record, Format.FINETUNE_COT_DECODER, None)
+  assert (rendered["inputs"], rendered["targets"]) == (pair.inputs, pair.targets)
+  generate = Scripted(lambda p, j: [" 2 plus 3 is 5. --> 5 END --> 7 END",
+                                    " 2 and 3 --> 6 END"][j])
+  (runs,) = chains.run_single_pass([example], generate, fmt=Format.FINETUNE_COT_DECODER,
+                                   answer_type=AnswerType.NUMBER,
+                                   sampling=Sampling(temperature=0.7), num_runs=2)
+  assert generate.calls[0][0] == ["What is 2 + 3? ###"]
+  assert [r.answer for r in runs] == ["5", "6"]

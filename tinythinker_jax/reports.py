@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from tinythinker_jax import compute, paths
 
 NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
+         "finetune_cot_decoder": "Fine-tune-CoT (decoder-only format)",
          "tinythinker": "TinyThinker, phase 1",
          "tinythinker_reflected": "TinyThinker, after self-reflection",
          "tinythinker_continued": "TinyThinker, phase 1 continued (same compute)",

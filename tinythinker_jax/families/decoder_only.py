@@ -18,7 +18,8 @@ choice and keys (`decoding.sample_token`).
 prompt/completion features as T5's, so the trainer, DPO, the sampler, the
 pipeline and export take it as they take T5 (`models/llama/*.gin`). Not yet:
 packing, beam search, dropout, a pretrained model's own tokenizer as the
-vocabulary, Fine-tune-CoT's decoder-only text format.
+vocabulary. (Fine-tune-CoT's decoder-only text format is the student format
+`finetune_cot_decoder`.)
 """
 
 from __future__ import annotations

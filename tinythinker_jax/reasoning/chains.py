@@ -99,18 +99,22 @@ def run_single_pass(examples: Sequence[Example], generate: GenerateFn, *, fmt: F
                     answer_type: AnswerType, sampling: Sampling = GREEDY,
                     num_runs: int = 1, seed: int = 0) -> list[list[ChainRun]]:
   """Vanilla or Fine-tune-CoT: `num_runs` outputs per example, parsed."""
-  if fmt not in (Format.VANILLA, Format.FINETUNE_COT):
-    raise ValueError(f"run_single_pass serves vanilla and finetune_cot, not {fmt.value}")
+  if fmt not in (Format.VANILLA, Format.FINETUNE_COT, Format.FINETUNE_COT_DECODER):
+    raise ValueError(f"run_single_pass serves vanilla and finetune_cot(_decoder), not "
+                     f"{fmt.value}")
   if sampling.temperature == 0 and num_runs > 1:
     raise ValueError("several runs need a sampling temperature > 0")
-  prompts = [formats.finetune_cot_question(ex) for ex in examples]
+  prompts = [formats.finetune_cot_decoder_prompt(ex) if fmt is Format.FINETUNE_COT_DECODER
+             else formats.finetune_cot_question(ex) for ex in examples]
   outputs = generate(prompts, sampling.with_samples(num_runs), seed)
   results = []
   for example, generations in zip(examples, outputs):
     runs = []
     for g in generations:
-      if fmt is Format.FINETUNE_COT:
-        parsed = formats.parse_finetune_cot(g.text, answer_type, example.labels or "ABCDE")
+      if fmt in (Format.FINETUNE_COT, Format.FINETUNE_COT_DECODER):
+        text = (formats.strip_completion_end(g.text) if fmt is Format.FINETUNE_COT_DECODER
+                else g.text)
+        parsed = formats.parse_finetune_cot(text, answer_type, example.labels or "ABCDE")
         answer = parsed.value[1] if parsed.ok else None
         error = parsed.error
       else:

@@ -29,6 +29,9 @@ T = TypeVar("T")
 class Format(enum.Enum):
   VANILLA = "vanilla"
   FINETUNE_COT = "finetune_cot"
+  # Fine-tune-CoT's decoder-only (GPT-2/GPT-3) format: `{question} ###` ->
+  # ` {rationale} --> {answer} END`.
+  FINETUNE_COT_DECODER = "finetune_cot_decoder"
   TINYTHINKER = "tinythinker"  # recall -> analyze each option -> summarize
   SUMMARIZE_ONLY = "summarize"  # ablations of the three stages
   RECALL_SUMMARIZE = "recall_summarize"
@@ -91,6 +94,29 @@ def finetune_cot(example: Example, rationale: str, answer: Optional[str] = None)
   answer = example.answer if answer is None else answer
   return TextPair(finetune_cot_question(example),
                   f"{rationale.strip()} {answers.ANSWER_ARROW} {answer}")
+
+
+DECODER_PROMPT_END = " ###"  # Fine-tune-CoT's decoder-only prompt separator...
+DECODER_COMPLETION_END = " END"  # ...and completion terminator.
+
+
+def finetune_cot_decoder_prompt(example: Example) -> str:
+  return f"{finetune_cot_question(example)}{DECODER_PROMPT_END}"
+
+
+def finetune_cot_decoder(example: Example, rationale: str,
+                         answer: Optional[str] = None) -> TextPair:
+  """The decoder-only format as Fine-tune-CoT's code builds it: the prompt
+  ends in ` ###`, the completion starts with a space and ends in ` END`."""
+  answer = example.answer if answer is None else answer
+  return TextPair(finetune_cot_decoder_prompt(example),
+                  f" {rationale.strip()} {answers.ANSWER_ARROW} {answer}{DECODER_COMPLETION_END}")
+
+
+def strip_completion_end(text: str) -> str:
+  """A decoder-only completion without its ` END` (and whatever followed it)."""
+  index = text.find(DECODER_COMPLETION_END.strip())
+  return (text[:index] if index >= 0 else text).strip()
 
 
 def parse_finetune_cot(text: str, answer_type: AnswerType,
@@ -195,6 +221,8 @@ def render_record(record: Any, fmt: Format,
     pairs = [vanilla(example)]
   elif fmt is Format.FINETUNE_COT:
     pairs = [finetune_cot(example, record.rationale, record.answer)]
+  elif fmt is Format.FINETUNE_COT_DECODER:
+    pairs = [finetune_cot_decoder(example, record.rationale, record.answer)]
   elif fmt is Format.STEP_BY_STEP:
     pairs = list(step_by_step(example, record.rationale).values())
   else:
