@@ -24,8 +24,10 @@ def test_the_model_is_found_from_its_config_meta_and_hf_folder(tiny_config):
   legacy = {"model_config": dataclasses.asdict(tiny_config)}
   assert families.from_json(legacy) == model
   assert families.hf_family({"model_type": "t5"}) is EncoderDecoderModel
-  with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
-    families.hf_family({"model_type": "gpt2"}, "/m/config.json")
+  assert families.hf_family({"model_type": "gpt2"}).family == "decoder_only"
+  assert families.hf_family({"model_type": "qwen2"}).family == "decoder_only"
+  with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
+    families.hf_family({"model_type": "bert"}, "/m/config.json")
   with pytest.raises(ValueError, match="unknown model family 'rnn'"):
     families.from_json({"model": {"family": "rnn", "config": {}}})
   with pytest.raises(ValueError, match="MODEL_CONFIG: dict is not a known model config"):

@@ -223,3 +223,18 @@ def test_llama_gin_has_the_published_parameter_count(name):
   shapes = nn.unbox(DecoderOnlyModel(config).abstract_params())
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == LLAMA_PUBLISHED[name]
   assert config.compute_dtype == jnp.float32  # 'auto' on this CPU
+
+
+@pytest.mark.parametrize("name,count", [("small", 124_439_808), ("medium", 354_823_168),
+                                        ("large", 774_030_080)])
+def test_gpt2_gin_has_the_published_parameter_count(name, count):
+  from tinythinker_jax.families.decoder_only import DecoderOnlyModel
+  gin.clear_config()
+  try:
+    gin_utils.parse([f"models/gpt2/{name}.gin"],
+                    ["NUM_EMBEDDINGS = 50257", "ACTIVATION_DTYPE = 'auto'"])
+    config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
+  finally:
+    gin.clear_config()
+  shapes = nn.unbox(DecoderOnlyModel(config).abstract_params())
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == count

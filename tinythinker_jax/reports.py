@@ -156,11 +156,13 @@ def budget_lines(stages: Mapping[str, Any], reports: Mapping[str, Any]) -> list[
 
 
 def describe_model(config: dict) -> str:
-  """'T5 64d, 2+2 layers' or 'Llama-family decoder 64d, 2 layers' from a model config."""
+  """'T5 64d, 2+2 layers', 'Llama-family decoder 64d, 2 layers' or 'GPT-2 decoder
+  64d, 2 layers' from a model config."""
   if "num_encoder_layers" in config:
     return (f"T5 {config['emb_dim']}d, {config['num_encoder_layers']}+"
             f"{config['num_decoder_layers']} layers")
-  return f"Llama-family decoder {config['emb_dim']}d, {config['num_layers']} layers"
+  family = "Llama-family decoder" if "num_kv_heads" in config else "GPT-2 decoder"
+  return f"{family} {config['emb_dim']}d, {config['num_layers']} layers"
 
 
 def write_report(run_dir: str, manifest: Mapping[str, Any],

@@ -3,7 +3,7 @@
 | family | model | configs | checkpoints |
 |---|---|---|---|
 | `encoder_decoder` | `EncoderDecoderModel` (T5 v1.0 / v1.1 / Flan-T5 / mT5) | `models.t5.T5Config` | HF `model_type: t5`/`mt5`, t5x |
-| `decoder_only` | `DecoderOnlyModel` (Llama, SmolLM, Qwen2) | `models.llama.LlamaConfig` | HF `model_type: llama`/`qwen2`, GGUF |
+| `decoder_only` | `DecoderOnlyModel` (Llama, SmolLM, Qwen2; GPT-2) | `models.llama.LlamaConfig`, `models.gpt2.GPT2Config` | HF `model_type: llama`/`qwen2`/`gpt2`, GGUF (Llama family) |
 
 `from_config(config)` gives the model of a config (gin's `MODEL_CONFIG`),
 `from_json(meta)` the model a checkpoint's meta records (meta written before
@@ -18,14 +18,16 @@ from typing import Any, Mapping
 from tinythinker_jax import errors
 from tinythinker_jax.families.decoder_only import DecoderOnlyModel
 from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel
-from tinythinker_jax.models import llama, t5
+from tinythinker_jax.models import gpt2, llama, t5
 from tinythinker_jax.models.base import BaseModel
 
 FAMILIES: dict[str, type[BaseModel]] = {EncoderDecoderModel.family: EncoderDecoderModel,
                                         DecoderOnlyModel.family: DecoderOnlyModel}
-CONFIGS = {t5.T5Config: EncoderDecoderModel, llama.LlamaConfig: DecoderOnlyModel}
+CONFIGS = {t5.T5Config: EncoderDecoderModel, llama.LlamaConfig: DecoderOnlyModel,
+           gpt2.GPT2Config: DecoderOnlyModel}
 HF_MODEL_TYPES = {"t5": EncoderDecoderModel, "mt5": EncoderDecoderModel,
-                  "llama": DecoderOnlyModel, "qwen2": DecoderOnlyModel}
+                  "llama": DecoderOnlyModel, "qwen2": DecoderOnlyModel,
+                  "gpt2": DecoderOnlyModel}
 
 
 def from_config(config: Any) -> BaseModel:

@@ -32,11 +32,21 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import decoding, errors
-from tinythinker_jax.models import llama
+from tinythinker_jax.models import gpt2, llama
 from tinythinker_jax.models.base import BaseModel, DecodeResult
 from tinythinker_jax.training import losses
 
 Array = jax.Array
+
+
+DecoderConfig = Any  # llama.LlamaConfig or gpt2.GPT2Config
+
+
+def module(config: DecoderConfig, decode: bool = False) -> nn.Module:
+  """The Flax module of a decoder-only config (Llama family or GPT-2)."""
+  if isinstance(config, gpt2.GPT2Config):
+    return gpt2.GPT2Module(config, decode=decode)
+  return llama.LlamaModule(config, decode=decode)
 
 
 def prompt_completion_sequence(inputs: Array, targets: Array) -> tuple[Array, Array, Array]:
@@ -52,20 +62,20 @@ def prompt_completion_sequence(inputs: Array, targets: Array) -> tuple[Array, Ar
   return tokens, mask, positions
 
 
-def completion_logps(config: llama.LlamaConfig, params: Any, inputs: Array,
+def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
                      targets: Array) -> tuple[Array, Array]:
   """(log p(targets[t] | prompt, targets[:t]) `[batch, T]`, the completion's
   logits `[batch, T, vocab]`), 0 at padding: the log-probability function of
   SFT and DPO alike."""
   tokens, mask, positions = prompt_completion_sequence(inputs, targets)
-  logits = llama.LlamaModule(config).apply({"params": params}, tokens, positions=positions,
-                                           attention_mask=mask)
+  logits = module(config).apply({"params": params}, tokens, positions=positions,
+                                attention_mask=mask)
   width, length = inputs.shape[1], targets.shape[1]
   completion = logits[:, width - 1:width - 1 + length]  # Position i predicts token i + 1.
   return losses.token_logps(completion, targets), completion
 
 
-def _decode_loop(config: llama.LlamaConfig, params: Any, inputs: Array, max_length: int,
+def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: int,
                  eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
   """The prompts through the cache at once, then one token per step;
   `choose(step, logits)` picks it. Log-probabilities are the model's own
@@ -74,8 +84,8 @@ def _decode_loop(config: llama.LlamaConfig, params: Any, inputs: Array, max_leng
   total = width + max_length
   tokens, mask, positions = prompt_completion_sequence(
       inputs, jnp.zeros((rows, 0), inputs.dtype))
-  module = llama.LlamaModule(config, decode=True)
-  shapes = jax.eval_shape(lambda: module.init(
+  decoder = module(config, decode=True)
+  shapes = jax.eval_shape(lambda: decoder.init(
       jax.random.key(0), jnp.zeros((rows, total), jnp.int32),
       mask=jnp.ones((rows, total, total), bool)))["cache"]
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -83,9 +93,9 @@ def _decode_loop(config: llama.LlamaConfig, params: Any, inputs: Array, max_leng
   slots = jnp.arange(total)
   prefill_mask = key_valid[:, None, :] & (slots[None, None, :] <= jnp.arange(width)[None, :,
                                                                                     None])
-  logits, variables = module.apply({"params": params, "cache": cache}, tokens,
-                                   positions=positions, mask=prefill_mask,
-                                   mutable=["cache"])
+  logits, variables = decoder.apply({"params": params, "cache": cache}, tokens,
+                                    positions=positions, mask=prefill_mask,
+                                    mutable=["cache"])
   next_position = positions[:, -1] + 1
 
   def cond(state):
@@ -104,9 +114,9 @@ def _decode_loop(config: llama.LlamaConfig, params: Any, inputs: Array, max_leng
     done = done | (token == eos_id)
     valid = valid.at[:, width + step].set(True)
     step_mask = valid[:, None, :] & (slots[None, None, :] <= width + step)
-    logits, variables = module.apply({"params": params, "cache": cache}, token[:, None],
-                                     positions=position[:, None], mask=step_mask,
-                                     mutable=["cache"])
+    logits, variables = decoder.apply({"params": params, "cache": cache}, token[:, None],
+                                      positions=position[:, None], mask=step_mask,
+                                      mutable=["cache"])
     return (step + 1, out, logprobs, done, lengths, logits[:, 0].astype(jnp.float32),
             variables["cache"], valid, position + 1)
 
@@ -118,7 +128,7 @@ def _decode_loop(config: llama.LlamaConfig, params: Any, inputs: Array, max_leng
   return DecodeResult(out, logprobs, lengths)
 
 
-def decode(config: llama.LlamaConfig, params: Any, inputs: Array, *, max_length: int,
+def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int,
            eos_id: int, rng: Optional[Array] = None, temperature: float = 0.0,
            top_k: int = 0, top_p: float = 1.0, num_samples: int = 1) -> DecodeResult:
   """Continuations of 0-padded prompts `inputs [batch, I]`: greedy
@@ -150,21 +160,30 @@ def _no_packing(*segment_ids: Optional[Array]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyModel(BaseModel):
-  """A Llama-family decoder over prompt -> completion batches (the same features
-  as T5's: `encoder_input_tokens` is the prompt, `decoder_target_tokens` the
-  completion); see the module docstring."""
+  """A decoder-only student (Llama family or GPT-2) over prompt -> completion
+  batches (the same features as T5's: `encoder_input_tokens` is the prompt,
+  `decoder_target_tokens` the completion); see the module docstring."""
 
-  config: llama.LlamaConfig
+  config: DecoderConfig
   family: ClassVar[str] = "decoder_only"
+
+  def to_json(self) -> dict[str, Any]:
+    return {"family": self.family, "config": dict(dataclasses.asdict(self.config),
+                                                  architecture=self.architecture)}
+
+  @property
+  def architecture(self) -> str:
+    return "gpt2" if isinstance(self.config, gpt2.GPT2Config) else "llama"
 
   @classmethod
   def from_config_json(cls, fields: Mapping[str, Any]) -> "DecoderOnlyModel":
-    known = {f.name for f in dataclasses.fields(llama.LlamaConfig)}
-    return cls(llama.LlamaConfig(**{k: v for k, v in fields.items() if k in known}))
+    kind = gpt2.GPT2Config if fields.get("architecture") == "gpt2" else llama.LlamaConfig
+    known = {f.name for f in dataclasses.fields(kind)}
+    return cls(kind(**{k: v for k, v in fields.items() if k in known}))
 
   def init_params(self, rng: Array) -> Any:
     tokens = jnp.ones((1, 2), jnp.int32)
-    return llama.LlamaModule(self.config).init(rng, tokens)["params"]
+    return module(self.config).init(rng, tokens)["params"]
 
   def logits(self, params: Any, batch: Mapping[str, Array], *,
              dropout_rng: Optional[Array] = None) -> Array:
@@ -193,6 +212,9 @@ class DecoderOnlyModel(BaseModel):
   # FLOPs: the standard count (models.flops) for one decoder over prompt + completion.
   def _weights(self) -> int:
     c = self.config
+    if isinstance(c, gpt2.GPT2Config):
+      return c.num_layers * (4 * c.emb_dim * c.emb_dim + 2 * c.emb_dim * c.inner_dim) + \
+          c.emb_dim * c.vocab_size
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     return c.num_layers * (2 * c.emb_dim * q + 2 * c.emb_dim * kv + 3 * c.emb_dim *
                            c.mlp_dim) + c.emb_dim * c.vocab_size
@@ -226,7 +248,15 @@ class DecoderOnlyModel(BaseModel):
 
   @classmethod
   def load_hf(cls, path: str, **options) -> tuple["DecoderOnlyModel", Any]:
-    from tinythinker_jax.convert import hf_llama  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    import json as json_lib
+    from tinythinker_jax import paths
+    from tinythinker_jax.convert import hf_gpt2, hf_llama
+    config_path = paths.as_path(path) / "config.json"
+    if config_path.exists() and json_lib.loads(config_path.read_text()).get(
+        "model_type") == "gpt2":
+      config, params = hf_gpt2.load_hf_gpt2(path)
+      return cls(config), params
     config, params = hf_llama.load_hf_llama(path)
     return cls(config), params
 
@@ -234,5 +264,9 @@ class DecoderOnlyModel(BaseModel):
     if dtype not in (None, "float32"):
       raise errors.UserError(f"export dtype={dtype!r}: decoder-only students export in "
                              "float32 only so far")
-    from tinythinker_jax.convert import hf_llama  # pylint: disable=import-outside-toplevel
-    hf_llama.save_hf_llama(self.config, nn.unbox(params), path)
+    # pylint: disable=import-outside-toplevel
+    from tinythinker_jax.convert import hf_gpt2, hf_llama
+    if isinstance(self.config, gpt2.GPT2Config):
+      hf_gpt2.save_hf_gpt2(self.config, nn.unbox(params), path)
+    else:
+      hf_llama.save_hf_llama(self.config, nn.unbox(params), path)

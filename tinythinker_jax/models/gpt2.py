@@ -1,0 +1,177 @@
+"""GPT-2 as a Flax linen module: Fine-tune-CoT's decoder-only students (124M-774M).
+
+Numerics follow Hugging Face's PyTorch `GPT2LMHeadModel`: learned absolute
+position embeddings, pre-LayerNorm blocks (with biases), attention and MLP
+projections with biases, the tanh approximation of GELU (`gelu_new`), the output
+layer tied to the token embedding, causal attention scaled by 1/sqrt(head_dim).
+Same calling convention as `models.llama.LlamaModule` (positions, segment ids,
+attention mask, an explicit mask and a KV cache under `decode`), so
+`families.decoder_only` serves both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tinythinker_jax import platforms
+from tinythinker_jax.models.llama import NEG_INF
+
+Array = jax.Array
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  vocab_size: int
+  emb_dim: int
+  num_heads: int
+  num_layers: int
+  mlp_dim: int = 0  # 0: 4 * emb_dim, as GPT-2's n_inner=None.
+  max_position_embeddings: int = 1024
+  layer_norm_eps: float = 1e-5
+  dropout_rate: float = 0.0  # Only 0 is built.
+  dtype: str = "float32"  # Activations; 'auto' as T5's and Llama's.
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.emb_dim % self.num_heads:
+      raise ValueError(f"GPT2Config: emb_dim={self.emb_dim} is not a multiple of "
+                       f"num_heads={self.num_heads}")
+    if self.dropout_rate:
+      raise ValueError(f"GPT2Config.dropout_rate={self.dropout_rate}: dropout is not built "
+                       "for decoder-only students (set it to 0)")
+
+  @property
+  def head_dim(self) -> int:
+    return self.emb_dim // self.num_heads
+
+  @property
+  def inner_dim(self) -> int:
+    return self.mlp_dim or 4 * self.emb_dim
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(platforms.activation_dtype(self.dtype))
+
+
+class LayerNorm(nn.Module):
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
+                   self.param_dtype)
+    bias = _param(self, "bias", nn.initializers.zeros, (x.shape[-1],), ("embed",),
+                  self.param_dtype)
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale + bias).astype(dtype)
+
+
+class Attention(nn.Module):
+  config: GPT2Config
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    c = self.config
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
+    init = nn.initializers.normal(0.02)
+    qkv_kernel = _param(self, "qkv_kernel", init, (c.emb_dim, 3, c.num_heads, c.head_dim),
+                        ("embed", "stack", "heads", "kv"), pdtype)
+    qkv_bias = _param(self, "qkv_bias", nn.initializers.zeros, (3, c.num_heads, c.head_dim),
+                      ("stack", "heads", "kv"), pdtype)
+    qkv = jnp.einsum("bld,dthk->tblhk", x, qkv_kernel.astype(dtype)) + \
+        qkv_bias.astype(dtype)[:, None, None]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if self.decode:
+      initialising = not self.has_variable("cache", "key")
+      cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if not initialising:
+        at = (0, index.value, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
+        index.value = index.value + x.shape[1]
+        k, v = cached_key.value, cached_value.value
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
+        jnp.float32(c.head_dim))
+    scores = jnp.where(mask[:, None], scores, NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    kernel = _param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
+                    ("heads", "kv", "embed"), pdtype)
+    bias = _param(self, "out_bias", nn.initializers.zeros, (c.emb_dim,), ("embed",), pdtype)
+    return jnp.einsum("blhk,hkd->bld", out, kernel.astype(dtype)) + bias.astype(dtype)
+
+
+class Block(nn.Module):
+  config: GPT2Config
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    c = self.config
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
+    init = nn.initializers.normal(0.02)
+    h = x + Attention(c, self.decode, name="attention")(
+        LayerNorm(c.layer_norm_eps, pdtype, name="pre_attention_norm")(x), mask)
+    y = LayerNorm(c.layer_norm_eps, pdtype, name="pre_mlp_norm")(h)
+    wi = _param(self, "mlp_in_kernel", init, (c.emb_dim, c.inner_dim), ("embed", "mlp"),
+                pdtype)
+    bi = _param(self, "mlp_in_bias", nn.initializers.zeros, (c.inner_dim,), ("mlp",), pdtype)
+    wo = _param(self, "mlp_out_kernel", init, (c.inner_dim, c.emb_dim), ("mlp", "embed"),
+                pdtype)
+    bo = _param(self, "mlp_out_bias", nn.initializers.zeros, (c.emb_dim,), ("embed",), pdtype)
+    y = jax.nn.gelu(y @ wi.astype(dtype) + bi.astype(dtype), approximate=True)
+    return h + y @ wo.astype(dtype) + bo.astype(dtype)
+
+
+class GPT2Module(nn.Module):
+  """Token ids [batch, length] -> logits [batch, length, vocab]; the arguments
+  are `models.llama.LlamaModule`'s."""
+
+  config: GPT2Config
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Optional[Array] = None,
+               segment_ids: Optional[Array] = None,
+               attention_mask: Optional[Array] = None,
+               mask: Optional[Array] = None) -> Array:
+    c = self.config
+    dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
+    length = tokens.shape[1]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    if mask is None:
+      mask = jnp.tril(jnp.ones((length, length), bool))[None]
+      if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+      if attention_mask is not None:
+        mask = mask & attention_mask.astype(bool)[:, None, :]
+    embedding = _param(self, "embedding", nn.initializers.normal(0.02),
+                       (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
+    position_embedding = _param(self, "position_embedding", nn.initializers.normal(0.01),
+                                (c.max_position_embeddings, c.emb_dim), (None, "embed"),
+                                pdtype)
+    x = (jnp.take(embedding, tokens, axis=0) +
+         jnp.take(position_embedding, positions, axis=0)).astype(dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    for i in range(c.num_layers):
+      x = Block(c, self.decode, name=f"layers_{i}")(x, mask)
+    x = LayerNorm(c.layer_norm_eps, pdtype, name="final_norm")(x)
+    return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)
