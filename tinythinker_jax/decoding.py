@@ -31,6 +31,21 @@ def init_cache(model: T5, params: Any, encoded: Array, encoder_input_tokens: Arr
   return variables["cache"]
 
 
+def record_token(step: Array, token: Array, logits: Array, tokens: Array,
+                 logprobs: Array, done: Array, lengths: Array, eos_id: int
+                 ) -> tuple[Array, Array, Array, Array]:
+  """One decoding step's bookkeeping, shared by every family's loop: `token`
+  (chosen from `logits`) and its own log-probability (temperature 1) written at
+  `step`, 0 for rows already done; lengths and done updated at EOS."""
+  token_logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                      token[:, None], axis=-1)[:, 0]
+  token = jnp.where(done, 0, token)
+  tokens = tokens.at[:, step].set(token)
+  logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, token_logprob))
+  lengths = jnp.where(~done & (token == eos_id), step + 1, lengths)
+  return tokens, logprobs, done | (token == eos_id), lengths
+
+
 def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length: int,
                  eos_id: int, choose: Callable[[Array, Array], Array],
                  repeats: int = 1) -> DecodeResult:
@@ -60,13 +75,8 @@ def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length
                                     mutable=["cache"], method=T5.decode)
     logits = logits[:, 0].astype(jnp.float32)
     token = choose(step, logits)
-    token_logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                                        token[:, None], axis=-1)[:, 0]
-    token = jnp.where(done, 0, token)
-    tokens = tokens.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, token_logprob))
-    lengths = jnp.where(~done & (token == eos_id), step + 1, lengths)
-    done = done | (token == eos_id)
+    tokens, logprobs, done, lengths = record_token(step, token, logits, tokens, logprobs,
+                                                   done, lengths, eos_id)
     return step + 1, tokens, logprobs, done, lengths, variables["cache"]
 
   state = (jnp.zeros((), jnp.int32), jnp.zeros((batch, max_length), jnp.int32),
@@ -150,7 +160,18 @@ def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Arra
   `fold_in(fold_in(key_i, j), t)`, so what an input gets depends only on its
   key: not on the batch size, its row, or how rows are spread over devices.
   """
-  batch = encoder_input_tokens.shape[0]
+  choose = sample_chooser(rng, encoder_input_tokens.shape[0], num_samples,
+                          temperature=temperature, top_k=top_k, top_p=top_p)
+  return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id, choose,
+                      repeats=num_samples)
+
+
+def sample_chooser(rng: Array, batch: int, num_samples: int, *, temperature: float,
+                   top_k: int, top_p: float) -> Callable[[Array, Array], Array]:
+  """`choose(step, logits)` for `batch * num_samples` rows (input i's samples are
+  rows i * num_samples ...): sample j of input i at step t draws with
+  `fold_in(fold_in(key_i, j), t)`; `rng` is one key per input, or one key from
+  which input i's is `fold_in(rng, i)`."""
   if rng.shape != (batch,):
     rng = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
   sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
@@ -160,8 +181,7 @@ def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Arra
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(sample_keys)
     return sample_token(step_keys, logits, temperature=temperature, top_k=top_k,
                         top_p=top_p)
-  return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id, choose,
-                      repeats=num_samples)
+  return choose
 
 
 # ---------------------------------------------------------------- beam search

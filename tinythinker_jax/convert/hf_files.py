@@ -105,3 +105,30 @@ def save_tensors(tensors: Mapping[str, np.ndarray], path: paths.PathLike, *,
   total = sum(v.nbytes for v in tensors.values())
   paths.write_json(path / SAFETENSORS_INDEX,
                    {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+class TensorReader:
+  """A checkpoint's named tensors, each taken with its expected shape checked;
+  what was never taken is reported by `unused` (errors name `where`)."""
+
+  def __init__(self, tensors: Mapping[str, np.ndarray], where: str):
+    self.tensors = tensors
+    self.where = where
+    self.used: set[str] = set()
+
+  def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in self.tensors:
+      raise errors.UserError(f"{self.where}: weight {name!r} is missing")
+    value = self.tensors[name]
+    if value.shape != shape:
+      raise errors.UserError(f"{self.where}: weight {name!r} has shape {value.shape}; the "
+                             f"config implies {shape}")
+    self.used.add(name)
+    return value
+
+  def check_all_used(self, family: str, ignore=lambda name: False) -> None:
+    """A `UserError` naming the tensors `family` does not read (but `ignore`s)."""
+    unused = sorted(n for n in set(self.tensors) - self.used if not ignore(n))
+    if unused:
+      raise errors.UserError(f"{self.where}: weights {family} does not read: "
+                             f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")

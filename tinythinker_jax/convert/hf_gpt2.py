@@ -46,16 +46,8 @@ def load_hf_gpt2(path: paths.PathLike) -> tuple[GPT2Config, dict[str, Any]]:
   fmt, files = hf_files.weight_files(folder)
   tensors = {k.removeprefix("transformer."): np.asarray(v, np.float32)
              for k, v in hf_files.read_tensors(fmt, files).items()}
-  used = set()
-
-  def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if name not in tensors:
-      raise errors.UserError(f"{folder}: weight {name!r} is missing")
-    if tensors[name].shape != shape:
-      raise errors.UserError(f"{folder}: weight {name!r} has shape {tensors[name].shape}; "
-                             f"the config implies {shape}")
-    used.add(name)
-    return tensors[name]
+  reader = hf_files.TensorReader(tensors, str(folder))
+  take = reader.take
 
   d, h, k, f = c.emb_dim, c.num_heads, c.head_dim, c.inner_dim
 
@@ -79,10 +71,8 @@ def load_hf_gpt2(path: paths.PathLike) -> tuple[GPT2Config, dict[str, Any]]:
         "mlp_out_kernel": take(p + "mlp.c_proj.weight", (f, d)),
         "mlp_out_bias": take(p + "mlp.c_proj.bias", (d,))}
   params["final_norm"] = norm("ln_f")
-  unused = sorted(n for n in set(tensors) - used
-                  if n != "lm_head.weight" and not n.endswith(("attn.bias", "attn.masked_bias")))
-  if unused:
-    raise errors.UserError(f"{folder}: weights GPT-2 does not read: {unused[:5]}")
+  reader.check_all_used("GPT-2", lambda name: name == "lm_head.weight" or
+                        name.endswith(("attn.bias", "attn.masked_bias")))
   return c, params
 
 

@@ -81,17 +81,8 @@ def params_from_tensors(c: LlamaConfig, tensors: dict[str, np.ndarray],
                         where: str) -> dict[str, Any]:
   """`LlamaModule`'s parameters from tensors named as in an HF folder (without
   the `model.` prefix); every tensor is checked and every one must be used."""
-  used = set()
-
-  def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if name not in tensors:
-      raise errors.UserError(f"{where}: weight {name!r} is missing")
-    value = tensors[name]
-    if value.shape != shape:
-      raise errors.UserError(f"{where}: weight {name!r} has shape {value.shape}; the "
-                             f"config implies {shape}")
-    used.add(name)
-    return value
+  reader = hf_files.TensorReader(tensors, where)
+  take = reader.take
 
   def heads_in(name: str, heads: int) -> np.ndarray:  # [h*k, d] -> [d, h, k]
     return take(name, (heads * c.head_dim, c.emb_dim)).T.reshape(
@@ -125,11 +116,8 @@ def params_from_tensors(c: LlamaConfig, tensors: dict[str, np.ndarray],
   params["final_norm"] = {"scale": take("norm.weight", (c.emb_dim,))}
   if not c.tie_word_embeddings:
     params["lm_head"] = take("lm_head.weight", (c.vocab_size, c.emb_dim)).T
-  unused = sorted(set(tensors) - used - {"lm_head.weight"} -
-                  {k for k in tensors if k.endswith("rotary_emb.inv_freq")})
-  if unused:
-    raise errors.UserError(f"{where}: weights the Llama family does not read: "
-                           f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
+  reader.check_all_used("the Llama family", lambda name: name == "lm_head.weight" or
+                        name.endswith("rotary_emb.inv_freq"))
   return params
 
 

@@ -105,13 +105,9 @@ def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: 
   def body(state):
     step, out, logprobs, done, lengths, last_logits, cache, valid, position = state
     token = choose(step, last_logits)
-    token_logprob = jnp.take_along_axis(jax.nn.log_softmax(last_logits, axis=-1),
-                                        token[:, None], axis=-1)[:, 0]
-    token = jnp.where(done, 0, token)
-    out = out.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, token_logprob))
-    lengths = jnp.where(~done & (token == eos_id), step + 1, lengths)
-    done = done | (token == eos_id)
+    out, logprobs, done, lengths = decoding.record_token(
+        step, token, last_logits, out, logprobs, done, lengths, eos_id)
+    token = out[:, step]  # 0 for rows already done.
     valid = valid.at[:, width + step].set(True)
     step_mask = valid[:, None, :] & (slots[None, None, :] <= width + step)
     logits, variables = decoder.apply({"params": params, "cache": cache}, token[:, None],
@@ -138,16 +134,8 @@ def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int
   if temperature == 0:
     return _decode_loop(config, params, inputs, max_length, eos_id,
                         lambda step, logits: jnp.argmax(logits, -1).astype(jnp.int32))
-  batch = inputs.shape[0]
-  if rng.shape != (batch,):
-    rng = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
-  sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-      jnp.arange(num_samples)))(rng).reshape(batch * num_samples)
-
-  def choose(step, logits):
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(sample_keys)
-    return decoding.sample_token(step_keys, logits, temperature=temperature, top_k=top_k,
-                                 top_p=top_p)
+  choose = decoding.sample_chooser(rng, inputs.shape[0], num_samples,
+                                   temperature=temperature, top_k=top_k, top_p=top_p)
   return _decode_loop(config, params, jnp.repeat(inputs, num_samples, axis=0), max_length,
                       eos_id, choose)
 

@@ -19,13 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import platforms
-from tinythinker_jax.models.llama import NEG_INF
+from tinythinker_jax.models.llama import attend, cached, causal_mask
+from tinythinker_jax.models.llama import param as _param
 
 Array = jax.Array
-
-
-def _param(module: nn.Module, name: str, init, shape, axes, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,21 +94,8 @@ class Attention(nn.Module):
         qkv_bias.astype(dtype)[:, None, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
     if self.decode:
-      initialising = not self.has_variable("cache", "key")
-      cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-      cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-      if not initialising:
-        at = (0, index.value, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
-        index.value = index.value + x.shape[1]
-        k, v = cached_key.value, cached_value.value
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
-        jnp.float32(c.head_dim))
-    scores = jnp.where(mask[:, None], scores, NEG_INF)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+      k, v = cached(self, k, v)
+    out = attend(q, k, v, mask, dtype)
     kernel = _param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
                     ("heads", "kv", "embed"), pdtype)
     bias = _param(self, "out_bias", nn.initializers.zeros, (c.emb_dim,), ("embed",), pdtype)
@@ -158,11 +142,7 @@ class GPT2Module(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
     if mask is None:
-      mask = jnp.tril(jnp.ones((length, length), bool))[None]
-      if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-      if attention_mask is not None:
-        mask = mask & attention_mask.astype(bool)[:, None, :]
+      mask = causal_mask(length, segment_ids, attention_mask)
     embedding = _param(self, "embedding", nn.initializers.normal(0.02),
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     position_embedding = _param(self, "position_embedding", nn.initializers.normal(0.01),

@@ -65,8 +65,48 @@ class LlamaConfig:
                        f"num_kv_heads={self.num_kv_heads}")
 
 
-def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+def param(module: nn.Module, name: str, init, shape, axes, dtype):
+  """A parameter boxed with its logical axes."""
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def causal_mask(length: int, segment_ids: Optional[Array] = None,
+                attention_mask: Optional[Array] = None) -> Array:
+  """[batch or 1, length, length]: causal, within segments (packing), and over
+  real tokens only (`attention_mask`, 1 = a real token)."""
+  mask = jnp.tril(jnp.ones((length, length), bool))[None]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  if attention_mask is not None:
+    mask = mask & attention_mask.astype(bool)[:, None, :]
+  return mask
+
+
+def cached(module: nn.Module, k: Array, v: Array) -> tuple[Array, Array]:
+  """Keys and values through a decode cache in `module`'s 'cache' collection: the
+  first (initialising) call sizes it; later calls write at its running index and
+  return the whole cache."""
+  initialising = not module.has_variable("cache", "key")
+  cached_key = module.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+  cached_value = module.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+  index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+  if initialising:
+    return k, v
+  at = (0, index.value, 0, 0)
+  cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
+  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
+  index.value = index.value + k.shape[1]
+  return cached_key.value, cached_value.value
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array, dtype) -> Array:
+  """Softmax attention [b, q, h, d] over keys [b, k, h, d], scaled by
+  1/sqrt(d), the scores in float32, `mask` [b or 1, q, k]."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
+      jnp.float32(q.shape[-1]))
+  scores = jnp.where(mask[:, None], scores, NEG_INF)
+  weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 class RMSNorm(nn.Module):
@@ -75,7 +115,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
+    scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
                    self.param_dtype)
     dtype = x.dtype
     x = x.astype(jnp.float32)
@@ -111,11 +151,11 @@ class Attention(nn.Module):
     init = nn.initializers.normal(0.02)
 
     def project(name, heads, kernel_axes):
-      kernel = _param(self, f"{name}_kernel", init, (c.emb_dim, heads, c.head_dim),
+      kernel = param(self, f"{name}_kernel", init, (c.emb_dim, heads, c.head_dim),
                       kernel_axes, pdtype)
       y = jnp.einsum("bld,dhk->blhk", x, kernel.astype(dtype))
       if c.attention_bias:
-        bias = _param(self, f"{name}_bias", nn.initializers.zeros, (heads, c.head_dim),
+        bias = param(self, f"{name}_bias", nn.initializers.zeros, (heads, c.head_dim),
                       kernel_axes[1:], pdtype)
         y = y + bias.astype(dtype)
       return y
@@ -125,24 +165,11 @@ class Attention(nn.Module):
     v = project("value", c.num_kv_heads, ("embed", "kv_heads", "kv"))
     q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
     if self.decode:
-      initialising = not self.has_variable("cache", "key")
-      cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-      cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-      if not initialising:
-        at = (0, index.value, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
-        index.value = index.value + x.shape[1]
-        k, v = cached_key.value, cached_value.value
+      k, v = cached(self, k, v)
     groups = c.num_heads // c.num_kv_heads
-    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
-        jnp.float32(c.head_dim))
-    scores = jnp.where(mask[:, None], scores, NEG_INF)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    kernel = _param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
+    out = attend(q, jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2), mask,
+                 dtype)
+    kernel = param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
                     ("heads", "kv", "embed"), pdtype)
     return jnp.einsum("blhk,hkd->bld", out, kernel.astype(dtype))
 
@@ -155,9 +182,9 @@ class Mlp(nn.Module):
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
-    gate = _param(self, "gate_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
-    up = _param(self, "up_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
-    down = _param(self, "down_kernel", init, (c.mlp_dim, c.emb_dim), ("mlp", "embed"),
+    gate = param(self, "gate_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
+    up = param(self, "up_kernel", init, (c.emb_dim, c.mlp_dim), ("embed", "mlp"), pdtype)
+    down = param(self, "down_kernel", init, (c.mlp_dim, c.emb_dim), ("mlp", "embed"),
                   pdtype)
     hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
     return hidden @ down.astype(dtype)
@@ -198,12 +225,8 @@ class LlamaModule(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
     if mask is None:
-      mask = jnp.tril(jnp.ones((length, length), bool))[None]
-      if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-      if attention_mask is not None:
-        mask = mask & attention_mask.astype(bool)[:, None, :]
-    embedding = _param(self, "embedding", nn.initializers.normal(0.02),
+      mask = causal_mask(length, segment_ids, attention_mask)
+    embedding = param(self, "embedding", nn.initializers.normal(0.02),
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -212,6 +235,6 @@ class LlamaModule(nn.Module):
     x = RMSNorm(c.rms_norm_eps, pdtype, name="final_norm")(x)
     if c.tie_word_embeddings:
       return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)
-    head = _param(self, "lm_head", nn.initializers.normal(0.02), (c.emb_dim, c.vocab_size),
+    head = param(self, "lm_head", nn.initializers.normal(0.02), (c.emb_dim, c.vocab_size),
                   ("embed", "vocab"), pdtype)
     return (x @ head.astype(dtype)).astype(jnp.float32)
