@@ -149,11 +149,11 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   summary.teacher_accuracy = (sum(o.teacher_correct for o in outcomes) / total
                               if total else None)
   broke = summary.dropped.get("not exactly one option marked correct", 0)
-  note = summary.settings.get("one_correct_constraint")
-  if broke and note and note.startswith("the schema") and \
-      summary.settings.get("one_correct") != "none":
-    summary.settings["one_correct_constraint"] = (
-        f"{note}; NOT enforced by this endpoint: {broke} replies marked several or no "
+  constrained = (summary.settings.get("structured_output") not in (None, "none") and
+                 summary.settings.get("one_correct", "none") != "none")
+  if broke and constrained:
+    summary.settings["one_correct_constraint"] += (
+        f"; NOT enforced by this endpoint: {broke} replies marked several or no "
         "options correct")
   summary.format_retries = sum(o.format_retries for o in outcomes)
   summary.recovered_by_retry = sum(o.recovered_by_retry for o in outcomes)
