@@ -57,41 +57,49 @@ def test_trained_student_copies_its_prompt(tmp_path):
   assert exact.mean() >= 0.75, tokens
 
 
+PIPELINE_FLAGS = [
+    "--gin_file=runs/demo.gin", "--gin_file=models/llama/tiny.gin",
+    "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
+    "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",
+    "--gin.MAX_VALIDATION_EXAMPLES=4", "--gin.MAX_TEST_EXAMPLES=4", "--gin.EVAL_NUM_RUNS=0",
+    "--gin.phase1/recipe.TrainSettings.train_steps=8",
+    "--gin.phase1/recipe.TrainSettings.eval_every=4",
+    "--gin.phase1/recipe.TrainSettings.checkpoint_every=4",
+    "--gin.phase1/recipe.TrainSettings.batch_size=8",
+    "--gin.phase1/recipe.TrainSettings.warmup_steps=2",
+    "--gin.pipeline.run_pipeline.max_reflect_examples=4",
+    "--gin.sample.SampleSettings.num_recall_samples=2",
+    "--gin.dpo/recipe.TrainSettings.num_epochs=None",
+    "--gin.dpo/recipe.TrainSettings.train_steps=2",
+    "--gin.dpo/recipe.TrainSettings.batch_size=4"]
+
+
+def run_pipeline(run_dir, *flags):
+  import subprocess
+  import sys
+
+  from tests.conftest import one_device_env
+  command = [sys.executable, "-m", "tinythinker_jax.main", "pipeline", *PIPELINE_FLAGS,
+             f"--gin.RUN_DIR='{run_dir}'", *flags]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env=one_device_env())
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
   """`tinythinker pipeline` with `models/llama/tiny.gin` after the demo's run
   config: teaching, phase 1, self-reflection, evaluation, export (an HF Llama
   folder that transformers loads) and the report. (The baselines train through
   the same interface calls as phase 1 and self-reflection; left out for time.)"""
   import json
-  import subprocess
-  import sys
 
   import torch
   import transformers
 
-  from tests.conftest import one_device_env
   from tinythinker_jax.convert import hf_llama
   from tinythinker_jax.models import llama as llama_lib
   run_dir = tmp_path / "run"
-  command = [
-      sys.executable, "-m", "tinythinker_jax.main", "pipeline", "--gin_file=runs/demo.gin",
-      "--gin_file=models/llama/tiny.gin", f"--gin.RUN_DIR='{run_dir}'",
-      "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
-      "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",
-      "--gin.MAX_VALIDATION_EXAMPLES=4", "--gin.MAX_TEST_EXAMPLES=4", "--gin.EVAL_NUM_RUNS=0",
-      "--gin.phase1/recipe.TrainSettings.train_steps=8",
-      "--gin.phase1/recipe.TrainSettings.eval_every=4",
-      "--gin.phase1/recipe.TrainSettings.checkpoint_every=4",
-      "--gin.phase1/recipe.TrainSettings.batch_size=8",
-      "--gin.phase1/recipe.TrainSettings.warmup_steps=2",
-      "--gin.pipeline.run_pipeline.max_reflect_examples=4",
-      "--gin.sample.SampleSettings.num_recall_samples=2",
-      "--gin.dpo/recipe.TrainSettings.num_epochs=None",
-      "--gin.dpo/recipe.TrainSettings.train_steps=2",
-      "--gin.dpo/recipe.TrainSettings.batch_size=4"]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                          env=one_device_env())
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_pipeline(run_dir)
   stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
   for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
     assert stage in stages, stage
@@ -107,3 +115,61 @@ def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
     expected = model(input_ids=torch.tensor(tokens)).logits.numpy()
   got = np.asarray(llama_lib.LlamaModule(config).apply({"params": params}, tokens))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_path):
+  """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer: every
+  student starts from its weights and tokenizes with its tokenizer (pad 0 / EOS 1
+  in the project's ids); the export holds the tokenizer and the rows in its
+  order: the embedding rows of tokens the run never saw come back unchanged
+  (untied embeddings, no weight decay), the rest moved."""
+  import json
+
+  import torch
+  import transformers
+
+  from tests.hf_tokenizer_test import smollm_like
+  from tinythinker_jax import hf_tokenizer
+  folder = smollm_like(tmp_path)
+  torch.manual_seed(0)
+  original = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=300, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+      tie_word_embeddings=False))
+  original.save_pretrained(str(folder))
+  run_dir = tmp_path / "run"
+  run_pipeline(run_dir, f"--gin.PRETRAINED='{folder}'", "--gin.NUM_EMBEDDINGS=384",
+               "--gin.llama.LlamaConfig.tie_word_embeddings=False")
+  meta = json.loads((run_dir / "pipeline.json").read_text())
+  assert meta["settings"]["initial_checkpoint_path"] == str(folder)
+  report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
+  assert report["greedy"]["num_examples"] == 4
+  exported = run_dir / "export" / "hf_model"
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
+  assert tokenizer.eos_token == "<|im_end|>"
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(exported))
+  assert model.config.vocab_size == 300
+  codec = hf_tokenizer.HFTokenizer(str(folder))
+  # Import: phase 1 started from the pretrained rows in project order; the rows
+  # of tokens its training arrays never hold kept them exactly (Adam moves no
+  # parameter whose gradient is always zero).
+  from tinythinker_jax import weights
+  from tinythinker_jax.data import arrays
+  seen = set()
+  for path in (run_dir / "students" / "tinythinker" / "data").glob("*/train"):
+    dataset = arrays.ArrayDataset(path)
+    for name, values in dataset.arrays.items():
+      if name in ("encoder_input_tokens", "decoder_target_tokens"):
+        seen.update(np.unique(values).tolist())
+  phase1 = weights.load(run_dir / "students" / "tinythinker" / "checkpoints" / "8")
+  before = codec.to_project_rows(original.model.embed_tokens.weight.detach().numpy(), 384)
+  rows = np.asarray(phase1.params["embedding"])
+  unseen = sorted(set(range(300)) - seen)
+  assert unseen, "the tiny tokenizer has pieces the coin-flip arrays do not use"
+  np.testing.assert_array_equal(rows[unseen], before[unseen])
+  assert np.abs(rows[sorted(seen - {0})] - before[sorted(seen - {0})]).max() > 0
+  # Export: the final student's rows back in the tokenizer's order.
+  final = weights.load(meta["stages"]["export"]["outputs"]["from"])
+  exported_rows = model.model.embed_tokens.weight.detach().numpy()
+  np.testing.assert_array_equal(exported_rows[codec.hf_ids[:300]],
+                                np.asarray(final.params["embedding"])[:300])

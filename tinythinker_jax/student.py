@@ -100,7 +100,7 @@ class Student:
         partitioning.create_mesh(devices=jax.local_devices()))
     loaded = weights.load(path, model=model_config, vocabulary=vocabulary,
                           partitioner=partitioner)
-    return cls(loaded.model, loaded.params, vocabularies.TextCodec(loaded.vocabulary),
+    return cls(loaded.model, loaded.params, vocabularies.text_codec(loaded.vocabulary),
                partitioner=partitioner, **kwargs)
 
   # ------------------------------------------------------------- batching

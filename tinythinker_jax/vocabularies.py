@@ -1,9 +1,14 @@
-"""Vocabularies: seqio SentencePiece or byte vocabularies, and training new ones.
+"""Vocabularies: seqio SentencePiece, byte or pretrained-tokenizer vocabularies,
+and training new ones.
 
 T5's conventions: pad = 0, eos = 1, unk = 2, no bos; seqio appends
 `extra_ids` sentinel tokens (`<extra_id_0>`, ...) after the SentencePiece
 pieces. Model embedding tables are rounded up to a multiple of 128, as
 T5's 32100-token vocabulary sits in a 32128-row table.
+
+A pretrained model's own tokenizer (`tokenizer.json`, its folder, or a GGUF
+file) is a vocabulary too, with its ids remapped to pad 0 / EOS 1
+(`hf_tokenizer`); `text_codec` and `get_vocabulary` take any of them.
 
 seqio (and so TensorFlow) is imported only when a seqio vocabulary is built;
 `train_sentencepiece` needs only the `sentencepiece` package.
@@ -11,12 +16,15 @@ seqio (and so TensorFlow) is imported only when a seqio vocabulary is built;
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-from tinythinker_jax import errors, paths, tf_import
+import numpy as np
+
+from tinythinker_jax import errors, hf_tokenizer, paths, tf_import
 from tinythinker_jax.data import schema
 
 BYTE = "byte"
@@ -26,7 +34,8 @@ T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 
 
 def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
-  """A seqio vocabulary: `'byte'` for ByteVocabulary, else a SentencePiece model.
+  """A seqio vocabulary: `'byte'` for ByteVocabulary, a pretrained tokenizer
+  (`hf_tokenizer.is_hf_tokenizer`: no extra ids), else a SentencePiece model.
 
   `path_or_kind` may be a local path or an object-store path (`gs://`, read
   through `etils.epath` into a local copy that seqio then loads).
@@ -34,9 +43,86 @@ def get_vocabulary(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   seqio, _ = tf_import.import_seqio()
   if path_or_kind == BYTE:
     return seqio.ByteVocabulary(extra_ids=extra_ids)
+  if hf_tokenizer.is_hf_tokenizer(path_or_kind):
+    return _pretrained_vocabulary_class()(path_or_kind)
   if not paths.as_path(path_or_kind).exists():
     raise errors.MissingFileError(f"SentencePiece model {path_or_kind!r} not found")
   return seqio.SentencePieceVocabulary(paths.local_copy(path_or_kind), extra_ids=extra_ids)
+
+
+@functools.lru_cache(maxsize=None)
+def _pretrained_vocabulary_class():
+  seqio, tf = tf_import.import_seqio()
+
+  class PretrainedVocabulary(seqio.Vocabulary):
+    """A pretrained tokenizer as a seqio vocabulary, in the project's ids (pad 0,
+    EOS 1; `hf_tokenizer`). TensorFlow calls the `tokenizers` library through
+    `tf.numpy_function`, so tasks tokenize it inside tf.data."""
+
+    def __init__(self, path: str):
+      self.path = path
+      super().__init__(extra_ids=0)
+
+    @property
+    def codec(self) -> hf_tokenizer.HFTokenizer:
+      return load_pretrained(self.path)
+
+    @property
+    def eos_id(self) -> int:
+      return self.codec.eos_id
+
+    @property
+    def unk_id(self):
+      return None
+
+    @property
+    def _base_vocab_size(self) -> int:
+      return self.codec.vocab_size
+
+    def _encode(self, s: str) -> Sequence[int]:
+      return self.codec.encode(s)
+
+    def _decode(self, ids) -> str:
+      return self.codec.decode([int(i) for i in ids])
+
+    def _encode_tf(self, s):
+      def encode(text):
+        text = text.item() if isinstance(text, np.ndarray) else text
+        return np.asarray(self.codec.encode(text.decode("utf-8")), np.int32)
+      ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
+      ids.set_shape([None])
+      return ids
+
+    def _decode_tf(self, ids):
+      def decode(row):
+        return self.codec.decode(row.tolist()).encode("utf-8")
+      texts = tf.map_fn(
+          lambda row: tf.numpy_function(decode, [row], tf.string, stateful=False),
+          tf.reshape(ids, [-1, tf.shape(ids)[-1]]),
+          fn_output_signature=tf.TensorSpec([], tf.string))
+      return tf.reshape(texts, tf.shape(ids)[:-1])
+
+    def __eq__(self, other):
+      return isinstance(other, PretrainedVocabulary) and other.path == self.path
+
+    def __hash__(self):
+      return hash(self.path)
+
+  return PretrainedVocabulary
+
+
+@functools.lru_cache(maxsize=8)
+def load_pretrained(path: str) -> hf_tokenizer.HFTokenizer:
+  """A pretrained tokenizer, read once per process (a GGUF's takes seconds)."""
+  return hf_tokenizer.HFTokenizer(path)
+
+
+def text_codec(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+  """Text <-> ids without TensorFlow for any vocabulary setting: a `TextCodec`,
+  or the pretrained tokenizer a tokenizer.json, its folder or a GGUF names."""
+  if hf_tokenizer.is_hf_tokenizer(path_or_kind):
+    return load_pretrained(path_or_kind)
+  return TextCodec(path_or_kind, extra_ids)
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:

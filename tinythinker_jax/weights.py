@@ -8,6 +8,12 @@ what the path holds), its parameters and its vocabulary:
 | one of our model dirs | the checkpoint's meta (`families.from_json`) | its best checkpoint when its run marked one, else its latest (`checkpoints.locate`: `<dir>/checkpoints`, `<dir>/checkpoints/<step>`) |
 | a Hugging Face folder (`config.json`) | `config.json`'s `model_type` (`families.hf_family`) | its safetensors (or `pytorch_model.bin`) |
 | a t5x checkpoint (`convert.t5x.locate`) | the caller's `model` (t5x stores no config) | its `target` |
+| a GGUF file (`.gguf`, the Llama family) | its metadata | its tensors, dequantised |
+
+A Hugging Face folder or GGUF file read with a pretrained tokenizer as the
+vocabulary (`hf_tokenizer`: its own `tokenizer.json` or GGUF metadata unless
+`vocabulary` names another) has its embedding rows put in the project's id order
+(pad 0, EOS 1) and the table sized to the model's `vocab_size`.
 
 Initial weights of both phases, the DPO reference, evaluation, sampling and
 export all load through here. With a `model` given, the stored architecture
@@ -31,7 +37,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 
-from tinythinker_jax import checkpoints, errors, families, partitioning, paths
+from tinythinker_jax import checkpoints, errors, families, hf_tokenizer, partitioning, paths
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.paths import PathLike
 
@@ -70,7 +76,8 @@ def model_from_meta(meta: dict) -> BaseModel:
 # Config fields that fix the parameters' shapes (the rest: dtypes, dropout, layout).
 ARCHITECTURE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
                        "num_decoder_layers", "vocab_size", "mlp_activations",
-                       "logits_via_embedding")
+                       "logits_via_embedding", "num_layers", "num_kv_heads",
+                       "tie_word_embeddings")
 
 
 def _check_architecture(stored: BaseModel, wanted: BaseModel, where: str) -> None:
@@ -106,13 +113,19 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
   where = f"{binding}={path}" if binding else path
   wanted = None if model is None else families.from_config(model)
   kind, host_params = "ours", None
-  if (paths.as_path(path) / "config.json").exists():
+  if path.endswith(".gguf"):
+    from tinythinker_jax.families import decoder_only  # pylint: disable=import-outside-toplevel
+    kind = "hf"
+    stored, host_params = decoder_only.DecoderOnlyModel.load_gguf(path)
+    vocab = vocabulary or path
+  elif (paths.as_path(path) / "config.json").exists():
     kind = "hf"
     family = families.hf_family(paths.read_json(paths.as_path(path) / "config.json"),
                                 f"{path}/config.json")
     stored, host_params = family.load_hf(path)
     spiece = paths.as_path(path) / "spiece.model"
-    vocab = vocabulary or (str(spiece) if spiece.exists() else "")
+    own = spiece if spiece.exists() else paths.as_path(path) / "tokenizer.json"
+    vocab = vocabulary or (str(own) if own.exists() else "")
   elif (t5x_location := _t5x_checkpoint(path)) is not None:
     if wanted is None:
       raise errors.UserError(
@@ -128,6 +141,14 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
           f"model dir with checkpoints ({e})") from None
     stored = model_from_meta(meta)
     vocab = vocabulary or meta.get("vocabulary", "")
+  if kind == "hf" and hf_tokenizer.is_hf_tokenizer(vocab):
+    # pylint: disable=import-outside-toplevel
+    from tinythinker_jax import vocabularies
+    codec = vocabularies.load_pretrained(vocab)
+    rows = wanted.config.vocab_size if wanted is not None else max(
+        codec.vocab_size, stored.config.vocab_size)
+    stored, host_params = stored.map_vocabulary_rows(
+        host_params, lambda table: codec.to_project_rows(table, rows))
   loaded_model = stored
   if wanted is not None:
     _check_architecture(stored, wanted, where)

@@ -32,13 +32,29 @@ _GLOBAL_NAMES = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight
                  "output.weight": "lm_head.weight"}
 
 
-def _field(reader, key: str, where: str, default=None):
-  field = reader.fields.get(key)
-  if field is None:
-    if default is not None:
+REQUIRED = object()
+
+
+def field(reader, key: str, where: str, default: Any = REQUIRED):
+  """The value of metadata `key` (`default` when it is missing and given)."""
+  value = reader.fields.get(key)
+  if value is None:
+    if default is not REQUIRED:
       return default
     raise errors.UserError(f"{where}: GGUF metadata {key!r} is missing")
-  return field.contents()
+  return value.contents()
+
+
+def open_reader(path: str):
+  """`(gguf module, GGUFReader)` of a GGUF file, with clear errors."""
+  try:
+    import gguf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise errors.UserError("reading GGUF files needs the gguf package: pip install "
+                           "gguf") from e
+  if not os.path.exists(path):
+    raise errors.MissingFileError(f"{path}: GGUF file not found")
+  return gguf, gguf.GGUFReader(path)
 
 
 def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -51,22 +67,15 @@ def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def load_gguf_llama(path: str) -> tuple[LlamaConfig, dict[str, Any]]:
   """(config, params as float32 numpy arrays) of a Llama-architecture GGUF file."""
-  try:
-    import gguf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise errors.UserError("reading GGUF files needs the gguf package: pip install "
-                           "gguf") from e
-  if not os.path.exists(path):
-    raise errors.MissingFileError(f"{path}: GGUF file not found")
-  reader = gguf.GGUFReader(path)
-  architecture = _field(reader, "general.architecture", path)
+  gguf, reader = open_reader(path)
+  architecture = field(reader, "general.architecture", path)
   if architecture not in ("llama", "qwen2"):
     raise errors.UserError(f"{path}: general.architecture={architecture!r}; the Llama "
                            "family reads 'llama' and 'qwen2'")
   a = architecture
-  heads = int(_field(reader, f"{a}.attention.head_count", path))
-  kv_heads = int(_field(reader, f"{a}.attention.head_count_kv", path, heads))
-  emb = int(_field(reader, f"{a}.embedding_length", path))
+  heads = int(field(reader, f"{a}.attention.head_count", path))
+  kv_heads = int(field(reader, f"{a}.attention.head_count_kv", path, heads))
+  emb = int(field(reader, f"{a}.embedding_length", path))
   names = {t.name for t in reader.tensors}
   embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
   if embedding is None:
@@ -74,16 +83,16 @@ def load_gguf_llama(path: str) -> tuple[LlamaConfig, dict[str, Any]]:
   config = llama_config(path,
       vocab_size=int(embedding.shape[1]), emb_dim=emb, num_heads=heads,
       num_kv_heads=kv_heads,
-      head_dim=int(_field(reader, f"{a}.attention.key_length", path, emb // heads)),
-      mlp_dim=int(_field(reader, f"{a}.feed_forward_length", path)),
-      num_layers=int(_field(reader, f"{a}.block_count", path)),
-      rms_norm_eps=float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon", path)),
-      rope_theta=float(_field(reader, f"{a}.rope.freq_base", path, 10000.0)),
+      head_dim=int(field(reader, f"{a}.attention.key_length", path, emb // heads)),
+      mlp_dim=int(field(reader, f"{a}.feed_forward_length", path)),
+      num_layers=int(field(reader, f"{a}.block_count", path)),
+      rms_norm_eps=float(field(reader, f"{a}.attention.layer_norm_rms_epsilon", path)),
+      rope_theta=float(field(reader, f"{a}.rope.freq_base", path, 10000.0)),
       tie_word_embeddings="output.weight" not in names,
       attention_bias=architecture == "qwen2",
-      max_position_embeddings=int(_field(reader, f"{a}.context_length", path, 2048)))
-  if _field(reader, f"{a}.rope.scaling.type", path, "none") not in ("none", "linear") or \
-      float(_field(reader, f"{a}.rope.scaling.factor", path, 1.0)) != 1.0:
+      max_position_embeddings=int(field(reader, f"{a}.context_length", path, 2048)))
+  if field(reader, f"{a}.rope.scaling.type", path, "none") not in ("none", "linear") or \
+      float(field(reader, f"{a}.rope.scaling.factor", path, 1.0)) != 1.0:
     raise errors.UserError(f"{path}: scaled RoPE is not supported yet")
   tensors: dict[str, np.ndarray] = {}
   for t in reader.tensors:

@@ -16,10 +16,11 @@ choice and keys (`decoding.sample_token`).
 
 `DecoderOnlyModel` puts these behind the model interface, over the same
 prompt/completion features as T5's, so the trainer, DPO, the sampler, the
-pipeline and export take it as they take T5 (`models/llama/*.gin`). Not yet:
-packing, beam search, dropout, a pretrained model's own tokenizer as the
-vocabulary. (Fine-tune-CoT's decoder-only text format is the student format
-`finetune_cot_decoder`.)
+pipeline and export take it as they take T5 (`models/llama/*.gin`); a
+pretrained model's own tokenizer is the vocabulary through `hf_tokenizer`
+(`map_vocabulary_rows` reorders the embedding rows). Not yet: packing, beam
+search, dropout. (Fine-tune-CoT's decoder-only text format is the student
+format `finetune_cot_decoder`.)
 """
 
 from __future__ import annotations
@@ -247,6 +248,23 @@ class DecoderOnlyModel(BaseModel):
       return cls(config), params
     config, params = hf_llama.load_hf_llama(path)
     return cls(config), params
+
+  @classmethod
+  def load_gguf(cls, path: str) -> tuple["DecoderOnlyModel", Any]:
+    """(model, host parameters) of a Llama-family GGUF file."""
+    from tinythinker_jax.convert import gguf_llama  # pylint: disable=import-outside-toplevel
+    config, params = gguf_llama.load_gguf_llama(path)
+    return cls(config), params
+
+  def map_vocabulary_rows(self, params: Any, fn: Callable[[Any], Any]
+                          ) -> tuple["DecoderOnlyModel", Any]:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    params = dict(nn.unbox(params))
+    params["embedding"] = fn(np.asarray(params["embedding"]))
+    if "lm_head" in params:  # [emb, vocab]
+      params["lm_head"] = np.ascontiguousarray(fn(np.asarray(params["lm_head"]).T).T)
+    config = dataclasses.replace(self.config, vocab_size=params["embedding"].shape[0])
+    return type(self)(config), params
 
   def save_hf(self, params: Any, path: str, *, dtype: Optional[str] = None) -> None:
     if dtype not in (None, "float32"):

@@ -23,9 +23,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
+
+from tinythinker_jax import errors
 
 Array = jax.Array
 
@@ -144,6 +146,14 @@ class BaseModel(abc.ABC):
   @abc.abstractmethod
   def save_hf(self, params: Any, path: str, *, dtype: Optional[str] = None) -> None:
     """Writes a Hugging Face folder (`config.json` last) that transformers loads."""
+
+  def map_vocabulary_rows(self, params: Any, fn: Callable[[Any], Any]
+                          ) -> tuple["BaseModel", Any]:
+    """(model, host parameters) with `fn` applied to every table indexed by token
+    id (`[vocab, ...]`; `fn` may change the number of rows): how weights move
+    between a pretrained tokenizer's id order and the project's (`hf_tokenizer`)."""
+    raise errors.UserError(f"{self.family} models do not take a pretrained tokenizer's "
+                           "vocabulary (decoder-only students do)")
 
   def load_t5x(self, path: str) -> Any:
     """Host parameters from a t5x checkpoint (families that t5x trains)."""

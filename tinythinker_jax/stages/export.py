@@ -4,7 +4,10 @@ The folder holds `config.json`, `generation_config.json`, safetensors weights,
 and the tokenizer: the SentencePiece model as `spiece.model` with
 `tokenizer_config.json` / `special_tokens_map.json` for `T5Tokenizer` (seqio's
 extra ids become `<extra_id_N>`), or `ByT5Tokenizer` settings for the byte
-vocabulary. `transformers` loads it with `from_pretrained`. Both folders may
+vocabulary. A student whose vocabulary is a pretrained tokenizer
+(`hf_tokenizer`) gets that tokenizer's `tokenizer.json` and its embedding rows
+back in the tokenizer's own id order. `transformers` loads it with
+`from_pretrained`. Both folders may
 be on an object store (`gs://`, through `paths`): there, where a folder cannot
 be renamed atomically, the files are written in place with `config.json` last.
 """
@@ -16,7 +19,7 @@ from typing import Optional
 
 import jax
 
-from tinythinker_jax import errors, partitioning, paths, vocabularies, weights
+from tinythinker_jax import errors, hf_tokenizer, partitioning, paths, vocabularies, weights
 
 SPIECE = "spiece.model"
 
@@ -58,10 +61,19 @@ def export_student(model_dir: paths.PathLike, output_dir: paths.PathLike, *,
   tmp = output_dir if remote else output_dir.parent / (output_dir.name + ".tmp")
   paths.remove(tmp)
   tmp.mkdir(parents=True, exist_ok=True)
-  _write_json(tmp / "generation_config.json",
-              {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
-  write_tokenizer(loaded.vocabulary, tmp)
-  loaded.model.save_hf(loaded.params, str(tmp), dtype=dtype)  # config.json last
+  model, params = loaded.model, loaded.params
+  if hf_tokenizer.is_hf_tokenizer(loaded.vocabulary):
+    codec = vocabularies.load_pretrained(loaded.vocabulary)
+    codec.save(tmp)
+    _write_json(tmp / "generation_config.json", {
+        "eos_token_id": codec.hf_eos_id,
+        "pad_token_id": codec.hf_pad_id if codec.hf_pad_id >= 0 else codec.hf_eos_id})
+    model, params = model.map_vocabulary_rows(params, codec.to_hf_rows)
+  else:
+    _write_json(tmp / "generation_config.json",
+                {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
+    write_tokenizer(loaded.vocabulary, tmp)
+  model.save_hf(params, str(tmp), dtype=dtype)  # config.json last
   if not remote:
     paths.remove(output_dir)
     tmp.replace(output_dir)  # A complete folder or none.

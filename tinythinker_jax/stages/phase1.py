@@ -41,14 +41,16 @@ def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
   return batches
 
 
-def initial_params(path: Optional[str], model: Any, binding: str):
+def initial_params(path: Optional[str], model: Any, binding: str, vocabulary: str = ""):
   """`shardings -> parameters` from `path` (any source `weights.load` reads) for
-  `model` (a model or a config), placed as the shardings say; None without a path."""
+  `model` (a model or a config), placed as the shardings say; None without a path.
+  `vocabulary` is the run's (a pretrained tokenizer reorders an HF or GGUF
+  checkpoint's embedding rows)."""
   if not path:
     return None
   return lambda shardings: weights.load(
-      path, model=model, require_vocabulary=False, binding=binding,
-      shardings=shardings).params
+      path, model=model, vocabulary=vocabulary, require_vocabulary=False,
+      binding=binding, shardings=shardings).params
 
 
 def _absolute(path: str) -> str:
@@ -147,7 +149,7 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
       model=model, objective_fn=objective_fn, datasets=train_sets,
       schedule=schedule, settings=settings, model_dir=model_dir,
       initial_params=initial_params(initial_checkpoint_path, model,
-                                     "INITIAL_CHECKPOINT_PATH"),
+                                     "INITIAL_CHECKPOINT_PATH", vocabulary_path),
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
       meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
             "task_feature_lengths": dict(task_feature_lengths),

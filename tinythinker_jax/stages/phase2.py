@@ -63,7 +63,7 @@ def run_dpo(*, model_dir: str, pairs_path: str, initial_checkpoint_path: str,
   reference = weights.load(initial_checkpoint_path, model=model_config,
                            vocabulary=vocabulary, binding="INITIAL_CHECKPOINT_PATH",
                            with_params=False)
-  codec = vocabularies.TextCodec(reference.vocabulary)
+  codec = vocabularies.text_codec(reference.vocabulary)
   data_dir = paths.as_path(model_dir) / "data"
   manifest = pair_arrays.prepare(pairs_path, data_dir, codec,
                                  settings.input_length, settings.target_length,

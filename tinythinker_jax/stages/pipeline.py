@@ -323,7 +323,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  train_settings: recipe_lib.TrainSettings = PHASE1,
                  input_length: int = 256, target_length: int = 128,
                  interleave_interval: int = 100, pack: bool = False,
-                 initial_checkpoint_path: Optional[str] = None, reflect_rounds: int = 0,
+                 initial_checkpoint_path: Optional[str] = None, pretrained: str = "",
+                 reflect_rounds: int = 0,
                  sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
                  dpo_settings: phase2.DpoSettings = phase2.DpoSettings(),
                  student: student_lib.StudentSettings = student_lib.StudentSettings(),
@@ -353,11 +354,20 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   samples) at each round's training budget; `match_budget` gives the
   vanilla and Fine-tune-CoT students TinyThinker's whole budget as a cap
   (their early stopping still applies).
+  `pretrained` (an HF folder or a GGUF file of a decoder-only model, gin's
+  PRETRAINED) starts every student from its weights with its own tokenizer as
+  the vocabulary (unless `initial_checkpoint_path` / `vocabulary` say otherwise).
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
   `dataset_path`; `max_examples` defaults to `max_test_examples`.
   """
   import jax  # pylint: disable=import-outside-toplevel
+  if pretrained:
+    if not paths.as_path(pretrained).exists():
+      raise errors.MissingFileError(f"PRETRAINED={pretrained!r}: no such HF folder or GGUF "
+                                    "file")
+    initial_checkpoint_path = initial_checkpoint_path or paths.absolute_str(pretrained)
+    vocabulary = vocabulary or paths.absolute_str(pretrained)
   if jax.process_count() > 1:
     raise errors.UserError("`pipeline` runs on one host (its teach stage calls the teacher "
                      "once); on several hosts run `teach` on one, then `train`, `sample`, "

@@ -80,7 +80,7 @@ def chain_accuracy_hook(settings: ChainValidation, *, model: Any,
   examples, answer_type = datasets.load_split(settings.dataset, settings.dataset_path,
                                               settings.split, settings.split_seed,
                                               settings.max_examples)
-  codec = vocabularies.TextCodec(vocabulary)
+  codec = vocabularies.text_codec(vocabulary)
   holder: dict[str, Any] = {}
 
   def run(params, step: int) -> dict[str, float]:
