@@ -5,6 +5,7 @@ cached greedy decoding."""
 
 import jax
 import numpy as np
+import pytest
 
 from tests.trainer_test import assert_trees_close, copy_task
 from tinythinker_jax import partitioning
@@ -57,8 +58,79 @@ def test_trained_student_copies_its_prompt(tmp_path):
   assert exact.mean() >= 0.75, tokens
 
 
+def _configs():
+  from tinythinker_jax.models import gpt2
+  return {"llama": CONFIG, "gpt2": gpt2.GPT2Config(vocab_size=32, emb_dim=32, num_heads=4,
+                                                   num_layers=2, max_position_embeddings=64)}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_scanned_and_rematerialised_layers_match_the_plain_stack(architecture, tmp_path):
+  """scan_layers (parameters stacked by `stacking.stack_layers`) and remat give
+  the plain stack's completion log-probs, gradients and cached greedy decoding;
+  the layouts convert both ways and an HF export from the scanned layout is the
+  plain one's."""
+  import dataclasses
+
+  import flax.linen as nn
+
+  from tinythinker_jax.families import decoder_only
+  plain = _configs()[architecture]
+  scanned = dataclasses.replace(plain, scan_layers=True, remat_policy="full")
+  params = nn.unbox(DecoderOnlyModel(plain).init_params(jax.random.key(0)))
+  stacked = DecoderOnlyModel(scanned).convert_params(params)
+  assert "layers" in stacked and "layers_0" not in stacked
+  assert jax.tree.map(np.shape, stacked) == jax.tree.map(
+      np.shape, nn.unbox(DecoderOnlyModel(scanned).init_params(jax.random.key(0))))
+  assert_trees_close(DecoderOnlyModel(plain).convert_params(stacked), params, atol=0)
+  rng = np.random.default_rng(0)
+  inputs = np.zeros((3, 6), np.int32)
+  targets = np.zeros((3, 5), np.int32)
+  for i, (n, m) in enumerate([(6, 5), (3, 2), (4, 4)]):
+    inputs[i, :n], targets[i, :m] = rng.integers(2, 32, n), rng.integers(2, 32, m)
+
+  def loss(config, p):
+    logps, _ = decoder_only.completion_logps(config, p, inputs, targets)
+    return -logps.sum(), logps
+
+  (_, want), grads = jax.value_and_grad(lambda p: loss(plain, p), has_aux=True)(params)
+  (_, got), got_grads = jax.value_and_grad(lambda p: loss(scanned, p), has_aux=True)(stacked)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert_trees_close(DecoderOnlyModel(plain).convert_params(got_grads), grads, atol=1e-5)
+  decoded = [decoder_only.decode(c, p, inputs, max_length=5, eos_id=1).tokens
+             for c, p in ((plain, params), (scanned, stacked))]
+  np.testing.assert_array_equal(decoded[0], decoded[1])
+  DecoderOnlyModel(scanned).save_hf(stacked, str(tmp_path / "hf"))
+  _, exported = DecoderOnlyModel.load_hf(str(tmp_path / "hf"))
+  assert_trees_close(exported, jax.tree.map(np.asarray, params), atol=0)
+
+
+def test_dropout_applies_only_in_training_and_follows_its_rng():
+  import dataclasses
+
+  from tinythinker_jax.families import decoder_only
+  import flax.linen as nn
+
+  for config in _configs().values():
+    noisy = dataclasses.replace(config, dropout_rate=0.3)
+    params = nn.unbox(DecoderOnlyModel(config).init_params(jax.random.key(1)))
+    inputs = np.array([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)
+    targets = np.array([[3, 4, 1], [6, 1, 0]], np.int32)
+    clean = decoder_only.completion_logps(config, params, inputs, targets)[0]
+    np.testing.assert_array_equal(
+        decoder_only.completion_logps(noisy, params, inputs, targets)[0], clean)
+    key = jax.random.key(2)
+    first = decoder_only.completion_logps(noisy, params, inputs, targets, key)[0]
+    again = decoder_only.completion_logps(noisy, params, inputs, targets, key)[0]
+    other = decoder_only.completion_logps(noisy, params, inputs, targets,
+                                          jax.random.key(3))[0]
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(np.asarray(first) - np.asarray(clean)).max() > 1e-4
+    assert np.abs(np.asarray(first) - np.asarray(other)).max() > 1e-4
+    assert (np.asarray(first)[np.asarray(targets) == 0] == 0).all()  # Padding stays 0.
+
+
 PIPELINE_FLAGS = [
-    "--gin_file=runs/demo.gin", "--gin_file=models/llama/tiny.gin",
     "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
     "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",
     "--gin.MAX_VALIDATION_EXAMPLES=4", "--gin.MAX_TEST_EXAMPLES=4", "--gin.EVAL_NUM_RUNS=0",
@@ -74,51 +146,55 @@ PIPELINE_FLAGS = [
     "--gin.dpo/recipe.TrainSettings.batch_size=4"]
 
 
-def run_pipeline(run_dir, *flags):
+def run_pipeline(run_dir, *flags, model="models/llama/tiny.gin"):
   import subprocess
   import sys
 
   from tests.conftest import one_device_env
-  command = [sys.executable, "-m", "tinythinker_jax.main", "pipeline", *PIPELINE_FLAGS,
+  command = [sys.executable, "-m", "tinythinker_jax.main", "pipeline",
+             "--gin_file=runs/demo.gin", f"--gin_file={model}", *PIPELINE_FLAGS,
              f"--gin.RUN_DIR='{run_dir}'", *flags]
   result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                           env=one_device_env())
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_pipeline_runs_a_decoder_only_student_end_to_end(tmp_path):
-  """`tinythinker pipeline` with `models/llama/tiny.gin` after the demo's run
-  config: teaching, phase 1, self-reflection, evaluation, export (an HF Llama
-  folder that transformers loads) and the report. (The baselines train through
-  the same interface calls as phase 1 and self-reflection; left out for time.)"""
+def test_pipeline_runs_a_gpt2_student_in_finetune_cot_decoder_format(tmp_path):
+  """`tinythinker pipeline` with `models/gpt2/tiny.gin` after the demo's run
+  config, from scratch, in Fine-tune-CoT's decoder-only format with GPT-2's
+  dropout: teaching, phase 1, evaluation, export (an HF GPT-2 folder that
+  transformers loads, logits equal) and the report. (Self-reflection of a
+  decoder-only student runs in the pretrained test below.)"""
   import json
 
   import torch
   import transformers
 
-  from tinythinker_jax.convert import hf_llama
-  from tinythinker_jax.models import llama as llama_lib
+  from tinythinker_jax.convert import hf_gpt2
+  from tinythinker_jax.models import gpt2 as gpt2_lib
   run_dir = tmp_path / "run"
-  run_pipeline(run_dir)
+  run_pipeline(run_dir, "--gin.STUDENT_FORMATS=('finetune_cot_decoder',)",
+               "--gin.REFLECT_ROUNDS=0", model="models/gpt2/tiny.gin")
   stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
-  for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
+  for stage in ("train_finetune_cot_decoder", "evaluate", "export", "report"):
     assert stage in stages, stage
-  report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
+  report = json.loads((run_dir / "evaluate" / "finetune_cot_decoder" / "report.json")
+                      .read_text())
   assert report["greedy"]["num_examples"] == 4
-  assert "Llama-family decoder 64d, 2 layers" in (run_dir / "report" / "report.md").read_text()
   exported = run_dir / "export" / "hf_model"
   model = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
-  assert type(model).__name__ == "LlamaForCausalLM"
-  config, params = hf_llama.load_hf_llama(exported)
+  assert type(model).__name__ == "GPT2LMHeadModel"
+  config, params = hf_gpt2.load_hf_gpt2(exported)
   tokens = np.array([[5, 9, 17, 3, 2]])
   with torch.no_grad():
     expected = model(input_ids=torch.tensor(tokens)).logits.numpy()
-  got = np.asarray(llama_lib.LlamaModule(config).apply({"params": params}, tokens))
+  got = np.asarray(gpt2_lib.GPT2Module(config).apply({"params": params}, tokens))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_path):
-  """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer: every
+  """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer,
+  through phase 1, self-reflection, evaluation, export and the report: every
   student starts from its weights and tokenizes with its tokenizer (pad 0 / EOS 1
   in the project's ids); the export holds the tokenizer and the rows in its
   order: the embedding rows of tokens the run never saw come back unchanged
@@ -142,6 +218,9 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
                "--gin.llama.LlamaConfig.tie_word_embeddings=False")
   meta = json.loads((run_dir / "pipeline.json").read_text())
   assert meta["settings"]["initial_checkpoint_path"] == str(folder)
+  for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
+    assert stage in meta["stages"], stage
+  assert "Llama-family decoder 64d, 2 layers" in (run_dir / "report" / "report.md").read_text()
   report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
   assert report["greedy"]["num_examples"] == 4
   exported = run_dir / "export" / "hf_model"

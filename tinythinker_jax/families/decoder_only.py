@@ -18,9 +18,10 @@ choice and keys (`decoding.sample_token`).
 prompt/completion features as T5's, so the trainer, DPO, the sampler, the
 pipeline and export take it as they take T5 (`models/llama/*.gin`); a
 pretrained model's own tokenizer is the vocabulary through `hf_tokenizer`
-(`map_vocabulary_rows` reorders the embedding rows). Not yet: packing, beam
-search, dropout. (Fine-tune-CoT's decoder-only text format is the student
-format `finetune_cot_decoder`.)
+(`map_vocabulary_rows` reorders the embedding rows). Dropout, remat and
+`scan_layers` are the config's (`models.stacking`). Not yet: packing, beam
+search. (Fine-tune-CoT's decoder-only text format is the student format
+`finetune_cot_decoder`.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import decoding, errors
-from tinythinker_jax.models import gpt2, llama
+from tinythinker_jax.models import gpt2, llama, stacking
 from tinythinker_jax.models.base import BaseModel, DecodeResult
 from tinythinker_jax.training import losses
 
@@ -64,13 +65,16 @@ def prompt_completion_sequence(inputs: Array, targets: Array) -> tuple[Array, Ar
 
 
 def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
-                     targets: Array) -> tuple[Array, Array]:
+                     targets: Array, dropout_rng: Optional[Array] = None
+                     ) -> tuple[Array, Array]:
   """(log p(targets[t] | prompt, targets[:t]) `[batch, T]`, the completion's
   logits `[batch, T, vocab]`), 0 at padding: the log-probability function of
-  SFT and DPO alike."""
+  SFT and DPO alike. With `dropout_rng`, the config's dropout applies."""
   tokens, mask, positions = prompt_completion_sequence(inputs, targets)
-  logits = module(config).apply({"params": params}, tokens, positions=positions,
-                                attention_mask=mask)
+  logits = module(config).apply(
+      {"params": params}, tokens, positions=positions, attention_mask=mask,
+      deterministic=dropout_rng is None,
+      rngs={"dropout": dropout_rng} if dropout_rng is not None else None)
   width, length = inputs.shape[1], targets.shape[1]
   completion = logits[:, width - 1:width - 1 + length]  # Position i predicts token i + 1.
   return losses.token_logps(completion, targets), completion
@@ -170,6 +174,12 @@ class DecoderOnlyModel(BaseModel):
     known = {f.name for f in dataclasses.fields(kind)}
     return cls(kind(**{k: v for k, v in fields.items() if k in known}))
 
+  def _stacks(self) -> list:
+    return [("", self.config.num_layers, f"{type(self.config).__name__}.num_layers")]
+
+  def convert_params(self, params: Any) -> Any:
+    return stacking.convert_layout(params, self._stacks(), self.config.scan_layers)
+
   def init_params(self, rng: Array) -> Any:
     tokens = jnp.ones((1, 2), jnp.int32)
     return module(self.config).init(rng, tokens)["params"]
@@ -178,14 +188,14 @@ class DecoderOnlyModel(BaseModel):
              dropout_rng: Optional[Array] = None) -> Array:
     _no_packing(batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"))
     return completion_logps(self.config, params, batch["encoder_input_tokens"],
-                            batch["decoder_target_tokens"])[1]
+                            batch["decoder_target_tokens"], dropout_rng)[1]
 
   def token_logps(self, params: Any, inputs: Array, targets: Array, *,
                   dropout_rng: Optional[Array] = None,
                   input_segment_ids: Optional[Array] = None,
                   target_segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
     _no_packing(input_segment_ids, target_segment_ids)
-    return completion_logps(self.config, params, inputs, targets)
+    return completion_logps(self.config, params, inputs, targets, dropout_rng)
 
   def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
@@ -272,7 +282,10 @@ class DecoderOnlyModel(BaseModel):
                              "float32 only so far")
     # pylint: disable=import-outside-toplevel
     from tinythinker_jax.convert import hf_gpt2, hf_llama
+    params = nn.unbox(params)
+    if self.config.scan_layers:  # HF folders hold one tensor per layer.
+      params = stacking.unstack_layers(params, self._stacks())
     if isinstance(self.config, gpt2.GPT2Config):
-      hf_gpt2.save_hf_gpt2(self.config, nn.unbox(params), path)
+      hf_gpt2.save_hf_gpt2(self.config, params, path)
     else:
-      hf_llama.save_hf_llama(self.config, nn.unbox(params), path)
+      hf_llama.save_hf_llama(self.config, params, path)

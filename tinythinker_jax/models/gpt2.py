@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import platforms
-from tinythinker_jax.models.llama import attend, cached, causal_mask
+from tinythinker_jax.models import stacking
+from tinythinker_jax.models.llama import attend, cached, causal_mask, weight_dropout
 from tinythinker_jax.models.llama import param as _param
 
 Array = jax.Array
@@ -34,7 +35,12 @@ class GPT2Config:
   mlp_dim: int = 0  # 0: 4 * emb_dim, as GPT-2's n_inner=None.
   max_position_embeddings: int = 1024
   layer_norm_eps: float = 1e-5
-  dropout_rate: float = 0.0  # Only 0 is built.
+  # Training dropout on the embeddings, the attention weights and both residual
+  # branches (transformers' embd_pdrop, attn_pdrop, resid_pdrop: GPT-2's own 0.1,
+  # what Fine-tune-CoT fine-tunes with).
+  dropout_rate: float = 0.0
+  remat_policy: str = "none"  # 'none', 'full', 'minimal' (models.stacking)
+  scan_layers: bool = False
   dtype: str = "float32"  # Activations; 'auto' as T5's and Llama's.
   param_dtype: str = "float32"
 
@@ -42,9 +48,9 @@ class GPT2Config:
     if self.emb_dim % self.num_heads:
       raise ValueError(f"GPT2Config: emb_dim={self.emb_dim} is not a multiple of "
                        f"num_heads={self.num_heads}")
-    if self.dropout_rate:
-      raise ValueError(f"GPT2Config.dropout_rate={self.dropout_rate}: dropout is not built "
-                       "for decoder-only students (set it to 0)")
+    if self.remat_policy not in stacking.REMAT_POLICIES:
+      raise ValueError(f"GPT2Config.remat_policy={self.remat_policy!r}; expected one of "
+                       f"{stacking.REMAT_POLICIES}")
 
   @property
   def head_dim(self) -> int:
@@ -82,7 +88,7 @@ class Attention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
@@ -95,7 +101,7 @@ class Attention(nn.Module):
     q, k, v = qkv[0], qkv[1], qkv[2]
     if self.decode:
       k, v = cached(self, k, v)
-    out = attend(q, k, v, mask, dtype)
+    out = attend(q, k, v, mask, dtype, weight_dropout(c.dropout_rate, deterministic))
     kernel = _param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
                     ("heads", "kv", "embed"), pdtype)
     bias = _param(self, "out_bias", nn.initializers.zeros, (c.emb_dim,), ("embed",), pdtype)
@@ -107,12 +113,14 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
-    h = x + Attention(c, self.decode, name="attention")(
-        LayerNorm(c.layer_norm_eps, pdtype, name="pre_attention_norm")(x), mask)
+    dropout = nn.Dropout(c.dropout_rate)
+    h = x + dropout(Attention(c, self.decode, name="attention")(
+        LayerNorm(c.layer_norm_eps, pdtype, name="pre_attention_norm")(x), mask,
+        deterministic), deterministic=deterministic)
     y = LayerNorm(c.layer_norm_eps, pdtype, name="pre_mlp_norm")(h)
     wi = _param(self, "mlp_in_kernel", init, (c.emb_dim, c.inner_dim), ("embed", "mlp"),
                 pdtype)
@@ -121,7 +129,9 @@ class Block(nn.Module):
                 pdtype)
     bo = _param(self, "mlp_out_bias", nn.initializers.zeros, (c.emb_dim,), ("embed",), pdtype)
     y = jax.nn.gelu(y @ wi.astype(dtype) + bi.astype(dtype), approximate=True)
-    return h + y @ wo.astype(dtype) + bo.astype(dtype)
+    x = h + dropout(y @ wo.astype(dtype) + bo.astype(dtype), deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if c.scan_layers else x  # Under nn.scan: the carry.
 
 
 class GPT2Module(nn.Module):
@@ -135,7 +145,7 @@ class GPT2Module(nn.Module):
   def __call__(self, tokens: Array, positions: Optional[Array] = None,
                segment_ids: Optional[Array] = None,
                attention_mask: Optional[Array] = None,
-               mask: Optional[Array] = None) -> Array:
+               mask: Optional[Array] = None, deterministic: bool = True) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     length = tokens.shape[1]
@@ -150,8 +160,9 @@ class GPT2Module(nn.Module):
                                 pdtype)
     x = (jnp.take(embedding, tokens, axis=0) +
          jnp.take(position_embedding, positions, axis=0)).astype(dtype)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    for i in range(c.num_layers):
-      x = Block(c, self.decode, name=f"layers_{i}")(x, mask)
+    x = stacking.layer_stack(Block, c, c.num_layers, (3,), x, mask, deterministic,
+                             layer_args=(self.decode,))
     x = LayerNorm(c.layer_norm_eps, pdtype, name="final_norm")(x)
     return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)

@@ -20,13 +20,14 @@ from Hugging Face folders (`convert.hf_llama`) and GGUF files
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tinythinker_jax import platforms
+from tinythinker_jax.models import stacking
 
 Array = jax.Array
 NEG_INF = -1e10
@@ -46,7 +47,11 @@ class LlamaConfig:
   tie_word_embeddings: bool = False
   attention_bias: bool = False  # Qwen2: biases on the q, k and v projections.
   max_position_embeddings: int = 2048
-  dropout_rate: float = 0.0  # Only 0 is built (pretrained Llama-family models use none).
+  # On the attention weights in training, as transformers' `attention_dropout`
+  # (0 in the published Llama, SmolLM and Qwen2 configs).
+  dropout_rate: float = 0.0
+  remat_policy: str = "none"  # 'none', 'full', 'minimal' (models.stacking)
+  scan_layers: bool = False  # one nn.scan over the layers (models.stacking)
   # Activations; 'auto' is bfloat16 on TPUs and GPUs, float32 on CPUs.
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -57,9 +62,9 @@ class LlamaConfig:
     return jnp.dtype(platforms.activation_dtype(self.dtype))
 
   def __post_init__(self):
-    if self.dropout_rate:
-      raise ValueError(f"LlamaConfig.dropout_rate={self.dropout_rate}: dropout is not built "
-                       "for decoder-only students (set it to 0)")
+    if self.remat_policy not in stacking.REMAT_POLICIES:
+      raise ValueError(f"LlamaConfig.remat_policy={self.remat_policy!r}; expected one of "
+                       f"{stacking.REMAT_POLICIES}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -99,14 +104,25 @@ def cached(module: nn.Module, k: Array, v: Array) -> tuple[Array, Array]:
   return cached_key.value, cached_value.value
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array, dtype) -> Array:
+def attend(q: Array, k: Array, v: Array, mask: Array, dtype,
+           dropout: Optional[Callable[[Array], Array]] = None) -> Array:
   """Softmax attention [b, q, h, d] over keys [b, k, h, d], scaled by
-  1/sqrt(d), the scores in float32, `mask` [b or 1, q, k]."""
+  1/sqrt(d), the scores in float32, `mask` [b or 1, q, k]; `dropout` (training)
+  on the attention weights."""
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
       jnp.float32(q.shape[-1]))
   scores = jnp.where(mask[:, None], scores, NEG_INF)
   weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  if dropout is not None:
+    weights = dropout(weights)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def weight_dropout(rate: float, deterministic: bool):
+  """The attention-weight dropout `attend` takes (None when it does nothing)."""
+  if not rate or deterministic:
+    return None
+  return lambda weights: nn.Dropout(rate)(weights, deterministic=False)
 
 
 class RMSNorm(nn.Module):
@@ -145,7 +161,8 @@ class Attention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, mask: Array,
+               deterministic: bool = True) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     init = nn.initializers.normal(0.02)
@@ -168,7 +185,7 @@ class Attention(nn.Module):
       k, v = cached(self, k, v)
     groups = c.num_heads // c.num_kv_heads
     out = attend(q, jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2), mask,
-                 dtype)
+                 dtype, weight_dropout(c.dropout_rate, deterministic))
     kernel = param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
                     ("heads", "kv", "embed"), pdtype)
     return jnp.einsum("blhk,hkd->bld", out, kernel.astype(dtype))
@@ -195,12 +212,16 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, mask: Array,
+               deterministic: bool = True) -> Array:
     c = self.config
     pdtype = jnp.dtype(c.param_dtype)
     h = x + Attention(c, self.decode, name="attention")(
-        RMSNorm(c.rms_norm_eps, pdtype, name="pre_attention_norm")(x), positions, mask)
-    return h + Mlp(c, name="mlp")(RMSNorm(c.rms_norm_eps, pdtype, name="pre_mlp_norm")(h))
+        RMSNorm(c.rms_norm_eps, pdtype, name="pre_attention_norm")(x), positions, mask,
+        deterministic)
+    x = h + Mlp(c, name="mlp")(RMSNorm(c.rms_norm_eps, pdtype, name="pre_mlp_norm")(h))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if c.scan_layers else x  # Under nn.scan: the carry.
 
 
 class LlamaModule(nn.Module):
@@ -214,11 +235,12 @@ class LlamaModule(nn.Module):
   def __call__(self, tokens: Array, positions: Optional[Array] = None,
                segment_ids: Optional[Array] = None,
                attention_mask: Optional[Array] = None,
-               mask: Optional[Array] = None) -> Array:
+               mask: Optional[Array] = None, deterministic: bool = True) -> Array:
     """`positions` default to 0..L-1; `segment_ids` (packing) keep attention
     inside each segment; `attention_mask` [batch, length] (1 = a real token)
     hides padding, as transformers' mask does. `mask` [batch, length, keys]
-    replaces all three (decoding: the keys are the cache's)."""
+    replaces all three (decoding: the keys are the cache's). Dropout applies
+    when not `deterministic` (a 'dropout' rng)."""
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     length = tokens.shape[1]
@@ -230,8 +252,8 @@ class LlamaModule(nn.Module):
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    for i in range(c.num_layers):
-      x = Block(c, self.decode, name=f"layers_{i}")(x, positions, mask)
+    x = stacking.layer_stack(Block, c, c.num_layers, (4,), x, positions, mask,
+                             deterministic, layer_args=(self.decode,))
     x = RMSNorm(c.rms_norm_eps, pdtype, name="final_norm")(x)
     if c.tie_word_embeddings:
       return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)

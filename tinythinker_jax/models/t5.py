@@ -18,9 +18,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from tinythinker_jax import errors
+from tinythinker_jax.models import stacking
 from tinythinker_jax.models.t5_config import T5Config  # noqa: F401  (t5.T5Config, as gin names it)
 from tinythinker_jax.models.t5_layers import (NEG_INF, DecoderLayer, DenseGeneral,  # noqa: F401
                                               Embed, EncoderLayer, RelativePositionBiases, RMSNorm,
@@ -29,39 +28,11 @@ from tinythinker_jax.models.t5_layers import (NEG_INF, DecoderLayer, DenseGenera
 Array = jax.Array
 
 
-def _remat(layer_cls, policy: str, static_argnums: tuple[int, ...], scanned: bool):
-  if policy == "none":
-    return layer_cls
-  saveable = (None if policy == "full" else
-              jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
-  # Inside a scan XLA cannot hoist the recomputation out of the loop body, so
-  # the CSE barrier is not needed there (t5x makes the same choice).
-  return nn.remat(layer_cls, policy=saveable, static_argnums=static_argnums,
-                  prevent_cse=not scanned)
-
-
 def _layer_stack(layer_cls, cfg: T5Config, num_layers: int,
                  static_argnums: tuple[int, ...], *args) -> Array:
-  """Runs `num_layers` layers on `args[0]`; the other args go to every layer.
-
-  Called from a compact method: the layers become that module's submodules.
-
-  Unscanned, layer i is the submodule `layers_{i}` (t5x's names). Scanned, one
-  submodule `layers` runs under `nn.scan`: its parameters (and, in decode
-  mode, its cache) are stacked on a leading axis, logically named `layers`.
-  """
-  layer = _remat(layer_cls, cfg.remat_policy, static_argnums, cfg.scan_layers)
-  x, rest = args[0], args[1:]
-  if not cfg.scan_layers:
-    for i in range(num_layers):
-      x = layer(cfg, name=f"layers_{i}")(x, *rest)
-    return x
-  stack = nn.scan(layer, variable_axes={"params": 0, "cache": 0},
-                  split_rngs={"params": True, "dropout": True},
-                  in_axes=(nn.broadcast,) * len(rest), length=num_layers,
-                  metadata_params={nn.PARTITION_NAME: "layers"})
-  x, _ = stack(cfg, name="layers")(x, *rest)
-  return x
+  """`stacking.layer_stack`: unscanned, layer i is `layers_{i}` (t5x's names);
+  scanned, one `layers` submodule under `nn.scan`."""
+  return stacking.layer_stack(layer_cls, cfg, num_layers, static_argnums, *args)
 
 
 def _mask_bias(mask: Array) -> Array:
@@ -232,14 +203,8 @@ def init_params(config: T5Config, rng: Array, *, batch_size: int = 1,
 _STACKS = (("encoder", "num_encoder_layers"), ("decoder", "num_decoder_layers"))
 
 
-def _stack(trees: list, where: str):
-  """One tree whose leaves are the given trees' leaves stacked on axis 0."""
-  try:
-    return jax.tree.map(
-        lambda *xs: (jnp.stack(xs) if any(isinstance(x, jax.Array) for x in xs)
-                     else np.stack([np.asarray(x) for x in xs])), *trees)
-  except ValueError as e:  # Different structures or shapes between layers.
-    raise errors.UserError(f"params: the layers of {where} do not match: {e}") from e
+def _stacks(config: T5Config) -> list[stacking.Stack]:
+  return [(stack, getattr(config, field), f"T5Config.{field}") for stack, field in _STACKS]
 
 
 def scan_params(params: Any, config: T5Config) -> dict:
@@ -248,40 +213,12 @@ def scan_params(params: Any, config: T5Config) -> dict:
   Each stacked leaf has the layers on its leading axis, in layer order;
   everything else is passed through. Host (numpy) arrays stay on the host.
   """
-  out = dict(params)
-  for stack, count_field in _STACKS:
-    node = dict(params.get(stack, {}))
-    count = getattr(config, count_field)
-    names = [f"layers_{i}" for i in range(count)]
-    missing = [n for n in names if n not in node]
-    if missing:
-      raise errors.UserError(f"params: {stack}/{missing[0]} is missing (T5Config."
-                             f"{count_field}={count}; is the tree already scanned?)")
-    node["layers"] = _stack([node.pop(n) for n in names], stack)
-    out[stack] = node
-  return out
+  return stacking.stack_layers(params, _stacks(config))
 
 
 def unscan_params(params: Any, config: T5Config) -> dict:
   """Scanned parameters -> unscanned: the inverse of `scan_params`."""
-  out = dict(params)
-  for stack, count_field in _STACKS:
-    node = dict(params.get(stack, {}))
-    count = getattr(config, count_field)
-    if "layers" not in node:
-      raise errors.UserError(f"params: {stack}/layers is missing (is the tree already "
-                             "unscanned?)")
-    stacked = node.pop("layers")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(stacked)[0]:
-      if not leaf.shape or leaf.shape[0] != count:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        raise errors.UserError(
-            f"params: {stack}/layers/{name} has shape {tuple(leaf.shape)}; T5Config."
-            f"{count_field}={count} needs {count} layers on its leading axis")
-    for i in range(count):
-      node[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
-    out[stack] = node
-  return out
+  return stacking.unstack_layers(params, _stacks(config))
 
 
 def is_scanned(params: Any) -> bool:
