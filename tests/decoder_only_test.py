@@ -130,6 +130,42 @@ def test_dropout_applies_only_in_training_and_follows_its_rng():
     assert (np.asarray(first)[np.asarray(targets) == 0] == 0).all()  # Padding stays 0.
 
 
+def test_beam_search_equals_brute_force_on_prompts_of_different_lengths():
+  """Every complete hypothesis of 3 tokens (vocabulary 6) scored by one
+  teacher-forced pass (`completion_logps`, no cache): the widest beam finds the
+  best, best first, and the model's `decode(num_beams=...)` returns it."""
+  import itertools
+
+  import flax.linen as nn
+
+  from tinythinker_jax.families import decoder_only
+  config = llama.LlamaConfig(vocab_size=6, emb_dim=16, num_heads=2, num_kv_heads=1,
+                             head_dim=8, mlp_dim=32, num_layers=2)
+  params = nn.unbox(DecoderOnlyModel(config).init_params(jax.random.key(4)))
+  params["embedding"] = params["embedding"] * 40  # A search problem that is not flat.
+  inputs = np.array([[2, 3, 4, 5], [5, 2, 0, 0]], np.int32)
+  model = DecoderOnlyModel(config)
+  result = jax.jit(lambda p, x: decoder_only.beam_search(
+      config, p, x, beam_size=36, max_length=3, eos_id=1))(params, inputs)
+  hypotheses = [seq for n in (1, 2, 3) for seq in itertools.product(range(1, 6), repeat=n)
+                if 1 not in seq[:-1] and (n == 3 or seq[-1] == 1)]
+  targets = np.zeros((len(hypotheses), 3), np.int32)
+  for i, seq in enumerate(hypotheses):
+    targets[i, :len(seq)] = seq
+  for row in range(2):
+    logps, _ = decoder_only.completion_logps(
+        config, params, np.repeat(inputs[row:row + 1], len(hypotheses), 0), targets)
+    scores = np.asarray(logps).sum(-1)
+    best = int(np.argmax(scores))
+    assert float(result.scores[row, 0]) == pytest.approx(float(scores[best]), abs=1e-4)
+    length = int(result.lengths[row, 0])
+    assert tuple(np.asarray(result.tokens[row, 0, :length]).tolist()) == hypotheses[best]
+  assert np.all(np.diff(np.asarray(result.scores), axis=1) <= 1e-6)  # Best first.
+  best = model.decode(params, inputs, max_length=3, num_beams=36)  # The student's path.
+  np.testing.assert_array_equal(best.tokens, result.tokens[:, 0])
+  np.testing.assert_allclose(best.token_logprobs[:, 0], result.scores[:, 0], atol=1e-5)
+
+
 PIPELINE_FLAGS = [
     "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
     "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",

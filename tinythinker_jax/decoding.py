@@ -193,12 +193,12 @@ class BeamResult(NamedTuple):
   lengths: Array  # [batch, beam]
 
 
-_UNBATCHED_CACHE = ("position", "key_positions")
+_UNBATCHED_CACHE = ("position", "key_positions", "index")
 
 
 def _select_rows(cache: Any, rows: Array) -> Any:
   """The cache's batch rows `rows`; a scanned stack's (under `layers`) have the
-  layers first and the batch second."""
+  layers first and the batch second. Positions and indices are not per row."""
   def select(path, x):
     keys = [getattr(k, "key", None) for k in path]
     if keys[-1] in _UNBATCHED_CACHE:
@@ -207,30 +207,30 @@ def _select_rows(cache: Any, rows: Array) -> Any:
   return jax.tree_util.tree_map_with_path(select, cache)
 
 
-def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_size: int,
-                max_length: int, eos_id: int = 1) -> BeamResult:
-  """Beam search over the KV cache, ranking by total log-probability.
+StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
+
+
+def beam_search_loop(first_logits: Array, cache: Any, step: StepFn, *, batch: int,
+                     beam_size: int, max_length: int, eos_id: int = 1) -> BeamResult:
+  """Beam search over a KV cache, ranking by total log-probability, for any
+  model: `first_logits [batch * beam, vocab]` score the first token (every beam
+  of an input holds the same prompt), `step(i, tokens [batch * beam], cache)`
+  feeds the tokens chosen at step i and returns the next logits and cache.
 
   A beam that produced EOS continues only with padding at log-probability 0,
   so finished and unfinished hypotheses compete on their full scores.
   """
-  batch, k = encoder_input_tokens.shape[0], beam_size
-  enc = jnp.repeat(encoder_input_tokens, k, axis=0)
-  encoded = model.apply({"params": params}, enc, method=T5.encode)
-  cache = init_cache(model, params, encoded, enc, max_length)
+  k = beam_size
   neg_inf = jnp.float32(-jnp.inf)
   scores = jnp.full((batch, k), neg_inf).at[:, 0].set(0.0)  # One live beam at first.
   state = (jnp.zeros((batch, k, max_length), jnp.int32), scores,
-           jnp.zeros((batch, k), bool), jnp.full((batch, k), max_length, jnp.int32), cache)
+           jnp.zeros((batch, k), bool), jnp.full((batch, k), max_length, jnp.int32), cache,
+           first_logits)
 
-  def body(step, state):
-    tokens, scores, done, lengths, cache = state
-    previous = jnp.where(step == 0, 0, tokens[:, :, jnp.maximum(step - 1, 0)])
-    logits, variables = model.apply({"params": params, "cache": cache}, encoded, enc,
-                                    previous.reshape(batch * k, 1), decode=True,
-                                    mutable=["cache"], method=T5.decode)
+  def body(i, state):
+    tokens, scores, done, lengths, cache, logits = state
     vocab = logits.shape[-1]
-    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)).reshape(batch, k, vocab)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
     pad_only = jnp.where(jnp.arange(vocab) == 0, 0.0, neg_inf)
     logp = jnp.where(done[..., None], pad_only, logp)
     top_scores, top_index = jax.lax.top_k((scores[..., None] + logp).reshape(batch, -1), k)
@@ -239,12 +239,32 @@ def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_siz
     parent_done = jnp.take_along_axis(done, parent, axis=1)
     lengths = jnp.take_along_axis(lengths, parent, axis=1)
     token = jnp.where(parent_done, 0, token)
-    tokens = tokens.at[:, :, step].set(token)
-    lengths = jnp.where(~parent_done & (token == eos_id), step + 1, lengths)
+    tokens = tokens.at[:, :, i].set(token)
+    lengths = jnp.where(~parent_done & (token == eos_id), i + 1, lengths)
     done = parent_done | (token == eos_id)
     rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = _select_rows(variables["cache"], rows)
-    return tokens, top_scores, done, lengths, cache
+    logits, cache = step(i, token.reshape(-1), _select_rows(cache, rows))
+    return tokens, top_scores, done, lengths, cache, logits
 
-  tokens, scores, _, lengths, _ = jax.lax.fori_loop(0, max_length, body, state)
+  tokens, scores, _, lengths, _, _ = jax.lax.fori_loop(0, max_length, body, state)
   return BeamResult(tokens, scores, lengths)
+
+
+def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_size: int,
+                max_length: int, eos_id: int = 1) -> BeamResult:
+  """T5's beam search (`beam_search_loop`): the decoder fed from the start token."""
+  batch, k = encoder_input_tokens.shape[0], beam_size
+  enc = jnp.repeat(encoder_input_tokens, k, axis=0)
+  encoded = model.apply({"params": params}, enc, method=T5.encode)
+
+  def step(i, tokens, cache):
+    del i
+    logits, variables = model.apply({"params": params, "cache": cache}, encoded, enc,
+                                    tokens[:, None], decode=True, mutable=["cache"],
+                                    method=T5.decode)
+    return logits[:, 0], variables["cache"]
+
+  first_logits, cache = step(0, jnp.zeros((batch * k,), jnp.int32),
+                             init_cache(model, params, encoded, enc, max_length))
+  return beam_search_loop(first_logits, cache, step, batch=batch, beam_size=k,
+                          max_length=max_length, eos_id=eos_id)

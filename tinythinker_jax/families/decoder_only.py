@@ -19,15 +19,15 @@ prompt/completion features as T5's, so the trainer, DPO, the sampler, the
 pipeline and export take it as they take T5 (`models/llama/*.gin`); a
 pretrained model's own tokenizer is the vocabulary through `hf_tokenizer`
 (`map_vocabulary_rows` reorders the embedding rows). Dropout, remat and
-`scan_layers` are the config's (`models.stacking`). Not yet: packing, beam
-search. (Fine-tune-CoT's decoder-only text format is the student format
+`scan_layers` are the config's (`models.stacking`); beam search runs T5's
+loop (`decoding.beam_search_loop`) over this cache. Not yet: packing. (Fine-tune-CoT's decoder-only text format is the student format
 `finetune_cot_decoder`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -80,11 +80,18 @@ def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
   return losses.token_logps(completion, targets), completion
 
 
-def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: int,
-                 eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
-  """The prompts through the cache at once, then one token per step;
-  `choose(step, logits)` picks it. Log-probabilities are the model's own
-  (temperature 1); tokens after EOS are 0."""
+class _Prefilled(NamedTuple):
+  decoder: nn.Module
+  cache: Any
+  last_logits: Array  # [rows, vocab]: the first new token's.
+  key_valid: Array  # [rows, width + max_length]: the prompt's real slots.
+  next_position: Array  # [rows]
+  width: int
+
+
+def _prefill(config: DecoderConfig, params: Any, inputs: Array, max_length: int
+             ) -> _Prefilled:
+  """The prompts (right-aligned) through a KV cache of `width + max_length` slots."""
   rows, width = inputs.shape
   total = width + max_length
   tokens, mask, positions = prompt_completion_sequence(
@@ -101,32 +108,57 @@ def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: 
   logits, variables = decoder.apply({"params": params, "cache": cache}, tokens,
                                     positions=positions, mask=prefill_mask,
                                     mutable=["cache"])
-  next_position = positions[:, -1] + 1
+  return _Prefilled(decoder, variables["cache"], logits[:, -1].astype(jnp.float32),
+                    key_valid, positions[:, -1] + 1, width)
+
+
+def _step(params: Any, p: _Prefilled, step: Array, token: Array, cache: Any
+          ) -> tuple[Array, Any]:
+  """Feeds `token [rows]` as new token `step`: (the next logits, the cache)."""
+  slots = jnp.arange(p.key_valid.shape[1])
+  valid = p.key_valid | ((slots >= p.width) & (slots <= p.width + step))[None]
+  logits, variables = p.decoder.apply(
+      {"params": params, "cache": cache}, token[:, None],
+      positions=(p.next_position + step)[:, None], mask=valid[:, None, :],
+      mutable=["cache"])
+  return logits[:, 0].astype(jnp.float32), variables["cache"]
+
+
+def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: int,
+                 eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
+  """The prompts through the cache at once, then one token per step;
+  `choose(step, logits)` picks it. Log-probabilities are the model's own
+  (temperature 1); tokens after EOS are 0."""
+  rows = inputs.shape[0]
+  p = _prefill(config, params, inputs, max_length)
 
   def cond(state):
-    step, _, _, done, _, _, _, _, _ = state
+    step, _, _, done, _, _, _ = state
     return (step < max_length) & ~jnp.all(done)
 
   def body(state):
-    step, out, logprobs, done, lengths, last_logits, cache, valid, position = state
+    step, out, logprobs, done, lengths, last_logits, cache = state
     token = choose(step, last_logits)
     out, logprobs, done, lengths = decoding.record_token(
         step, token, last_logits, out, logprobs, done, lengths, eos_id)
-    token = out[:, step]  # 0 for rows already done.
-    valid = valid.at[:, width + step].set(True)
-    step_mask = valid[:, None, :] & (slots[None, None, :] <= width + step)
-    logits, variables = decoder.apply({"params": params, "cache": cache}, token[:, None],
-                                      positions=position[:, None], mask=step_mask,
-                                      mutable=["cache"])
-    return (step + 1, out, logprobs, done, lengths, logits[:, 0].astype(jnp.float32),
-            variables["cache"], valid, position + 1)
+    logits, cache = _step(params, p, step, out[:, step], cache)  # 0 for rows done.
+    return step + 1, out, logprobs, done, lengths, logits, cache
 
   state = (jnp.zeros((), jnp.int32), jnp.zeros((rows, max_length), jnp.int32),
            jnp.zeros((rows, max_length), jnp.float32), jnp.zeros((rows,), bool),
-           jnp.full((rows,), max_length, jnp.int32), logits[:, -1].astype(jnp.float32),
-           variables["cache"], key_valid, next_position)
-  _, out, logprobs, _, lengths, _, _, _, _ = jax.lax.while_loop(cond, body, state)
+           jnp.full((rows,), max_length, jnp.int32), p.last_logits, p.cache)
+  _, out, logprobs, _, lengths, _, _ = jax.lax.while_loop(cond, body, state)
   return DecodeResult(out, logprobs, lengths)
+
+
+def beam_search(config: DecoderConfig, params: Any, inputs: Array, *, beam_size: int,
+                max_length: int, eos_id: int) -> decoding.BeamResult:
+  """Beam search (`decoding.beam_search_loop`) over the prompts' KV cache."""
+  batch = inputs.shape[0]
+  p = _prefill(config, params, jnp.repeat(inputs, beam_size, axis=0), max_length)
+  return decoding.beam_search_loop(
+      p.last_logits, p.cache, lambda i, token, cache: _step(params, p, i, token, cache),
+      batch=batch, beam_size=beam_size, max_length=max_length, eos_id=eos_id)
 
 
 def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int,
@@ -201,9 +233,12 @@ class DecoderOnlyModel(BaseModel):
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1
              ) -> DecodeResult:
-    if num_beams > 1:
-      raise errors.UserError("beam search is not built for decoder-only students yet; "
-                             "use greedy or sampled decoding")
+    if temperature == 0 and num_beams > 1:
+      beams = beam_search(self.config, params, inputs, beam_size=num_beams,
+                          max_length=max_length, eos_id=eos_id)
+      best = beams.tokens[:, 0]
+      return DecodeResult(best, jnp.zeros(best.shape, jnp.float32).at[:, 0].set(
+          beams.scores[:, 0]), beams.lengths[:, 0])
     return decode(self.config, params, inputs, max_length=max_length, eos_id=eos_id,
                   rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
                   num_samples=num_samples)
