@@ -166,6 +166,50 @@ def test_beam_search_equals_brute_force_on_prompts_of_different_lengths():
   np.testing.assert_allclose(best.token_logprobs[:, 0], result.scores[:, 0], atol=1e-5)
 
 
+def test_packed_rows_give_each_example_its_unpacked_log_probs():
+  """Examples packed as seqio packs them (`data.packing.pack_features`) become
+  one decoder row of prompt, completion, prompt, ...: every completion token's
+  log-probability equals the example's own unpacked one, padding stays 0, and
+  the trainer's loss on the packed batch equals the unpacked batch's."""
+  import flax.linen as nn
+
+  from tinythinker_jax.data import packing
+  from tinythinker_jax.families import decoder_only
+  params = nn.unbox(DecoderOnlyModel(CONFIG).init_params(jax.random.key(5)))
+  rng = np.random.default_rng(3)
+  inputs = np.zeros((5, 6), np.int32)
+  targets = np.zeros((5, 5), np.int32)
+  for i, (n, m) in enumerate([(3, 2), (2, 4), (6, 5), (1, 1), (4, 3)]):
+    inputs[i, :n], targets[i, :m] = rng.integers(2, 32, n), rng.integers(2, 32, m)
+    targets[i, m - 1] = 1
+  packed = packing.pack_features({"encoder_input_tokens": inputs,
+                                  "decoder_target_tokens": targets})
+  assert packed["encoder_input_tokens"].shape[0] < 5  # Several examples share a row.
+  got, _ = decoder_only.completion_logps(
+      CONFIG, params, packed["encoder_input_tokens"], packed["decoder_target_tokens"],
+      input_segment_ids=packed["encoder_segment_ids"],
+      target_segment_ids=packed["decoder_segment_ids"])
+  want, _ = decoder_only.completion_logps(CONFIG, params, inputs, targets)
+  got, want = np.asarray(got), np.asarray(want)
+  example = 0
+  for row in range(got.shape[0]):
+    segments = packed["decoder_segment_ids"][row]
+    for s in range(1, segments.max() + 1):
+      n = int((targets[example] > 0).sum())
+      np.testing.assert_allclose(got[row, segments == s], want[example, :n], atol=1e-5)
+      example += 1
+    assert (got[row, segments == 0] == 0).all()
+  assert example == 5
+  objective = objectives.TokenCrossEntropy(DecoderOnlyModel(CONFIG))
+  unpacked_batch = {"encoder_input_tokens": inputs, "decoder_target_tokens": targets,
+                    "decoder_loss_weights": (targets > 0).astype(np.float32)}
+  packed_batch = dict(packed, decoder_loss_weights=(
+      packed["decoder_target_tokens"] > 0).astype(np.float32))
+  sums = [objective.loss_sums(params, b)[1] for b in (unpacked_batch, packed_batch)]
+  for key in ("loss", "weight_sum", "num_examples"):
+    assert float(sums[0][key]) == pytest.approx(float(sums[1][key]), rel=1e-5), key
+
+
 PIPELINE_FLAGS = [
     "--gin.STUDENT_FORMATS=('tinythinker',)", "--gin.BASELINES=()",
     "--gin.MATCH_BUDGET=False", "--gin.MAX_TRAIN_EXAMPLES=40",

@@ -1,4 +1,4 @@
-"""Prompt -> completion for decoder-only students (issue #25 groundwork).
+"""Prompt -> completion for decoder-only students (Llama family, GPT-2).
 
 The project's batches are prompt/completion pairs: `inputs` (the prompt,
 0-padded on the right) and `targets` (the completion, EOS-terminated and
@@ -20,7 +20,9 @@ pipeline and export take it as they take T5 (`models/llama/*.gin`); a
 pretrained model's own tokenizer is the vocabulary through `hf_tokenizer`
 (`map_vocabulary_rows` reorders the embedding rows). Dropout, remat and
 `scan_layers` are the config's (`models.stacking`); beam search runs T5's
-loop (`decoding.beam_search_loop`) over this cache. Not yet: packing. (Fine-tune-CoT's decoder-only text format is the student format
+loop (`decoding.beam_search_loop`) over this cache; packed batches become one
+decoder row of prompt, completion, prompt, completion ... (`packed_sequence`).
+(Fine-tune-CoT's decoder-only text format is the student format
 `finetune_cot_decoder`.)
 """
 
@@ -64,17 +66,70 @@ def prompt_completion_sequence(inputs: Array, targets: Array) -> tuple[Array, Ar
   return tokens, mask, positions
 
 
+def packed_sequence(inputs: Array, targets: Array, input_segment_ids: Array,
+                    target_segment_ids: Array) -> tuple[Array, Array, Array, Array]:
+  """Packed rows (seqio's: each row holds segments 1, 2, ... of prompts in
+  `inputs` and of their completions in `targets`, 0 on padding) as one decoder
+  row each: prompt 1, completion 1, prompt 2, completion 2, ... then padding.
+  Returns (tokens, segment ids, positions within each segment) `[batch, I + T]`
+  and, per target position, the index of the token that predicts it `[batch, T]`."""
+  width, length = inputs.shape[1], targets.shape[1]
+  total = width + length
+  bins = max(width, length) + 1
+
+  def per_row(seg_in, seg_out):
+    prompt_len = jnp.bincount(seg_in, length=bins).at[0].set(0)
+    completion_len = jnp.bincount(seg_out, length=bins).at[0].set(0)
+    offset = jnp.cumsum(prompt_len + completion_len) - prompt_len - completion_len
+    prompt_start = jnp.cumsum(prompt_len) - prompt_len
+    completion_start = jnp.cumsum(completion_len) - completion_len
+    j_in = jnp.arange(width) - prompt_start[seg_in]
+    j_out = jnp.arange(length) - completion_start[seg_out]
+    dest_in = jnp.where(seg_in > 0, offset[seg_in] + j_in, total)  # total: dropped.
+    dest_out = jnp.where(seg_out > 0, offset[seg_out] + prompt_len[seg_out] + j_out, total)
+    return dest_in, dest_out, j_in, prompt_len[seg_out] + j_out
+
+  dest_in, dest_out, pos_in, pos_out = jax.vmap(per_row)(input_segment_ids,
+                                                          target_segment_ids)
+  rows = jnp.arange(inputs.shape[0])[:, None]
+
+  def scatter(prompt_values, completion_values):
+    out = jnp.zeros((inputs.shape[0], total), prompt_values.dtype)
+    out = out.at[rows, dest_in].set(prompt_values, mode="drop")
+    return out.at[rows, dest_out].set(completion_values, mode="drop")
+
+  tokens = scatter(inputs, targets)
+  segments = scatter(input_segment_ids, target_segment_ids)
+  positions = scatter(pos_in, pos_out)
+  predictor = jnp.where(target_segment_ids > 0, dest_out - 1, 0)
+  return tokens, segments, positions, predictor
+
+
 def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
-                     targets: Array, dropout_rng: Optional[Array] = None
+                     targets: Array, dropout_rng: Optional[Array] = None,
+                     input_segment_ids: Optional[Array] = None,
+                     target_segment_ids: Optional[Array] = None
                      ) -> tuple[Array, Array]:
   """(log p(targets[t] | prompt, targets[:t]) `[batch, T]`, the completion's
   logits `[batch, T, vocab]`), 0 at padding: the log-probability function of
-  SFT and DPO alike. With `dropout_rng`, the config's dropout applies."""
+  SFT and DPO alike. With `dropout_rng`, the config's dropout applies; with
+  segment ids, the rows are packed (`packed_sequence`)."""
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+  if (input_segment_ids is None) != (target_segment_ids is None):
+    raise errors.UserError("packed decoder-only batches need both the prompts' and the "
+                           "completions' segment ids")
+  if input_segment_ids is not None:
+    tokens, segments, positions, predictor = packed_sequence(
+        inputs, targets, input_segment_ids, target_segment_ids)
+    logits = module(config).apply(
+        {"params": params}, tokens, positions=positions, segment_ids=segments,
+        attention_mask=segments > 0, deterministic=dropout_rng is None, rngs=rngs)
+    completion = jnp.take_along_axis(logits, predictor[..., None], axis=1)
+    return losses.token_logps(completion, targets), completion
   tokens, mask, positions = prompt_completion_sequence(inputs, targets)
   logits = module(config).apply(
       {"params": params}, tokens, positions=positions, attention_mask=mask,
-      deterministic=dropout_rng is None,
-      rngs={"dropout": dropout_rng} if dropout_rng is not None else None)
+      deterministic=dropout_rng is None, rngs=rngs)
   width, length = inputs.shape[1], targets.shape[1]
   completion = logits[:, width - 1:width - 1 + length]  # Position i predicts token i + 1.
   return losses.token_logps(completion, targets), completion
@@ -177,12 +232,6 @@ def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int
                       eos_id, choose)
 
 
-def _no_packing(*segment_ids: Optional[Array]) -> None:
-  if any(s is not None for s in segment_ids):
-    raise errors.UserError("decoder-only students do not train on packed batches yet "
-                           "(TrainSettings / PACK = False)")
-
-
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyModel(BaseModel):
   """A decoder-only student (Llama family or GPT-2) over prompt -> completion
@@ -218,16 +267,17 @@ class DecoderOnlyModel(BaseModel):
 
   def logits(self, params: Any, batch: Mapping[str, Array], *,
              dropout_rng: Optional[Array] = None) -> Array:
-    _no_packing(batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"))
     return completion_logps(self.config, params, batch["encoder_input_tokens"],
-                            batch["decoder_target_tokens"], dropout_rng)[1]
+                            batch["decoder_target_tokens"], dropout_rng,
+                            batch.get("encoder_segment_ids"),
+                            batch.get("decoder_segment_ids"))[1]
 
   def token_logps(self, params: Any, inputs: Array, targets: Array, *,
                   dropout_rng: Optional[Array] = None,
                   input_segment_ids: Optional[Array] = None,
                   target_segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
-    _no_packing(input_segment_ids, target_segment_ids)
-    return completion_logps(self.config, params, inputs, targets, dropout_rng)
+    return completion_logps(self.config, params, inputs, targets, dropout_rng,
+                            input_segment_ids, target_segment_ids)
 
   def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
