@@ -273,8 +273,9 @@ def test_pipeline_runs_a_gpt2_student_in_finetune_cot_decoder_format(tmp_path):
 
 
 def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_path):
-  """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer,
-  through phase 1, self-reflection, evaluation, export and the report: every
+  """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer and
+  chat template (CHAT_TEMPLATE), through phase 1, self-reflection, evaluation,
+  export and the report: every
   student starts from its weights and tokenizes with its tokenizer (pad 0 / EOS 1
   in the project's ids); the export holds the tokenizer and the rows in its
   order: the embedding rows of tokens the run never saw come back unchanged
@@ -295,7 +296,8 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
   original.save_pretrained(str(folder))
   run_dir = tmp_path / "run"
   run_pipeline(run_dir, f"--gin.PRETRAINED='{folder}'", "--gin.NUM_EMBEDDINGS=384",
-               "--gin.llama.LlamaConfig.tie_word_embeddings=False")
+               "--gin.llama.LlamaConfig.tie_word_embeddings=False",
+               "--gin.CHAT_TEMPLATE=True")
   meta = json.loads((run_dir / "pipeline.json").read_text())
   assert meta["settings"]["initial_checkpoint_path"] == str(folder)
   for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
@@ -321,6 +323,10 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
       if name in ("encoder_input_tokens", "decoder_target_tokens"):
         seen.update(np.unique(values).tolist())
   phase1 = weights.load(run_dir / "students" / "tinythinker" / "checkpoints" / "8")
+  # The chat template's tokens wrap every prompt (recorded on the model config).
+  prefix, suffix = codec.chat_wrapping()
+  assert (phase1.config.prompt_prefix_ids, phase1.config.prompt_suffix_ids) == (prefix, suffix)
+  seen.update(prefix + suffix)
   before = codec.to_project_rows(original.model.embed_tokens.weight.detach().numpy(), 384)
   rows = np.asarray(phase1.params["embedding"])
   unseen = sorted(set(range(300)) - seen)

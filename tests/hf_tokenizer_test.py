@@ -262,3 +262,64 @@ def test_weights_load_reorders_rows_and_export_restores_them(tmp_path):
   assert reloaded(TEXTS[1], add_special_tokens=False).input_ids == [
       int(codec.hf_ids[i]) for i in codec.encode(TEXTS[1])]
   assert reloaded.eos_token == "<|im_end|>"
+
+
+def smollm2_template():
+  from tinythinker_jax.teacher import local
+  path = local.smollm2_gguf()
+  return hf_tokenizer.HFTokenizer(path).chat_template if path else TEMPLATE
+
+
+def test_chat_template_wraps_prompts_as_transformers_renders_them(tmp_path):
+  """SmolLM2's own template (its default system message included): our
+  prefix + prompt + suffix ids equal transformers' apply_chat_template, and a
+  decoder-only student scores a completion after them as transformers' model
+  does after that sequence."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import dataclasses
+
+  from tinythinker_jax import weights
+  from tinythinker_jax.families import decoder_only
+  folder = save_tokenizer_folder(train_tokenizer(), tmp_path / "tok", eos_token="<|im_end|>",
+                                 pad_token="<|im_end|>", bos_token="<|im_start|>",
+                                 chat_template=smollm2_template())
+  ours = hf_tokenizer.HFTokenizer(str(folder))
+  prefix, suffix = ours.chat_wrapping()
+  reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+  for text in TEXTS[:3]:
+    want = reference.apply_chat_template([{"role": "user", "content": text}],
+                                         add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    got = list(prefix) + ours.encode(text) + list(suffix)
+    assert [int(ours.hf_ids[i]) for i in got] == list(want)
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)).eval()
+  model.save_pretrained(str(folder))
+  loaded = weights.load(str(folder))
+  config = dataclasses.replace(loaded.config, prompt_prefix_ids=prefix,
+                               prompt_suffix_ids=suffix)
+  prompts = [ours.encode(t) + [1] for t in TEXTS[:2]]  # EOS-terminated, as the tasks write.
+  completions = [ours.encode(" yes --> no") + [1], ours.encode(" B") + [1]]
+  inputs = np.zeros((2, max(map(len, prompts)) + 2), np.int32)
+  targets = np.zeros((2, max(map(len, completions)) + 1), np.int32)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    inputs[i, :len(p)], targets[i, :len(c)] = p, c
+  logps, _ = decoder_only.completion_logps(config, loaded.params, inputs, targets)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    sequence = [int(ours.hf_ids[t]) for t in list(prefix) + p[:-1] + list(suffix) + c]
+    with torch.no_grad():
+      log_probs = torch.log_softmax(model(input_ids=torch.tensor([sequence])).logits[0], -1)
+    start = len(sequence) - len(c)
+    expected = [float(log_probs[start - 1 + t, int(ours.hf_ids[c[t]])]) for t in range(len(c))]
+    np.testing.assert_allclose(np.asarray(logps)[i, :len(c)], expected, atol=1e-4)
+  decoded = decoder_only.decode(config, loaded.params, inputs, max_length=4, eos_id=1)
+  sequence = [int(ours.hf_ids[t]) for t in list(prefix) + prompts[0][:-1] + list(suffix)]
+  with torch.no_grad():
+    generated = model.generate(torch.tensor([sequence]), max_new_tokens=4, do_sample=False)
+  want = [int(ours.project_ids[t]) for t in generated[0, len(sequence):].tolist()]
+  got = np.asarray(decoded.tokens[0]).tolist()
+  n = want.index(1) + 1 if 1 in want else len(want)
+  assert got[:n] == want[:n]

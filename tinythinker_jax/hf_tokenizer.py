@@ -34,6 +34,7 @@ without `<|begin_of_text|>`, a deviation named in the README).
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any, Optional, Sequence
 
@@ -158,6 +159,42 @@ class HFTokenizer:
       ids = ids[:ids.index(self.eos_id)]
     hf = [int(self.hf_ids[i]) for i in ids if 0 < i < self.vocab_size]
     return self._tokenizer.decode([i for i in hf if i >= 0], skip_special_tokens=True)
+
+  def chat_wrapping(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The project ids the chat template puts before and after one user message
+    (with the generation prompt), rendered by jinja2 as transformers renders it;
+    control tokens in the template are read as control tokens."""
+    if not self.chat_template:
+      raise errors.UserError(f"{self.path}: the tokenizer has no chat template "
+                             "(tokenizer_config.json's chat_template or GGUF's "
+                             "tokenizer.chat_template); set CHAT_TEMPLATE = False")
+    import jinja2.sandbox  # pylint: disable=import-outside-toplevel
+    marker = "\ue000MESSAGE\ue000"
+
+    def raise_exception(message):
+      raise errors.UserError(f"{self.path}: the chat template raised: {message}")
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    name = self._tokenizer.id_to_token
+    text = env.from_string(self.chat_template).render(
+        messages=[{"role": "user", "content": marker}], add_generation_prompt=True,
+        eos_token=name(self.hf_eos_id),
+        bos_token=name(int(self.hf_bos_id)) if self.hf_bos_id is not None else "")
+    if text.count(marker) != 1:
+      raise errors.UserError(f"{self.path}: the chat template does not place the message "
+                             "exactly once")
+    before, after = text.split(marker)
+    self._tokenizer.encode_special_tokens = False  # The template's own control tokens.
+    try:
+      wrap = [tuple(int(self.project_ids[i]) for i in
+                    self._tokenizer.encode(part, add_special_tokens=False).ids)
+              for part in (before, after)]
+    finally:
+      self._tokenizer.encode_special_tokens = True
+    return wrap[0], wrap[1]
 
   # Weights: rows of an embedding (or output) matrix in either order.
   def to_project_rows(self, rows: np.ndarray, num_rows: Optional[int] = None) -> np.ndarray:

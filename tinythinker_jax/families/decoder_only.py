@@ -53,17 +53,44 @@ def module(config: DecoderConfig, decode: bool = False) -> nn.Module:
   return llama.LlamaModule(config, decode=decode)
 
 
-def prompt_completion_sequence(inputs: Array, targets: Array) -> tuple[Array, Array, Array]:
-  """(tokens, attention mask, positions) `[batch, I + T]` of prompts `inputs [batch, I]`
-  and completions `targets [batch, T]`, both 0-padded on the right."""
+def prompt_completion_sequence(inputs: Array, targets: Array, prefix: Sequence[int] = (),
+                               suffix: Sequence[int] = (), eos_id: int = 1
+                               ) -> tuple[Array, Array, Array]:
+  """(tokens, attention mask, positions) `[batch, W + T]` of prompts `inputs [batch, I]`
+  and completions `targets [batch, T]`, both 0-padded on the right; the prompt
+  block is `W = I + len(prefix) + len(suffix)` wide.
+
+  A chat template's `prefix`/`suffix` ids wrap each prompt in place of its
+  EOS: prefix, (padding), the prompt's tokens, suffix. Padding in between is
+  masked and positions count real tokens only, so this is the template's own
+  sequence.
+  """
   width = inputs.shape[1]
   lengths = jnp.sum(inputs > 0, axis=1)
+  if prefix or suffix:  # The template closes the prompt: its EOS goes.
+    last = jnp.take_along_axis(inputs, jnp.maximum(lengths - 1, 0)[:, None], 1)[:, 0]
+    lengths = jnp.where((lengths > 0) & (last == eos_id), lengths - 1, lengths)
   source = jnp.arange(width)[None, :] - (width - lengths)[:, None]
   prompt = jnp.where(source >= 0, jnp.take_along_axis(inputs, jnp.maximum(source, 0), 1), 0)
-  tokens = jnp.concatenate([prompt, targets], axis=1)
-  mask = jnp.concatenate([source >= 0, targets > 0], axis=1)
+  rows = inputs.shape[0]
+  pieces = [jnp.broadcast_to(jnp.asarray(prefix, inputs.dtype), (rows, len(prefix))),
+            prompt,
+            jnp.broadcast_to(jnp.asarray(suffix, inputs.dtype), (rows, len(suffix))),
+            targets]
+  masks = [jnp.ones((rows, len(prefix)), bool), source >= 0,
+           jnp.ones((rows, len(suffix)), bool), targets > 0]
+  tokens = jnp.concatenate(pieces, axis=1)
+  mask = jnp.concatenate(masks, axis=1)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   return tokens, mask, positions
+
+
+def _wrap(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+  return {"prefix": tuple(config.prompt_prefix_ids), "suffix": tuple(config.prompt_suffix_ids)}
+
+
+def _template_width(config: DecoderConfig) -> int:
+  return len(config.prompt_prefix_ids) + len(config.prompt_suffix_ids)
 
 
 def packed_sequence(inputs: Array, targets: Array, input_segment_ids: Array,
@@ -119,6 +146,9 @@ def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
     raise errors.UserError("packed decoder-only batches need both the prompts' and the "
                            "completions' segment ids")
   if input_segment_ids is not None:
+    if _template_width(config):
+      raise errors.UserError("a chat template (prompt_prefix_ids / prompt_suffix_ids) is not "
+                             "built for packed batches: PACK = False")
     tokens, segments, positions, predictor = packed_sequence(
         inputs, targets, input_segment_ids, target_segment_ids)
     logits = module(config).apply(
@@ -126,11 +156,11 @@ def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
         attention_mask=segments > 0, deterministic=dropout_rng is None, rngs=rngs)
     completion = jnp.take_along_axis(logits, predictor[..., None], axis=1)
     return losses.token_logps(completion, targets), completion
-  tokens, mask, positions = prompt_completion_sequence(inputs, targets)
+  tokens, mask, positions = prompt_completion_sequence(inputs, targets, **_wrap(config))
   logits = module(config).apply(
       {"params": params}, tokens, positions=positions, attention_mask=mask,
       deterministic=dropout_rng is None, rngs=rngs)
-  width, length = inputs.shape[1], targets.shape[1]
+  width, length = inputs.shape[1] + _template_width(config), targets.shape[1]
   completion = logits[:, width - 1:width - 1 + length]  # Position i predicts token i + 1.
   return losses.token_logps(completion, targets), completion
 
@@ -147,10 +177,11 @@ class _Prefilled(NamedTuple):
 def _prefill(config: DecoderConfig, params: Any, inputs: Array, max_length: int
              ) -> _Prefilled:
   """The prompts (right-aligned) through a KV cache of `width + max_length` slots."""
-  rows, width = inputs.shape
-  total = width + max_length
+  rows = inputs.shape[0]
   tokens, mask, positions = prompt_completion_sequence(
-      inputs, jnp.zeros((rows, 0), inputs.dtype))
+      inputs, jnp.zeros((rows, 0), inputs.dtype), **_wrap(config))
+  width = tokens.shape[1]
+  total = width + max_length
   decoder = module(config, decode=True)
   shapes = jax.eval_shape(lambda: decoder.init(
       jax.random.key(0), jnp.zeros((rows, total), jnp.int32),
@@ -253,7 +284,8 @@ class DecoderOnlyModel(BaseModel):
   def from_config_json(cls, fields: Mapping[str, Any]) -> "DecoderOnlyModel":
     kind = gpt2.GPT2Config if fields.get("architecture") == "gpt2" else llama.LlamaConfig
     known = {f.name for f in dataclasses.fields(kind)}
-    return cls(kind(**{k: v for k, v in fields.items() if k in known}))
+    return cls(kind(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in fields.items() if k in known}))
 
   def _stacks(self) -> list:
     return [("", self.config.num_layers, f"{type(self.config).__name__}.num_layers")]
@@ -308,7 +340,7 @@ class DecoderOnlyModel(BaseModel):
         queries * keys
 
   def forward_flops(self, batch: int, input_length: int, target_length: int) -> int:
-    length = input_length + target_length
+    length = input_length + _template_width(self.config) + target_length
     return batch * (2 * self._weights() * length + self._attention(length, length))
 
   def train_step_flops(self, shapes: Mapping[str, Sequence[int]]) -> Optional[int]:
@@ -323,6 +355,7 @@ class DecoderOnlyModel(BaseModel):
                for k in keys[:1 if keys[0] == "decoder_target_tokens" else 2])
 
   def encode_flops(self, input_length: int) -> int:
+    input_length += _template_width(self.config)
     return 2 * self._weights() * input_length + self._attention(input_length, input_length)
 
   def decode_steps_flops(self, input_length: int, new_tokens: int) -> int:

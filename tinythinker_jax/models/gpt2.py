@@ -41,6 +41,11 @@ class GPT2Config:
   dropout_rate: float = 0.0
   remat_policy: str = "none"  # 'none', 'full', 'minimal' (models.stacking)
   scan_layers: bool = False
+  # A chat template around every prompt (an instruct student): the token ids
+  # before and after it (`hf_tokenizer.HFTokenizer.chat_wrapping`), set by the
+  # pipeline's CHAT_TEMPLATE; the prompt's EOS is dropped.
+  prompt_prefix_ids: tuple[int, ...] = ()
+  prompt_suffix_ids: tuple[int, ...] = ()
   dtype: str = "float32"  # Activations; 'auto' as T5's and Llama's.
   param_dtype: str = "float32"
 

@@ -52,6 +52,11 @@ class LlamaConfig:
   dropout_rate: float = 0.0
   remat_policy: str = "none"  # 'none', 'full', 'minimal' (models.stacking)
   scan_layers: bool = False  # one nn.scan over the layers (models.stacking)
+  # A chat template around every prompt (an instruct student): the token ids
+  # before and after it (`hf_tokenizer.HFTokenizer.chat_wrapping`), set by the
+  # pipeline's CHAT_TEMPLATE; the prompt's EOS is dropped.
+  prompt_prefix_ids: tuple[int, ...] = ()
+  prompt_suffix_ids: tuple[int, ...] = ()
   # Activations; 'auto' is bfloat16 on TPUs and GPUs, float32 on CPUs.
   dtype: str = "float32"
   param_dtype: str = "float32"

@@ -165,6 +165,22 @@ def _teach(run: _Run) -> dict[str, Any]:
   return {"summaries": summaries, "records_dir": run.records_dir}
 
 
+def _with_chat_template(model_config: Any, vocabulary: str) -> Any:
+  """The decoder-only config with its prompts wrapped in the tokenizer's chat template."""
+  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax import hf_tokenizer, vocabularies
+  if not hf_tokenizer.is_hf_tokenizer(vocabulary):
+    raise errors.UserError(f"CHAT_TEMPLATE: VOCABULARY={vocabulary!r} is not a pretrained "
+                           "tokenizer (set PRETRAINED, or VOCABULARY to a tokenizer.json "
+                           "or GGUF)")
+  if not hasattr(model_config, "prompt_prefix_ids"):
+    raise errors.UserError(f"CHAT_TEMPLATE: a {type(model_config).__name__} student has no "
+                           "chat template (decoder-only students do)")
+  prefix, suffix = vocabularies.load_pretrained(vocabulary).chat_wrapping()
+  return dataclasses.replace(model_config, prompt_prefix_ids=prefix,
+                             prompt_suffix_ids=suffix)
+
+
 def _vocab(run: _Run) -> dict[str, Any]:
   if run.vocabulary:
     return {"vocabulary": run.vocabulary}
@@ -324,7 +340,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  input_length: int = 256, target_length: int = 128,
                  interleave_interval: int = 100, pack: bool = False,
                  initial_checkpoint_path: Optional[str] = None, pretrained: str = "",
-                 reflect_rounds: int = 0,
+                 chat_template: bool = False, reflect_rounds: int = 0,
                  sample_settings: sample_lib.SampleSettings = sample_lib.SampleSettings(),
                  dpo_settings: phase2.DpoSettings = phase2.DpoSettings(),
                  student: student_lib.StudentSettings = student_lib.StudentSettings(),
@@ -356,7 +372,9 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   (their early stopping still applies).
   `pretrained` (an HF folder or a GGUF file of a decoder-only model, gin's
   PRETRAINED) starts every student from its weights with its own tokenizer as
-  the vocabulary (unless `initial_checkpoint_path` / `vocabulary` say otherwise).
+  the vocabulary (unless `initial_checkpoint_path` / `vocabulary` say otherwise);
+  `chat_template` wraps every decoder-only prompt in that tokenizer's chat
+  template (an instruct student), as token ids on the model config.
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
   `dataset_path`; `max_examples` defaults to `max_test_examples`.
@@ -368,6 +386,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                                     "file")
     initial_checkpoint_path = initial_checkpoint_path or paths.absolute_str(pretrained)
     vocabulary = vocabulary or paths.absolute_str(pretrained)
+  if chat_template:
+    model_config = _with_chat_template(model_config, vocabulary)
   if jax.process_count() > 1:
     raise errors.UserError("`pipeline` runs on one host (its teach stage calls the teacher "
                      "once); on several hosts run `teach` on one, then `train`, `sample`, "
