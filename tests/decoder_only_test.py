@@ -93,11 +93,14 @@ def test_scanned_and_rematerialised_layers_match_the_plain_stack(architecture, t
     logps, _ = decoder_only.completion_logps(config, p, inputs, targets)
     return -logps.sum(), logps
 
-  (_, want), grads = jax.value_and_grad(lambda p: loss(plain, p), has_aux=True)(params)
-  (_, got), got_grads = jax.value_and_grad(lambda p: loss(scanned, p), has_aux=True)(stacked)
+  (_, want), grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p), has_aux=True))(
+      params)
+  (_, got), got_grads = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p),
+                                                   has_aux=True))(stacked)
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert_trees_close(DecoderOnlyModel(plain).convert_params(got_grads), grads, atol=1e-5)
-  decoded = [decoder_only.decode(c, p, inputs, max_length=5, eos_id=1).tokens
+  decoded = [jax.jit(lambda p, c=c: decoder_only.decode(c, p, inputs, max_length=5,
+                                                        eos_id=1).tokens)(p)
              for c, p in ((plain, params), (scanned, stacked))]
   np.testing.assert_array_equal(decoded[0], decoded[1])
   DecoderOnlyModel(scanned).save_hf(stacked, str(tmp_path / "hf"))
@@ -116,14 +119,12 @@ def test_dropout_applies_only_in_training_and_follows_its_rng():
     params = nn.unbox(DecoderOnlyModel(config).init_params(jax.random.key(1)))
     inputs = np.array([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)
     targets = np.array([[3, 4, 1], [6, 1, 0]], np.int32)
-    clean = decoder_only.completion_logps(config, params, inputs, targets)[0]
-    np.testing.assert_array_equal(
-        decoder_only.completion_logps(noisy, params, inputs, targets)[0], clean)
+    logps = jax.jit(lambda c, key: decoder_only.completion_logps(
+        c, params, inputs, targets, key)[0], static_argnums=0)
+    clean = logps(config, None)
+    np.testing.assert_array_equal(logps(noisy, None), clean)
     key = jax.random.key(2)
-    first = decoder_only.completion_logps(noisy, params, inputs, targets, key)[0]
-    again = decoder_only.completion_logps(noisy, params, inputs, targets, key)[0]
-    other = decoder_only.completion_logps(noisy, params, inputs, targets,
-                                          jax.random.key(3))[0]
+    first, again, other = logps(noisy, key), logps(noisy, key), logps(noisy, jax.random.key(3))
     np.testing.assert_array_equal(first, again)
     assert np.abs(np.asarray(first) - np.asarray(clean)).max() > 1e-4
     assert np.abs(np.asarray(first) - np.asarray(other)).max() > 1e-4
@@ -152,9 +153,9 @@ def test_beam_search_equals_brute_force_on_prompts_of_different_lengths():
   targets = np.zeros((len(hypotheses), 3), np.int32)
   for i, seq in enumerate(hypotheses):
     targets[i, :len(seq)] = seq
+  score = jax.jit(lambda p, x: decoder_only.completion_logps(config, p, x, targets)[0])
   for row in range(2):
-    logps, _ = decoder_only.completion_logps(
-        config, params, np.repeat(inputs[row:row + 1], len(hypotheses), 0), targets)
+    logps = score(params, np.repeat(inputs[row:row + 1], len(hypotheses), 0))
     scores = np.asarray(logps).sum(-1)
     best = int(np.argmax(scores))
     assert float(result.scores[row, 0]) == pytest.approx(float(scores[best]), abs=1e-4)
@@ -185,11 +186,10 @@ def test_packed_rows_give_each_example_its_unpacked_log_probs():
   packed = packing.pack_features({"encoder_input_tokens": inputs,
                                   "decoder_target_tokens": targets})
   assert packed["encoder_input_tokens"].shape[0] < 5  # Several examples share a row.
-  got, _ = decoder_only.completion_logps(
-      CONFIG, params, packed["encoder_input_tokens"], packed["decoder_target_tokens"],
-      input_segment_ids=packed["encoder_segment_ids"],
-      target_segment_ids=packed["decoder_segment_ids"])
-  want, _ = decoder_only.completion_logps(CONFIG, params, inputs, targets)
+  logps = jax.jit(lambda *a: decoder_only.completion_logps(CONFIG, params, *a)[0])
+  got = logps(packed["encoder_input_tokens"], packed["decoder_target_tokens"], None,
+              packed["encoder_segment_ids"], packed["decoder_segment_ids"])
+  want = logps(inputs, targets)
   got, want = np.asarray(got), np.asarray(want)
   example = 0
   for row in range(got.shape[0]):
@@ -205,7 +205,8 @@ def test_packed_rows_give_each_example_its_unpacked_log_probs():
                     "decoder_loss_weights": (targets > 0).astype(np.float32)}
   packed_batch = dict(packed, decoder_loss_weights=(
       packed["decoder_target_tokens"] > 0).astype(np.float32))
-  sums = [objective.loss_sums(params, b)[1] for b in (unpacked_batch, packed_batch)]
+  sums = [jax.jit(lambda b: objective.loss_sums(params, b)[1])(b)
+          for b in (unpacked_batch, packed_batch)]
   for key in ("loss", "weight_sum", "num_examples"):
     assert float(sums[0][key]) == pytest.approx(float(sums[1][key]), rel=1e-5), key
 
@@ -239,43 +240,11 @@ def run_pipeline(run_dir, *flags, model="models/llama/tiny.gin"):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_pipeline_runs_a_gpt2_student_in_finetune_cot_decoder_format(tmp_path):
-  """`tinythinker pipeline` with `models/gpt2/tiny.gin` after the demo's run
-  config, from scratch, in Fine-tune-CoT's decoder-only format with GPT-2's
-  dropout: teaching, phase 1, evaluation, export (an HF GPT-2 folder that
-  transformers loads, logits equal) and the report. (Self-reflection of a
-  decoder-only student runs in the pretrained test below.)"""
-  import json
-
-  import torch
-  import transformers
-
-  from tinythinker_jax.convert import hf_gpt2
-  from tinythinker_jax.models import gpt2 as gpt2_lib
-  run_dir = tmp_path / "run"
-  run_pipeline(run_dir, "--gin.STUDENT_FORMATS=('finetune_cot_decoder',)",
-               "--gin.REFLECT_ROUNDS=0", model="models/gpt2/tiny.gin")
-  stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
-  for stage in ("train_finetune_cot_decoder", "evaluate", "export", "report"):
-    assert stage in stages, stage
-  report = json.loads((run_dir / "evaluate" / "finetune_cot_decoder" / "report.json")
-                      .read_text())
-  assert report["greedy"]["num_examples"] == 4
-  exported = run_dir / "export" / "hf_model"
-  model = transformers.AutoModelForCausalLM.from_pretrained(str(exported)).eval()
-  assert type(model).__name__ == "GPT2LMHeadModel"
-  config, params = hf_gpt2.load_hf_gpt2(exported)
-  tokens = np.array([[5, 9, 17, 3, 2]])
-  with torch.no_grad():
-    expected = model(input_ids=torch.tensor(tokens)).logits.numpy()
-  got = np.asarray(gpt2_lib.GPT2Module(config).apply({"params": params}, tokens))
-  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
-
-
 def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_path):
   """PRETRAINED = a tiny HF Llama folder with its byte-level BPE tokenizer and
-  chat template (CHAT_TEMPLATE), through phase 1, self-reflection, evaluation,
-  export and the report: every
+  chat template (CHAT_TEMPLATE), through phase 1 (TinyThinker's stages and
+  Fine-tune-CoT's decoder-only format), self-reflection, evaluation, export and
+  the report: every
   student starts from its weights and tokenizes with its tokenizer (pad 0 / EOS 1
   in the project's ids); the export holds the tokenizer and the rows in its
   order: the embedding rows of tokens the run never saw come back unchanged
@@ -297,14 +266,18 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
   run_dir = tmp_path / "run"
   run_pipeline(run_dir, f"--gin.PRETRAINED='{folder}'", "--gin.NUM_EMBEDDINGS=384",
                "--gin.llama.LlamaConfig.tie_word_embeddings=False",
-               "--gin.CHAT_TEMPLATE=True")
+               "--gin.CHAT_TEMPLATE=True",
+               "--gin.STUDENT_FORMATS=('finetune_cot_decoder', 'tinythinker')",
+               "--gin.phase1/recipe.TrainSettings.eval_every=0")  # Selection: tested for T5.
   meta = json.loads((run_dir / "pipeline.json").read_text())
   assert meta["settings"]["initial_checkpoint_path"] == str(folder)
-  for stage in ("train_tinythinker", "reflect", "evaluate", "export", "report"):
+  for stage in ("train_tinythinker", "reflect", "train_finetune_cot_decoder", "evaluate",
+                "export", "report"):
     assert stage in meta["stages"], stage
   assert "Llama-family decoder 64d, 2 layers" in (run_dir / "report" / "report.md").read_text()
-  report = json.loads((run_dir / "evaluate" / "tinythinker" / "report.json").read_text())
-  assert report["greedy"]["num_examples"] == 4
+  for student in ("tinythinker", "finetune_cot_decoder"):
+    report = json.loads((run_dir / "evaluate" / student / "report.json").read_text())
+    assert report["greedy"]["num_examples"] == 4
   exported = run_dir / "export" / "hf_model"
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
   assert tokenizer.eos_token == "<|im_end|>"

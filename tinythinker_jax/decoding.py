@@ -7,7 +7,7 @@ cross-attention cache once, and then feeds one token per step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -210,12 +210,14 @@ def _select_rows(cache: Any, rows: Array) -> Any:
 StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
 
 
-def beam_search_loop(first_logits: Array, cache: Any, step: StepFn, *, batch: int,
-                     beam_size: int, max_length: int, eos_id: int = 1) -> BeamResult:
+def beam_search_loop(cache: Any, step: StepFn, *, batch: int, beam_size: int,
+                     max_length: int, eos_id: int = 1,
+                     first_logits: Optional[Array] = None) -> BeamResult:
   """Beam search over a KV cache, ranking by total log-probability, for any
-  model: `first_logits [batch * beam, vocab]` score the first token (every beam
-  of an input holds the same prompt), `step(i, tokens [batch * beam], cache)`
-  feeds the tokens chosen at step i and returns the next logits and cache.
+  model: `step(i, tokens [batch * beam], cache)` feeds each beam's token i - 1
+  (0 at i = 0, a decoder's start) and returns the logits for token i and the
+  cache. A model that has already read its prompt (a decoder-only prefill)
+  passes the logits for token 0 as `first_logits`; its steps then feed token i - 1.
 
   A beam that produced EOS continues only with padding at log-probability 0,
   so finished and unfinished hypotheses compete on their full scores.
@@ -224,11 +226,16 @@ def beam_search_loop(first_logits: Array, cache: Any, step: StepFn, *, batch: in
   neg_inf = jnp.float32(-jnp.inf)
   scores = jnp.full((batch, k), neg_inf).at[:, 0].set(0.0)  # One live beam at first.
   state = (jnp.zeros((batch, k, max_length), jnp.int32), scores,
-           jnp.zeros((batch, k), bool), jnp.full((batch, k), max_length, jnp.int32), cache,
-           first_logits)
+           jnp.zeros((batch, k), bool), jnp.full((batch, k), max_length, jnp.int32), cache)
 
   def body(i, state):
-    tokens, scores, done, lengths, cache, logits = state
+    tokens, scores, done, lengths, cache = state
+    previous = jnp.where(i == 0, 0, tokens[:, :, jnp.maximum(i - 1, 0)]).reshape(-1)
+    if first_logits is None:
+      logits, cache = step(i, previous, cache)
+    else:
+      logits, cache = jax.lax.cond(i == 0, lambda c: (first_logits, c),
+                                   lambda c: step(i, previous, c), cache)
     vocab = logits.shape[-1]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
     pad_only = jnp.where(jnp.arange(vocab) == 0, 0.0, neg_inf)
@@ -243,10 +250,9 @@ def beam_search_loop(first_logits: Array, cache: Any, step: StepFn, *, batch: in
     lengths = jnp.where(~parent_done & (token == eos_id), i + 1, lengths)
     done = parent_done | (token == eos_id)
     rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    logits, cache = step(i, token.reshape(-1), _select_rows(cache, rows))
-    return tokens, top_scores, done, lengths, cache, logits
+    return tokens, top_scores, done, lengths, _select_rows(cache, rows)
 
-  tokens, scores, _, lengths, _, _ = jax.lax.fori_loop(0, max_length, body, state)
+  tokens, scores, _, lengths, _ = jax.lax.fori_loop(0, max_length, body, state)
   return BeamResult(tokens, scores, lengths)
 
 
@@ -264,7 +270,5 @@ def beam_search(model: T5, params: Any, encoder_input_tokens: Array, *, beam_siz
                                     method=T5.decode)
     return logits[:, 0], variables["cache"]
 
-  first_logits, cache = step(0, jnp.zeros((batch * k,), jnp.int32),
-                             init_cache(model, params, encoded, enc, max_length))
-  return beam_search_loop(first_logits, cache, step, batch=batch, beam_size=k,
-                          max_length=max_length, eos_id=eos_id)
+  return beam_search_loop(init_cache(model, params, encoded, enc, max_length), step,
+                          batch=batch, beam_size=k, max_length=max_length, eos_id=eos_id)

@@ -243,8 +243,9 @@ def beam_search(config: DecoderConfig, params: Any, inputs: Array, *, beam_size:
   batch = inputs.shape[0]
   p = _prefill(config, params, jnp.repeat(inputs, beam_size, axis=0), max_length)
   return decoding.beam_search_loop(
-      p.last_logits, p.cache, lambda i, token, cache: _step(params, p, i, token, cache),
-      batch=batch, beam_size=beam_size, max_length=max_length, eos_id=eos_id)
+      p.cache, lambda i, token, cache: _step(params, p, i - 1, token, cache),
+      batch=batch, beam_size=beam_size, max_length=max_length, eos_id=eos_id,
+      first_logits=p.last_logits)
 
 
 def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int,
