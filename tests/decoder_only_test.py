@@ -268,7 +268,9 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
                "--gin.llama.LlamaConfig.tie_word_embeddings=False",
                "--gin.CHAT_TEMPLATE=True",
                "--gin.STUDENT_FORMATS=('finetune_cot_decoder', 'tinythinker')",
-               "--gin.phase1/recipe.TrainSettings.eval_every=0")  # Selection: tested for T5.
+               # No validation (model selection is tested with T5 students).
+               "--gin.phase1/recipe.TrainSettings.eval_every=0",
+               "--gin.phase1/recipe.TrainSettings.early_stop_patience=0")
   meta = json.loads((run_dir / "pipeline.json").read_text())
   assert meta["settings"]["initial_checkpoint_path"] == str(folder)
   for stage in ("train_tinythinker", "reflect", "train_finetune_cot_decoder", "evaluate",
