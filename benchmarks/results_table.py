@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 METHODS = [("vanilla", "vanilla (answer only)"),
            ("finetune_cot", "Fine-tune-CoT"),
+           ("finetune_cot_decoder", "Fine-tune-CoT, decoder-only format"),
            ("tinythinker", "TinyThinker phase 1 (early stopping)"),
            ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
            ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
