@@ -124,7 +124,9 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
                                 f"{path}/config.json")
     stored, host_params = family.load_hf(path)
     spiece = paths.as_path(path) / "spiece.model"
-    own = spiece if spiece.exists() else paths.as_path(path) / "tokenizer.json"
+    own = spiece  # T5's; a decoder-only model's own tokenizer is its tokenizer.json.
+    if not spiece.exists() and stored.family == "decoder_only":
+      own = paths.as_path(path) / "tokenizer.json"
     vocab = vocabulary or (str(own) if own.exists() else "")
   elif (t5x_location := _t5x_checkpoint(path)) is not None:
     if wanted is None:
