@@ -66,6 +66,17 @@ def _last_row(path: str, key: str) -> dict:
   return last
 
 
+def _extra_sets(student_dir: str) -> dict[str, float]:
+  """Greedy accuracy on each extra test set (`evaluate/<student>/<set>/report.json`)."""
+  out = {}
+  if os.path.isdir(student_dir):
+    for name in sorted(os.listdir(student_dir)):
+      report = _json(os.path.join(student_dir, name, "report.json"))
+      if report is not None and "greedy" in report:
+        out[name] = report["greedy"]["accuracy"]
+  return out
+
+
 def read_run(run_dir: str) -> dict[str, Any]:
   """Accuracy, extra test sets and compute of every evaluated student of a run."""
   out: dict[str, Any] = {"run": run_dir, "students": {}}
@@ -81,8 +92,7 @@ def read_run(run_dir: str) -> dict[str, Any]:
       report["compute"] = recorded.get(name, {}).get("compute")
     out["students"][name] = {
         "test": report["greedy"]["accuracy"],
-        "extra": {k: v["greedy"]["accuracy"]
-                  for k, v in (report.get("extra_test_sets") or {}).items()},
+        "extra": _extra_sets(os.path.join(run_dir, "evaluate", name)),
         "flops": (report.get("compute") or {}).get("total_flops"),
         "train_steps": (report.get("compute") or {}).get("train_steps"),
         "seconds": (report.get("compute") or {}).get("stage_seconds")}

@@ -26,6 +26,9 @@ def _run(root, seed):
            {"greedy": {"accuracy": values[seed]},
             "compute": {"total_flops": 1e12 * (seed + 1), "train_steps": 100 + seed,
                         "stage_seconds": 60.0}})
+  for name in ("finetune_cot", "tinythinker"):  # An extra (out-of-distribution) test set.
+    _write(run / "evaluate" / name / "five_objects" / "report.json",
+           {"greedy": {"accuracy": 0.2 + 0.1 * seed}})
   _write(run / "students" / "tinythinker" / "compute.json",
          {"train_steps": 900, "stopped_early": 900})
   _write(run / "students" / "tinythinker" / "best.json", {"step": 400, "value": 0.6})
@@ -39,8 +42,11 @@ def test_table_means_and_paired_differences(tmp_path):
           if line.startswith("| task_a |")}
   label = dict(results_table.METHODS)
   # Fine-tune-CoT: 90 and 80 -> 85.0 ± 7.1; 1.5 TFLOP mean; 100.5 steps
+  # with the extra set's column (20 and 30 -> 25.0 ± 7.1; none for vanilla)
   assert rows[label["finetune_cot"]].startswith(
-      f"| task_a | {label['finetune_cot']} | 2 | 85.0 ± 7.1 | 1.5 T | 100 |")
+      f"| task_a | {label['finetune_cot']} | 2 | 85.0 ± 7.1 | 25.0 ± 7.1 | 1.5 T | 100 |")
+  assert "| five_objects (%) |" in text
+  assert rows[label["vanilla"]].startswith(f"| task_a | {label['vanilla']} | 2 | 51.0 ± 1.4 | – |")
   # self-reflection minus continued: -10 and -6 points -> -8.0 ± 2.8; the mean is
   # 4.0 standard errors from zero: a loss beyond seed noise
   diffs = [line for line in text.splitlines()
