@@ -183,6 +183,13 @@ def test_gpt2_like_tokenizer_appends_a_pad_and_rows_round_trip(tmp_path):
     for i in ours.encode(text):
       np.testing.assert_array_equal(project[i], rows[ours.hf_ids[i]])
   np.testing.assert_array_equal(ours.to_hf_rows(project), rows)
+  # A checkpoint table rounded past the tokenizer: its extra rows follow ours where
+  # they fit (the appended pad pushes them one row up), and come back on export.
+  rounded = np.concatenate([rows, np.ones((20, 4))])
+  wide = ours.to_project_rows(rounded, rounded.shape[0] + 1)
+  np.testing.assert_array_equal(wide[ours.vocab_size:], rounded[ours.hf_vocab_size:])
+  np.testing.assert_array_equal(ours.to_hf_rows(wide, rounded.shape[0]), rounded)
+  assert ours.to_project_rows(rounded, rounded.shape[0]).shape[0] == rounded.shape[0]
   with pytest.raises(errors.UserError, match="set NUM_EMBEDDINGS to at least"):
     ours.to_project_rows(rows, ours.hf_vocab_size)
 
@@ -212,6 +219,10 @@ def test_errors_name_the_file_and_key(tmp_path):
   path = write_gguf_tokenizer(train_tokenizer(), tmp_path / "odd.gguf", "falcon", eos=2)
   with pytest.raises(errors.UserError, match="odd.gguf: tokenizer.ggml.pre='falcon'"):
     hf_tokenizer.HFTokenizer(path)
+  # Newer folders keep the chat template beside tokenizer_config.json.
+  folder = save_tokenizer_folder(train_tokenizer(), tmp_path / "jinja", eos_token="<|im_end|>")
+  (folder / "chat_template.jinja").write_text(TEMPLATE)
+  assert hf_tokenizer.HFTokenizer(str(folder)).chat_template == TEMPLATE
   assert not hf_tokenizer.is_hf_tokenizer("byte")
   assert not hf_tokenizer.is_hf_tokenizer(str(tmp_path / "spm.model"))
   assert hf_tokenizer.is_hf_tokenizer(str(tmp_path / "noeos"))

@@ -210,7 +210,9 @@ class HFTokenizer:
     out = np.zeros((num_rows,) + rows.shape[1:], rows.dtype)
     real = self.hf_ids >= 0
     out[np.nonzero(real)[0]] = rows[self.hf_ids[real]]
-    extra = np.arange(self.hf_vocab_size, rows.shape[0])  # The checkpoint's own rounding.
+    # The checkpoint's own rounding rows (no token's), after ours where they fit.
+    extra = np.arange(self.hf_vocab_size, rows.shape[0])
+    extra = extra[self.vocab_size + extra - self.hf_vocab_size < num_rows]
     if len(extra):
       out[self.vocab_size + extra - self.hf_vocab_size] = rows[extra]
     return out
@@ -283,6 +285,8 @@ def _from_json(path: str):
 
   special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
   template = config.get("chat_template")
+  if template is None and (folder / "chat_template.jinja").exists():  # Newer folders.
+    template = (folder / "chat_template.jinja").read_text()
   if isinstance(template, list):  # Named templates: the default one.
     template = next((t.get("template") for t in template if t.get("name") == "default"), None)
   return tokenizer, {"eos": special_id("eos_token"), "bos": special_id("bos_token"),

@@ -91,6 +91,20 @@ def _check_architecture(stored: BaseModel, wanted: BaseModel, where: str) -> Non
           f"but the model config has {getattr(wanted.config, field, None)!r}")
 
 
+def _with_stored_template(stored: BaseModel, wanted: BaseModel, where: str) -> BaseModel:
+  """`wanted`, keeping the chat template a checkpoint's student was trained with
+  (`prompt_prefix_ids`/`prompt_suffix_ids`) when the model config gives none."""
+  fields = ("prompt_prefix_ids", "prompt_suffix_ids")
+  ours = tuple(tuple(getattr(stored.config, f, ()) or ()) for f in fields)
+  theirs = tuple(tuple(getattr(wanted.config, f, ()) or ()) for f in fields)
+  if not any(ours) or ours == theirs:
+    return wanted
+  if any(theirs):
+    raise errors.UserError(f"{where}: trained with another chat template than the model "
+                           "config's (prompt_prefix_ids / prompt_suffix_ids)")
+  return type(wanted)(dataclasses.replace(wanted.config, **dict(zip(fields, ours))))
+
+
 def _t5x_checkpoint(path: PathLike):
   """The t5x checkpoint `path` names, unless it is one of our model dirs."""
   from tinythinker_jax.convert import t5x  # pylint: disable=import-outside-toplevel
@@ -148,13 +162,13 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
     from tinythinker_jax import vocabularies
     codec = vocabularies.load_pretrained(vocab)
     rows = wanted.config.vocab_size if wanted is not None else max(
-        codec.vocab_size, stored.config.vocab_size)
+        codec.vocab_size, stored.config.vocab_size + codec.vocab_size - codec.hf_vocab_size)
     stored, host_params = stored.map_vocabulary_rows(
         host_params, lambda table: codec.to_project_rows(table, rows))
   loaded_model = stored
   if wanted is not None:
     _check_architecture(stored, wanted, where)
-    loaded_model = wanted
+    loaded_model = _with_stored_template(stored, wanted, where)
   if require_vocabulary and not vocab:
     raise errors.UserError(f"{where}: the checkpoint names no vocabulary (no "
                            "spiece.model or recorded vocabulary); set VOCABULARY")

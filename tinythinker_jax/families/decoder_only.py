@@ -360,6 +360,7 @@ class DecoderOnlyModel(BaseModel):
     return 2 * self._weights() * input_length + self._attention(input_length, input_length)
 
   def decode_steps_flops(self, input_length: int, new_tokens: int) -> int:
+    input_length += _template_width(self.config)
     n = int(new_tokens)
     attended = n * input_length + n * (n + 1) // 2
     return 2 * self._weights() * n + self._attention(1, 1) * attended
