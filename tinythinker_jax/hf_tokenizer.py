@@ -143,6 +143,12 @@ class HFTokenizer:
   def base_size(self) -> int:
     return self.vocab_size
 
+  @property
+  def exported_pad_id(self) -> int:
+    """The pad id an exported folder names: the tokenizer's, or EOS where the pad
+    was appended (its row is not exported)."""
+    return self.hf_pad_id if self.hf_pad_id >= 0 else self.hf_eos_id
+
   def piece(self, project_id: int) -> str:
     hf = int(self.hf_ids[project_id])
     return PAD_PIECE if hf < 0 else self._tokenizer.id_to_token(hf)
@@ -187,13 +193,13 @@ class HFTokenizer:
       raise errors.UserError(f"{self.path}: the chat template does not place the message "
                              "exactly once")
     before, after = text.split(marker)
-    self._tokenizer.encode_special_tokens = False  # The template's own control tokens.
-    try:
-      wrap = [tuple(int(self.project_ids[i]) for i in
-                    self._tokenizer.encode(part, add_special_tokens=False).ids)
-              for part in (before, after)]
-    finally:
-      self._tokenizer.encode_special_tokens = True
+    # The template's own control tokens are control tokens: a copy reads them so,
+    # leaving the shared tokenizer (which tf.data may be using) as it is.
+    template_reader = type(self._tokenizer).from_str(self._tokenizer.to_str())
+    template_reader.encode_special_tokens = False
+    wrap = [tuple(int(self.project_ids[i]) for i in
+                  template_reader.encode(part, add_special_tokens=False).ids)
+            for part in (before, after)]
     return wrap[0], wrap[1]
 
   # Weights: rows of an embedding (or output) matrix in either order.
@@ -236,8 +242,8 @@ class HFTokenizer:
     paths.write_text(directory / "tokenizer.json", self._tokenizer.to_str())
     name = self._tokenizer.id_to_token
     config = {"tokenizer_class": "PreTrainedTokenizerFast",
-              "eos_token": name(self.hf_eos_id),  # An appended pad's row is not exported.
-              "pad_token": name(self.hf_pad_id if self.hf_pad_id >= 0 else self.hf_eos_id),
+              "eos_token": name(self.hf_eos_id),
+              "pad_token": name(self.exported_pad_id),
               "add_bos_token": False}
     if self.hf_bos_id is not None:
       config["bos_token"] = name(int(self.hf_bos_id))

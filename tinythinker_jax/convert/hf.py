@@ -273,16 +273,7 @@ def load_hf_t5(path: str, *, dtype: str = "auto", param_dtype: str = "float32",
   Raises CheckpointMismatchError naming the tensor when one is missing or
   has the wrong shape.
   """
-  config_path = paths.as_path(path) / "config.json"
-  try:
-    hf_config = paths.read_json(config_path)
-  except FileNotFoundError:
-    raise errors.MissingFileError(f"{config_path}: not found; is {path} a Hugging Face "
-                            "model folder?") from None
-  except json.JSONDecodeError as e:
-    raise errors.UserError(f"{config_path}: invalid JSON: {e}") from e
-  fmt, files = hf_files.weight_files(path)
-  tensors = hf_files.read_tensors(fmt, files)
+  hf_config, config_path, tensors = hf_files.read_folder(path)
   tied = lm_head_is_tied(tensors)
   try:
     config = config_from_hf(hf_config, dtype=dtype, lm_head_tied=tied).replace(

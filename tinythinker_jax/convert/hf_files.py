@@ -46,6 +46,20 @@ def weight_files(path: paths.PathLike) -> tuple[str, list[str]]:
       f"{PYTORCH_BIN_INDEX} found")
 
 
+def read_folder(path: paths.PathLike) -> tuple[dict, str, dict[str, np.ndarray]]:
+  """(`config.json` as a dict, its path, every weight tensor) of a Hugging Face
+  model folder, with errors that name the file."""
+  config_path = paths.as_path(path) / "config.json"
+  try:
+    hf_config = paths.read_json(config_path)
+  except FileNotFoundError:
+    raise errors.MissingFileError(f"{config_path}: not found; is {path} a Hugging Face "
+                                  "model folder?") from None
+  except json.JSONDecodeError as e:
+    raise errors.UserError(f"{config_path}: invalid JSON: {e}") from e
+  return hf_config, str(config_path), read_tensors(*weight_files(path))
+
+
 def read_tensors(fmt: str, files: Iterable[str]) -> dict[str, np.ndarray]:
   """Every tensor of `files` (of `weight_files`' format) as numpy arrays."""
   tensors: dict[str, np.ndarray] = {}

@@ -38,15 +38,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPT2Config
 
 def load_hf_gpt2(path: paths.PathLike) -> tuple[GPT2Config, dict[str, Any]]:
   """(config, params as float32 numpy arrays) of an HF GPT-2 folder."""
-  folder = paths.as_path(path)
-  config_path = folder / "config.json"
-  if not config_path.exists():
-    raise errors.MissingFileError(f"{config_path}: no config.json in the HF folder")
-  c = config_from_hf(json.loads(config_path.read_text()), str(config_path))
-  fmt, files = hf_files.weight_files(folder)
+  hf_config, config_path, tensors = hf_files.read_folder(path)
+  c = config_from_hf(hf_config, config_path)
   tensors = {k.removeprefix("transformer."): np.asarray(v, np.float32)
-             for k, v in hf_files.read_tensors(fmt, files).items()}
-  reader = hf_files.TensorReader(tensors, str(folder))
+             for k, v in tensors.items()}
+  reader = hf_files.TensorReader(tensors, str(path))
   take = reader.take
 
   d, h, k, f = c.emb_dim, c.num_heads, c.head_dim, c.inner_dim

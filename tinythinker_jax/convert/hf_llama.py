@@ -66,15 +66,10 @@ def llama_config(where: str, **fields) -> LlamaConfig:
 
 def load_hf_llama(path: paths.PathLike) -> tuple[LlamaConfig, dict[str, Any]]:
   """(config, params) of an HF folder, params as float32 numpy arrays."""
-  folder = paths.as_path(path)
-  config_path = folder / "config.json"
-  if not config_path.exists():
-    raise errors.MissingFileError(f"{config_path}: no config.json in the HF folder")
-  config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
-  fmt, files = hf_files.weight_files(folder)
-  tensors = {k.removeprefix("model."): np.asarray(v, np.float32)
-             for k, v in hf_files.read_tensors(fmt, files).items()}
-  return config, params_from_tensors(config, tensors, str(folder))
+  hf_config, config_path, tensors = hf_files.read_folder(path)
+  config = config_from_hf(hf_config, config_path)
+  tensors = {k.removeprefix("model."): np.asarray(v, np.float32) for k, v in tensors.items()}
+  return config, params_from_tensors(config, tensors, str(path))
 
 
 def params_from_tensors(c: LlamaConfig, tensors: dict[str, np.ndarray],

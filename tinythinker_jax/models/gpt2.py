@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from tinythinker_jax import platforms
 from tinythinker_jax.models import stacking
-from tinythinker_jax.models.llama import attend, cached, causal_mask, weight_dropout
+from tinythinker_jax.models.llama import attend, cached, positions_and_mask, weight_dropout
 from tinythinker_jax.models.llama import param as _param
 
 Array = jax.Array
@@ -153,11 +153,8 @@ class GPT2Module(nn.Module):
                mask: Optional[Array] = None, deterministic: bool = True) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
-    length = tokens.shape[1]
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-    if mask is None:
-      mask = causal_mask(length, segment_ids, attention_mask)
+    positions, mask = positions_and_mask(tokens, positions, segment_ids, attention_mask,
+                                         mask)
     embedding = _param(self, "embedding", nn.initializers.normal(0.02),
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     position_embedding = _param(self, "position_embedding", nn.initializers.normal(0.01),

@@ -92,6 +92,19 @@ def causal_mask(length: int, segment_ids: Optional[Array] = None,
   return mask
 
 
+def positions_and_mask(tokens: Array, positions: Optional[Array],
+                       segment_ids: Optional[Array], attention_mask: Optional[Array],
+                       mask: Optional[Array]) -> tuple[Array, Array]:
+  """A decoder module's positions (default 0..L-1) and attention mask (default
+  `causal_mask` of the segment ids and padding), as both families take them."""
+  length = tokens.shape[1]
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+  if mask is None:
+    mask = causal_mask(length, segment_ids, attention_mask)
+  return positions, mask
+
+
 def cached(module: nn.Module, k: Array, v: Array) -> tuple[Array, Array]:
   """Keys and values through a decode cache in `module`'s 'cache' collection: the
   first (initialising) call sizes it; later calls write at its running index and
@@ -248,11 +261,8 @@ class LlamaModule(nn.Module):
     when not `deterministic` (a 'dropout' rng)."""
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
-    length = tokens.shape[1]
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-    if mask is None:
-      mask = causal_mask(length, segment_ids, attention_mask)
+    positions, mask = positions_and_mask(tokens, positions, segment_ids, attention_mask,
+                                         mask)
     embedding = param(self, "embedding", nn.initializers.normal(0.02),
                        (c.vocab_size, c.emb_dim), ("vocab", "embed"), pdtype)
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)

@@ -66,8 +66,7 @@ def export_student(model_dir: paths.PathLike, output_dir: paths.PathLike, *,
     codec = vocabularies.load_pretrained(loaded.vocabulary)
     codec.save(tmp)
     _write_json(tmp / "generation_config.json", {
-        "eos_token_id": codec.hf_eos_id,
-        "pad_token_id": codec.hf_pad_id if codec.hf_pad_id >= 0 else codec.hf_eos_id})
+        "eos_token_id": codec.hf_eos_id, "pad_token_id": codec.exported_pad_id})
     model, params = model.map_vocabulary_rows(params, codec.to_hf_rows)
   else:
     _write_json(tmp / "generation_config.json",
