@@ -18,7 +18,12 @@ and prints:
    standard error (otherwise: within seed noise);
 3. what the self-reflection rounds did (pairs, sampled-chain accuracy, reward
    accuracy and margin of the last logged DPO step, the round kept), so that a
-   missing gain can be read.
+   missing gain can be read;
+4. where the staged students' chains go wrong: each report's stage diagnosis
+   (`reasoning/diagnosis.py`, on the validation questions' teacher
+   rationales), mean over the seeds. Runs evaluated before the pipeline wrote
+   it can be diagnosed afterwards with `tinythinker evaluate
+   --gin.TEACHER_RECORDS=...` into `<run>/diagnose/<student>/`, read here too.
 
 `--json` writes every number to a file as well.
 """
@@ -95,7 +100,10 @@ def read_run(run_dir: str) -> dict[str, Any]:
         "extra": _extra_sets(os.path.join(run_dir, "evaluate", name)),
         "flops": (report.get("compute") or {}).get("total_flops"),
         "train_steps": (report.get("compute") or {}).get("train_steps"),
-        "seconds": (report.get("compute") or {}).get("stage_seconds")}
+        "seconds": (report.get("compute") or {}).get("stage_seconds"),
+        "diagnosis": report.get("stage_diagnosis") or (
+            _json(os.path.join(run_dir, "diagnose", name, "report.json")) or {}
+        ).get("stage_diagnosis")}
   phase1 = _json(os.path.join(run_dir, "students", "tinythinker", "compute.json")) or {}
   out["phase1_steps"] = phase1.get("train_steps")
   out["phase1_stopped_early"] = phase1.get("stopped_early")
@@ -222,9 +230,43 @@ def tables(runs: list[dict[str, Any]]) -> str:
           f"{run['phase1_steps']} ({run['phase1_stopped_early'] or 'no'}) / {best_step}, "
           f"{fmt(best_value, '{:.1%}')} | {sr_text} | {run.get('reflect_best_round', '–')} "
           f"| {rft_text} |")
+  diagnosis = diagnosis_rows(by_task)
   return "\n".join(["## Results", "", *lines, "",
                     "## Paired by seed: self-reflection against each baseline, TinyThinker against Fine-tune-CoT", "",
-                    *diffs, "", "## What the rounds did", "", *rounds])
+                    *diffs, "", "## What the rounds did", "", *rounds] +
+                   (["", "## Where the staged chains go wrong (validation questions, "
+                     "teacher-forced stages)", "", *diagnosis] if diagnosis else []))
+
+
+DIAGNOSIS_COLUMNS = [("own_chain", "own chain"),
+                     ("from_teacher_recall", "from the teacher's recall"),
+                     ("from_teacher_recall_and_analyses",
+                      "from the teacher's recall and analyses"),
+                     ("recall_matches_teacher", "recall = teacher's"),
+                     ("gold_option", "analysis = teacher's, gold option"),
+                     ("other_options", "analysis = teacher's, other options")]
+
+
+def diagnosis_rows(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
+  """Mean ± std over seeds of each staged student's stage diagnosis (%)."""
+  rows = []
+  for task, task_runs in sorted(by_task.items()):
+    labels = dict(METHODS, tinythinker=phase1_label(task_runs))
+    for name, _ in METHODS:
+      found = [r["students"][name]["diagnosis"] for r in task_runs
+               if name in r["students"] and r["students"][name].get("diagnosis")]
+      if not found:
+        continue
+      cells = []
+      for key, _ in DIAGNOSIS_COLUMNS:
+        values = [d.get(key, (d.get("analysis_matches_teacher") or {}).get(key))
+                  for d in found]
+        cells.append(_mean_std([v for v in values if v is not None]))
+      rows.append(f"| {task} | {labels[name]} | {len(found)} | " + " | ".join(cells) + " |")
+  if not rows:
+    return []
+  head = ["task", "method", "seeds"] + [label + " (%)" for _, label in DIAGNOSIS_COLUMNS]
+  return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]
 
 
 def main() -> None:

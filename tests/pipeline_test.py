@@ -171,6 +171,17 @@ def test_report_has_every_student_and_plots(finished_run):
     assert r["greedy"]["accuracy"] == pytest.approx(np.mean([x["correct"]
                                                              for x in records]))
     assert f"{100 * r['greedy']['accuracy']:.1f}%" in report
+    # The staged students are diagnosed on the validation questions' teacher
+    # rationales (one per question), the one-pass ones are not.
+    diagnosis = r.get("stage_diagnosis")
+    if name.startswith("tinythinker"):
+      records = diagnosis["records"]
+      assert records.endswith(os.path.join("tinythinker", "validation", "records.jsonl"))
+      ids = {json.loads(line)["id"] for line in open(records)}
+      assert diagnosis["questions"] == len(ids) > 0
+      assert set(diagnosis["analysis_matches_teacher"]) == {"gold_option", "other_options"}
+    else:
+      assert diagnosis is None
 
 
 def test_export_round_trips_through_transformers(finished_run):

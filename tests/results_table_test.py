@@ -29,6 +29,15 @@ def _run(root, seed):
   for name in ("finetune_cot", "tinythinker"):  # An extra (out-of-distribution) test set.
     _write(run / "evaluate" / name / "five_objects" / "report.json",
            {"greedy": {"accuracy": 0.2 + 0.1 * seed}})
+  diagnosis = {"own_chain": 0.3 + 0.1 * seed, "from_teacher_recall": 0.4,
+               "from_teacher_recall_and_analyses": 1.0, "recall_matches_teacher": 0.5,
+               "analysis_matches_teacher": {"gold_option": 0.0, "other_options": 0.9}}
+  report = json.loads((run / "evaluate" / "tinythinker" / "report.json").read_text())
+  if seed == 0:  # in the evaluation report; seed 1's diagnosed afterwards
+    _write(run / "evaluate" / "tinythinker" / "report.json",
+           dict(report, stage_diagnosis=diagnosis))
+  else:
+    _write(run / "diagnose" / "tinythinker" / "report.json", {"stage_diagnosis": diagnosis})
   _write(run / "students" / "tinythinker" / "compute.json",
          {"train_steps": 900, "stopped_early": 900})
   _write(run / "students" / "tinythinker" / "best.json", {"step": 400, "value": 0.6})
@@ -61,6 +70,11 @@ def test_table_means_and_paired_differences(tmp_path):
   expected = statistics.mean([(0.75 - 0.90) * 100, (0.80 - 0.80) * 100])
   assert f"| 2 | {expected:.1f} ± 10.6 | no |" in text  # continued minus FTC
   assert "| 900 (900) / 400, 60.0% |" in text
+  # the stage diagnosis of both seeds (own chain 30 and 40 -> 35.0 ± 7.1)
+  diagnosed = [line for line in text.split("## Where the staged chains go wrong")[1]
+               .splitlines() if line.startswith("| task_a |")]
+  assert diagnosed == [f"| task_a | {results_table.phase1_label(runs)} | 2 | 35.0 ± 7.1 | "
+                       "40.0 ± 0.0 | 100.0 ± 0.0 | 50.0 ± 0.0 | 0.0 ± 0.0 | 90.0 ± 0.0 |"]
 
 
 def test_pair_audit_checks_recalls_against_the_question(tmp_path):

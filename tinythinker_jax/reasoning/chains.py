@@ -132,12 +132,17 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
                fmt: Format = Format.TINYTHINKER, recall: Sampling = GREEDY,
                analyze: Sampling = GREEDY, summarize: Sampling = GREEDY,
                num_runs: int = 1, seed: int = 0,
-               recalls: Optional[Sequence[Sequence[str]]] = None) -> list[list[ChainRun]]:
+               recalls: Optional[Sequence[Sequence[str]]] = None,
+               analyses: Optional[Sequence[Sequence[dict[str, str]]]] = None
+               ) -> list[list[ChainRun]]:
   """TinyThinker's chain (or an ablation) for every example, `num_runs` times.
 
   Run r of example i samples its own recall and analyses. With `recalls`
   given (one list per example), the chains start from those recalls instead
-  (one run per recall), as self-reflection does for its analyze pairs.
+  (one run per recall), as self-reflection does for its analyze pairs. With
+  `analyses` given as well (one `{label: analysis}` per recall), only the
+  summarize stage is generated (`reasoning.diagnosis` teacher-forces stages
+  this way).
   """
   stages = formats.STAGES_OF.get(fmt)
   if stages is None:
@@ -152,7 +157,8 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
                      "analyze")
   # chains[i] = list of (recall text or None, recall logprob) per run.
   if recalls is not None:
-    chains = [[(formats.ensure_period(r), None) for r in rs] for rs in recalls]
+    chains = [[(None if r is None else formats.ensure_period(r), None) for r in rs]
+              for rs in recalls]
   elif Stage.RECALL in stages:
     n = num_runs if recall.temperature > 0 else 1
     generated = generate([formats.recall_input(ex) for ex in examples],
@@ -162,9 +168,24 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
   else:
     chains = [[(None, None)] * num_runs for _ in examples]
 
+  given_analyses = analyses
+  if given_analyses is not None and (recalls is None or Stage.ANALYZE not in stages):
+    raise ValueError("given analyses need given recalls and a format with an analyze "
+                     "stage")
   analyses: list[list[Optional[dict[str, str]]]] = [[None] * len(c) for c in chains]
   analyze_logp: list[list[float]] = [[0.0] * len(c) for c in chains]
-  if Stage.ANALYZE in stages:
+  if given_analyses is not None:
+    for i, (example, runs) in enumerate(zip(examples, given_analyses)):
+      if len(runs) != len(chains[i]):
+        raise ValueError(f"example {example.id}: {len(runs)} given analyses for "
+                         f"{len(chains[i])} recalls")
+      for r, given in enumerate(runs):
+        missing = set(example.labels) - set(given)
+        if missing:
+          raise ValueError(f"example {example.id}: no given analysis for option(s) "
+                           f"{', '.join(sorted(missing))}")
+        analyses[i][r] = {label: given[label].strip() for label in example.labels}
+  elif Stage.ANALYZE in stages:
     keys, prompts = [], []
     for i, (example, runs) in enumerate(zip(examples, chains)):
       for r, (recall_text, _) in enumerate(runs):
@@ -194,7 +215,7 @@ def run_staged(examples: Sequence[Example], generate: GenerateFn, *,
     logprobs = {"summarize": gens[0].logprob}
     if recall_logp is not None:
       logprobs["recall"] = recall_logp
-    if analyses[i][r] is not None:
+    if analyses[i][r] is not None and given_analyses is None:
       logprobs["analyze"] = analyze_logp[i][r]
     results[i].append(ChainRun(text, parsed.value, parsed.error, recall_text,
                                analyses[i][r], logprobs))

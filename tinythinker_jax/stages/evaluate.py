@@ -2,7 +2,11 @@
 
 `run_evaluate` runs greedy chains and N test-time-sampled chains and writes
 `report.json` and `report.md`: greedy and self-consistency accuracy,
-format-error rates and the per-option confusion of the greedy answers.
+format-error rates and the per-option confusion of the greedy answers. Given
+teacher rationales of held-out questions (`teacher_records`), a staged
+student's report adds its stage diagnosis (`reasoning.diagnosis`: accuracy
+from its own chain, from the teacher's recall, from the teacher's recall and
+analyses, and how often its stages write the teacher's text).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from tinythinker_jax.stages import baselines
 from tinythinker_jax.stages import infer as infer_lib
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
-from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord, read_records
+from tinythinker_jax.reasoning import diagnosis as diagnosis_lib
+from tinythinker_jax.reasoning import formats
 from tinythinker_jax.reasoning.formats import Format
 
 
@@ -58,6 +64,8 @@ def markdown_report(report: dict[str, Any]) -> str:
       row = conf["matrix"].get(gold, {})
       lines.append(f"| {gold} | " + " | ".join(str(row.get(p, 0)) for p in predicted) +
                    " |")
+  if report.get("stage_diagnosis"):
+    lines += [""] + diagnosis_lib.markdown_lines(report["stage_diagnosis"])
   examples = report.get("sample_chains") or []
   if examples:
     lines += ["", "Sample greedy chains:", ""]
@@ -81,9 +89,11 @@ def _chain_text(run: dict[str, Any]) -> str:
 def evaluate(student, examples: Sequence[Example], *, fmt: Format,
              answer_type: AnswerType, output_dir: str, num_runs: int = 5,
              temperature: float = 0.7, seed: int = 0, shard_size: int = 256,
-             progress: bool = True, describe: Optional[dict[str, Any]] = None
-             ) -> dict[str, Any]:
-  """Greedy and self-consistency accuracy; writes report.json and report.md."""
+             progress: bool = True, describe: Optional[dict[str, Any]] = None,
+             teacher_records: Optional[Sequence[RationaleRecord]] = None,
+             teacher_records_path: str = "") -> dict[str, Any]:
+  """Greedy and self-consistency accuracy (and, for a staged format with
+  `teacher_records`, the stage diagnosis); writes report.json and report.md."""
   greedy = infer_lib.infer(student, examples, fmt=fmt, answer_type=answer_type,
                  output_dir=output_dir, name="greedy", seed=seed, shard_size=shard_size,
                  progress=progress)
@@ -98,6 +108,10 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
                     shard_size=shard_size, progress=progress)
     report["self_consistency"] = dict(infer_lib.summarize_records(sampled), num_runs=num_runs,
                                       temperature=temperature)
+  if teacher_records and fmt in formats.STAGES_OF:
+    report["stage_diagnosis"] = dict(
+        diagnosis_lib.stage_diagnosis(teacher_records, student.generate, fmt=fmt,
+                                      seed=seed), records=teacher_records_path)
   report["sample_chains"] = [
       {"id": r["id"], "gold": r["gold"], "answer": r["answer"],
        "chain": _chain_text(r["runs"][0])} for r in greedy[:3]]
@@ -116,13 +130,16 @@ def evaluate_students(students: dict[str, str], test_sets: Sequence[tuple[str, s
                       *, output_dir: str, dataset_path: str, split_seed: int,
                       student: student_lib.StudentSettings, num_runs: int,
                       temperature: float, compute: dict[str, Any], progress: bool = True,
-                      log=print) -> dict[str, dict[str, Any]]:
+                      log=print, teacher_records: str = "") -> dict[str, dict[str, Any]]:
   """Evaluates each student (name -> model dir) on `test_sets`, `(name, dataset,
   max_examples)` with 'test' first; the others land in each report's
   `extra_test_sets`. Reports go to `output_dir/<student>[/<set name>]`, each
-  with the student's `compute[name]`."""
+  with the student's `compute[name]`. `teacher_records` (a `records.jsonl` of
+  TinyThinker rationales for held-out questions) adds the staged students'
+  stage diagnosis to their test report."""
   loaded = {name: datasets.load_split(name_dataset, dataset_path, "test", split_seed, cap)
             for name, name_dataset, cap in test_sets}
+  records = read_records(teacher_records, RationaleRecord) if teacher_records else None
   reports: dict[str, dict[str, Any]] = {}
   for name, model_dir in students.items():
     log(f"  evaluating {name}")
@@ -135,7 +152,9 @@ def evaluate_students(students: dict[str, str], test_sets: Sequence[tuple[str, s
           output_dir=str(out if set_name == "test" else out / set_name),
           num_runs=num_runs, temperature=temperature, seed=split_seed, progress=progress,
           describe={"model": model_dir, "dataset": set_dataset, "split": "test",
-                    "compute": compute[name]})
+                    "compute": compute[name]},
+          teacher_records=records if set_name == "test" else None,
+          teacher_records_path=teacher_records)
       if set_name == "test":
         reports[name] = report
       else:
@@ -157,7 +176,10 @@ def run_evaluate(*, model_dir: str, dataset: str, output_dir: str,
                  split_seed: int = 0, seed: int = 0, vocabulary: str = "",
                  model_config: Any = None,
                  student: student_lib.StudentSettings = student_lib.StudentSettings(), shard_size: int = 256,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, teacher_records: str = "") -> dict[str, Any]:
+  """`evaluate` of one student on a dataset split. `teacher_records`: a
+  `records.jsonl` of TinyThinker rationales (`tinythinker teach`) of held-out
+  questions, for a staged student's stage diagnosis."""
   examples, answer_type = datasets.load_split(dataset, dataset_path, split, split_seed,
                                         max_examples)
   model = student_lib.build(model_dir, vocabulary=vocabulary, model_config=model_config,
@@ -165,4 +187,7 @@ def run_evaluate(*, model_dir: str, dataset: str, output_dir: str,
   return evaluate(model, examples, fmt=Format(format), answer_type=answer_type,
                   output_dir=output_dir, num_runs=num_runs, temperature=temperature,
                   seed=seed, shard_size=shard_size, progress=progress,
-                  describe=_describe(model_dir, dataset, split))
+                  describe=_describe(model_dir, dataset, split),
+                  teacher_records=(read_records(teacher_records, RationaleRecord)
+                                   if teacher_records else None),
+                  teacher_records_path=teacher_records)

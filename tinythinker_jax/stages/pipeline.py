@@ -256,6 +256,16 @@ def _train_other(run: _Run, fmt: str) -> dict[str, Any]:
   return _train_student(run, fmt, settings, run.students[fmt], run.initial_checkpoint_path)
 
 
+def _diagnosis_records(run: _Run) -> str:
+  """The teacher's TinyThinker rationales of the validation questions, for the
+  staged students' stage diagnosis ('' without a staged student or records)."""
+  staged = [registry.get(f) for f in run.student_formats if registry.get(f).staged]
+  if not staged:
+    return ""
+  path = records_path(run.run_dir, run.dataset, staged[0].method, "validation")
+  return path if paths.as_path(path).exists() else ""
+
+
 def _evaluate(run: _Run) -> dict[str, Any]:
   """Every student on the test split (and the extra test sets), with its compute."""
   test_sets = [("test", run.dataset, run.max_test_examples)] + [
@@ -267,7 +277,8 @@ def _evaluate(run: _Run) -> dict[str, Any]:
       student=run.student, num_runs=run.eval_num_runs,
       temperature=run.eval_temperature, progress=run.progress, log=run.log,
       compute=baselines_lib.student_compute(run.run_dir, run.manifest.data,
-                                            run.students))
+                                            run.students),
+      teacher_records=_diagnosis_records(run))
   return {"reports": reports}
 
 
