@@ -77,16 +77,23 @@ def test_diagnosis_locates_the_failing_stage():
 def test_ablation_without_an_analyze_stage_skips_its_rows():
   result = diagnosis.stage_diagnosis(_records(), collapsed_student,
                                      fmt=Format.RECALL_SUMMARIZE)
-  assert set(result) == {"format", "questions", "own_chain", "recall_matches_teacher",
-                         "from_teacher_recall"}
+  assert set(result) == {"format", "questions", "skipped_questions", "own_chain",
+                         "recall_matches_teacher", "from_teacher_recall"}
   assert result["own_chain"] == pytest.approx(1 / 4)
 
 
 def test_diagnosis_errors_name_the_record():
   records = _records()
-  records[2] = dataclasses.replace(records[2], analyses=None)
-  with pytest.raises(ValueError, match="teacher record q2: no analyses"):
-    diagnosis.stage_diagnosis(records, collapsed_student)
+  # A record without every option's analysis is skipped and counted...
+  records[2] = dataclasses.replace(records[2], analyses={"A": "x"})
+  result = diagnosis.stage_diagnosis(records, collapsed_student)
+  assert (result["questions"], result["skipped_questions"]) == (3, 1)
+  assert result["from_teacher_recall_and_analyses"] == pytest.approx(1.0)
+  # ... and none left is an error naming the first incomplete record.
+  incomplete = [dataclasses.replace(r, recall=None) for r in _records()]
+  with pytest.raises(ValueError, match="no complete teacher record .teacher record q0: "
+                                       "no recall"):
+    diagnosis.stage_diagnosis(incomplete, collapsed_student)
   with pytest.raises(ValueError, match="TinyThinker formats, not finetune_cot"):
     diagnosis.stage_diagnosis(records, collapsed_student, fmt=Format.FINETUNE_COT)
   example = _records()[0].example
@@ -108,3 +115,12 @@ def test_evaluation_report_carries_the_diagnosis(tmp_path):
   assert report["greedy"]["accuracy"] == pytest.approx(1 / 4)
   assert report["stage_diagnosis"]["from_teacher_recall_and_analyses"] == 1.0
   assert "Stage diagnosis on 4 questions" in (tmp_path / "report.md").read_text()
+  # Records it cannot use leave the evaluation whole, the reason in the report.
+  unusable = [dataclasses.replace(r, analyses=None) for r in records]
+  report = evaluate.evaluate(Student(), examples, fmt=Format.TINYTHINKER,
+                             answer_type=None, output_dir=str(tmp_path), num_runs=0,
+                             progress=False, teacher_records=unusable,
+                             describe={"model": "m", "dataset": "d", "split": "test"})
+  assert report["greedy"]["accuracy"] == pytest.approx(1 / 4)
+  assert "no analysis of every option" in report["stage_diagnosis"]["error"]
+  assert "Stage diagnosis: not run" in (tmp_path / "report.md").read_text()

@@ -42,39 +42,47 @@ def _mean(values: Sequence[bool]) -> Optional[float]:
 
 
 def first_records(records: Sequence[RationaleRecord], fmt: Format
-                  ) -> list[RationaleRecord]:
-  """One teacher record per question (its first sample), with the fields the
-  stages of `fmt` need; errors name the record."""
+                  ) -> tuple[list[RationaleRecord], int]:
+  """One teacher record per question (its first complete sample) with the
+  fields the stages of `fmt` need, and how many questions had none (an LLM's
+  record may lack an option's analysis); an error when none is left."""
   stages = formats.STAGES_OF.get(fmt)
   if stages is None:
     raise ValueError(f"stage diagnosis serves the TinyThinker formats, not {fmt.value}")
   chosen: dict[str, RationaleRecord] = {}
+  seen, first_problem = set(), None
   for record in records:
+    seen.add(record.id)
+    problem = None
     if Stage.RECALL in stages and not record.recall:
-      raise ValueError(f"teacher record {record.id}: no recall (a {fmt.value} "
-                       "diagnosis needs TinyThinker rationales)")
-    if Stage.ANALYZE in stages and not record.analyses:
-      raise ValueError(f"teacher record {record.id}: no analyses (a {fmt.value} "
-                       "diagnosis needs TinyThinker rationales)")
-    if record.example.gold_label is None:
-      raise ValueError(f"teacher record {record.id}: its question has no gold option")
+      problem = "no recall"
+    elif Stage.ANALYZE in stages and set(record.example.labels) - set(record.analyses or {}):
+      problem = "no analysis of every option"
+    elif record.example.gold_label is None:
+      problem = "no gold option"
+    if problem:
+      first_problem = first_problem or f"teacher record {record.id}: {problem}"
+      continue
     held = chosen.get(record.id)
     if held is None or record.sample_index < held.sample_index:
       chosen[record.id] = record
   if not chosen:
-    raise ValueError("stage diagnosis: no teacher records")
-  return list(chosen.values())
+    raise ValueError("stage diagnosis: no complete teacher record"
+                     + (f" ({first_problem}; a {fmt.value} diagnosis needs TinyThinker "
+                        "rationales)" if first_problem else ""))
+  return list(chosen.values()), len(seen) - len(chosen)
 
 
 def stage_diagnosis(records: Sequence[RationaleRecord], generate: chains.GenerateFn, *,
                     fmt: Format = Format.TINYTHINKER, seed: int = 0) -> dict[str, Any]:
   """The rows of the module docstring, as fractions, for `records` (teacher
   rationales of held-out questions)."""
-  kept = first_records(records, fmt)
+  kept, skipped = first_records(records, fmt)
   stages = formats.STAGES_OF[fmt]
   examples = [r.example for r in kept]
   own = chains.run_staged(examples, generate, fmt=fmt, seed=seed)
   out: dict[str, Any] = {"format": fmt.value, "questions": len(kept),
+                         "skipped_questions": skipped,
                          "own_chain": _accuracy(own, kept)}
   if Stage.RECALL in stages:
     out["recall_matches_teacher"] = _mean(
@@ -100,6 +108,8 @@ def stage_diagnosis(records: Sequence[RationaleRecord], generate: chains.Generat
 
 def markdown_lines(diagnosis: dict[str, Any]) -> list[str]:
   """The diagnosis as a small markdown table (evaluation's report.md)."""
+  if "error" in diagnosis:
+    return [f"Stage diagnosis: not run ({diagnosis['error']})."]
   def pct(value):
     return "-" if value is None else f"{100 * value:.1f}"
   rows = [("own chain (accuracy)", diagnosis.get("own_chain")),
@@ -111,8 +121,10 @@ def markdown_lines(diagnosis: dict[str, Any]) -> list[str]:
   rows += [("analysis equal to the teacher's, gold option", matches.get("gold_option")),
            ("analysis equal to the teacher's, other options", matches.get("other_options"))]
   source = f" (`{diagnosis['records']}`)" if diagnosis.get("records") else ""
+  skipped = diagnosis.get("skipped_questions")
+  skipped = f", {skipped} more without a complete record skipped" if skipped else ""
   lines = [f"Stage diagnosis on {diagnosis['questions']} questions with teacher "
-           f"rationales{source} (%):", "", "| | % |", "|---|---|"]
+           f"rationales{source}{skipped} (%):", "", "| | % |", "|---|---|"]
   lines += [f"| {name} | {pct(value)} |" for name, value in rows
             if name.startswith("own") or value is not None]
   return lines

@@ -109,9 +109,12 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
     report["self_consistency"] = dict(infer_lib.summarize_records(sampled), num_runs=num_runs,
                                       temperature=temperature)
   if teacher_records and fmt in formats.STAGES_OF:
-    report["stage_diagnosis"] = dict(
-        diagnosis_lib.stage_diagnosis(teacher_records, student.generate, fmt=fmt,
-                                      seed=seed), records=teacher_records_path)
+    try:  # An optional reading: records it cannot use do not fail the evaluation.
+      diagnosis = diagnosis_lib.stage_diagnosis(teacher_records, student.generate,
+                                                fmt=fmt, seed=seed)
+    except ValueError as e:
+      diagnosis = {"error": str(e)}
+    report["stage_diagnosis"] = dict(diagnosis, records=teacher_records_path)
   report["sample_chains"] = [
       {"id": r["id"], "gold": r["gold"], "answer": r["answer"],
        "chain": _chain_text(r["runs"][0])} for r in greedy[:3]]
