@@ -31,8 +31,9 @@ def _normal(text: Optional[str]) -> str:
   return " ".join((text or "").split()).rstrip(".").strip().lower()
 
 
-def _accuracy(runs: Sequence[Sequence[chains.ChainRun]], records) -> float:
-  right = sum(rs[0].answer is not None and rs[0].answer == r.example.gold_label
+def _accuracy(runs: Sequence[Sequence[chains.ChainRun]], records, fmt: Format) -> float:
+  # A staged format's answer is an option label: the answer type plays no part.
+  right = sum(chains.is_correct(rs[0].answer, r.example, fmt, answer_type=None)
               for rs, r in zip(runs, records))
   return right / len(records)
 
@@ -83,16 +84,15 @@ def stage_diagnosis(records: Sequence[RationaleRecord], generate: chains.Generat
   own = chains.run_staged(examples, generate, fmt=fmt, seed=seed)
   out: dict[str, Any] = {"format": fmt.value, "questions": len(kept),
                          "skipped_questions": skipped,
-                         "own_chain": _accuracy(own, kept)}
+                         "own_chain": _accuracy(own, kept, fmt)}
+  recalls = [[r.recall if Stage.RECALL in stages else None] for r in kept]
+  analyzed = own  # the runs whose analyses are compared: from the teacher's recall
   if Stage.RECALL in stages:
     out["recall_matches_teacher"] = _mean(
         [_normal(rs[0].recall) == _normal(r.recall) for rs, r in zip(own, kept)])
-  recalls = [[r.recall if Stage.RECALL in stages else None] for r in kept]
-  if Stage.RECALL in stages:
-    from_recall = chains.run_staged(examples, generate, fmt=fmt, seed=seed, recalls=recalls)
-    out["from_teacher_recall"] = _accuracy(from_recall, kept)
+    analyzed = chains.run_staged(examples, generate, fmt=fmt, seed=seed, recalls=recalls)
+    out["from_teacher_recall"] = _accuracy(analyzed, kept, fmt)
   if Stage.ANALYZE in stages:
-    analyzed = (from_recall if Stage.RECALL in stages else own)
     gold_matches, other_matches = [], []
     for rs, record in zip(analyzed, kept):
       for label in record.example.labels:
@@ -102,7 +102,7 @@ def stage_diagnosis(records: Sequence[RationaleRecord], generate: chains.Generat
                                        "other_options": _mean(other_matches)}
     from_both = chains.run_staged(examples, generate, fmt=fmt, seed=seed, recalls=recalls,
                                   analyses=[[r.analyses] for r in kept])
-    out["from_teacher_recall_and_analyses"] = _accuracy(from_both, kept)
+    out["from_teacher_recall_and_analyses"] = _accuracy(from_both, kept, fmt)
   return out
 
 
