@@ -10,12 +10,20 @@ accuracy, the extra test sets, and `compute`: the model FLOPs the student
 spent from a fresh start, with the wall seconds of the stages that made it),
 and prints:
 
-1. the results table: test accuracy mean ± std over the seeds, the compute
-   (model FLOPs, mean) and the wall time (minutes, mean) of each method;
+1. the results table: test accuracy, the mean over seeds with its 95% interval
+   (Student's t, n - 1 degrees of freedom; a one-seed row says n = 1), the
+   compute (model FLOPs, mean) and the wall time (minutes, mean) of each method,
+   and the test set's majority answer (the floor: always giving the most common
+   gold answer) read from the per-question predictions;
 2. paired differences over the same seeds: self-reflection minus each
    baseline, and phase 1 continued minus Fine-tune-CoT (the two formats at the
-   same compute), mean ± std, and whether the mean is more than twice its
-   standard error (otherwise: within seed noise);
+   same compute): the mean with its 95% t interval and paired t-test over seeds,
+   and where the per-question predictions are there
+   (`evaluate/<student>/greedy/*.jsonl`) a paired bootstrap over seeds and
+   questions and McNemar's exact test on the pooled questions. The verdict
+   uses the bootstrap's p-value (else the t-test's), Holm-adjusted over the
+   table's comparisons, whose number the table states
+   (`tinythinker_jax.significance`);
 3. what the self-reflection rounds did (pairs, sampled-chain accuracy, reward
    accuracy and margin of the last logged DPO step, the round kept), so that a
    missing gain can be read;
@@ -36,7 +44,11 @@ import json
 import math
 import os
 import statistics
+import sys
 from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tinythinker_jax import significance  # noqa: E402  pylint: disable=wrong-import-position
 
 METHODS = [("vanilla", "vanilla (answer only)"),
            ("finetune_cot", "Fine-tune-CoT"),
@@ -82,6 +94,23 @@ def _extra_sets(student_dir: str) -> dict[str, float]:
   return out
 
 
+def per_question(student_dir: str) -> dict[str, dict[str, Any]]:
+  """{question id: {correct, gold}} from a student's greedy predictions (its
+  `greedy/*.jsonl` shards), or {} when they are not there."""
+  out: dict[str, dict[str, Any]] = {}
+  folder = os.path.join(student_dir, "greedy")
+  if not os.path.isdir(folder):
+    return out
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".jsonl"):
+      with open(os.path.join(folder, name)) as f:
+        for line in f:
+          if line.strip():
+            row = json.loads(line)
+            out[str(row["id"])] = {"correct": bool(row["correct"]), "gold": row.get("gold")}
+  return out
+
+
 def read_run(run_dir: str) -> dict[str, Any]:
   """Accuracy, extra test sets and compute of every evaluated student of a run."""
   out: dict[str, Any] = {"run": run_dir, "students": {}}
@@ -101,6 +130,7 @@ def read_run(run_dir: str) -> dict[str, Any]:
         "flops": (report.get("compute") or {}).get("total_flops"),
         "train_steps": (report.get("compute") or {}).get("train_steps"),
         "seconds": (report.get("compute") or {}).get("stage_seconds"),
+        "questions": per_question(os.path.join(run_dir, "evaluate", name)),
         "diagnosis": report.get("stage_diagnosis") or (
             _json(os.path.join(run_dir, "diagnose", name, "report.json")) or {}
         ).get("stage_diagnosis")}
@@ -154,8 +184,15 @@ def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str
   if not values:
     return "–"
   mean = statistics.mean(values) * scale
-  std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+  if len(values) == 1:
+    return f"{mean:.{digits}f} (n = 1)"
+  std = statistics.stdev(values) * scale
   return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _interval(values: list[float]) -> str:
+  """The mean over seeds with its 95% t interval ('(n = 1)' for one seed)."""
+  return significance.t_interval(values).format() if values else "–"
 
 
 def _flops(value: Optional[float]) -> str:
@@ -173,20 +210,22 @@ def tables(runs: list[dict[str, Any]]) -> str:
     by_task[os.path.basename(os.path.dirname(os.path.normpath(run["run"])))].append(run)
   extra_sets = sorted({k for run in runs for s in run["students"].values()
                        for k in s["extra"]})
-  head = ["task", "method", "seeds", "test accuracy (%)"] + [
+  head = ["task", "method", "seeds", "test accuracy (%, mean [95% CI])"] + [
       f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  diffs = ["| task | student | minus | seeds | difference (points) | beyond seed noise "
-           "(mean > 2 standard errors)? |", "|---|---|---|---|---|---|"]
+  comparisons = []  # (task, a, b, interval over seeds, bootstrap or None, McNemar or None)
   for task, task_runs in sorted(by_task.items()):
     labels = dict(METHODS, tinythinker=phase1_label(task_runs))
+    majority = majority_row(task, task_runs, len(head) - 4 - len(extra_sets))
+    if majority:
+      lines.append(majority)
     for name, _ in METHODS:
       label = labels[name]
       rows = [r["students"][name] for r in task_runs if name in r["students"]]
       if not rows:
         continue
-      cells = [task, label, str(len(rows)), _mean_std([r["test"] for r in rows])]
-      cells += [_mean_std([r["extra"][k] for r in rows if k in r["extra"]])
+      cells = [task, label, str(len(rows)), _interval([r["test"] for r in rows])]
+      cells += [_interval([r["extra"][k] for r in rows if k in r["extra"]])
                 for k in extra_sets]
       flops = [r["flops"] for r in rows if r["flops"]]
       steps = [r["train_steps"] for r in rows if r["train_steps"] is not None]
@@ -196,16 +235,11 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{statistics.mean(seconds) / 60:.1f}" if seconds else "–"]
       lines.append("| " + " | ".join(cells) + " |")
     for a, b in COMPARISONS:
-      pairs = [r["students"][a]["test"] - r["students"][b]["test"]
-               for r in task_runs if a in r["students"] and b in r["students"]]
-      if not pairs:
+      both = [r for r in task_runs if a in r["students"] and b in r["students"]]
+      if not both:
         continue
-      mean = statistics.mean(pairs)
-      std = statistics.stdev(pairs) if len(pairs) > 1 else 0.0
-      beyond = len(pairs) > 1 and abs(mean) > 2 * std / math.sqrt(len(pairs))
-      verdict = ("yes: a gain" if mean > 0 else "yes: a loss") if beyond else "no"
-      diffs.append(f"| {task} | {labels[a]} | {labels[b]} | {len(pairs)} | "
-                   f"{_mean_std(pairs)} | {verdict} |")
+      comparisons.append((task, labels[a], labels[b], *paired(both, a, b)))
+  diffs = comparison_rows(comparisons)
   rounds = ["| task | seed run | phase 1: steps (stopped early at) / best step, "
             "validation | rounds (pairs; sampled-chain accuracy; reward accuracy; "
             "chosen / rejected reward; validation) | kept round | RFT rounds (chains; "
@@ -232,10 +266,63 @@ def tables(runs: list[dict[str, Any]]) -> str:
           f"| {rft_text} |")
   diagnosis = diagnosis_rows(by_task)
   return "\n".join(["## Results", "", *lines, "",
-                    "## Paired by seed: self-reflection against each baseline, TinyThinker against Fine-tune-CoT", "",
+                    "## Paired comparisons: self-reflection against each baseline, "
+                    "TinyThinker against Fine-tune-CoT", "",
                     *diffs, "", "## What the rounds did", "", *rounds] +
                    (["", "## Where the staged chains go wrong (validation questions, "
                      "teacher-forced stages)", "", *diagnosis] if diagnosis else []))
+
+
+def majority_row(task: str, task_runs: list[dict[str, Any]], trailing: int) -> str:
+  """The test set's majority answer as a row (from any student's per-question
+  predictions), or '' when none were kept."""
+  for run in task_runs:
+    for student in run["students"].values():
+      golds = [q["gold"] for q in student["questions"].values() if q.get("gold") is not None]
+      if golds:
+        answer, accuracy = significance.majority_baseline([str(g) for g in golds])
+        return (f"| {task} | majority answer (always {answer!r}) | – | "
+                f"{accuracy * 100:.1f} |" + " – |" * trailing)
+  return ""
+
+
+def paired(runs: list[dict[str, Any]], a: str, b: str):
+  """(t interval over seeds, paired bootstrap, McNemar) of student a minus b;
+  the last two None without per-question predictions for every seed."""
+  over_seeds = significance.paired_t([r["students"][a]["test"] for r in runs],
+                                     [r["students"][b]["test"] for r in runs])
+  qa, qb = [], []
+  for run in runs:
+    x, y = run["students"][a]["questions"], run["students"][b]["questions"]
+    ids = sorted(set(x) & set(y))
+    if not ids or len(ids) != len(x) or len(ids) != len(y):
+      return over_seeds, None, None
+    qa.append([x[i]["correct"] for i in ids])
+    qb.append([y[i]["correct"] for i in ids])
+  return (over_seeds, significance.paired_bootstrap(qa, qb),
+          significance.mcnemar_seeds(qa, qb))
+
+
+def comparison_rows(comparisons: list[tuple]) -> list[str]:
+  """The paired comparisons with Holm-adjusted p-values over all of them."""
+  primary = [(boot or seeds).p_value for *_, seeds, boot, _ in comparisons]
+  testable = [i for i, p in enumerate(primary) if p is not None]
+  adjusted = dict(zip(testable, significance.holm([primary[i] for i in testable])))
+  rows = [f"{len(testable)} comparisons; the verdict is the paired bootstrap's p-value "
+          "over seeds and questions (the t-test's where per-question predictions are "
+          "missing), Holm-adjusted over the comparisons, at 0.05.", "",
+          "| task | student | minus | seeds | difference (points, mean [95% t CI]) | "
+          "paired t p | bootstrap over seeds and questions [95% CI], p | McNemar (only "
+          "student right vs only other right), p | adjusted p | verdict |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+  for i, (task, a, b, seeds, boot, mc) in enumerate(comparisons):
+    rows.append(
+        f"| {task} | {a} | {b} | {seeds.n} | {seeds.format()} | "
+        f"{significance.format_p(seeds.p_value)} | "
+        f"{boot.format() + ', p = ' + significance.format_p(boot.p_value) if boot else '–'} | "
+        f"{mc.format() if mc else '–'} | {significance.format_p(adjusted.get(i))} | "
+        f"{significance.verdict(boot or seeds, adjusted.get(i))} |")
+  return rows
 
 
 DIAGNOSIS_COLUMNS = [("own_chain", "own chain"),

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinythinker_jax import compute as compute_lib
-from tinythinker_jax import errors, families, partitioning, vocabularies, weights
+from tinythinker_jax import (errors, families, hf_tokenizer, partitioning, vocabularies,
+                             weights)
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.reasoning.chains import Generation, Sampling
 
@@ -49,6 +50,10 @@ class StudentSettings:
   num_beams: int = 1
   data_parallelism: int = -1  # over this process's devices
   model_parallelism: int = 1
+  # A decoder-only model read from an HF folder or GGUF (an instruct model): its
+  # prompts wrapped in its tokenizer's chat template. (A student trained here
+  # keeps the template it was trained with in its checkpoint.)
+  chat_template: bool = False
 
 
 def build(model_dir: str, *, vocabulary: str = "", model_config: Any = None,
@@ -60,7 +65,22 @@ def build(model_dir: str, *, vocabulary: str = "", model_config: Any = None,
       model_dir, model_config=model_config, vocabulary=vocabulary,
       partitioner=partitioning.Partitioner(mesh), batch_size=settings.batch_size,
       max_input_length=settings.max_input_length,
-      max_decode_length=settings.max_decode_length, num_beams=settings.num_beams)
+      max_decode_length=settings.max_decode_length, num_beams=settings.num_beams,
+      chat_template=settings.chat_template)
+
+
+def with_chat_template(model_config: Any, vocabulary: str) -> Any:
+  """A decoder-only config whose prompts are wrapped in `vocabulary`'s chat
+  template (its tokenizer's), as token ids on the config."""
+  if not hf_tokenizer.is_hf_tokenizer(vocabulary):
+    raise errors.UserError(f"CHAT_TEMPLATE: the vocabulary {vocabulary!r} is not a "
+                           "pretrained tokenizer (set PRETRAINED, or VOCABULARY to a "
+                           "tokenizer.json or GGUF)")
+  if not hasattr(model_config, "prompt_prefix_ids"):
+    raise errors.UserError(f"CHAT_TEMPLATE: a {type(model_config).__name__} student has no "
+                           "chat template (decoder-only students do)")
+  prefix, suffix = vocabularies.load_pretrained(vocabulary).chat_wrapping()
+  return dataclasses.replace(model_config, prompt_prefix_ids=prefix, prompt_suffix_ids=suffix)
 
 
 class Student:
@@ -98,9 +118,14 @@ class Student:
                 vocabulary: str = "", **kwargs) -> "Student":
     partitioner = kwargs.pop("partitioner", None) or partitioning.Partitioner(
         partitioning.create_mesh(devices=jax.local_devices()))
+    chat_template = kwargs.pop("chat_template", False)
     loaded = weights.load(path, model=model_config, vocabulary=vocabulary,
                           partitioner=partitioner)
-    return cls(loaded.model, loaded.params, vocabularies.text_codec(loaded.vocabulary),
+    model = loaded.model
+    if chat_template:
+      model = families.from_config(with_chat_template(
+          families.from_config(model).config, loaded.vocabulary))
+    return cls(model, loaded.params, vocabularies.text_codec(loaded.vocabulary),
                partitioner=partitioner, **kwargs)
 
   # ------------------------------------------------------------- batching
@@ -206,13 +231,20 @@ class Student:
       self._fns["score"] = self.partitioner.partition(fn)
     return self._fns["score"]
 
-  def score(self, inputs: Sequence[str], targets: Sequence[str]) -> list[dict[str, Any]]:
-    """Log-likelihood of each target (EOS included) given its input."""
+  def score(self, inputs: Sequence[str], targets: Sequence[str],
+            eos: bool = True) -> list[dict[str, Any]]:
+    """Log-likelihood of each target given its input, its EOS included with
+    `eos` (a whole answer) or not (a continuation, as rank classification
+    scores an option's text)."""
     if len(inputs) != len(targets):
       raise errors.UserError(f"{len(inputs)} inputs but {len(targets)} targets")
     fn = self._score_fn()
     input_rows = self._encode_inputs(inputs)
-    target_rows = [self.codec.encode(t) + [self.codec.eos_id] for t in targets]
+    target_rows = [self.codec.encode(t) + ([self.codec.eos_id] if eos else [])
+                   for t in targets]
+    empty = [t for t, ids in zip(targets, target_rows) if not ids]
+    if empty:
+      raise errors.UserError(f"score: target {empty[0]!r} has no tokens")
     out = []
     for start, chunk, length in self._chunks(input_rows, self.batch_size):
       tchunk = target_rows[start:start + len(chunk)]

@@ -7,11 +7,13 @@ of Examples. The split recipes are the papers':
   authors' `dataset/` and `split/` folders): their index files; the validation
   set is a seeded 10% of their train split (their notebook selected on test).
 - CommonsenseQA: the official dev set is the test set, and 1221 training
-  examples drawn with a fixed seed are the validation set (TinyThinker).
+  examples drawn with a fixed seed are the validation set (TinyThinker); the
+  official files or Distilling Step-by-Step's `cqa/` folder (the same questions).
 - StrategyQA: seeded 80/10/10 (TinyThinker). OpenBookQA: the official splits.
 - GSM8K and AQuA: the official splits (validation carved from train when
   there is none). SVAMP and BIG-bench tasks: seeded 70/30 (Fine-tune-CoT's rule
-  where a task has no official split), validation 10% of train.
+  where a task has no official split), validation 10% of train; SVAMP from
+  Distilling Step-by-Step's `svamp/` folder keeps that paper's 800/200 split.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def _require(path: str, kind: str) -> str:
 
 
 def _csqa(path: str, seed: int) -> Splits:
+  if paths.as_path(_join(path, "cqa_train.json")).exists():
+    # Distilling Step-by-Step's release (its cqa/ folder, with the PaLM chains).
+    train = loaders.load_dsbs_cqa_jsonl(_join(path, "cqa_train.json"), "csqa")
+    test = loaders.load_dsbs_cqa_jsonl(
+        _require(_join(path, "cqa_test.json"), "cqa_test.json (the official dev set)"), "csqa")
+    train, validation = _carve_validation(train, seed, len(test))
+    return {"train": train, "validation": validation, "test": test}
   train = loaders.load_arc_style_jsonl(
       _require(_join(path, "train_rand_split.jsonl"), "CommonsenseQA's official "
                "train_rand_split.jsonl"), "csqa")
@@ -123,6 +132,14 @@ def _seventy_thirty(examples: list[Example], seed: int) -> Splits:
 
 
 def _svamp(path: str, seed: int) -> Splits:
+  if paths.as_path(_join(path, "svamp_train.json")).exists():
+    # Distilling Step-by-Step's 800/200 split (its svamp/ folder, with the PaLM
+    # chains); validation is a seeded 10% of its train part.
+    train = loaders.load_dsbs_svamp_jsonl(_join(path, "svamp_train.json"))
+    test = loaders.load_dsbs_svamp_jsonl(_require(_join(path, "svamp_test.json"),
+                                                  "svamp_test.json"))
+    train, validation = _carve_validation(train, seed, len(train) // 10)
+    return {"train": train, "validation": validation, "test": test}
   if paths.as_path(path).is_dir():
     path = _join(path, "SVAMP.json")
   return _seventy_thirty(loaders.load_svamp_json(_require(path, "SVAMP.json")), seed)
@@ -227,7 +244,8 @@ _FTC_TYPES = {
 
 DATASETS: dict[str, DatasetSpec] = {
     "csqa": DatasetSpec("csqa", AnswerType.LETTER, _csqa,
-                        "folder with train_rand_split.jsonl and dev_rand_split.jsonl", 5),
+                        "folder with train_rand_split.jsonl and dev_rand_split.jsonl (or "
+                        "Distilling Step-by-Step's cqa/ folder)", 5),
     "obqa": DatasetSpec("obqa", AnswerType.LETTER, _obqa,
                         "folder with train.jsonl, dev.jsonl, test.jsonl", 4),
     "strategyqa": DatasetSpec("strategyqa", AnswerType.YES_NO, _strategyqa,
@@ -236,7 +254,8 @@ DATASETS: dict[str, DatasetSpec] = {
                          "folder with the official train.jsonl and test.jsonl"),
     "aqua": DatasetSpec("aqua", AnswerType.LETTER, _aqua,
                         "folder with the official train.json, dev.json, test.json", 5),
-    "svamp": DatasetSpec("svamp", AnswerType.NUMBER, _svamp, "SVAMP.json"),
+    "svamp": DatasetSpec("svamp", AnswerType.NUMBER, _svamp,
+                         "SVAMP.json (or Distilling Step-by-Step's svamp/ folder)"),
     "bigbench": DatasetSpec("bigbench", AnswerType.LETTER, _bigbench,
                             "a BIG-bench multiple-choice task.json"),
     "mc_jsonl": DatasetSpec("mc_jsonl", AnswerType.LETTER, _generic,

@@ -12,6 +12,7 @@ import re
 from typing import Any, Iterator, Optional
 
 from tinythinker_jax import errors, paths
+from tinythinker_jax.data import arithmetic
 from tinythinker_jax.data.schema import (YES_NO_CHOICES, Choice, DataError, Example,
                                          labelled, letter_labels)
 
@@ -129,6 +130,43 @@ def load_svamp_json(path: str, task: str = "svamp") -> list[Example]:
                             question=f"{body} {question}".strip(),
                             answer=_number(_field(record, "Answer", where)),
                             rationale=record.get("Equation"), source=where, task=task))
+  return examples
+
+
+def load_dsbs_cqa_jsonl(path: str, task: str = "csqa") -> list[Example]:
+  """CommonsenseQA as Distilling Step-by-Step releases it (`cqa/cqa_*.json`): one
+  `{id, question, choices: [5 texts], answer: <the gold choice's text>}` a line.
+  Choices are lettered A-E in their order."""
+  examples = []
+  for line_no, record in paths.iter_jsonl(path):
+    where = f"{path}:{line_no}"
+    choices = _choices(_field(record, "choices", where), where)
+    answer_text = str(_field(record, "answer", where)).strip()
+    matches = [c.label for c in choices if c.text.strip() == answer_text]
+    if not matches:
+      raise DataError(f"{where}: answer {answer_text!r} is not one of the choices")
+    examples.append(Example(id=str(_field(record, "id", where)),
+                            question=str(_field(record, "question", where)),
+                            answer=matches[0], choices=choices, source=where, task=task))
+  return examples
+
+
+def load_dsbs_svamp_jsonl(path: str, task: str = "svamp") -> list[Example]:
+  """SVAMP as Distilling Step-by-Step releases it (`svamp/svamp_*.json`): one
+  `{input, label: <an equation such as "( 84.0 / 2.0 )">}` a line; the answer is
+  the equation's value. Ids are `<file name>:<line>` (the file has none)."""
+  examples = []
+  name = os.path.basename(str(path))
+  for line_no, record in paths.iter_jsonl(path):
+    where = f"{path}:{line_no}"
+    equation = str(_field(record, "label", where))
+    value = arithmetic.arithmetic_value(equation)
+    if value is None:
+      raise DataError(f"{where}: label {equation!r} is not an arithmetic expression")
+    question = " ".join(str(_field(record, "input", where)).split())
+    examples.append(Example(id=f"{name}:{line_no}", question=question,
+                            answer=arithmetic.format_number(value), rationale=equation,
+                            source=where, task=task))
   return examples
 
 

@@ -16,14 +16,14 @@ from typing import Any, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import paths
+from tinythinker_jax import paths, significance
 from tinythinker_jax.stages import baselines
 from tinythinker_jax.stages import infer as infer_lib
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord, read_records
 from tinythinker_jax.reasoning import diagnosis as diagnosis_lib
-from tinythinker_jax.reasoning import formats
+from tinythinker_jax.reasoning import formats, ranking
 from tinythinker_jax.reasoning.formats import Format
 
 
@@ -52,7 +52,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines.append(f"| self-consistency ({sc['num_runs']} runs, T={sc['temperature']}) | "
                  f"{sc['accuracy']:.1%} | {sc['format_error_rate']:.1%} | "
                  f"{sc['no_answer_rate']:.1%} |")
-  if report.get("chance") is not None:
+  rank = report.get("rank")
+  if rank:
+    lines.append(f"| rank classification (options' log-likelihood) | {rank['accuracy']:.1%} "
+                 f"(per token: {rank['accuracy_per_token']:.1%}) | – | – |")
+  majority = report.get("majority_answer")
+  if majority:
+    lines += ["", f"Majority answer (always {majority['answer']!r}): "
+              f"{majority['accuracy']:.1%}"]
+  elif report.get("chance") is not None:
     lines += ["", f"Chance: {report['chance']:.1%}"]
   conf = report.get("confusion")
   if conf and conf["labels"]:
@@ -91,9 +99,12 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
              temperature: float = 0.7, seed: int = 0, shard_size: int = 256,
              progress: bool = True, describe: Optional[dict[str, Any]] = None,
              teacher_records: Optional[Sequence[RationaleRecord]] = None,
-             teacher_records_path: str = "") -> dict[str, Any]:
+             teacher_records_path: str = "",
+             rank: Optional[ranking.RankSettings] = None) -> dict[str, Any]:
   """Greedy and self-consistency accuracy (and, for a staged format with
-  `teacher_records`, the stage diagnosis); writes report.json and report.md."""
+  `teacher_records`, the stage diagnosis; with `rank` and options, rank
+  classification: the option whose text the student finds most likely);
+  writes report.json and report.md."""
   greedy = infer_lib.infer(student, examples, fmt=fmt, answer_type=answer_type,
                  output_dir=output_dir, name="greedy", seed=seed, shard_size=shard_size,
                  progress=progress)
@@ -101,6 +112,12 @@ def evaluate(student, examples: Sequence[Example], *, fmt: Format,
                 confusion=confusion(greedy) if examples[0].choices else None)
   if examples[0].choices:
     report["chance"] = sum(1 / len(e.choices) for e in examples) / len(examples)
+  answer, accuracy = significance.majority_baseline([str(e.answer) for e in examples])
+  report["majority_answer"] = {"answer": answer, "accuracy": accuracy}
+  if rank is not None and examples[0].choices:
+    ranked = infer_lib.rank(student, examples, output_dir=output_dir, settings=rank,
+                            shard_size=shard_size, progress=progress)
+    report["rank"] = ranking.summarize(ranked, rank)
   if num_runs > 0:
     sampled = infer_lib.infer(student, examples, fmt=fmt, answer_type=answer_type,
                     output_dir=output_dir, name="self_consistency", sampled=True,

@@ -16,7 +16,7 @@ from tinythinker_jax import paths, seeds, shards
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.data.schema import AnswerType, Example
-from tinythinker_jax.reasoning import chains
+from tinythinker_jax.reasoning import chains, ranking
 from tinythinker_jax.reasoning.formats import Format
 
 
@@ -58,6 +58,37 @@ def infer(student, examples: Sequence[Example], *, fmt: Format, answer_type: Ans
                             process_count=jax.process_count(), settings=settings,
                             progress=progress,
                             barrier=lambda: shards.sync_processes(f"infer_{name}"),
+                            compute=((lambda: student.compute)
+                                     if hasattr(student, "compute") else None))
+
+
+def rank(student, examples: Sequence[Example], *, output_dir: str,
+         settings: ranking.RankSettings = ranking.RankSettings(), name: str = "rank",
+         shard_size: int = 256, progress: bool = True) -> list[dict[str, Any]]:
+  """Rank classification (`reasoning.ranking`) of every example, by the student's
+  log-likelihood of each option's text; resumable shards like `infer`'s."""
+  settings.check()
+
+  def work(items, index):
+    del index
+    requests = [ranking.rank_requests(e, settings) for e in items]
+    flat = [pair for pairs in requests for pair in pairs]
+    scores = student.score([p for p, _ in flat], [t for _, t in flat], eos=False)
+    out, at = [], 0
+    for example, pairs in zip(items, requests):
+      mine = scores[at:at + len(pairs)]
+      at += len(pairs)
+      out.append(ranking.rank_record(example, [s["logprob"] for s in mine],
+                                     [s["num_tokens"] for s in mine]))
+    return out
+  return shards.run_sharded(examples, work, directory=paths.as_path(output_dir) / name,
+                            name=name, shard_size=shard_size,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(),
+                            settings={"prompt": settings.prompt, "target": settings.target,
+                                      "examples": [e.id for e in examples[:3]]},
+                            progress=progress,
+                            barrier=lambda: shards.sync_processes(f"rank_{name}"),
                             compute=((lambda: student.compute)
                                      if hasattr(student, "compute") else None))
 

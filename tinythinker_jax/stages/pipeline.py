@@ -165,22 +165,6 @@ def _teach(run: _Run) -> dict[str, Any]:
   return {"summaries": summaries, "records_dir": run.records_dir}
 
 
-def _with_chat_template(model_config: Any, vocabulary: str) -> Any:
-  """The decoder-only config with its prompts wrapped in the tokenizer's chat template."""
-  # pylint: disable=import-outside-toplevel
-  from tinythinker_jax import hf_tokenizer, vocabularies
-  if not hf_tokenizer.is_hf_tokenizer(vocabulary):
-    raise errors.UserError(f"CHAT_TEMPLATE: VOCABULARY={vocabulary!r} is not a pretrained "
-                           "tokenizer (set PRETRAINED, or VOCABULARY to a tokenizer.json "
-                           "or GGUF)")
-  if not hasattr(model_config, "prompt_prefix_ids"):
-    raise errors.UserError(f"CHAT_TEMPLATE: a {type(model_config).__name__} student has no "
-                           "chat template (decoder-only students do)")
-  prefix, suffix = vocabularies.load_pretrained(vocabulary).chat_wrapping()
-  return dataclasses.replace(model_config, prompt_prefix_ids=prefix,
-                             prompt_suffix_ids=suffix)
-
-
 def _vocab(run: _Run) -> dict[str, Any]:
   if run.vocabulary:
     return {"vocabulary": run.vocabulary}
@@ -356,7 +340,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  dpo_settings: phase2.DpoSettings = phase2.DpoSettings(),
                  student: student_lib.StudentSettings = student_lib.StudentSettings(),
                  eval_num_runs: int = 5, eval_temperature: float = 0.7,
-                 rule_based_settings=None, baselines: Sequence[str] = (),
+                 rule_based_settings=None, recorded_settings=None, baselines: Sequence[str] = (),
                  match_budget: bool = False, budget_includes_sampling: bool = True,
                  continued_settings: Optional[recipe_lib.TrainSettings] = None,
                  rft_settings=None,
@@ -398,7 +382,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
     initial_checkpoint_path = initial_checkpoint_path or paths.absolute_str(pretrained)
     vocabulary = vocabulary or paths.absolute_str(pretrained)
   if chat_template:
-    model_config = _with_chat_template(model_config, vocabulary)
+    model_config = student_lib.with_chat_template(model_config, vocabulary)
   if jax.process_count() > 1:
     raise errors.UserError("`pipeline` runs on one host (its teach stage calls the teacher "
                      "once); on several hosts run `teach` on one, then `train`, `sample`, "
@@ -435,6 +419,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
     settings["baselines"] = list(baselines)
   if match_budget:
     settings["match_budget"] = {"includes_sampling": budget_includes_sampling}
+  if teacher == "recorded" and recorded_settings is not None:
+    settings["recorded"] = dataclasses.asdict(recorded_settings)
   if teacher == "rule_based" and rule_based_settings is not None and (
       not rule_based_settings.exact or rule_based_settings.num_samples > 1):
     settings["rule_based"] = dataclasses.asdict(rule_based_settings)
@@ -444,7 +430,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
       gguf=gguf, prompts_dir=prompts_dir,
       teach_settings={k: v for k, v in (("finetune_cot", finetune_cot_settings),
                                         ("tinythinker", tinythinker_settings),
-                                        ("rule_based", rule_based_settings)) if v},
+                                        ("rule_based", rule_based_settings),
+                                        ("recorded", recorded_settings)) if v},
       student_formats=student_formats, max_train_examples=max_train_examples,
       max_validation_examples=max_validation_examples,
       max_test_examples=max_test_examples, max_reflect_examples=max_reflect_examples,

@@ -16,9 +16,10 @@ from tinythinker_jax.teacher import pipelines, prompts
 from tinythinker_jax.teacher.client import TeacherConfig
 from tinythinker_jax.teacher.estimate import Estimate
 from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
+from tinythinker_jax.teacher.recorded import RecordedSettings
 from tinythinker_jax.teacher.rule_based import RuleBasedSettings
 
-TEACHERS = ("openai", "local", "rule_based")
+TEACHERS = ("openai", "local", "rule_based", "recorded")
 
 
 def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
@@ -31,6 +32,7 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
                   finetune_cot: pipelines.FinetuneCotSettings = pipelines.FinetuneCotSettings(),
                   tinythinker: pipelines.TinyThinkerSettings = pipelines.TinyThinkerSettings(),
                   rule_based: RuleBasedSettings = RuleBasedSettings(),
+                  recorded: RecordedSettings = RecordedSettings(),
                   progress: bool = True, dry_run: bool = False
                   ) -> Union[pipelines.Summary, Estimate]:
   """Loads a dataset split and teaches it with the chosen teacher.
@@ -42,7 +44,9 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   each prompt whole, so that records do not depend on order or concurrency), or
   'rule_based' (Coin Flip,
   Tracking Shuffled Objects and Last Letter questions, derived by rule, exact or
-  with `rule_based`'s error rates; fully offline).
+  with `rule_based`'s error rates; fully offline), or 'recorded' (chains an LLM
+  already wrote, from `recorded.path`: a JSONL file or Distilling
+  Step-by-Step's release; no model call, `teacher.recorded`).
 
   `dry_run`: nothing is sent; returns what the run would ask for
   (`teacher.estimate.Estimate`: requests, tokens, and cost where the
@@ -76,6 +80,18 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
       examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
       teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker,
       rule_based_settings=rule_based, seed=seed, progress=progress)
+  if teacher == "recorded":
+    if dry_run:
+      raise errors.UserError("teach_dataset.dry_run: the recorded teacher asks no "
+                             "endpoint; there is nothing to estimate")
+    if method_enum is not pipelines.Method.FINETUNE_COT:
+      raise errors.UserError(
+          f"teach_dataset.method={method!r} with teacher='recorded': recorded chains are "
+          "Fine-tune-CoT rationales (method='finetune_cot'); TinyThinker's three-stage "
+          "records need a teacher that writes them")
+    return pipelines.teach_recorded(examples, answer_type=spec.answer_type,
+                                    output_dir=output_dir, settings=recorded,
+                                    progress=progress)
   if teacher == "rule_based":
     if dry_run:
       raise errors.UserError("teach_dataset.dry_run: the rule-based teacher asks no "

@@ -28,7 +28,7 @@ from tinythinker_jax.data.schema import AnswerType, Example
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import batch as batch_lib
 from tinythinker_jax.teacher import estimate as estimate_lib
-from tinythinker_jax.teacher import prompts, replies, rule_based
+from tinythinker_jax.teacher import prompts, recorded, replies, rule_based
 from tinythinker_jax.teacher.cache import CompletionCache
 from tinythinker_jax.teacher.client import Deferred, TeacherClient, TeacherConfig
 # The settings are bound in gin as pipelines.FinetuneCotSettings and
@@ -314,3 +314,16 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
     return _finish(output_dir, outcomes, summary)
   return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
                                   finetune_cot, tinythinker, seed, progress, transport))
+
+
+def teach_recorded(examples: Sequence[Example], *, answer_type: AnswerType, output_dir: str,
+                   settings: recorded.RecordedSettings, progress: bool = True) -> Summary:
+  """Recorded chains (`teacher.recorded`) as Fine-tune-CoT records, filtered and
+  counted as a live teacher's: the same records, dropped samples and summary."""
+  paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
+  outcomes, summary_settings = recorded.recorded_outcomes(examples, answer_type, settings,
+                                                          progress)
+  summary = Summary(Method.FINETUNE_COT.value, f"recorded chains: {settings.path}",
+                    examples=len(examples))
+  summary.settings = summary_settings
+  return _finish(output_dir, outcomes, summary)
