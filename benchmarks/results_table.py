@@ -50,18 +50,27 @@ from typing import Any, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tinythinker_jax import significance  # noqa: E402  pylint: disable=wrong-import-position
 
-METHODS = [("vanilla", "vanilla (answer only)"),
+METHODS = [("untrained", "the pretrained model, untrained (zero-shot)"),
+           ("vanilla", "vanilla (answer only)"),
            ("finetune_cot", "Fine-tune-CoT"),
            ("finetune_cot_decoder", "Fine-tune-CoT, decoder-only format"),
+           ("step_by_step", "Distilling Step-by-Step"),
            ("tinythinker", "TinyThinker phase 1 (early stopping)"),
            ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
            ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
            ("tinythinker_reflected", "+ self-reflection (DPO/RPO)")]
-# Paired comparisons (A minus B): self-reflection against each baseline, and the
-# three-stage format against Fine-tune-CoT at the same compute.
+# Paired comparisons (A minus B): self-reflection against each baseline, the
+# three-stage format against Fine-tune-CoT at the same compute, and on real tasks
+# the rationale methods against answer-only training and the untrained model.
 COMPARISONS = [("tinythinker_reflected", b) for b in
                ("tinythinker", "tinythinker_continued", "tinythinker_rft", "finetune_cot")
-               ] + [("tinythinker_continued", "finetune_cot")]
+               ] + [("tinythinker_continued", "finetune_cot")] + [
+    # The real-task comparisons: each rationale method against answer-only training
+    # and against each other, and every trained student against the model untrained.
+    ("finetune_cot_decoder", "vanilla"), ("step_by_step", "vanilla"),
+    ("step_by_step", "finetune_cot_decoder"), ("step_by_step", "finetune_cot"),
+    ("vanilla", "untrained"), ("finetune_cot_decoder", "untrained"),
+    ("step_by_step", "untrained")]
 
 
 def _json(path: str) -> Optional[dict]:
@@ -126,6 +135,7 @@ def read_run(run_dir: str) -> dict[str, Any]:
       report["compute"] = recorded.get(name, {}).get("compute")
     out["students"][name] = {
         "test": report["greedy"]["accuracy"],
+        "rank": (report.get("rank") or {}).get("accuracy"),
         "extra": _extra_sets(os.path.join(run_dir, "evaluate", name)),
         "flops": (report.get("compute") or {}).get("total_flops"),
         "train_steps": (report.get("compute") or {}).get("train_steps"),
@@ -210,13 +220,15 @@ def tables(runs: list[dict[str, Any]]) -> str:
     by_task[os.path.basename(os.path.dirname(os.path.normpath(run["run"])))].append(run)
   extra_sets = sorted({k for run in runs for s in run["students"].values()
                        for k in s["extra"]})
-  head = ["task", "method", "seeds", "test accuracy (%, mean [95% CI])"] + [
-      f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"]
+  ranked = any(s.get("rank") is not None for run in runs for s in run["students"].values())
+  head = (["task", "method", "seeds", "test accuracy (%, mean [95% CI])"] +
+          (["rank classification (%)"] if ranked else []) + [
+              f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   comparisons = []  # (task, a, b, interval over seeds, bootstrap or None, McNemar or None)
   for task, task_runs in sorted(by_task.items()):
     labels = dict(METHODS, tinythinker=phase1_label(task_runs))
-    majority = majority_row(task, task_runs, len(head) - 4 - len(extra_sets))
+    majority = majority_row(task, task_runs, len(head) - 4)
     if majority:
       lines.append(majority)
     for name, _ in METHODS:
@@ -225,6 +237,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
       if not rows:
         continue
       cells = [task, label, str(len(rows)), _interval([r["test"] for r in rows])]
+      if ranked:
+        cells.append(_interval([r["rank"] for r in rows if r.get("rank") is not None]))
       cells += [_interval([r["extra"][k] for r in rows if k in r["extra"]])
                 for k in extra_sets]
       flops = [r["flops"] for r in rows if r["flops"]]

@@ -267,7 +267,8 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
   run_pipeline(run_dir, f"--gin.PRETRAINED='{folder}'", "--gin.NUM_EMBEDDINGS=384",
                "--gin.llama.LlamaConfig.tie_word_embeddings=False",
                "--gin.CHAT_TEMPLATE=True",
-               "--gin.STUDENT_FORMATS=('finetune_cot_decoder', 'tinythinker')",
+               "--gin.STUDENT_FORMATS=('finetune_cot_decoder', 'step_by_step', "
+               "'tinythinker')",
                # No validation (model selection is tested with T5 students).
                "--gin.phase1/recipe.TrainSettings.eval_every=0",
                "--gin.phase1/recipe.TrainSettings.early_stop_patience=0")
@@ -277,9 +278,22 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
                 "export", "report"):
     assert stage in meta["stages"], stage
   assert "Llama-family decoder 64d, 2 layers" in (run_dir / "report" / "report.md").read_text()
-  for student in ("tinythinker", "finetune_cot_decoder"):
+  for student in ("tinythinker", "finetune_cot_decoder", "step_by_step", "untrained"):
     report = json.loads((run_dir / "evaluate" / student / "report.json").read_text())
     assert report["greedy"]["num_examples"] == 4
+    # Every student, and the model before training, also ranks the options.
+    assert report["rank"]["count"] == 4, student
+  assert json.loads((run_dir / "evaluate" / "untrained" / "report.json").read_text())[
+      "compute"]["train_flops"] == 0
+  # Distilling Step-by-Step: predict and explain rows of the same questions in
+  # every batch, half each, weighted alpha = 0.5; its records keep every chain.
+  from tinythinker_jax.data import arrays as arrays_lib
+  data = run_dir / "students" / "step_by_step" / "data"
+  predict = arrays_lib.ArrayDataset(next(data.glob("*.predict/train")))
+  explain = arrays_lib.ArrayDataset(next(data.glob("*.explain/train")))
+  records = next((run_dir / "rationales").glob("*/step_by_step/train/records.jsonl"))
+  assert predict.num_examples == len(records.read_text().splitlines())
+  assert predict.num_examples == explain.num_examples > 0
   exported = run_dir / "export" / "hf_model"
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
   assert tokenizer.eos_token == "<|im_end|>"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinythinker_jax import gin_utils
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import llama, t5
 
 # (d_model, num_heads, num_layers, d_kv, d_ff) of the published checkpoints
 # (t5-small ... t5-11b; google/t5-v1_1-*; google/flan-t5-*).
@@ -98,7 +98,8 @@ REQUIRED = {"RUN_DIR": "'/tmp/r'", "DATASET": "'coin_flip'", "DATASET_PATH": "'/
             "MODEL_DIR": "'/tmp/m'", "OUTPUT_DIR": "'/tmp/o'", "RECORDS_PATH": "'/r'",
             "PAIRS_PATH": "'/p.jsonl'", "INITIAL_MODEL_DIR": "'/i'",
             "MIXTURE_OR_TASK_NAME": "'x'", "TASK_FEATURE_LENGTHS": "{'inputs': 8}",
-            "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'", "VALIDATION_DATASET_PATH": "'/d'"}
+            "TRAIN_STEPS": "1", "RECORDS_DIR": "'/r'", "VALIDATION_DATASET_PATH": "'/d'",
+            "PRETRAINED": "'/m.gguf'"}
 CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.gin",
            "runs/reflect.gin", "runs/demo.gin", "runs/demo_local.gin", "runs/teach.gin",
            "runs/sft.gin", "runs/pipeline.gin",
@@ -108,7 +109,7 @@ CONFIGS = ["runs/infer.gin", "runs/evaluate.gin", "runs/sample.gin", "runs/dpo.g
            "experiments/csqa_tinythinker_phase1.gin",
            "experiments/coin_flip_longer_reflect.gin", "experiments/evidence_coin_flip.gin",
            "experiments/evidence_limited.gin", "experiments/evidence_noisy.gin",
-           "experiments/shuffled_objects.gin"]
+           "experiments/shuffled_objects.gin", "experiments/real_svamp.gin"]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -133,7 +134,8 @@ def test_run_and_experiment_configs_parse(config):
     gin_utils.parse(config_files, bindings)
     for name in ("MODEL_CONFIG",):
       if f"%{name}" in text + includes:
-        assert isinstance(gin_utils.resolve(gin_utils.query(name)), t5.T5Config)
+        assert isinstance(gin_utils.resolve(gin_utils.query(name)),
+                          (t5.T5Config, llama.LlamaConfig))
     # No shipped config binds a macro that nothing uses.
     assert gin_utils.unused_macros() == {}
   finally:
@@ -238,3 +240,36 @@ def test_gpt2_gin_has_the_published_parameter_count(name, count):
     gin.clear_config()
   shapes = nn.unbox(DecoderOnlyModel(config).abstract_params())
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == count
+
+
+def test_a_runs_folder_in_the_working_directory_does_not_hide_the_configs(
+    tmp_path, monkeypatch):
+  """`runs/` (where run folders go) in the working directory is a namespace package
+  to Python's import system; gin's package lookup of `runs/teach.gin` failed on it."""
+  (tmp_path / "runs" / "real").mkdir(parents=True)
+  (tmp_path / "models").mkdir()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gin.clear_config()
+  try:
+    gin_utils.parse(["runs/teach.gin"], ["DATASET = 'coin_flip'", "OUTPUT_DIR = '/tmp/o'"],
+                    finalize=False)
+    assert gin_utils.query("TEACHER") == "openai"
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("model", ["models/llama/smollm2_135m.gin", "models/gpt2/small.gin"])
+def test_decoder_only_model_files_work_with_any_run_config(model):
+  """A Llama or GPT-2 size after runs/pipeline.gin (which binds no
+  ACTIVATION_DTYPE of its own) resolves its model config."""
+  gin.clear_config()
+  try:
+    bindings = ["RUN_DIR = '/tmp/r'", "DATASET = 'coin_flip'"]
+    if "gpt2" in model:  # (GPT-2's size files leave the vocabulary to the run)
+      bindings.append("NUM_EMBEDDINGS = 50257")
+    gin_utils.parse(["runs/pipeline.gin", model], bindings)
+    config = gin_utils.resolve(gin_utils.query("MODEL_CONFIG"))
+    assert config.dtype == "auto"
+  finally:
+    gin.clear_config()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import full_and_microbatched, init_params, jitted_forward
-from tinythinker_jax import vocabularies
+from tinythinker_jax import errors, vocabularies
 from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.data import packing, pair_arrays
 from tinythinker_jax.models import t5
@@ -309,3 +309,42 @@ def test_packed_pairs_from_file_train_and_microbatch_exactly(tiny_config, tmp_pa
   for _ in range(15):
     s_one, metrics = one(s_one, batch, jax.random.key(0))
   assert float(metrics["margin"]) > 0 and float(metrics["loss"]) < float(m_one["loss"])
+
+
+def test_multitask_batches_pair_examples_and_weight_each_task_mean(tmp_path):
+  """Distilling Step-by-Step's batches: each task's rows of the same examples, and
+  loss weights whose weighted token sum over their sum is alpha x the predict
+  rows' mean token loss + (1 - alpha) x the explain rows'."""
+  from tinythinker_jax.data import arrays
+  rng = np.random.default_rng(0)
+  n, length = 10, 6
+  lengths = {"predict": rng.integers(1, 3, n), "explain": rng.integers(2, length + 1, n)}
+  for task, sizes in lengths.items():
+    targets = np.zeros((n, length), np.int32)
+    for i, k in enumerate(sizes):
+      targets[i, :k] = 100 * (task == "explain") + i + 1  # the row's example, by value
+    arrays.write_features(tmp_path / task, {
+        "encoder_input_tokens": targets, "decoder_input_tokens": targets,
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": (targets > 0).astype(np.int32)})
+  datasets = {t: arrays.ArrayDataset(tmp_path / t) for t in lengths}
+  alpha = 0.3
+  source = arrays.MultiTaskSource(datasets, 8, seed=1,
+                                  task_weights={"predict": alpha, "explain": 1 - alpha})
+  for step in range(4):  # crosses an epoch (10 examples, 4 a step)
+    batch = source(step)
+    predict, explain = batch["decoder_target_tokens"][:4], batch["decoder_target_tokens"][4:]
+    assert (predict[:, 0] + 100 == explain[:, 0]).all()  # the same examples, in order
+    token_loss = rng.random(batch["decoder_target_tokens"].shape)
+    w = batch["decoder_loss_weights"]
+    mask = batch["decoder_target_tokens"] > 0
+    expected = (alpha * token_loss[:4][mask[:4]].mean() +
+                (1 - alpha) * token_loss[4:][mask[4:]].mean())
+    np.testing.assert_allclose((w * token_loss).sum() / w.sum(), expected, rtol=1e-6)
+  # Local slices of the global batch (several processes) are its rows.
+  half = arrays.MultiTaskSource(datasets, 8, seed=1, local=slice(4, 8),
+                                task_weights={"predict": alpha, "explain": 1 - alpha})
+  np.testing.assert_array_equal(half(2)["decoder_loss_weights"],
+                                source(2)["decoder_loss_weights"][4:])
+  with pytest.raises(errors.UserError, match="multiple"):
+    arrays.MultiTaskSource(datasets, 7, 1, {"predict": 0.5, "explain": 0.5})

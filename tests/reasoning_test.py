@@ -129,7 +129,11 @@ def test_finetune_cot_and_vanilla_and_step_by_step():
   parsed = formats.parse_finetune_cot(pair.targets, L)
   assert parsed.ok and parsed.value == ("Blotters absorb ink.", "E")
   assert not formats.parse_finetune_cot("no arrow", L).ok
+  # Distilling Step-by-Step: its CommonsenseQA input and the gold option's text.
   sbs = formats.step_by_step(CSQA, "Blotters absorb ink.")
-  assert sbs["predict"].inputs.startswith("predict: What absorbs ink?")
-  assert sbs["explain"].targets == "Blotters absorb ink."
-  assert sbs["predict"].targets == "E"
+  predict, explain = sbs[formats.Stage.PREDICT], sbs[formats.Stage.EXPLAIN]
+  assert predict.inputs == ("predict: What absorbs ink?\nAnswer Choices:\n(a) shirt pocket\n"
+                            "(b) hand\n(c) inkwell\n(d) drawer\n(e) blotter")
+  assert explain.inputs == predict.inputs.replace("predict: ", "explain: ")
+  assert (predict.targets, explain.targets) == ("blotter", "Blotters absorb ink.")
+  assert formats.step_by_step_prompt(CSQA) == predict.inputs

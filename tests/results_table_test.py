@@ -1,9 +1,9 @@
 """benchmarks/results_table.py and pair_audit.py on hand-made run folders."""
 
 import json
-import statistics
 
 import pytest
+from scipy import stats
 
 from benchmarks import pair_audit, results_table
 
@@ -38,6 +38,17 @@ def _run(root, seed):
            dict(report, stage_diagnosis=diagnosis))
   else:
     _write(run / "diagnose" / "tinythinker" / "report.json", {"stage_diagnosis": diagnosis})
+  # Per-question greedy predictions (100 questions) of two students, matching
+  # their accuracies: self-reflection right on q0..q64 / q0..q73, continued on
+  # q10..q84 / q0..q79; gold 'A' on q0..q59, else 'B'.
+  right = {"tinythinker_reflected": (range(0, 65), range(0, 74)),
+           "tinythinker_continued": (range(10, 85), range(0, 80))}
+  for name, ranges in right.items():
+    rows = [{"id": f"q{i}", "correct": i in ranges[seed], "gold": "A" if i < 60 else "B"}
+            for i in range(100)]
+    path = run / "evaluate" / name / "greedy" / "greedy-00000-of-00001.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   _write(run / "students" / "tinythinker" / "compute.json",
          {"train_steps": 900, "stopped_early": 900})
   _write(run / "students" / "tinythinker" / "best.json", {"step": 400, "value": 0.6})
@@ -50,25 +61,37 @@ def test_table_means_and_paired_differences(tmp_path):
   rows = {line.split(" | ")[1]: line for line in text.splitlines()
           if line.startswith("| task_a |")}
   label = dict(results_table.METHODS)
-  # Fine-tune-CoT: 90 and 80 -> 85.0 ± 7.1; 1.5 TFLOP mean; 100.5 steps
-  # with the extra set's column (20 and 30 -> 25.0 ± 7.1; none for vanilla)
+  # Fine-tune-CoT: 90 and 80 -> 85.0, t interval 85 ± 12.706 x 7.07 / sqrt(2) =
+  # [21.5, 148.5]; 1.5 TFLOP mean; 100.5 steps; the extra set's column (20 and 30)
   assert rows[label["finetune_cot"]].startswith(
-      f"| task_a | {label['finetune_cot']} | 2 | 85.0 ± 7.1 | 25.0 ± 7.1 | 1.5 T | 100 |")
+      f"| task_a | {label['finetune_cot']} | 2 | 85.0 [21.5, 148.5] | 25.0 [-38.5, 88.5] "
+      "| 1.5 T | 100 |")
   assert "| five_objects (%) |" in text
-  assert rows[label["vanilla"]].startswith(f"| task_a | {label['vanilla']} | 2 | 51.0 ± 1.4 | – |")
-  # self-reflection minus continued: -10 and -6 points -> -8.0 ± 2.8; the mean is
-  # 4.0 standard errors from zero: a loss beyond seed noise
-  diffs = [line for line in text.splitlines()
-           if line.startswith(f"| task_a | {label['tinythinker_reflected']} | "
-                              f"{label['tinythinker_continued']} |")]
-  assert diffs == [f"| task_a | {label['tinythinker_reflected']} | "
-                   f"{label['tinythinker_continued']} | 2 | -8.0 ± 2.8 | yes: a loss |"]
-  # self-reflection minus phase 1: +5 and +4 -> 4.5 ± 0.7 (a gain); minus RFT:
-  # +3 and +4 -> 3.5 ± 0.7
-  assert "| 2 | 4.5 ± 0.7 | yes: a gain |" in text
-  assert "| 2 | 3.5 ± 0.7 | yes: a gain |" in text
-  expected = statistics.mean([(0.75 - 0.90) * 100, (0.80 - 0.80) * 100])
-  assert f"| 2 | {expected:.1f} ± 10.6 | no |" in text  # continued minus FTC
+  assert rows[label["vanilla"]].startswith(
+      f"| task_a | {label['vanilla']} | 2 | 51.0 [38.3, 63.7] | – |")
+  # The majority answer from the per-question golds: 'A' on 60 of 100.
+  assert "| task_a | majority answer (always 'A') | – | 60.0 |" in text
+  # Five comparisons, Holm-adjusted.
+  assert "5 comparisons;" in text
+  diffs = {tuple(line.split(" | ")[1:3]): line.split(" | ")[3:] for line in text.splitlines()
+           if line.startswith("| task_a |") and line.count(" | ") > 8}
+  # self-reflection minus continued: -10 and -6 points -> -8.0 [-33.4, 17.4], the
+  # paired t-test's p (scipy), McNemar on the pooled questions: 10 + 0 questions
+  # only self-reflection got right against 20 + 6 only continued did.
+  row = diffs[(label["tinythinker_reflected"], label["tinythinker_continued"])]
+  assert row[:2] == ["2", "-8.0 [-33.4, 17.4]"]
+  assert float(row[2]) == pytest.approx(
+      stats.ttest_rel([0.65, 0.74], [0.75, 0.80]).pvalue, abs=5e-4)
+  assert row[4] == f"10 vs 26, p = {stats.binomtest(10, 36, 0.5).pvalue:.3f}"
+  # The bootstrap over seeds and questions: both seeds lose on 100 questions each,
+  # so (nearly) every draw is below zero: a loss after Holm's adjustment (the t-test over
+  # two seeds alone could not say so).
+  interval, p_value = row[3].split(", p = ")
+  assert interval.startswith("-8.0 [") and float(p_value.lstrip("< ")) < 0.01
+  assert row[-1].rstrip(" |") == "a loss"
+  # without per-question predictions: the t-test alone (+5 and +4 points)
+  row = diffs[(label["tinythinker_reflected"], label["tinythinker"])]
+  assert row[:2] == ["2", "4.5 [-1.9, 10.9]"] and row[3:5] == ["–", "–"]
   assert "| 900 (900) / 400, 60.0% |" in text
   # the stage diagnosis of both seeds (own chain 30 and 40 -> 35.0 ± 7.1)
   diagnosed = [line for line in text.split("## Where the staged chains go wrong")[1]

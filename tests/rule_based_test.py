@@ -99,11 +99,17 @@ def test_a_noisy_teacher_misreads_steps_at_its_rate_and_is_filtered():
       derivations[i].misread_steps for i in kept]
   assert len(outcome.dropped) == 4 - len(kept)
   assert all(d["reason"].startswith("answer differs from gold") for d in outcome.dropped)
-  # Wrong answers after a right derivation: dropped by both methods' filters.
+  # Wrong answers after a right derivation: dropped by both methods' filters;
+  # Distilling Step-by-Step keeps the chain under the gold label.
   wrong = rule_based.RuleBasedSettings(answer_error_rate=1.0)
-  for method in pipelines.Method:
+  for method in (pipelines.Method.FINETUNE_COT, pipelines.Method.TINYTHINKER):
     outcome = pipelines.rule_based_outcome(examples[1], method, AnswerType.YES_NO, wrong)
     assert not outcome.kept and outcome.teacher_correct == 0
+  outcome = pipelines.rule_based_outcome(examples[1], pipelines.Method.STEP_BY_STEP,
+                                         AnswerType.YES_NO, wrong)
+  assert [r.answer for r in outcome.kept] == [examples[1].answer]
+  assert outcome.teacher_correct == 0 and outcome.kept[0].extra["teacher_answer"] != \
+      examples[1].answer
   with pytest.raises(ValueError, match="a rate in"):
     rule_based.RuleBasedSettings(step_error_rate=1.5)
 

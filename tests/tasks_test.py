@@ -17,11 +17,16 @@ def test_every_dataset_and_format_is_registered():
   for name in ("tinythinker.csqa.tinythinker.recall", "tinythinker.csqa.tinythinker.analyze",
                "tinythinker.obqa.analyze_summarize.summarize",
                "tinythinker.finetune_cot_gsm8k.finetune_cot",
-               "tinythinker.strategyqa.step_by_step", "tinythinker.coin_flip.vanilla"):
+               "tinythinker.strategyqa.step_by_step.predict",
+               "tinythinker.strategyqa.step_by_step.explain", "tinythinker.coin_flip.vanilla"):
     assert name in seqio.TaskRegistry.names(), name
   mixture = seqio.get_mixture_or_task("tinythinker.csqa.tinythinker")
   assert {t.name.rsplit(".", 1)[1] for t in mixture.tasks} == {
       "recall", "analyze", "summarize"}
+  # Distilling Step-by-Step's two tasks, as one mixture at equal rates.
+  mixture = seqio.get_mixture_or_task("tinythinker.strategyqa.step_by_step")
+  assert {t.name.rsplit(".", 1)[1]: mixture.get_rate(t) for t in mixture.tasks} == {
+      "predict": 1.0, "explain": 1.0}
 
 
 def test_stage_tasks_materialise_to_the_format_strings(tmp_path, monkeypatch):
@@ -44,7 +49,7 @@ def test_stage_tasks_materialise_to_the_format_strings(tmp_path, monkeypatch):
   expected = formats.stage_pairs(datasets.Example.from_json(record["example"]),
                                  record["recall"], record["analyses"])
   counts = {}
-  for stage in formats.Stage:
+  for stage in formats.STAGES_OF[formats.Format.TINYTHINKER]:
     name = f"tinythinker.coin_flip.tinythinker.{stage.value}"
     meta = seqio_arrays.materialize(name, "train", {"inputs": 96, "targets": 48},
                                     str(tmp_path / "data" / stage.value))

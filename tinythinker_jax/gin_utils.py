@@ -87,10 +87,29 @@ def rewrite_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def _guard_system_path_reader() -> None:
+  """gin also looks for `a/b.gin` as file `b.gin` of a Python package `a`; a
+  folder `a/` in the working directory (say `runs/`, where run folders go) is a
+  namespace package without a file, and gin's check raises TypeError instead of
+  answering no. Wrap the check so that such a folder reads as no package."""
+  from gin import config, resource_reader  # pylint: disable=import-outside-toplevel
+
+  def exists(path: str) -> bool:
+    try:
+      return resource_reader.system_path_file_exists(path)
+    except TypeError:
+      return False
+  # pylint: disable=protected-access
+  config._FILE_READERS[:] = [
+      (reader, exists if check is resource_reader.system_path_file_exists else check)
+      for reader, check in config._FILE_READERS]
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
           search_paths: Optional[Sequence[str]] = None, *, finalize: bool = True) -> None:
   """Parses gin files and bindings; errors name the file, line or binding."""
   import gin  # pylint: disable=import-outside-toplevel
+  _guard_system_path_reader()
   for path in list(search_paths or []) + default_search_paths():
     gin.add_config_file_search_path(path)
   for file in gin_files:

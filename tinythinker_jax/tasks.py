@@ -6,7 +6,8 @@ tokenizes with the configured vocabulary and appends EOS. Names:
 
     tinythinker.<dataset>.vanilla
     tinythinker.<dataset>.finetune_cot
-    tinythinker.<dataset>.step_by_step              (predict: and explain: examples)
+    tinythinker.<dataset>.step_by_step.<task>       (task: predict, explain; the
+                                                     format's name is their mixture)
     tinythinker.<dataset>.<format>.<stage>          (format: tinythinker, recall_summarize,
                                                      analyze_summarize, summarize;
                                                      stage: recall, analyze, summarize)
@@ -98,7 +99,8 @@ def _source(path_fn: Callable[[str], str], fmt: formats.Format,
   return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation", "test"))
 
 
-def _postprocess(answer_type: AnswerType, fmt: formats.Format):
+def _postprocess(answer_type: AnswerType, fmt: formats.Format,
+                 stage: Optional[formats.Stage] = None):
   def postprocess(output, example=None, is_target=False):
     text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
     if is_target:
@@ -108,7 +110,8 @@ def _postprocess(answer_type: AnswerType, fmt: formats.Format):
       return answers.extract_tinythinker_answer(text)
     # Fine-tune-CoT's evaluator: the first candidate after `-->` (the last one
     # when it is missing); a vanilla output has no prefix: its first candidate.
-    prefix = None if fmt is formats.Format.VANILLA else answers.ANSWER_ARROW
+    prefix = (None if fmt is formats.Format.VANILLA or stage is formats.Stage.PREDICT
+              else answers.ANSWER_ARROW)
     return answers.extract_answer(text, answer_type, prefix=prefix)
   return postprocess
 
@@ -132,13 +135,14 @@ def make_task(name: str, path_fn: Callable[[str], str], fmt: formats.Format,
   vocabulary = vocabulary or default_vocabulary()
   output_features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
                      "targets": seqio.Feature(vocabulary, add_eos=True)}
-  answer_task = fmt not in STAGE_FORMATS or stage is formats.Stage.SUMMARIZE
+  answer_task = ((fmt not in STAGE_FORMATS and stage is not formats.Stage.EXPLAIN)
+                 or stage is formats.Stage.SUMMARIZE)
   return seqio.Task(
       name, source=_source(path_fn, fmt, stage),
       preprocessors=[seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
       output_features=output_features,
-      postprocess_fn=_postprocess(answer_type, fmt) if answer_task else None,
+      postprocess_fn=_postprocess(answer_type, fmt, stage) if answer_task else None,
       metric_fns=[_accuracy(answer_type, fmt)] if answer_task else [])
 
 

@@ -12,7 +12,9 @@ store (`gs://`) the arrays are read into memory instead of memory-mapped.
 
 `InterleavedSchedule` is TinyThinker's phase-1 schedule: `interval` recall
 batches, then `interval * num_options` analyze batches, then `interval`
-summarize batches, repeated.
+summarize batches, repeated. `MultiTaskSource` is Distilling Step-by-Step's:
+every batch holds each task's rows of the same questions, weighted so that the
+loss is `sum_t weight_t * (task t's mean token loss)`.
 """
 
 from __future__ import annotations
@@ -181,3 +183,82 @@ class BatchSource:
     stream, position = self.stream_at(step)
     return stream, self.datasets[stream].indices(self._stream_seed(stream), position,
                                                  self.batch_size)
+
+  def tokens_at(self, step: int, counts: Mapping[str, np.ndarray]) -> float:
+    """Real tokens of the global batch at `step` (`counts`: each stream's per row)."""
+    stream, rows = self.global_indices(step)
+    return float(counts[stream][rows].sum())
+
+
+class MultiTaskSource(BatchSource):
+  """Every global batch holds `batch_size / len(tasks)` rows of each task, of the
+  same examples: the tasks' arrays are rendered from the same records in the
+  same order, and one seeded permutation per epoch picks the rows of all of
+  them (Distilling Step-by-Step's predict and explain rows of one batch of
+  questions).
+
+  Each row's `decoder_loss_weights` are scaled by `weight_t * N / N_t` (N_t: the
+  real target tokens of task t in the global batch, N: of all tasks), so that a
+  token-sum loss normalised by its weight sum (t5x's NUM_REAL_TARGET_TOKENS) is
+  `sum_t weight_t * mean token loss of task t`, the paper's
+  `alpha * label loss + (1 - alpha) * rationale loss` for weights alpha, 1 - alpha
+  summing to 1. Rows are stacked task by task in `task_weights`' order.
+  """
+
+  def __init__(self, datasets: Mapping[str, ArrayDataset], batch_size: int, seed: int,
+               task_weights: Mapping[str, float], local: slice = slice(None)):
+    tasks = tuple(task_weights)
+    if set(tasks) != set(datasets):
+      raise errors.UserError(f"task weights {dict(task_weights)} do not name the tasks "
+                             f"{sorted(datasets)}")
+    weights = np.array([float(task_weights[t]) for t in tasks])
+    if np.any(weights < 0) or not np.isclose(weights.sum(), 1.0):
+      raise errors.UserError(f"task weights {dict(task_weights)}: non-negative, summing to 1")
+    if batch_size % len(tasks):
+      raise errors.UserError(f"batch_size={batch_size}: a multiple of the {len(tasks)} tasks "
+                             "(every batch holds each task's rows of the same examples)")
+    sizes = {t: datasets[t].num_examples for t in tasks}
+    if len(set(sizes.values())) != 1:
+      raise errors.UserError(f"multi-task rows {sizes}: every task needs one row per "
+                             "example, in the same order (packed or filtered tasks cannot "
+                             "be paired)")
+    packed = [t for t in tasks if datasets[t].packed]
+    if packed:
+      raise errors.UserError(f"{packed[0]}: a multi-task format cannot be packed (PACK)")
+    self.datasets = dict(datasets)
+    self.batch_size = batch_size
+    self.seed = seed
+    self.schedule = None  # every step draws from every task
+    self.local = local
+    self.tasks = tasks
+    self.task_weights = dict(zip(tasks, weights.tolist()))
+    self.per_task = batch_size // len(tasks)
+
+  def stream_at(self, step: int) -> tuple[str, int]:
+    return self.tasks[0], step
+
+  def _rows(self, step: int) -> np.ndarray:
+    first = self.datasets[self.tasks[0]]
+    return first.indices(seeds.derive(self.seed, "batches/multitask"), step, self.per_task)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    rows = self._rows(step)
+    names = list(self.datasets[self.tasks[0]].arrays)
+    whole = {n: np.concatenate([np.asarray(self.datasets[t].arrays[n][np.sort(rows)])[
+        np.argsort(np.argsort(rows))] for t in self.tasks]) for n in names}
+    weights = whole["decoder_loss_weights"].astype(np.float32)
+    counts = [weights[k * self.per_task:(k + 1) * self.per_task].sum()
+              for k in range(len(self.tasks))]
+    total = float(sum(counts))
+    for k, task in enumerate(self.tasks):
+      scale = self.task_weights[task] * total / counts[k] if counts[k] else 0.0
+      weights[k * self.per_task:(k + 1) * self.per_task] *= scale
+    whole["decoder_loss_weights"] = weights
+    return {n: v[self.local] for n, v in whole.items()}
+
+  def global_indices(self, step: int) -> tuple[str, np.ndarray]:
+    return self.tasks[0], self._rows(step)
+
+  def tokens_at(self, step: int, counts: Mapping[str, np.ndarray]) -> float:
+    rows = self._rows(step)
+    return float(sum(counts[t][rows].sum() for t in self.tasks))

@@ -95,17 +95,24 @@ def _flatten(generations: list[list[Generation]]) -> list[Generation]:
   return [g for per_prompt in generations for g in per_prompt]
 
 
+SINGLE_PASS = (Format.VANILLA, Format.FINETUNE_COT, Format.FINETUNE_COT_DECODER,
+               Format.STEP_BY_STEP)
+
+
 def run_single_pass(examples: Sequence[Example], generate: GenerateFn, *, fmt: Format,
                     answer_type: AnswerType, sampling: Sampling = GREEDY,
                     num_runs: int = 1, seed: int = 0) -> list[list[ChainRun]]:
-  """Vanilla or Fine-tune-CoT: `num_runs` outputs per example, parsed."""
-  if fmt not in (Format.VANILLA, Format.FINETUNE_COT, Format.FINETUNE_COT_DECODER):
-    raise ValueError(f"run_single_pass serves vanilla and finetune_cot(_decoder), not "
+  """Vanilla, Fine-tune-CoT or Distilling Step-by-Step (its `predict:` task
+  only): `num_runs` outputs per example, parsed."""
+  if fmt not in SINGLE_PASS:
+    raise ValueError(f"run_single_pass serves {[f.value for f in SINGLE_PASS]}, not "
                      f"{fmt.value}")
   if sampling.temperature == 0 and num_runs > 1:
     raise ValueError("several runs need a sampling temperature > 0")
-  prompts = [formats.finetune_cot_decoder_prompt(ex) if fmt is Format.FINETUNE_COT_DECODER
-             else formats.finetune_cot_question(ex) for ex in examples]
+  prompt_of = {Format.FINETUNE_COT_DECODER: formats.finetune_cot_decoder_prompt,
+               Format.STEP_BY_STEP: formats.step_by_step_prompt}.get(
+                   fmt, formats.finetune_cot_question)
+  prompts = [prompt_of(ex) for ex in examples]
   outputs = generate(prompts, sampling.with_samples(num_runs), seed)
   results = []
   for example, generations in zip(examples, outputs):
@@ -119,9 +126,9 @@ def run_single_pass(examples: Sequence[Example], generate: GenerateFn, *, fmt: F
         error = parsed.error
       else:
         # Fine-tune-CoT's evaluator reads a vanilla output with no prefix: the
-        # first candidate.
+        # first candidate (an option named by its text where no label is).
         answer = answers.extract_answer(g.text, answer_type, example.labels or "ABCDE",
-                                        prefix=None)
+                                        prefix=None, choices=example.choices)
         error = None if answer is not None else "no answer in the output"
       runs.append(ChainRun(g.text, answer, error, logprobs={"output": g.logprob}))
     results.append(runs)

@@ -40,17 +40,24 @@ class Format(enum.Enum):
 
 
 class Stage(enum.Enum):
+  """A format's training streams: TinyThinker's stages, or Distilling
+  Step-by-Step's two tasks."""
+
   RECALL = "recall"
   ANALYZE = "analyze"
   SUMMARIZE = "summarize"
+  PREDICT = "predict"  # Distilling Step-by-Step: `predict: {question}` -> the answer
+  EXPLAIN = "explain"  # ...and `explain: {question}` -> the rationale
 
 
-STAGES_OF = {
+STAGES_OF = {  # The staged (TinyThinker) formats: a chain of stages at inference.
     Format.TINYTHINKER: (Stage.RECALL, Stage.ANALYZE, Stage.SUMMARIZE),
     Format.SUMMARIZE_ONLY: (Stage.SUMMARIZE,),
     Format.RECALL_SUMMARIZE: (Stage.RECALL, Stage.SUMMARIZE),
     Format.ANALYZE_SUMMARIZE: (Stage.ANALYZE, Stage.SUMMARIZE),
 }
+# Multi-task formats: trained on several tasks in every batch, one pass at inference.
+TASKS_OF = {Format.STEP_BY_STEP: (Stage.PREDICT, Stage.EXPLAIN)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +231,8 @@ def render_record(record: Any, fmt: Format,
   elif fmt is Format.FINETUNE_COT_DECODER:
     pairs = [finetune_cot_decoder(example, record.rationale, record.answer)]
   elif fmt is Format.STEP_BY_STEP:
-    pairs = list(step_by_step(example, record.rationale).values())
+    both = step_by_step(example, record.rationale, record.answer)
+    pairs = [both[stage]] if stage is not None else list(both.values())
   else:
     labelled = dataclasses.replace(example, answer=record.label or example.gold_label)
     pairs = stage_pairs(labelled, record.recall, record.analyses or {}, fmt)[stage]
@@ -236,10 +244,42 @@ def render_record(record: Any, fmt: Format,
 # ------------------------------------------------------- distilling step-by-step
 
 
-def step_by_step(example: Example, rationale: str) -> dict[str, TextPair]:
-  question = finetune_cot_question(example)
-  return {"predict": TextPair(f"predict: {question}", str(example.answer)),
-          "explain": TextPair(f"explain: {question}", rationale.strip())}
+PREDICT_PREFIX = "predict: "
+EXPLAIN_PREFIX = "explain: "
+
+
+def step_by_step_question(example: Example) -> str:
+  """The question as Distilling Step-by-Step writes it: multiple-choice options
+  on lines of their own (`{question}\nAnswer Choices:\n(a) ...`, its CommonsenseQA
+  input); other questions as they are."""
+  if not example.choices or example.answer in ("yes", "no"):
+    return example.question
+  options = "\n".join(f"({c.label.lower()}) {c.text}" for c in example.choices)
+  return f"{example.question}\nAnswer Choices:\n{options}"
+
+
+def step_by_step_label(example: Example, answer: Optional[str] = None) -> str:
+  """The label task's target: the gold option's text (its CommonsenseQA labels), or
+  the answer itself (yes/no, a number: SVAMP's value, not its equation)."""
+  answer = example.answer if answer is None else answer
+  if example.choices and answer in example.labels and example.answer not in ("yes", "no"):
+    return example.choice_text(answer)
+  return str(answer)
+
+
+def step_by_step_prompt(example: Example) -> str:
+  """Distilling Step-by-Step's inference input: only the label task is decoded."""
+  return f"{PREDICT_PREFIX}{step_by_step_question(example)}"
+
+
+def step_by_step(example: Example, rationale: str,
+                 answer: Optional[str] = None) -> dict[Stage, TextPair]:
+  """Distilling Step-by-Step's two tasks of one question: `predict: ` -> the
+  label (the gold answer: its `--label_type gt`) and `explain: ` -> the rationale."""
+  question = step_by_step_question(example)
+  return {Stage.PREDICT: TextPair(f"{PREDICT_PREFIX}{question}",
+                                  step_by_step_label(example, answer)),
+          Stage.EXPLAIN: TextPair(f"{EXPLAIN_PREFIX}{question}", rationale.strip())}
 
 
 # ------------------------------------------------- teacher explanations

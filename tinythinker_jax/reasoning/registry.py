@@ -9,7 +9,8 @@ materialisation, phase-1 training, the vocabulary and the pipeline use it.
 
 | format | renders records of | stages |
 |---|---|---|
-| `vanilla`, `finetune_cot`, `step_by_step` | `finetune_cot` | one pass |
+| `vanilla`, `finetune_cot`, `finetune_cot_decoder` | `finetune_cot` | one pass |
+| `step_by_step` | `step_by_step` (every chain, gold label) | predict and explain tasks in every batch; `predict:` alone at inference |
 | `tinythinker` | `tinythinker` | recall, analyze (one per option), summarize |
 | `summarize`, `recall_summarize`, `analyze_summarize` (ablations) | `tinythinker` | their stages |
 
@@ -25,11 +26,13 @@ import dataclasses
 from typing import Optional
 
 from tinythinker_jax import errors, paths
-from tinythinker_jax.reasoning.formats import STAGES_OF, Format, Stage
+from tinythinker_jax.reasoning.formats import STAGES_OF, TASKS_OF, Format, Stage
 
 PREFIX = "tinythinker"
 FINETUNE_COT = "finetune_cot"  # the teacher methods whose records formats render
 TINYTHINKER = "tinythinker"
+# Fine-tune-CoT's chains without its answer filter, labelled with the gold answer.
+STEP_BY_STEP = "step_by_step"
 
 
 def dataset_key(dataset: str) -> str:
@@ -48,8 +51,8 @@ class FormatSpec:
   """One student format; see the module docstring."""
 
   format: Format
-  method: str  # FINETUNE_COT or TINYTHINKER: the records it renders
-  stages: tuple[Stage, ...] = ()  # () for one-pass formats
+  method: str  # FINETUNE_COT, STEP_BY_STEP or TINYTHINKER: the records it renders
+  stages: tuple[Stage, ...] = ()  # () for one-pass formats; a task each
 
   @property
   def name(self) -> str:
@@ -57,7 +60,18 @@ class FormatSpec:
 
   @property
   def staged(self) -> bool:
+    """Trained on several tasks (a stage or a multi-task format's task each)."""
     return bool(self.stages)
+
+  @property
+  def interleaved(self) -> bool:
+    """A TinyThinker chain of stages: interleaved batches, staged inference."""
+    return self.format in STAGES_OF
+
+  @property
+  def multitask(self) -> bool:
+    """Every batch holds each of its tasks (Distilling Step-by-Step)."""
+    return self.format in TASKS_OF
 
   def task_name(self, dataset: str, stage: Optional[Stage] = None) -> str:
     """The task (or, without a stage, a staged format's mixture) name."""
@@ -84,9 +98,14 @@ class FormatSpec:
     return {s: float(num_options if s is Stage.ANALYZE else 1) for s in self.stages}
 
 
+def _method(fmt: Format) -> str:
+  if fmt in STAGES_OF:
+    return TINYTHINKER
+  return STEP_BY_STEP if fmt is Format.STEP_BY_STEP else FINETUNE_COT
+
+
 FORMATS: dict[str, FormatSpec] = {
-    f.value: FormatSpec(f, TINYTHINKER if f in STAGES_OF else FINETUNE_COT,
-                        STAGES_OF.get(f, ()))
+    f.value: FormatSpec(f, _method(f), STAGES_OF.get(f, TASKS_OF.get(f, ())))
     for f in Format}
 
 

@@ -43,8 +43,14 @@ STUDENT_OF_STAGE = {"tinythinker_reflected": "reflect", "tinythinker_continued":
                     "tinythinker_rft": "rft"}
 
 
+UNTRAINED = "untrained"  # the pretrained model itself, evaluated zero-shot
+
+
 def format_of(student: str) -> str:
-  """The format a pipeline student reasons in (`tinythinker_*` are TinyThinker)."""
+  """The format a pipeline student reasons in (`tinythinker_*` are TinyThinker;
+  the untrained model answers the vanilla prompt)."""
+  if student == UNTRAINED:
+    return "vanilla"
   return "tinythinker" if student.startswith("tinythinker_") else student
 
 

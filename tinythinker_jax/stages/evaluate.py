@@ -150,20 +150,24 @@ def evaluate_students(students: dict[str, str], test_sets: Sequence[tuple[str, s
                       *, output_dir: str, dataset_path: str, split_seed: int,
                       student: student_lib.StudentSettings, num_runs: int,
                       temperature: float, compute: dict[str, Any], progress: bool = True,
-                      log=print, teacher_records: str = "") -> dict[str, dict[str, Any]]:
+                      log=print, teacher_records: str = "",
+                      rank: Optional[ranking.RankSettings] = ranking.RankSettings(),
+                      settings_of: Optional[dict[str, student_lib.StudentSettings]] = None
+                      ) -> dict[str, dict[str, Any]]:
   """Evaluates each student (name -> model dir) on `test_sets`, `(name, dataset,
   max_examples)` with 'test' first; the others land in each report's
   `extra_test_sets`. Reports go to `output_dir/<student>[/<set name>]`, each
   with the student's `compute[name]`. `teacher_records` (a `records.jsonl` of
   TinyThinker rationales for held-out questions) adds the staged students'
-  stage diagnosis to their test report."""
+  stage diagnosis to their test report. `settings_of[name]` replaces `student`
+  for one student (the untrained model's chat template)."""
   loaded = {name: datasets.load_split(name_dataset, dataset_path, "test", split_seed, cap)
             for name, name_dataset, cap in test_sets}
   records = read_records(teacher_records, RationaleRecord) if teacher_records else None
   reports: dict[str, dict[str, Any]] = {}
   for name, model_dir in students.items():
     log(f"  evaluating {name}")
-    policy = student_lib.build(model_dir, settings=student)
+    policy = student_lib.build(model_dir, settings=(settings_of or {}).get(name, student))
     for set_name, set_dataset, _ in test_sets:
       examples, answer_type = loaded[set_name]
       out = paths.as_path(output_dir) / name
@@ -174,12 +178,13 @@ def evaluate_students(students: dict[str, str], test_sets: Sequence[tuple[str, s
           describe={"model": model_dir, "dataset": set_dataset, "split": "test",
                     "compute": compute[name]},
           teacher_records=records if set_name == "test" else None,
-          teacher_records_path=teacher_records)
+          teacher_records_path=teacher_records, rank=rank)
       if set_name == "test":
         reports[name] = report
       else:
         reports[name].setdefault("extra_test_sets", {})[set_name] = {
             "dataset": set_dataset, "greedy": report["greedy"],
+            **({"rank": report["rank"]} if "rank" in report else {}),
             **({"self_consistency": report["self_consistency"]}
                if "self_consistency" in report else {})}
   return reports
@@ -196,10 +201,14 @@ def run_evaluate(*, model_dir: str, dataset: str, output_dir: str,
                  split_seed: int = 0, seed: int = 0, vocabulary: str = "",
                  model_config: Any = None,
                  student: student_lib.StudentSettings = student_lib.StudentSettings(), shard_size: int = 256,
-                 progress: bool = True, teacher_records: str = "") -> dict[str, Any]:
+                 progress: bool = True, teacher_records: str = "",
+                 rank: Optional[ranking.RankSettings] = ranking.RankSettings()
+                 ) -> dict[str, Any]:
   """`evaluate` of one student on a dataset split. `teacher_records`: a
   `records.jsonl` of TinyThinker rationales (`tinythinker teach`) of held-out
-  questions, for a staged student's stage diagnosis."""
+  questions, for a staged student's stage diagnosis. `rank` (None: off):
+  rank classification of multiple-choice questions beside generation.
+  `model_dir` may be an HF folder or a GGUF file: the untrained model."""
   examples, answer_type = datasets.load_split(dataset, dataset_path, split, split_seed,
                                         max_examples)
   model = student_lib.build(model_dir, vocabulary=vocabulary, model_config=model_config,
@@ -210,4 +219,4 @@ def run_evaluate(*, model_dir: str, dataset: str, output_dir: str,
                   describe=_describe(model_dir, dataset, split),
                   teacher_records=(read_records(teacher_records, RationaleRecord)
                                    if teacher_records else None),
-                  teacher_records_path=teacher_records)
+                  teacher_records_path=teacher_records, rank=rank)

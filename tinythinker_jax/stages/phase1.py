@@ -94,8 +94,14 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
         process_id: Optional[int] = None,
         validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
         pack: bool = False, progress: bool = True,
-        stop_after: Optional[int] = None) -> trainer.TrainResult:
+        stop_after: Optional[int] = None,
+        task_weights: Optional[Mapping[str, float]] = None) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
+
+  A multi-task format's mixture (Distilling Step-by-Step's
+  `tinythinker.<dataset>.step_by_step`) puts every task's rows of the same
+  questions in each batch, its loss the tasks' mean token losses weighted by
+  `task_weights` (stream -> weight, summing to 1; default equal: alpha = 0.5).
 
   With `validation` naming a dataset, every `eval_every` steps also runs the
   student's greedy chains on its split and keeps the best checkpoint by that
@@ -118,8 +124,19 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   if not train_sets:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
                            "a train split")
-  schedule = stream_schedule(manifest, {n: d.num_examples for n, d in train_sets.items()},
-                             interleave_interval, num_options)
+  parsed = registry.parse_task_name(mixture_or_task_name)
+  if task_weights is None and parsed is not None and parsed.spec.multitask and \
+      parsed.stage is None:
+    task_weights = {s.value: 1.0 / len(parsed.spec.stages) for s in parsed.spec.stages}
+  if task_weights:
+    if interleave_interval:
+      raise errors.UserError("INTERLEAVE_INTERVAL is TinyThinker's schedule; a multi-task "
+                             f"format ({mixture_or_task_name}) trains every task each step")
+    task_weights = {k: float(v) for k, v in task_weights.items()}
+    schedule = None
+  else:
+    schedule = stream_schedule(manifest, {n: d.num_examples for n, d in train_sets.items()},
+                               interleave_interval, num_options)
 
   loss_validation = {f"eval/{registry.stream_name(task)}": root / task / "validation"
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
@@ -151,6 +168,8 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
       initial_params=initial_params(initial_checkpoint_path, model,
                                      "INITIAL_CHECKPOINT_PATH", vocabulary_path),
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
+      task_weights=task_weights,
       meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
+            **({"task_weights": task_weights} if task_weights else {}),
             "task_feature_lengths": dict(task_feature_lengths),
             "vocabulary": vocabulary_path, "packed": bool(pack)}).result

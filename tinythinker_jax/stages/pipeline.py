@@ -45,11 +45,11 @@ from tinythinker_jax.stages import reflect as reflect_lib
 from tinythinker_jax.stages import teach as teach_lib
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.data import datasets
-from tinythinker_jax.reasoning import registry
+from tinythinker_jax.reasoning import ranking, registry
 from tinythinker_jax.training import recipe as recipe_lib
 
-# The formats a pipeline trains and evaluates (step-by-step has no chain to evaluate).
-FORMATS = tuple(name for name in registry.FORMATS if name != "step_by_step")
+# The formats a pipeline trains and evaluates.
+FORMATS = tuple(registry.FORMATS)
 
 
 # Phase 1 of the pipeline's students, unless `train_settings` says otherwise: AdamW,
@@ -113,6 +113,10 @@ class _Run:
   num_options: int
   manifest: manifest_lib.Manifest
   log: Callable[[str], None]
+  pretrained: str
+  chat_template: bool
+  rank: Optional[ranking.RankSettings]
+  step_by_step_alpha: float
   progress: bool
   # model dir of each student (filled as its stage finishes), and the vocabulary
   students: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -182,7 +186,8 @@ def _vocab(run: _Run) -> dict[str, Any]:
 def _train_student(run: _Run, fmt: str, settings: recipe_lib.TrainSettings,
                    model_dir: str, initial: Optional[str]) -> dict[str, Any]:
   """Phase 1 of one student format (or its continuation, from `initial`)."""
-  staged = registry.get(fmt).staged
+  spec = registry.get(fmt)
+  staged = spec.interleaved
   result = phase1.run(
       model_dir=model_dir, model_config=run.model_config,
       mixture_or_task_name=registry.get(fmt).task_name(run.dataset),
@@ -192,6 +197,8 @@ def _train_student(run: _Run, fmt: str, settings: recipe_lib.TrainSettings,
       interleave_interval=run.interleave_interval if staged else None,
       num_options=run.num_options if staged else None, pack=run.pack,
       progress=run.progress,
+      task_weights=({"predict": run.step_by_step_alpha,
+                     "explain": 1.0 - run.step_by_step_alpha} if spec.multitask else None),
       validation=validation_lib.ChainValidation(
           dataset=run.dataset, dataset_path=run.dataset_path, split_seed=run.split_seed,
           max_examples=run.max_validation_examples, format=fmt,
@@ -243,7 +250,7 @@ def _train_other(run: _Run, fmt: str) -> dict[str, Any]:
 def _diagnosis_records(run: _Run) -> str:
   """The teacher's TinyThinker rationales of the validation questions, for the
   staged students' stage diagnosis ('' without a staged student or records)."""
-  staged = [registry.get(f) for f in run.student_formats if registry.get(f).staged]
+  staged = [registry.get(f) for f in run.student_formats if registry.get(f).interleaved]
   if not staged:
     return ""
   path = records_path(run.run_dir, run.dataset, staged[0].method, "validation")
@@ -255,14 +262,19 @@ def _evaluate(run: _Run) -> dict[str, Any]:
   test_sets = [("test", run.dataset, run.max_test_examples)] + [
       (e[0], e[1], e[2] if len(e) == 3 else run.max_test_examples)
       for e in run.extra_test_sets]
+  students = dict(run.students)
+  settings_of = {}
+  if run.pretrained:  # The model before any training, as every table's first row.
+    students = {baselines_lib.UNTRAINED: run.pretrained, **students}
+    settings_of[baselines_lib.UNTRAINED] = dataclasses.replace(
+        run.student, chat_template=run.chat_template)
   reports = eval_lib.evaluate_students(
-      run.students, test_sets, output_dir=_join(run.run_dir, "evaluate"),
+      students, test_sets, output_dir=_join(run.run_dir, "evaluate"),
       dataset_path=run.dataset_path, split_seed=run.split_seed,
       student=run.student, num_runs=run.eval_num_runs,
       temperature=run.eval_temperature, progress=run.progress, log=run.log,
-      compute=baselines_lib.student_compute(run.run_dir, run.manifest.data,
-                                            run.students),
-      teacher_records=_diagnosis_records(run))
+      compute=baselines_lib.student_compute(run.run_dir, run.manifest.data, students),
+      teacher_records=_diagnosis_records(run), rank=run.rank, settings_of=settings_of)
   return {"reports": reports}
 
 
@@ -299,7 +311,7 @@ def _stages(run: _Run, export: bool, report: bool
   yield "teach", lambda: _teach(run), lambda out: None
   yield "vocab", lambda: _vocab(run), lambda out: setattr(run, "vocab_path",
                                                           out["vocabulary"])
-  for fmt in [f for f in run.student_formats if registry.get(f).staged]:
+  for fmt in [f for f in run.student_formats if registry.get(f).interleaved]:
     yield (f"train_{fmt}",
            functools.partial(_train_student, run, fmt, run.train_settings,
                              run.students[fmt], run.initial_checkpoint_path),
@@ -310,7 +322,7 @@ def _stages(run: _Run, export: bool, report: bool
       yield "continued", lambda: _continued(run), keep("tinythinker_continued")
     if "rft" in run.baselines:
       yield "rft", lambda: _rft(run), keep("tinythinker_rft", best=True)
-  for fmt in [f for f in run.student_formats if not registry.get(f).staged]:
+  for fmt in [f for f in run.student_formats if not registry.get(f).interleaved]:
     yield f"train_{fmt}", functools.partial(_train_other, run, fmt), lambda out: None
   yield "evaluate", lambda: _evaluate(run), lambda out: None
   if export:
@@ -345,6 +357,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  continued_settings: Optional[recipe_lib.TrainSettings] = None,
                  rft_settings=None,
                  extra_test_sets: Sequence[tuple] = (),
+                 rank: Optional[ranking.RankSettings] = ranking.RankSettings(),
+                 step_by_step_alpha: float = 0.5,
                  export: bool = True, report: bool = True, progress: bool = True,
                  stop_after_stage: Optional[str] = None) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns the manifest.
@@ -369,7 +383,10 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   PRETRAINED) starts every student from its weights with its own tokenizer as
   the vocabulary (unless `initial_checkpoint_path` / `vocabulary` say otherwise);
   `chat_template` wraps every decoder-only prompt in that tokenizer's chat
-  template (an instruct student), as token ids on the model config.
+  template (an instruct student), as token ids on the model config. With
+  `pretrained`, the model itself is evaluated too, zero-shot (`untrained`: the
+  vanilla prompt, and ranked). `rank` (None: off) adds rank classification of
+  multiple-choice questions (`reasoning.ranking`) to every student's report.
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
   `dataset_path`; `max_examples` defaults to `max_test_examples`.
@@ -447,7 +464,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
       continued_settings=continued_settings, rft_settings=rft_settings,
       extra_test_sets=extra_test_sets, num_options=spec.num_options or 1,
       manifest=manifest_lib.Manifest(run_dir, settings), log=print if progress else (lambda _: None),
-      progress=progress,
+      progress=progress, pretrained=pretrained, chat_template=chat_template, rank=rank,
+      step_by_step_alpha=step_by_step_alpha,
       students={fmt: _join(run_dir, "students", fmt) for fmt in student_formats})
   for name, stage_fn, record in _stages(run, export, report):
     record(manifest_lib.run_stage(run.manifest, name, stage_fn, run.log))

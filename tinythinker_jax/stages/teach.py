@@ -84,14 +84,9 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     if dry_run:
       raise errors.UserError("teach_dataset.dry_run: the recorded teacher asks no "
                              "endpoint; there is nothing to estimate")
-    if method_enum is not pipelines.Method.FINETUNE_COT:
-      raise errors.UserError(
-          f"teach_dataset.method={method!r} with teacher='recorded': recorded chains are "
-          "Fine-tune-CoT rationales (method='finetune_cot'); TinyThinker's three-stage "
-          "records need a teacher that writes them")
     return pipelines.teach_recorded(examples, answer_type=spec.answer_type,
                                     output_dir=output_dir, settings=recorded,
-                                    progress=progress)
+                                    progress=progress, method=method_enum)
   if teacher == "rule_based":
     if dry_run:
       raise errors.UserError("teach_dataset.dry_run: the rule-based teacher asks no "

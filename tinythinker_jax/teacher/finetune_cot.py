@@ -59,7 +59,8 @@ def _teacher_answer(text: str, example: Example, answer_type: AnswerType,
 
 async def teach_finetune_cot(client: TeacherClient, example: Example,
                              answer_type: AnswerType,
-                             settings: FinetuneCotSettings) -> Outcome:
+                             settings: FinetuneCotSettings,
+                             filter_answers: bool = True) -> Outcome:
   temperature = 0.0 if settings.num_samples == 1 else settings.temperature
   mode = structured_mode(settings.structured_output)
   step1 = Prompt(text=prompts.zero_shot_cot_reasoning(example), temperature=temperature,
@@ -81,16 +82,20 @@ async def teach_finetune_cot(client: TeacherClient, example: Example,
       example, answer_type,
       [(r.sample_index, r.text, _teacher_answer(reply.text, example, answer_type,
                                                 mode != "none"), reply.text)
-       for r, [reply] in zip(rationales, replies_)], provenance, settings.num_samples)
+       for r, [reply] in zip(rationales, replies_)], provenance, settings.num_samples,
+      filter_answers=filter_answers)
 
 
 def finetune_cot_outcome(example: Example, answer_type: AnswerType,
                          samples: Sequence[tuple[int, str, Optional[str], str]],
                          provenance: dict[str, Any], num_samples: int,
-                         extra: Optional[Sequence[dict[str, Any]]] = None) -> Outcome:
+                         extra: Optional[Sequence[dict[str, Any]]] = None,
+                         filter_answers: bool = True) -> Outcome:
   """Fine-tune-CoT's answer filter over (sample index, rationale, the teacher's
   answer or None, its answer reply) samples: a sample is kept when its answer
-  equals the gold answer. `extra[i]` is stored with sample i's record."""
+  equals the gold answer. `extra[i]` is stored with sample i's record. Without
+  `filter_answers` (Distilling Step-by-Step) every sample with a rationale is
+  kept under the gold answer; the teacher's accuracy is counted all the same."""
   outcome = Outcome(samples=num_samples)
   for i, (index, rationale, predicted, reply) in enumerate(samples):
     correct = answers.answers_match(predicted, example.answer, answer_type)
@@ -100,9 +105,9 @@ def finetune_cot_outcome(example: Example, answer_type: AnswerType,
     text = rationale.strip()
     if not text:
       drop(outcome, example, index, "empty rationale", reply)
-    elif predicted is None:
+    elif filter_answers and predicted is None:
       drop(outcome, example, index, "no answer found", reply, rationale=text)
-    elif not correct:
+    elif filter_answers and not correct:
       drop(outcome, example, index,
             f"answer differs from gold: teacher {predicted}, gold {example.answer}",
             reply, rationale=text, teacher_answer=predicted)
@@ -111,5 +116,7 @@ def finetune_cot_outcome(example: Example, answer_type: AnswerType,
           id=example.id, method=Method.FINETUNE_COT.value, example=example,
           rationale=text, answer=example.answer, sample_index=index,
           provenance=provenance,
-          extra=dict(teacher_answer_text=reply.strip(), **(extra[i] if extra else {}))))
+          extra=dict(teacher_answer_text=reply.strip(),
+                     **({} if filter_answers else {"teacher_answer": predicted}),
+                     **(extra[i] if extra else {}))))
   return outcome

@@ -17,6 +17,9 @@ from tinythinker_jax.data.schema import Example, RationaleRecord
 class Method(enum.Enum):
   FINETUNE_COT = "finetune_cot"
   TINYTHINKER = "tinythinker"
+  # Fine-tune-CoT's requests with every chain kept under the gold answer
+  # (Distilling Step-by-Step's `--label_type gt`); its records are Fine-tune-CoT's.
+  STEP_BY_STEP = "step_by_step"
 
 
 STRUCTURED_MODES = ("none", "json_schema", "json_object", "guided_json")

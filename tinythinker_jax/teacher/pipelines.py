@@ -72,11 +72,12 @@ def rule_based_outcome(example: Example, method: Method, answer_type: AnswerType
                  for i in range(settings.num_samples)]
   errors_of = [{"teacher_errors": {"misread_steps": d.misread_steps,
                                    "wrong_answer": d.wrong_answer}} for d in derivations]
-  if method is Method.FINETUNE_COT:
+  if method is not Method.TINYTHINKER:
     return finetune_cot_outcome(
         example, answer_type, [(i, d.rationale, d.answer, d.answer)
                                for i, d in enumerate(derivations)],
-        provenance, settings.num_samples, errors_of)
+        provenance, settings.num_samples, errors_of,
+        filter_answers=method is Method.FINETUNE_COT)
   if not example.choices or example.gold_label is None:
     raise errors.UserError(f"{example.source or example.id}: TinyThinker rationales need "
                            "options and a gold option")
@@ -180,8 +181,9 @@ async def _teach_examples(client: TeacherClient, examples: Sequence[Example],
   async def one(index: int, example: Example) -> Optional[Outcome]:
     nonlocal kept
     try:
-      if method is Method.FINETUNE_COT:
-        outcome = await teach_finetune_cot(client, example, answer_type, finetune_cot)
+      if method is not Method.TINYTHINKER:
+        outcome = await teach_finetune_cot(client, example, answer_type, finetune_cot,
+                                           filter_answers=method is Method.FINETUNE_COT)
       else:
         outcome = await teach_tinythinker(
             client, example, tinythinker, instruction, exemplars,
@@ -219,7 +221,7 @@ async def _teach_async(examples: Sequence[Example], method: Method,
                if tinythinker.exemplar_file else [])
   summary = Summary(method.value, config.describe(), examples=len(examples))
   summary.settings = dataclasses.asdict(
-      finetune_cot if method is Method.FINETUNE_COT else tinythinker)
+      tinythinker if method is Method.TINYTHINKER else finetune_cot)
   summary.settings["one_correct_constraint"] = _one_correct_note(method, tinythinker)
   with CompletionCache(paths.as_path(output_dir) / CACHE) as cache:
     summary.torn_cache_lines = cache.torn_lines
@@ -317,13 +319,22 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
 
 
 def teach_recorded(examples: Sequence[Example], *, answer_type: AnswerType, output_dir: str,
-                   settings: recorded.RecordedSettings, progress: bool = True) -> Summary:
+                   settings: recorded.RecordedSettings, progress: bool = True,
+                   method: Method = Method.FINETUNE_COT) -> Summary:
   """Recorded chains (`teacher.recorded`) as Fine-tune-CoT records, filtered and
-  counted as a live teacher's: the same records, dropped samples and summary."""
+  counted as a live teacher's: the same records, dropped samples and summary
+  (`Method.STEP_BY_STEP`: every chain kept under the gold answer)."""
+  if method is Method.TINYTHINKER:
+    raise errors.UserError(
+        "method='tinythinker' with teacher='recorded': recorded chains are Fine-tune-CoT "
+        "rationales (method 'finetune_cot' or 'step_by_step'); TinyThinker's three-stage "
+        "records need a teacher that writes them")
+  if method is Method.STEP_BY_STEP:
+    settings = dataclasses.replace(settings, filter_answers=False)
   paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
   outcomes, summary_settings = recorded.recorded_outcomes(examples, answer_type, settings,
                                                           progress)
-  summary = Summary(Method.FINETUNE_COT.value, f"recorded chains: {settings.path}",
+  summary = Summary(method.value, f"recorded chains: {settings.path}",
                     examples=len(examples))
   summary.settings = summary_settings
   return _finish(output_dir, outcomes, summary)

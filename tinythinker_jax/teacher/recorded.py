@@ -213,29 +213,13 @@ def recorded_outcome(example: Example, answer_type: AnswerType,
   reasoning kept under the gold label."""
   samples = [(i, c.rationale, read_answer(c.answer_text, example, answer_type),
               c.answer_text) for i, c in enumerate(chains)]
-  extra = [{"recorded_from": c.where} for c in chains]
-  if filter_answers:
-    if not chains:
-      outcome = Outcome(samples=1)
-      drop(outcome, example, 0, "no recorded chain", "")
-      return outcome
-    return finetune_cot_outcome(example, answer_type, samples, provenance, len(chains), extra)
-  # Keep every chain with reasoning; the teacher's answer is still counted.
-  outcome = Outcome(samples=max(len(chains), 1))
   if not chains:
+    outcome = Outcome(samples=1)
     drop(outcome, example, 0, "no recorded chain", "")
-  for (index, rationale, predicted, reply), more in zip(samples, extra):
-    if predicted is not None:
-      outcome.teacher_total += 1
-      outcome.teacher_correct += answers.answers_match(predicted, example.answer, answer_type)
-    if not rationale.strip():
-      drop(outcome, example, index, "empty rationale", reply)
-      continue
-    kept = finetune_cot_outcome(example, answer_type,
-                                [(index, rationale, example.answer, reply)], provenance, 1,
-                                [dict(more, teacher_answer=predicted)])
-    outcome.kept += kept.kept
-  return outcome
+    return outcome
+  return finetune_cot_outcome(example, answer_type, samples, provenance, len(chains),
+                              [{"recorded_from": c.where} for c in chains],
+                              filter_answers=filter_answers)
 
 
 def recorded_outcomes(examples: Iterable[Example], answer_type: AnswerType,

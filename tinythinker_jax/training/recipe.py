@@ -176,8 +176,7 @@ def steps_for_budget(source: arrays.BatchSource, step_flops: Callable[[Mapping[s
     while spent < budget:
       if step >= max_steps:
         raise errors.UserError(f"train_tokens={budget:g}: more than {max_steps} steps")
-      stream, rows = source.global_indices(step)
-      spent += float(counts[stream][rows].sum())
+      spent += source.tokens_at(step, counts)
       step += 1
     return step
   raise errors.UserError(f"unknown budget setting {setting!r}")
@@ -196,19 +195,36 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
         eval_fns: Optional[Callable[[Any, partitioning.Partitioner, slice],
                                     Mapping[str, trainer.EvalFn]]] = None,
         meta: Optional[dict] = None, progress: bool = True, eval_at_start: bool = True,
-        stop_after: Optional[int] = None, binding: str = "TrainSettings") -> Fitted:
+        stop_after: Optional[int] = None, binding: str = "TrainSettings",
+        task_weights: Optional[Mapping[str, float]] = None) -> Fitted:
   """Trains `model` (the model interface) on `datasets` as `settings` say, with
   the loss of `objective_fn(model)`; resumes in `model_dir`.
 
   `objective_fn` gets the model with `settings.dropout_rate` applied;
   `eval_fns(objective, partitioner, local_slice)` builds the evaluation hooks.
+  `task_weights` (a multi-task format's, e.g. Distilling Step-by-Step's
+  {'predict': alpha, 'explain': 1 - alpha}) puts every task's rows of the same
+  examples in each batch, the loss their weighted per-task means
+  (`arrays.MultiTaskSource`).
   """
-  if len(datasets) > 1 and schedule is None:
+  if task_weights:
+    if schedule is not None:
+      raise errors.UserError("task_weights and an interleaving schedule exclude each other")
+
+    def make_source(local=slice(None)):
+      return arrays.MultiTaskSource(datasets, settings.batch_size, settings.seed,
+                                    task_weights, local=local)
+  else:
+
+    def make_source(local=slice(None)):
+      return arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
+                                local=local)
+  if len(datasets) > 1 and schedule is None and not task_weights:
     raise errors.UserError(f"{sorted(datasets)}: several streams need a schedule")
   if settings.dropout_rate is not None:
     model = model.replace(dropout_rate=settings.dropout_rate)
   num_examples = sum(d.num_examples for d in datasets.values())
-  budget_source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule)
+  budget_source = make_source()
   steps = settings.steps_for(
       num_examples, binding, lambda setting, value: steps_for_budget(
           budget_source, model.train_step_flops, setting, value))
@@ -220,8 +236,7 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
                                 total_steps=max(steps, warmup + 1))
   partitioner = settings.partitioner()
   layout = partitioner.data_layout(settings.batch_size)
-  source = arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
-                              local=layout.local_slice)
+  source = make_source(layout.local_slice)
   objective = objective_fn(model)
   hooks = dict(eval_fns(objective, partitioner, layout.local_slice)) if eval_fns else {}
   # Selection applies when a hook gives the metric (e.g. chain validation is on).
