@@ -88,3 +88,23 @@ def test_untrained_instruct_model_ranked_as_transformers_scores(tmp_path):
   assert report["rank"]["count"] == len(records)
   assert "rank classification" in (out / "report.md").read_text()
   assert report["majority_answer"]["answer"] == "A"
+
+
+def test_report_states_students_below_the_untrained_model_first():
+  from tinythinker_jax import reports
+  evaluated = {
+      "untrained": {"greedy": {"accuracy": 0.30}, "rank": {"accuracy": 0.56},
+                    "majority_answer": {"answer": "B", "accuracy": 0.28}},
+      "vanilla": {"greedy": {"accuracy": 0.247}, "rank": {"accuracy": 0.60},
+                  "majority_answer": {"answer": "B", "accuracy": 0.28}},
+      "finetune_cot_decoder": {"greedy": {"accuracy": 0.45}, "rank": {"accuracy": 0.50}}}
+  lines = reports.findings(evaluated, reports.NAMES)
+  assert lines[0] == "## Findings"
+  assert ("- **vanilla (answer only) fell below the untrained model** on generated answers: "
+          "24.7% against 30.0% (-5.3 points).") in lines
+  assert ("- vanilla (answer only) (24.7%) is below the majority answer (always 'B': "
+          "28.0%).") in lines
+  assert any("Fine-tune-CoT (decoder-only format) fell below the untrained model** on "
+             "ranked options: 50.0% against 56.0%" in line for line in lines)
+  assert len(lines) == 6  # the heading, a blank line, three findings, a blank line
+  assert reports.findings({"vanilla": evaluated["finetune_cot_decoder"]}, reports.NAMES) == []

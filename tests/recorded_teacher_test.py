@@ -170,3 +170,23 @@ def test_bad_chain_files_name_the_line(tmp_path):
     recorded.read_chains(str(bad))
   with pytest.raises(errors.UserError, match="RecordedSettings.path"):
     recorded.read_chains("")
+
+
+def test_answer_only_students_need_no_teacher(tmp_path):
+  """Vanilla's records are the dataset's questions with their gold answers: no
+  teacher is asked (an unreachable endpoint is never called), none is dropped."""
+  from tinythinker_jax.data import schema
+  from tinythinker_jax.reasoning import formats, registry
+  from tinythinker_jax.teacher.client import TeacherConfig
+  assert registry.get("vanilla").method == "answers"
+  out = tmp_path / "answers"
+  summary = teach_lib.teach_dataset(
+      dataset="coin_flip", split="train", method="answers", teacher="openai",
+      teacher_config=TeacherConfig(base_url="http://127.0.0.1:9/v1"), max_examples=50,
+      output_dir=str(out), progress=False)
+  assert (summary.examples, summary.kept, summary.dropped) == (50, 50, {})
+  records = schema.read_records(str(out / "records.jsonl"), schema.RationaleRecord)
+  train = datasets.load_dataset("coin_flip", "", 0)["train"][:50]
+  assert [(r.id, r.answer) for r in records] == [(e.id, e.answer) for e in train]
+  [pair] = formats.render_record(records[0], formats.Format.VANILLA, None)
+  assert pair["targets"] == train[0].answer

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from tinythinker_jax import compute, paths
 
-NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
+NAMES = {"untrained": "the pretrained model, untrained (zero-shot)",
+         "vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
+         "step_by_step": "Distilling Step-by-Step",
          "finetune_cot_decoder": "Fine-tune-CoT (decoder-only format)",
          "tinythinker": "TinyThinker, phase 1",
          "tinythinker_reflected": "TinyThinker, after self-reflection",
@@ -16,6 +18,43 @@ NAMES = {"vanilla": "vanilla (answer only)", "finetune_cot": "Fine-tune-CoT",
          "summarize": "TinyThinker ablation: summarize only",
          "recall_summarize": "TinyThinker ablation: recall + summarize",
          "analyze_summarize": "TinyThinker ablation: analyze + summarize"}
+# Short labels for plots.
+SHORT = {"untrained": "untrained", "vanilla": "vanilla", "finetune_cot": "FTC",
+         "finetune_cot_decoder": "FTC (dec.)", "step_by_step": "step-by-step",
+         "tinythinker": "TT phase 1", "tinythinker_reflected": "TT + reflection",
+         "tinythinker_continued": "TT continued", "tinythinker_rft": "TT + RFT",
+         "summarize": "TT summarize", "recall_summarize": "TT recall+sum.",
+         "analyze_summarize": "TT analyze+sum."}
+
+
+def floor(reports: Mapping[str, Any]) -> Optional[tuple[str, float]]:
+  """The test set's majority answer and its accuracy (from any report)."""
+  majority = next((r["majority_answer"] for r in reports.values()
+                   if r.get("majority_answer")), None)
+  return (str(majority["answer"]), majority["accuracy"]) if majority else None
+
+
+def findings(reports: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+  """What a reader must see first: trained students below the untrained model
+  (by generation or by ranking), or below the majority answer."""
+  out = []
+  base = reports.get("untrained")
+  for name, r in reports.items():
+    if name == "untrained":
+      continue
+    label = labels.get(name, name)
+    if base is not None:
+      for key, what in (("greedy", "generated answers"), ("rank", "ranked options")):
+        mine, before = (r.get(key) or {}).get("accuracy"), (base.get(key) or {}).get(
+            "accuracy")
+        if mine is not None and before is not None and mine < before:
+          out.append(f"- **{label} fell below the untrained model** on {what}: "
+                     f"{mine:.1%} against {before:.1%} ({100 * (mine - before):+.1f} points).")
+    majority = floor(reports)
+    if majority and r["greedy"]["accuracy"] < majority[1]:
+      out.append(f"- {label} ({r['greedy']['accuracy']:.1%}) is below the majority answer "
+                 f"(always {majority[0]!r}: {majority[1]:.1%}).")
+  return (["## Findings", "", *out, ""] if out else [])
 
 
 def _percent(value) -> str:
@@ -59,22 +98,29 @@ def _plots(out: str, reports: Mapping[str, Any], students: Mapping[str, str],
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   files = []
 
+  # Horizontal bars with short labels (long names overlapped under vertical bars),
+  # the floor drawn as the test set's majority answer.
   names = list(reports)
-  fig, ax = plt.subplots(figsize=(7, 3.6))
-  width = 0.38
-  for offset, key, label in ((-width / 2, "greedy", "greedy"),
-                             (width / 2, "self_consistency", "self-consistency")):
+  kinds = [(k, label) for k, label in (("greedy", "greedy"),
+                                       ("self_consistency", "self-consistency"),
+                                       ("rank", "rank classification"))
+           if any(reports[n].get(k) for n in names)]
+  fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(names) * len(kinds)))
+  height = 0.8 / len(kinds)
+  for k, (key, label) in enumerate(kinds):
     values = [100 * (reports[n].get(key) or {}).get("accuracy", 0.0) for n in names]
-    bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
-    ax.bar_label(bars, fmt="%.0f", fontsize=8)
-  chance = next((r.get("chance") for r in reports.values() if r.get("chance")), None)
-  if chance:
-    ax.axhline(100 * chance, color="gray", linestyle="--", label="chance")
-  ax.set_xticks(range(len(names)), [labels.get(n, n).replace(", ", ",\n") for n in names],
-                fontsize=8)
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_ylim(0, 105)
-  ax.legend(fontsize=8, loc="lower right")
+    bars = ax.barh([i + (k - (len(kinds) - 1) / 2) * height for i in range(len(names))],
+                   values, height, label=label)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+  majority = floor(reports)
+  if majority:
+    ax.axvline(100 * majority[1], color="gray", linestyle="--",
+               label=f"majority answer ({majority[0]!r})")
+  ax.set_yticks(range(len(names)), [SHORT.get(n, n) for n in names], fontsize=8)
+  ax.invert_yaxis()
+  ax.set_xlabel("test accuracy (%)")
+  ax.set_xlim(0, 110)
+  ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
   _save(fig, out, "accuracy.png")
   plt.close(fig)
@@ -190,13 +236,15 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
   lines = [f"# tinythinker report: {settings['dataset']}", "",
            f"Teacher: {settings['teacher']}. Students: {describe_model(settings['model_config'])}, "
            f"{length}, with batches of {phase1['batch_size']}.", ""]
+  lines += findings(reports, labels)
   lines += budget_lines(stages, reports)
 
   extra = sorted({k for r in reports.values() for k in r.get("extra_test_sets") or {}})
   lines += ["## Test accuracy", "",
-            "| student | greedy | self-consistency | " + "".join(f"{k} (greedy) | " for k in extra)
+            "| student | greedy | self-consistency | rank classification | "
+            + "".join(f"{k} (greedy) | " for k in extra)
             + "format errors (greedy) | examples | model FLOPs | train steps | wall (s) |",
-            "|---|---|---|" + "---|" * len(extra) + "---|---|---|---|---|"]
+            "|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|---|"]
   for name, r in reports.items():
     sc = r.get("self_consistency")
     sc_text = f"{sc['accuracy']:.1%} ({sc['num_runs']} runs)" if sc else "-"
@@ -204,14 +252,16 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
         f"{r['extra_test_sets'][k]['greedy']['accuracy']:.1%} | "
         if k in (r.get("extra_test_sets") or {}) else "- | " for k in extra)
     spent = r.get("compute") or {}
+    rank = (r.get("rank") or {}).get("accuracy")
     lines.append(f"| {labels.get(name, name)} | {r['greedy']['accuracy']:.1%} | {sc_text} | "
-                 f"{extra_text}{r['greedy']['format_error_rate']:.1%} | "
+                 f"{_percent(rank)} | {extra_text}{r['greedy']['format_error_rate']:.1%} | "
                  f"{r['greedy']['num_examples']} | "
                  f"{compute.format_flops(spent['total_flops']) if spent else '-'} | "
                  f"{spent.get('train_steps', '-')} | {spent.get('stage_seconds', '-')} |")
-  chance = next((r.get("chance") for r in reports.values() if r.get("chance")), None)
-  if chance:
-    lines += ["", f"Chance: {chance:.1%}."]
+  majority = floor(reports)
+  if majority:
+    lines += ["", f"The floor: always answering the test set's most common answer "
+              f"({majority[0]!r}) scores {majority[1]:.1%}."]
   lines += ["", "![accuracy](accuracy.png)", ""]
 
   lines += ["## Teacher", "", "| rationales | teacher | questions | samples | parsed | "

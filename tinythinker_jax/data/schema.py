@@ -112,6 +112,7 @@ DataError = errors.DataError  # a dataset file does not have the expected format
 
 FINETUNE_COT = "finetune_cot"
 TINYTHINKER = "tinythinker"
+ANSWERS = "answers"  # a question with its gold answer, no rationale (answer-only students)
 
 
 def _require(record: dict, keys: Sequence[str], where: str, what: str) -> None:
@@ -163,9 +164,11 @@ class RationaleRecord:
       _require(record, ("rationale",), where, "Fine-tune-CoT record")
     elif method == TINYTHINKER:
       _require(record, ("recall", "analyses"), where, "TinyThinker record")
+    elif method == ANSWERS:
+      _require(record, ("answer",), where, "answer record")
     else:
-      raise DataError(f"{where}: method {method!r} is neither {FINETUNE_COT!r} nor "
-                      f"{TINYTHINKER!r}")
+      raise DataError(f"{where}: method {method!r} is not {FINETUNE_COT!r}, "
+                      f"{TINYTHINKER!r} or {ANSWERS!r}")
     try:
       example = Example.from_json(record["example"])
     except (TypeError, KeyError) as e:

@@ -9,7 +9,8 @@ materialisation, phase-1 training, the vocabulary and the pipeline use it.
 
 | format | renders records of | stages |
 |---|---|---|
-| `vanilla`, `finetune_cot`, `finetune_cot_decoder` | `finetune_cot` | one pass |
+| `vanilla` | `answers` (every question with its gold answer; no teacher) | one pass |
+| `finetune_cot`, `finetune_cot_decoder` | `finetune_cot` | one pass |
 | `step_by_step` | `step_by_step` (every chain, gold label) | predict and explain tasks in every batch; `predict:` alone at inference |
 | `tinythinker` | `tinythinker` | recall, analyze (one per option), summarize |
 | `summarize`, `recall_summarize`, `analyze_summarize` (ablations) | `tinythinker` | their stages |
@@ -33,6 +34,7 @@ FINETUNE_COT = "finetune_cot"  # the teacher methods whose records formats rende
 TINYTHINKER = "tinythinker"
 # Fine-tune-CoT's chains without its answer filter, labelled with the gold answer.
 STEP_BY_STEP = "step_by_step"
+ANSWERS = "answers"  # the dataset's questions and gold answers: no teacher
 
 
 def dataset_key(dataset: str) -> str:
@@ -51,7 +53,7 @@ class FormatSpec:
   """One student format; see the module docstring."""
 
   format: Format
-  method: str  # FINETUNE_COT, STEP_BY_STEP or TINYTHINKER: the records it renders
+  method: str  # ANSWERS, FINETUNE_COT, STEP_BY_STEP or TINYTHINKER: the records it renders
   stages: tuple[Stage, ...] = ()  # () for one-pass formats; a task each
 
   @property
@@ -101,6 +103,8 @@ class FormatSpec:
 def _method(fmt: Format) -> str:
   if fmt in STAGES_OF:
     return TINYTHINKER
+  if fmt is Format.VANILLA:
+    return ANSWERS
   return STEP_BY_STEP if fmt is Format.STEP_BY_STEP else FINETUNE_COT
 
 

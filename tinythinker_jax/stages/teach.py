@@ -61,6 +61,10 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   examples = splits[split][:max_examples] if max_examples else splits[split]
   datasets.require_answers(examples, dataset, split)
   method_enum = pipelines.Method(method)
+  if method_enum is pipelines.Method.ANSWERS:  # answer-only students: no teacher
+    if dry_run:
+      raise errors.UserError("teach_dataset.dry_run: method='answers' asks no teacher")
+    return pipelines.answer_records(examples, output_dir)
   if (method_enum is pipelines.Method.TINYTHINKER and tinythinker.exemplar_file is None
       and prompts_dir):
     exemplar_file = prompts.default_exemplar_file(prompts_dir, dataset)

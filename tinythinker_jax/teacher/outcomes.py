@@ -20,6 +20,8 @@ class Method(enum.Enum):
   # Fine-tune-CoT's requests with every chain kept under the gold answer
   # (Distilling Step-by-Step's `--label_type gt`); its records are Fine-tune-CoT's.
   STEP_BY_STEP = "step_by_step"
+  # The dataset's questions with their gold answers (answer-only students): no teacher.
+  ANSWERS = "answers"
 
 
 STRUCTURED_MODES = ("none", "json_schema", "json_object", "guided_json")

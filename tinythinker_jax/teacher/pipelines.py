@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 
 from tinythinker_jax import errors, paths
-from tinythinker_jax.data.schema import AnswerType, Example
+from tinythinker_jax.data.schema import AnswerType, Example, RationaleRecord
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import batch as batch_lib
 from tinythinker_jax.teacher import estimate as estimate_lib
@@ -144,7 +144,9 @@ def _finish(output_dir: str, outcomes: Sequence[Outcome], summary: Summary) -> S
   total = sum(o.teacher_total for o in outcomes)
   summary.parsed = total
   if summary.samples:
-    summary.parse_rate = total / summary.samples
+    # (answer records have no reply to parse)
+    summary.parse_rate = (total / summary.samples
+                          if summary.method != Method.ANSWERS.value else None)
     summary.kept_rate = summary.kept / summary.samples
     summary.drop_rates = {k: v / summary.samples for k, v in summary.dropped.items()}
   summary.teacher_accuracy = (sum(o.teacher_correct for o in outcomes) / total
@@ -316,6 +318,21 @@ def teach(examples: Sequence[Example], *, method: Method, answer_type: AnswerTyp
     return _finish(output_dir, outcomes, summary)
   return asyncio.run(_teach_async(examples, method, answer_type, output_dir, teacher,
                                   finetune_cot, tinythinker, seed, progress, transport))
+
+
+ANSWERS_TEACHER = "none (the dataset's gold answers)"
+
+
+def answer_records(examples: Sequence[Example], output_dir: str) -> Summary:
+  """Every question with its gold answer as a record (`Method.ANSWERS`), for
+  answer-only students: no teacher, nothing dropped, written as teaching is."""
+  paths.as_path(output_dir).mkdir(parents=True, exist_ok=True)
+  outcomes = [Outcome(kept=[RationaleRecord(id=e.id, method=Method.ANSWERS.value, example=e,
+                                            answer=e.answer,
+                                            provenance={"teacher": ANSWERS_TEACHER})],
+                      samples=1) for e in examples]
+  return _finish(output_dir, outcomes, Summary(Method.ANSWERS.value, ANSWERS_TEACHER,
+                                               examples=len(examples)))
 
 
 def teach_recorded(examples: Sequence[Example], *, answer_type: AnswerType, output_dir: str,
