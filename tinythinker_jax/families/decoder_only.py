@@ -151,17 +151,19 @@ def completion_logps(config: DecoderConfig, params: Any, inputs: Array,
                              "built for packed batches: PACK = False")
     tokens, segments, positions, predictor = packed_sequence(
         inputs, targets, input_segment_ids, target_segment_ids)
-    logits = module(config).apply(
+    completion = module(config).apply(
         {"params": params}, tokens, positions=positions, segment_ids=segments,
-        attention_mask=segments > 0, deterministic=dropout_rng is None, rngs=rngs)
-    completion = jnp.take_along_axis(logits, predictor[..., None], axis=1)
+        attention_mask=segments > 0, deterministic=dropout_rng is None, rngs=rngs,
+        logits_at=predictor)
     return losses.token_logps(completion, targets), completion
   tokens, mask, positions = prompt_completion_sequence(inputs, targets, **_wrap(config))
-  logits = module(config).apply(
-      {"params": params}, tokens, positions=positions, attention_mask=mask,
-      deterministic=dropout_rng is None, rngs=rngs)
   width, length = inputs.shape[1] + _template_width(config), targets.shape[1]
-  completion = logits[:, width - 1:width - 1 + length]  # Position i predicts token i + 1.
+  # Position i predicts token i + 1: the output layer runs on the completion's
+  # predictors only, not on the prompt, whose logits no loss reads.
+  predictor = jnp.broadcast_to(width - 1 + jnp.arange(length), targets.shape)
+  completion = module(config).apply(
+      {"params": params}, tokens, positions=positions, attention_mask=mask,
+      deterministic=dropout_rng is None, rngs=rngs, logits_at=predictor)
   return losses.token_logps(completion, targets), completion
 
 
@@ -191,9 +193,11 @@ def _prefill(config: DecoderConfig, params: Any, inputs: Array, max_length: int
   slots = jnp.arange(total)
   prefill_mask = key_valid[:, None, :] & (slots[None, None, :] <= jnp.arange(width)[None, :,
                                                                                     None])
+  # Only the last prompt position's logits are needed (the first new token's).
   logits, variables = decoder.apply({"params": params, "cache": cache}, tokens,
                                     positions=positions, mask=prefill_mask,
-                                    mutable=["cache"])
+                                    mutable=["cache"],
+                                    logits_at=jnp.full((rows, 1), width - 1, jnp.int32))
   return _Prefilled(decoder, variables["cache"], logits[:, -1].astype(jnp.float32),
                     key_valid, positions[:, -1] + 1, width)
 

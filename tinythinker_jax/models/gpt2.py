@@ -150,7 +150,8 @@ class GPT2Module(nn.Module):
   def __call__(self, tokens: Array, positions: Optional[Array] = None,
                segment_ids: Optional[Array] = None,
                attention_mask: Optional[Array] = None,
-               mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+               mask: Optional[Array] = None, deterministic: bool = True,
+               logits_at: Optional[Array] = None) -> Array:
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     positions, mask = positions_and_mask(tokens, positions, segment_ids, attention_mask,
@@ -166,5 +167,7 @@ class GPT2Module(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = stacking.layer_stack(Block, c, c.num_layers, (3,), x, mask, deterministic,
                              layer_args=(self.decode,))
+    if logits_at is not None:  # (the positions whose logits are wanted; as Llama's)
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
     x = LayerNorm(c.layer_norm_eps, pdtype, name="final_norm")(x)
     return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)

@@ -253,12 +253,16 @@ class LlamaModule(nn.Module):
   def __call__(self, tokens: Array, positions: Optional[Array] = None,
                segment_ids: Optional[Array] = None,
                attention_mask: Optional[Array] = None,
-               mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+               mask: Optional[Array] = None, deterministic: bool = True,
+               logits_at: Optional[Array] = None) -> Array:
     """`positions` default to 0..L-1; `segment_ids` (packing) keep attention
     inside each segment; `attention_mask` [batch, length] (1 = a real token)
     hides padding, as transformers' mask does. `mask` [batch, length, keys]
     replaces all three (decoding: the keys are the cache's). Dropout applies
-    when not `deterministic` (a 'dropout' rng)."""
+    when not `deterministic` (a 'dropout' rng). `logits_at` [batch, n]: the
+    positions whose logits are wanted ([batch, n, vocab] comes back): the output
+    layer, the largest matrix of a small model with a large vocabulary, then
+    runs on those positions only (a completion's, or a prompt's last)."""
     c = self.config
     dtype, pdtype = c.compute_dtype, jnp.dtype(c.param_dtype)
     positions, mask = positions_and_mask(tokens, positions, segment_ids, attention_mask,
@@ -269,6 +273,8 @@ class LlamaModule(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = stacking.layer_stack(Block, c, c.num_layers, (4,), x, positions, mask,
                              deterministic, layer_args=(self.decode,))
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
     x = RMSNorm(c.rms_norm_eps, pdtype, name="final_norm")(x)
     if c.tie_word_embeddings:
       return jnp.einsum("bld,vd->blv", x, embedding.astype(dtype)).astype(jnp.float32)
