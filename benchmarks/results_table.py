@@ -176,6 +176,23 @@ def read_run(run_dir: str) -> dict[str, Any]:
   return out
 
 
+def share_untrained(runs: list[dict[str, Any]]) -> None:
+  """The untrained model's greedy answers do not depend on the seed: a run of a
+  task without its own evaluation of it (`evaluate_untrained=False`) takes
+  another seed's, so that every seed's trained students pair with it."""
+  by_task: dict[str, dict] = {}
+  for run in runs:
+    if "untrained" in run["students"]:
+      by_task.setdefault(_task(run), run["students"]["untrained"])
+  for run in runs:
+    if "untrained" not in run["students"] and _task(run) in by_task:
+      run["students"]["untrained"] = by_task[_task(run)]
+
+
+def _task(run: dict[str, Any]) -> str:
+  return os.path.basename(os.path.dirname(os.path.normpath(run["run"])))
+
+
 def phase1_label(task_runs: list[dict[str, Any]]) -> str:
   """Phase 1's row label: how its runs stopped (early stopping, or a schedule
   that decays to zero over its steps)."""
@@ -376,6 +393,7 @@ def main() -> None:
   parser.add_argument("--json", help="also write every number to this file")
   args = parser.parse_args()
   runs = [read_run(r) for r in args.runs if os.path.exists(os.path.join(r, "pipeline.json"))]
+  share_untrained(runs)
   print(tables(runs))
   if args.json:
     with open(args.json, "w") as f:

@@ -84,6 +84,10 @@ def test_killed_pipeline_finishes_without_redoing_work(finished_run):
                                    "continued", "rft", "train_vanilla",
                                    "train_finetune_cot", "evaluate", "export", "report"]
   assert final["runs"] == 2
+  # Each start of the folder is recorded with its command and the code's commit.
+  assert len(final["invocations"]) == 2
+  for started in final["invocations"]:
+    assert "demo" in started["argv"] and started["code"]
   # Stages finished before a kill were not run again.
   for stage, record in first["stages"].items():
     assert final["stages"][stage] == record

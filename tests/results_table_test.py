@@ -135,3 +135,16 @@ def test_phase1_row_names_its_protocol():
       "TinyThinker phase 1 (annealed: cosine to zero over 1500 steps)")
   assert results_table.phase1_label([stopped]) == "TinyThinker phase 1 (early stopping)"
   assert results_table.phase1_label([annealed, stopped]).endswith("different protocols)")
+
+
+def test_the_untrained_model_evaluated_once_serves_every_seed():
+  """Its greedy answers do not depend on the seed (evaluate_untrained=False in
+  the other seeds' runs): every seed pairs with the one evaluation."""
+  untrained = {"test": 0.2, "rank": 0.5, "questions": {}}
+  runs = [{"run": "r/task_b/seed_0", "students": {"untrained": untrained,
+                                                  "vanilla": {"test": 0.3}}},
+          {"run": "r/task_b/seed_1", "students": {"vanilla": {"test": 0.4}}},
+          {"run": "r/task_c/seed_0", "students": {"vanilla": {"test": 0.5}}}]
+  results_table.share_untrained(runs)
+  assert runs[1]["students"]["untrained"] is untrained
+  assert "untrained" not in runs[2]["students"]  # another task's is not shared

@@ -12,6 +12,32 @@ from tinythinker_jax import errors, paths
 MANIFEST = "pipeline.json"
 
 
+def code_version() -> str:
+  """The git commit of the code that runs (with '+changes' when the checkout has
+  uncommitted changes), or the installed package's version outside a checkout."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return commit + ("+changes" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    from importlib import metadata  # pylint: disable=import-outside-toplevel
+    try:
+      return "tinythinker_jax " + metadata.version("tinythinker_jax")
+    except metadata.PackageNotFoundError:
+      return "unknown"
+
+
+def invocation() -> dict[str, Any]:
+  import sys  # pylint: disable=import-outside-toplevel
+  return {"argv": list(sys.argv), "code": code_version(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 class Manifest:
   """`pipeline.json`: finished stages, written atomically after each one."""
 
@@ -28,6 +54,8 @@ class Manifest:
                          f"({', '.join(changed)}); use a new run folder")
       self.data = saved
     self.data["runs"] = self.data.get("runs", 0) + 1
+    # How each run of the folder was started, so that its tables can be rebuilt.
+    self.data.setdefault("invocations", []).append(invocation())
     self._write()
 
   def done(self, stage: str) -> bool:

@@ -117,6 +117,7 @@ class _Run:
   chat_template: bool
   rank: Optional[ranking.RankSettings]
   step_by_step_alpha: float
+  evaluate_untrained: bool
   progress: bool
   # model dir of each student (filled as its stage finishes), and the vocabulary
   students: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -264,7 +265,7 @@ def _evaluate(run: _Run) -> dict[str, Any]:
       for e in run.extra_test_sets]
   students = dict(run.students)
   settings_of = {}
-  if run.pretrained:  # The model before any training, as every table's first row.
+  if run.pretrained and run.evaluate_untrained:  # The model before any training.
     students = {baselines_lib.UNTRAINED: run.pretrained, **students}
     settings_of[baselines_lib.UNTRAINED] = dataclasses.replace(
         run.student, chat_template=run.chat_template)
@@ -358,7 +359,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  rft_settings=None,
                  extra_test_sets: Sequence[tuple] = (),
                  rank: Optional[ranking.RankSettings] = ranking.RankSettings(),
-                 step_by_step_alpha: float = 0.5,
+                 step_by_step_alpha: float = 0.5, evaluate_untrained: bool = True,
                  export: bool = True, report: bool = True, progress: bool = True,
                  stop_after_stage: Optional[str] = None) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns the manifest.
@@ -385,7 +386,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   `chat_template` wraps every decoder-only prompt in that tokenizer's chat
   template (an instruct student), as token ids on the model config. With
   `pretrained`, the model itself is evaluated too, zero-shot (`untrained`: the
-  vanilla prompt, and ranked). `rank` (None: off) adds rank classification of
+  vanilla prompt, and ranked), unless `evaluate_untrained` is off (its greedy
+  answers do not depend on the seed: one seed's evaluation serves them all). `rank` (None: off) adds rank classification of
   multiple-choice questions (`reasoning.ranking`) to every student's report.
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
@@ -465,7 +467,7 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
       extra_test_sets=extra_test_sets, num_options=spec.num_options or 1,
       manifest=manifest_lib.Manifest(run_dir, settings), log=print if progress else (lambda _: None),
       progress=progress, pretrained=pretrained, chat_template=chat_template, rank=rank,
-      step_by_step_alpha=step_by_step_alpha,
+      step_by_step_alpha=step_by_step_alpha, evaluate_untrained=evaluate_untrained,
       students={fmt: _join(run_dir, "students", fmt) for fmt in student_formats})
   for name, stage_fn, record in _stages(run, export, report):
     record(manifest_lib.run_stage(run.manifest, name, stage_fn, run.log))
