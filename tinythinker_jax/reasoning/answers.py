@@ -28,7 +28,6 @@ import functools
 import re
 from typing import Iterable, Optional, Sequence
 
-from tinythinker_jax.data.arithmetic import arithmetic_value, format_number  # noqa: F401
 from tinythinker_jax.data.schema import AnswerType, Choice
 
 ANSWER_ARROW = "-->"

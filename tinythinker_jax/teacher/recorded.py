@@ -15,12 +15,12 @@ Two sources:
 A completion is cut at the first made-up continuation (`cut`, default `Q:`, as the
 few-shot prompts start each new question), then split at its last "the answer
 is": the reasoning before it is the rationale, the rest is the answer reply,
-whose answer is read by the live teacher's extraction (`answers.
-extract_teacher_answer`; an answer written as an arithmetic expression counts as
-its value, as in "The answer is (16 * 17) * 4."). Lower-case option letters "(d)" (the few-shot prompts' style) are
-read as the example's labels, and an option whose text equals the gold
-option's (CommonsenseQA repeats an option's text in a few questions) is the gold
-answer, as the release's text labels count it.
+whose answer is read by the live teacher's extraction
+(`answers.extract_teacher_answer`; an answer written as an arithmetic expression
+counts as its value, as in "The answer is (16 * 17) * 4."). Lower-case option
+letters "(d)" (the few-shot prompts' style) are read as the example's labels, and
+an option whose text equals the gold option's (CommonsenseQA repeats an option's
+text in a few questions) is the gold answer, as the release's text labels count it.
 
 With `filter_answers` (Fine-tune-CoT) a chain is kept when its answer equals the
 gold answer; without (Distilling Step-by-Step, `--label_type gt`) every chain with
