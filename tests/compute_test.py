@@ -63,7 +63,7 @@ def test_budgets_become_the_steps_that_spend_them(tiny_config, tmp_path):
     recipe.steps_for_budget(source, step_flops, "train_flops", 0)
 
 
-def test_sampling_counts_the_useful_model_flops_of_every_row(tiny_config):
+def test_sampling_counts_the_work_of_every_call_as_training_does(tiny_config):
   config = tiny_config.replace(vocab_size=260)
   codec = vocabularies.TextCodec("byte", extra_ids=0)
   mesh = partitioning.create_mesh(devices=jax.devices()[:1])
@@ -72,13 +72,21 @@ def test_sampling_counts_the_useful_model_flops_of_every_row(tiny_config):
                     max_input_length=32, max_decode_length=5)
   prompts = ["abc", "a longer prompt", "x"]
   generated = student.generate(prompts, Sampling(temperature=1.0, num_samples=2), seed=1)
-  # Each prompt is encoded once at its call's padded length (16: the smallest
-  # bucket holding them), then each sampled row decodes its own tokens.
-  length = 16
-  expected = sum(flops.encode_flops(config, length) +
-                 sum(flops.decode_steps_flops(config, length, g.num_tokens) for g in gens)
-                 for gens in generated)
-  assert student.compute.sample_flops == expected
+  # One call of 4 input rows (8 rows / 2 samples; one only fills the batch), each
+  # encoded at the call's padded length (16: the smallest bucket holding them);
+  # then 8 sampled rows decoded for as many steps as the call ran: at least the
+  # longest real row's, at most max_decode_length (a padding row may run longer).
+  length, rows = 16, 4
+  longest = max(g.num_tokens for gens in generated for g in gens)
+  spent = student.compute.sample_flops
+  encode = rows * flops.encode_flops(config, length)
+  assert spent in [encode + 2 * rows * flops.decode_steps_flops(config, length, steps)
+                   for steps in range(longest, 6)]
+  # More than the useful work alone (each real row's own tokens).
+  useful = sum(flops.encode_flops(config, length) +
+               sum(flops.decode_steps_flops(config, length, g.num_tokens) for g in gens)
+               for gens in generated)
+  assert spent > useful
   assert student.compute.sample_tokens == sum(
       len(codec.encode(p)) + 1 + sum(g.num_tokens for g in gens)
       for p, gens in zip(prompts, generated))
@@ -89,8 +97,9 @@ def test_sampling_counts_the_useful_model_flops_of_every_row(tiny_config):
       2 * weights.per_target_token * 3 +
       4 * h * config.num_decoder_layers * ((1 + 7) + (2 + 7) + (3 + 7)))
   before = student.compute.sample_flops
-  student.score(["abc"], ["de"])  # input and target at their buckets (16 and 5)
-  assert student.compute.sample_flops - before == flops.forward_flops(config, 1, 16, 5)
+  student.score(["abc"], ["de"])  # input and target at their buckets (16 and 5),
+  # over the call's 8 rows
+  assert student.compute.sample_flops - before == flops.forward_flops(config, 8, 16, 5)
 
 
 def test_shards_record_what_each_shard_spent(tmp_path):

@@ -7,14 +7,18 @@ a resumed run continues the count, never restarts it), in `metrics.jsonl`
 evaluation record theirs per finished shard (`shards.run_sharded`), so a
 resumed job counts each shard once.
 
-What is counted (`models.flops`):
+What is counted (`models.flops`), the same way for training and sampling: the
+work each jitted call does on its padded shapes.
 - training: 6·N per token plus attention, on the batch shapes as computed
   (padding included: the step does that work), phase 1 or preference pairs;
-- sampling: the encoder once per prompt at its padded length, then each
-  sampled row's generated tokens (EOS included) through the cached decoder,
-  plus the forward passes that score sequences (the reference log-probs).
-  Rows added only to fill a batch, and decode steps after a row's EOS, are
-  not counted: sampling counts the useful work, as MFU does.
+- sampling: every row of each decoding call (rows that only fill the batch
+  too) through the encoder (or the prefill) at the call's padded length, then
+  the decode steps the call ran (to its longest row's EOS; a beam search runs
+  all `max_length`), plus the forward passes that score sequences (the
+  reference log-probs) at their padded shapes. (Before, sampling counted only
+  each row's tokens up to its EOS while training counted padding, which
+  favoured the sampling-heavy method in a compute match.) `sample_tokens`
+  still counts the useful tokens: prompts and tokens generated up to EOS.
 
 A training budget (`TrainSettings.train_flops` or `train_tokens`) is turned
 into a step count before training starts (`steps_for_budget`): batches are a

@@ -202,15 +202,20 @@ class Student:
       tokens = self._pad(chunk, length, per_call)
       result = jax.device_get(fn(self.params, self._shard(tokens),
                                  keys[start:start + per_call]))
+      # The work the call did, as training counts its padded batches: every row
+      # of it (those that only fill the batch too) through the encoder or prefill,
+      # and the decode steps it ran (its longest row; a beam search runs them all).
+      beams = self.num_beams if sampling.temperature == 0 else 1
+      steps = max_length if beams > 1 else int(np.max(result.lengths))
+      self.compute.sample_flops += per_call * (
+          self.model.encode_flops(length) +
+          num * beams * self.model.decode_steps_flops(length, steps))
       for i in range(len(chunk)):
         samples = []
-        self.compute.sample_flops += self.model.encode_flops(length)
         self.compute.sample_tokens += len(chunk[i])
         for j in range(num):
           row = i * num + j
           n = int(result.lengths[row])
-          self.compute.sample_flops += self.model.decode_steps_flops(length, n) * (
-              self.num_beams if sampling.temperature == 0 else 1)
           self.compute.sample_tokens += n
           ids = result.tokens[row, :n]
           finished = n < max_length or (n == max_length and ids[-1] == self.codec.eos_id)
@@ -253,8 +258,9 @@ class Student:
                      if b >= longest)
       token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length)),
                                      self._shard(self._pad(tchunk, tlength))))
+      # Every row of the call, as the padded batch computes them.
+      self.compute.sample_flops += self.model.forward_flops(self.batch_size, length, tlength)
       for i, ids in enumerate(tchunk):
-        self.compute.sample_flops += self.model.forward_flops(1, length, tlength)
         self.compute.sample_tokens += len(chunk[i]) + len(ids)
         values = token_logp[i, :len(ids)]
         out.append({"logprob": float(values.sum()), "num_tokens": len(ids),
