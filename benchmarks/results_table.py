@@ -276,6 +276,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
             "validation) |", "|---|---|---|---|---|---|"]
   for task, task_runs in sorted(by_task.items()):
     for run in task_runs:
+      if run["phase1_steps"] is None and not run["rounds"]:
+        continue  # no TinyThinker student in this run
       sr = [r for r in run["rounds"] if r["kind"] == "reflect"]
       rft = [r for r in run["rounds"] if r["kind"] == "rft"]
 
@@ -295,10 +297,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
           f"{fmt(best_value, '{:.1%}')} | {sr_text} | {run.get('reflect_best_round', '–')} "
           f"| {rft_text} |")
   diagnosis = diagnosis_rows(by_task)
-  return "\n".join(["## Results", "", *lines, "",
-                    "## Paired comparisons: self-reflection against each baseline, "
-                    "TinyThinker against Fine-tune-CoT", "",
-                    *diffs, "", "## What the rounds did", "", *rounds] +
+  return "\n".join(["## Results", "", *lines, "", "## Paired comparisons", "", *diffs] +
+                   (["", "## What the rounds did", "", *rounds] if len(rounds) > 2 else []) +
                    (["", "## Where the staged chains go wrong (validation questions, "
                      "teacher-forced stages)", "", *diagnosis] if diagnosis else []))
 

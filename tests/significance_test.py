@@ -79,3 +79,10 @@ def test_majority_baseline_and_verdicts():
   assert significance.verdict(interval, 0.01) == "a gain"
   assert significance.verdict(interval, 0.2) == "not distinguishable"
   assert significance.verdict(significance.t_interval([0.1]), None) == "one seed: no test"
+
+
+def test_a_one_seed_verdict_says_it_is_over_questions_only():
+  boot = significance.paired_bootstrap([[True] * 30 + [False] * 10],
+                                       [[False] * 30 + [True] * 10], samples=500)
+  assert boot.n == 1
+  assert significance.verdict(boot, 0.001) == "a gain (one seed: over its questions only)"

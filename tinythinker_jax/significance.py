@@ -194,9 +194,10 @@ def verdict(interval: Interval, adjusted_p: Optional[float], alpha: float = 0.05
   """A comparison's plain-words verdict."""
   if interval.n < 2 and interval.p_value is None:
     return "one seed: no test"
-  if adjusted_p is None or adjusted_p >= alpha:
-    return "not distinguishable"
-  return "a gain" if interval.mean > 0 else "a loss"
+  words = ("not distinguishable" if adjusted_p is None or adjusted_p >= alpha else
+           "a gain" if interval.mean > 0 else "a loss")
+  # One seed: a per-question test says nothing of the seed-to-seed spread.
+  return words + (" (one seed: over its questions only)" if interval.n < 2 else "")
 
 
 def per_question(records: Mapping[str, bool], ids: Sequence[str]) -> list[bool]:
