@@ -134,7 +134,8 @@ class McNemar:
   p_value: float
 
   def format(self) -> str:
-    return f"{self.only_a} vs {self.only_b}, p = {_p(self.p_value)}"
+    text = _p(self.p_value)
+    return f"{self.only_a} vs {self.only_b}, p {text if text.startswith('<') else '= ' + text}"
 
 
 def _binomial_two_sided(k: int, n: int) -> float:
