@@ -387,8 +387,10 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   template (an instruct student), as token ids on the model config. With
   `pretrained`, the model itself is evaluated too, zero-shot (`untrained`: the
   vanilla prompt, and ranked), unless `evaluate_untrained` is off (its greedy
-  answers do not depend on the seed: one seed's evaluation serves them all). `rank` (None: off) adds rank classification of
-  multiple-choice questions (`reasoning.ranking`) to every student's report.
+  answers do not depend on the seed: one seed's evaluation serves them all).
+  `rank` (None: off) adds rank classification of multiple-choice questions
+  (`reasoning.ranking`) to every student's report. `step_by_step_alpha`:
+  Distilling Step-by-Step's label-loss weight (the rationale's is 1 - alpha).
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
   `dataset_path`; `max_examples` defaults to `max_test_examples`.
@@ -409,6 +411,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   for fmt in student_formats:
     if fmt not in FORMATS:
       raise errors.UserError(f"STUDENT_FORMATS: {fmt!r} is not one of {sorted(FORMATS)}")
+  if not 0.0 <= step_by_step_alpha <= 1.0:
+    raise errors.UserError(f"STEP_BY_STEP_ALPHA={step_by_step_alpha}: a weight in [0, 1]")
   for name in baselines:
     if name not in baselines_lib.BASELINES:
       raise errors.UserError(f"run_pipeline.baselines: {name!r} is not one of "
