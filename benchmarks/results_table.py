@@ -333,11 +333,6 @@ def paired(runs: list[dict[str, Any]], a: str, b: str):
           significance.mcnemar_seeds(qa, qb))
 
 
-def _p_phrase(p: float) -> str:
-  text = significance.format_p(p)
-  return text if text.startswith("<") else f"= {text}"
-
-
 def comparison_rows(comparisons: list[tuple]) -> list[str]:
   """The paired comparisons with Holm-adjusted p-values over all of them."""
   primary = [(boot or seeds).p_value for *_, seeds, boot, _ in comparisons]
@@ -354,7 +349,7 @@ def comparison_rows(comparisons: list[tuple]) -> list[str]:
     rows.append(
         f"| {task} | {a} | {b} | {seeds.n} | {seeds.format()} | "
         f"{significance.format_p(seeds.p_value)} | "
-        f"{boot.format() + ', p ' + _p_phrase(boot.p_value) if boot else '–'} | "
+        f"{boot.format() + ', ' + significance.p_phrase(boot.p_value) if boot else '–'} | "
         f"{mc.format() if mc else '–'} | {significance.format_p(adjusted.get(i))} | "
         f"{significance.verdict(boot or seeds, adjusted.get(i))} |")
   return rows

@@ -39,6 +39,7 @@ def findings(reports: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]
   (by generation or by ranking), or below the majority answer."""
   out = []
   base = reports.get("untrained")
+  majority = floor(reports)
   for name, r in reports.items():
     if name == "untrained":
       continue
@@ -50,7 +51,6 @@ def findings(reports: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]
         if mine is not None and before is not None and mine < before:
           out.append(f"- **{label} fell below the untrained model** on {what}: "
                      f"{mine:.1%} against {before:.1%} ({100 * (mine - before):+.1f} points).")
-    majority = floor(reports)
     if majority and r["greedy"]["accuracy"] < majority[1]:
       out.append(f"- {label} ({r['greedy']['accuracy']:.1%}) is below the majority answer "
                  f"(always {majority[0]!r}: {majority[1]:.1%}).")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -134,8 +134,7 @@ class McNemar:
   p_value: float
 
   def format(self) -> str:
-    text = _p(self.p_value)
-    return f"{self.only_a} vs {self.only_b}, p {text if text.startswith('<') else '= ' + text}"
+    return f"{self.only_a} vs {self.only_b}, {p_phrase(self.p_value)}"
 
 
 def _binomial_two_sided(k: int, n: int) -> float:
@@ -181,14 +180,16 @@ def majority_baseline(golds: Sequence[str]) -> tuple[str, float]:
   return answer, count / len(golds)
 
 
-def _p(value: Optional[float]) -> str:
+def format_p(value: Optional[float]) -> str:
   if value is None:
     return "–"
   return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def format_p(value: Optional[float]) -> str:
-  return _p(value)
+def p_phrase(value: Optional[float]) -> str:
+  """'p = 0.042' or 'p < 0.001'."""
+  text = format_p(value)
+  return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def verdict(interval: Interval, adjusted_p: Optional[float], alpha: float = 0.05) -> str:
@@ -199,8 +200,3 @@ def verdict(interval: Interval, adjusted_p: Optional[float], alpha: float = 0.05
            "a gain" if interval.mean > 0 else "a loss")
   # One seed: a per-question test says nothing of the seed-to-seed spread.
   return words + (" (one seed: over its questions only)" if interval.n < 2 else "")
-
-
-def per_question(records: Mapping[str, bool], ids: Sequence[str]) -> list[bool]:
-  """Correctness in the order of `ids` (a KeyError names a missing question)."""
-  return [bool(records[i]) for i in ids]

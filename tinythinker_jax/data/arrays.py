@@ -117,7 +117,11 @@ class ArrayDataset:
   def batch(self, seed: int, position: int, batch_size: int,
             local: slice = slice(None)) -> dict[str, np.ndarray]:
     """This process's slice of a global batch (sorted reads, original order kept)."""
-    rows = self.indices(seed, position, batch_size)[local]
+    return self.take(self.indices(seed, position, batch_size)[local])
+
+  def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Every feature's `rows`, in their order (read sorted: memory-mapped files
+    are read front to back)."""
     order = np.argsort(rows)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
@@ -243,9 +247,8 @@ class MultiTaskSource(BatchSource):
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     rows = self._rows(step)
-    names = list(self.datasets[self.tasks[0]].arrays)
-    whole = {n: np.concatenate([np.asarray(self.datasets[t].arrays[n][np.sort(rows)])[
-        np.argsort(np.argsort(rows))] for t in self.tasks]) for n in names}
+    parts = [self.datasets[t].take(rows) for t in self.tasks]
+    whole = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
     weights = whole["decoder_loss_weights"].astype(np.float32)
     counts = [weights[k * self.per_task:(k + 1) * self.per_task].sum()
               for k in range(len(self.tasks))]

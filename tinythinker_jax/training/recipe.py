@@ -207,18 +207,15 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
   examples in each batch, the loss their weighted per-task means
   (`arrays.MultiTaskSource`).
   """
-  if task_weights:
-    if schedule is not None:
-      raise errors.UserError("task_weights and an interleaving schedule exclude each other")
+  if task_weights and schedule is not None:
+    raise errors.UserError("task_weights and an interleaving schedule exclude each other")
 
-    def make_source(local=slice(None)):
+  def make_source(local=slice(None)):
+    if task_weights:
       return arrays.MultiTaskSource(datasets, settings.batch_size, settings.seed,
                                     task_weights, local=local)
-  else:
-
-    def make_source(local=slice(None)):
-      return arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
-                                local=local)
+    return arrays.BatchSource(datasets, settings.batch_size, settings.seed, schedule,
+                              local=local)
   if len(datasets) > 1 and schedule is None and not task_weights:
     raise errors.UserError(f"{sorted(datasets)}: several streams need a schedule")
   if settings.dropout_rate is not None:
