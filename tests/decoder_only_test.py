@@ -327,3 +327,39 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
   exported_rows = model.model.embed_tokens.weight.detach().numpy()
   np.testing.assert_array_equal(exported_rows[codec.hf_ids[:300]],
                                 np.asarray(final.params["embedding"])[:300])
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_options_scored_from_one_prefilled_prompt_equal_the_teacher_forced_pass(
+    architecture):
+  """Rank classification reads a question's prompt once (`continuation_logps`:
+  prefill, the cache repeated per option, every option's tokens in one pass):
+  each option token's log-probability equals the uncached teacher-forced pass on
+  the prompt repeated per option, for prompts of different lengths, options of
+  different lengths, and a chat template around the prompt."""
+  import dataclasses
+
+  import flax.linen as nn
+
+  from tinythinker_jax.families import decoder_only
+  for template in ((), ((3, 4), (5,))):
+    config = _configs()[architecture]
+    if template:
+      config = dataclasses.replace(config, prompt_prefix_ids=template[0],
+                                   prompt_suffix_ids=template[1])
+    params = nn.unbox(DecoderOnlyModel(config).init_params(jax.random.key(7)))
+    inputs = np.array([[2, 3, 4, 5, 6], [7, 8, 0, 0, 0], [9, 0, 0, 0, 0]], np.int32)
+    options = np.zeros((3, 4, 3), np.int32)
+    rng = np.random.default_rng(1)
+    for r in range(3):
+      for j in range(4):
+        n = 1 + (r + j) % 3
+        options[r, j, :n] = rng.integers(2, 32, n)
+    got = np.asarray(jax.jit(lambda p, x, o: decoder_only.continuation_logps(
+        config, p, x, o))(params, inputs, options))
+    want = np.asarray(jax.jit(lambda p, x, t: decoder_only.completion_logps(
+        config, p, x, t)[0])(params, np.repeat(inputs, 4, 0), options.reshape(12, 3)))
+    want = want.reshape(3, 4, 3)
+    real = options > 0
+    np.testing.assert_allclose(got[real], want[real], atol=2e-5)
+    assert np.abs(want[real]).min() > 0  # real log-probabilities, none masked

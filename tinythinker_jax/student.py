@@ -227,6 +227,62 @@ class Student:
 
   # --------------------------------------------------------------- scoring
 
+  def score_options(self, prompts: Sequence[str], options: Sequence[Sequence[str]]
+                    ) -> list[list[dict[str, Any]]]:
+    """Log-likelihood of each of a prompt's options as its continuation (no EOS;
+    rank classification), `[prompt][option]` dicts like `score`'s. Each prompt
+    is read once for all its options (`BaseModel.continuation_logps`: a
+    decoder-only student prefills it into a KV cache once), so ranking k options
+    costs about one prompt and k short continuations, not k prompts."""
+    if len(prompts) != len(options):
+      raise errors.UserError(f"{len(prompts)} prompts but {len(options)} option lists")
+    rows = [[self.codec.encode(t) for t in opts] for opts in options]
+    for opts, ids in zip(options, rows):
+      empty = [t for t, r in zip(opts, ids) if not r]
+      if empty or not opts:
+        raise errors.UserError(f"score_options: option {empty[0] if empty else opts!r} "
+                               "has no tokens")
+    fn = self._continuations_fn()
+    input_rows = self._encode_inputs(prompts)
+    width = max(len(r) for r in rows)  # options a prompt, padded to the most
+    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
+    per_call = max(data, (self.batch_size // width) // data * data)
+    out: list[list[dict[str, Any]]] = []
+    for start, chunk, length in self._chunks(input_rows, per_call):
+      ochunk = rows[start:start + len(chunk)]
+      longest = max(len(t) for r in ochunk for t in r)
+      tlength = next(b for b in _buckets(max(self.max_decode_length, longest), 4)
+                     if b >= longest)
+      targets = np.zeros((per_call, width, tlength), np.int32)
+      for i, r in enumerate(ochunk):
+        for j, ids in enumerate(r):
+          targets[i, j, :len(ids)] = ids
+      token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length,
+                                                                       per_call)),
+                                     self._shard(targets)))
+      # Every row of the call: each prompt read once, then every option slot.
+      self.compute.sample_flops += per_call * (
+          self.model.encode_flops(length) +
+          width * self.model.decode_steps_flops(length, tlength))
+      for i, r in enumerate(ochunk):
+        self.compute.sample_tokens += len(chunk[i]) + sum(len(ids) for ids in r)
+        scored = []
+        for j, ids in enumerate(r):
+          values = token_logp[i, j, :len(ids)]
+          scored.append({"logprob": float(values.sum()), "num_tokens": len(ids),
+                         "token_logprobs": [float(v) for v in values]})
+        out.append(scored)
+    return out
+
+  def _continuations_fn(self):
+    if "continuations" not in self._fns:
+      model = self.model
+
+      def fn(params, inputs, continuations):
+        return model.continuation_logps(params, inputs, continuations)
+      self._fns["continuations"] = self.partitioner.partition(fn)
+    return self._fns["continuations"]
+
   def _score_fn(self):
     if "score" not in self._fns:
       model = self.model

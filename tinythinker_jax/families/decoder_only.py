@@ -29,6 +29,7 @@ decoder row of prompt, completion, prompt, completion ... (`packed_sequence`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -214,6 +215,36 @@ def _step(params: Any, p: _Prefilled, step: Array, token: Array, cache: Any
   return logits[:, 0].astype(jnp.float32), variables["cache"]
 
 
+def continuation_logps(config: DecoderConfig, params: Any, inputs: Array,
+                       continuations: Array) -> Array:
+  """`log p(continuations[r, j, t] | inputs[r], continuations[r, j, :t])`
+  `[rows, k, length]` for `k` 0-padded continuations of each prompt (say a
+  question's options), the prompt read once: prefilled into a KV cache, the cache
+  repeated for each continuation, then every continuation's tokens in one pass.
+  The same numbers as `completion_logps` on the prompt repeated `k` times (no
+  EOS added); padding positions are not masked (the caller knows the lengths)."""
+  rows, k, length = continuations.shape
+  p = _prefill(config, params, inputs, length)
+  repeat = functools.partial(jnp.repeat, repeats=k, axis=0)
+  # The cache's keys and values have a row axis; its write index is a scalar.
+  cache = jax.tree_util.tree_map(lambda x: x if x.ndim == 0 else repeat(x), p.cache)
+  tokens = continuations.reshape(rows * k, length)
+  slots = jnp.arange(p.key_valid.shape[1])
+  steps = jnp.arange(length)
+  own = (slots[None, :] >= p.width) & (slots[None, :] <= p.width + steps[:, None])
+  mask = repeat(p.key_valid)[:, None, :] | own[None]
+  logits, _ = p.decoder.apply(
+      {"params": params, "cache": cache}, tokens,
+      positions=repeat(p.next_position)[:, None] + steps[None], mask=mask,
+      mutable=["cache"])
+  # Token t is predicted by the prompt's last position (t = 0) or by token t - 1.
+  predictors = jnp.concatenate([repeat(p.last_logits)[:, None],
+                                logits[:, :-1].astype(jnp.float32)], axis=1)
+  logps = jax.nn.log_softmax(predictors, axis=-1)
+  picked = jnp.take_along_axis(logps, tokens[..., None], axis=-1)[..., 0]
+  return picked.reshape(rows, k, length)
+
+
 def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: int,
                  eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
   """The prompts through the cache at once, then one token per step;
@@ -329,6 +360,9 @@ class DecoderOnlyModel(BaseModel):
     return decode(self.config, params, inputs, max_length=max_length, eos_id=eos_id,
                   rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
                   num_samples=num_samples)
+
+  def continuation_logps(self, params: Any, inputs: Array, continuations: Array) -> Array:
+    return continuation_logps(self.config, params, inputs, continuations)
 
   # FLOPs: the standard count (models.flops) for one decoder over prompt + completion.
   def _weights(self) -> int:

@@ -26,6 +26,7 @@ import functools
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from tinythinker_jax import errors
 
@@ -104,6 +105,16 @@ class BaseModel(abc.ABC):
                   target_segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
     """`(log p(targets[t] | inputs, targets[:t]) [batch, length], logits)` for
     EOS-terminated, 0-padded targets; padding positions are 0."""
+
+  def continuation_logps(self, params: Any, inputs: Array, continuations: Array) -> Array:
+    """`log p(continuations[r, j, t] | inputs[r], continuations[r, j, :t])`
+    `[rows, k, length]` for `k` 0-padded continuations of each prompt (no EOS
+    added): here the prompt repeated for each; a family whose prompt can be read
+    once (a decoder-only KV cache) overrides it."""
+    rows, k, length = continuations.shape
+    logps, _ = self.token_logps(params, jnp.repeat(inputs, k, axis=0),
+                                continuations.reshape(rows * k, length))
+    return logps.reshape(rows, k, length)
 
   # ---------------------------------------------------------------- decoding
 

@@ -72,15 +72,12 @@ def rank(student, examples: Sequence[Example], *, output_dir: str,
   def work(items, index):
     del index
     requests = [ranking.rank_requests(e, settings) for e in items]
-    flat = [pair for pairs in requests for pair in pairs]
-    scores = student.score([p for p, _ in flat], [t for _, t in flat], eos=False)
-    out, at = [], 0
-    for example, pairs in zip(items, requests):
-      mine = scores[at:at + len(pairs)]
-      at += len(pairs)
-      out.append(ranking.rank_record(example, [s["logprob"] for s in mine],
-                                     [s["num_tokens"] for s in mine]))
-    return out
+    # All of a question's options share its prompt: read once for all of them.
+    scores = student.score_options([pairs[0][0] for pairs in requests],
+                                   [[t for _, t in pairs] for pairs in requests])
+    return [ranking.rank_record(example, [s["logprob"] for s in mine],
+                                [s["num_tokens"] for s in mine])
+            for example, mine in zip(items, scores)]
   return shards.run_sharded(examples, work, directory=paths.as_path(output_dir) / name,
                             name=name, shard_size=shard_size,
                             process_index=jax.process_index(),
