@@ -108,3 +108,27 @@ def test_report_states_students_below_the_untrained_model_first():
              "ranked options: 50.0% against 56.0%" in line for line in lines)
   assert len(lines) == 6  # the heading, a blank line, three findings, a blank line
   assert reports.findings({"vanilla": evaluated["finetune_cot_decoder"]}, reports.NAMES) == []
+
+
+def test_few_shot_prompts_written_by_hand():
+  """The untrained model's few-shot rows: exemplars drawn from training questions
+  with a seed, written before the vanilla prompt (question, options, answer on
+  the next line) and before the ranking cloze (prompt and gold option's text)."""
+  from tinythinker_jax.reasoning import few_shot
+  pen = Example("p", "Why?", "B", (Choice("A", "ink"), Choice("B", "a pen")))
+  sum_ = Example("s", "2 + 3?", "5")
+  train = [pen, sum_, Example("u", "no answer", None)]
+  assert few_shot.draw(train, 2, seed=3) == few_shot.draw(train, 2, seed=3)
+  assert {e.id for e in few_shot.draw(train, 2)} == {"p", "s"}  # answered ones only
+  with pytest.raises(Exception, match="2 answered"):
+    few_shot.draw(train, 3)
+  block = few_shot.generation_block([pen, sum_])
+  assert block == "Why? Answer choices: (A) ink, (B) a pen.\nB\n\n2 + 3?\n5\n\n"
+  test = few_shot.with_block([Example("t", "Who?", "A", (Choice("A", "me"),))], block)
+  assert test[0].question == block + "Who?" and test[0].choices[0].text == "me"
+  settings = few_shot.rank_settings([pen], ranking.RankSettings())
+  assert settings.prompt == "Question: Why?\nAnswer: a pen\n\nQuestion: {question}\nAnswer:"
+  assert ranking.rank_requests(Example("t", "Who?", "A", (Choice("A", "me"),)), settings) == [
+      ("Question: Why?\nAnswer: a pen\n\nQuestion: Who?\nAnswer:", " me")]
+  with pytest.raises(Exception, match="gold option"):
+    few_shot.rank_settings([sum_])
