@@ -329,21 +329,23 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
                                 np.asarray(final.params["embedding"])[:300])
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("architecture,scan", [("llama", False), ("gpt2", False),
+                                               ("llama", True)])
 def test_options_scored_from_one_prefilled_prompt_equal_the_teacher_forced_pass(
-    architecture):
+    architecture, scan):
   """Rank classification reads a question's prompt once (`continuation_logps`:
   prefill, the cache repeated per option, every option's tokens in one pass):
   each option token's log-probability equals the uncached teacher-forced pass on
   the prompt repeated per option, for prompts of different lengths, options of
-  different lengths, and a chat template around the prompt."""
+  different lengths, a chat template around the prompt, and a scanned stack
+  (its cache's layers first)."""
   import dataclasses
 
   import flax.linen as nn
 
   from tinythinker_jax.families import decoder_only
   for template in ((), ((3, 4), (5,))):
-    config = _configs()[architecture]
+    config = dataclasses.replace(_configs()[architecture], scan_layers=scan)
     if template:
       config = dataclasses.replace(config, prompt_prefix_ids=template[0],
                                    prompt_suffix_ids=template[1])

@@ -196,7 +196,7 @@ class BeamResult(NamedTuple):
 _UNBATCHED_CACHE = ("position", "key_positions", "index")
 
 
-def _select_rows(cache: Any, rows: Array) -> Any:
+def select_cache_rows(cache: Any, rows: Array) -> Any:
   """The cache's batch rows `rows`; a scanned stack's (under `layers`) have the
   layers first and the batch second. Positions and indices are not per row."""
   def select(path, x):
@@ -250,7 +250,7 @@ def beam_search_loop(cache: Any, step: StepFn, *, batch: int, beam_size: int,
     lengths = jnp.where(~parent_done & (token == eos_id), i + 1, lengths)
     done = parent_done | (token == eos_id)
     rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    return tokens, top_scores, done, lengths, _select_rows(cache, rows)
+    return tokens, top_scores, done, lengths, select_cache_rows(cache, rows)
 
   tokens, scores, _, lengths, _ = jax.lax.fori_loop(0, max_length, body, state)
   return BeamResult(tokens, scores, lengths)

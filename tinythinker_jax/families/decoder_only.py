@@ -226,8 +226,9 @@ def continuation_logps(config: DecoderConfig, params: Any, inputs: Array,
   rows, k, length = continuations.shape
   p = _prefill(config, params, inputs, length)
   repeat = functools.partial(jnp.repeat, repeats=k, axis=0)
-  # The cache's keys and values have a row axis; its write index is a scalar.
-  cache = jax.tree_util.tree_map(lambda x: x if x.ndim == 0 else repeat(x), p.cache)
+  # Each prompt's cache rows, once per continuation (a scanned stack's cache has
+  # its layers first; the write index is not per row).
+  cache = decoding.select_cache_rows(p.cache, jnp.repeat(jnp.arange(rows), k))
   tokens = continuations.reshape(rows * k, length)
   slots = jnp.arange(p.key_valid.shape[1])
   steps = jnp.arange(length)
