@@ -1,5 +1,6 @@
 """Model gin files: published dimensions, and parameter counts equal to HF's T5."""
 
+import dataclasses
 import re
 
 import gin
@@ -273,3 +274,35 @@ def test_decoder_only_model_files_work_with_any_run_config(model):
     assert config.dtype == "auto"
   finally:
     gin.clear_config()
+
+
+def test_local_teacher_settings_reach_the_pipelines_teach_stage(tmp_path, monkeypatch):
+  """`LOCAL_SERVERS` and `LOCAL_FRESH_PROMPTS` bound on a pipeline run reach
+  `teach_dataset` (they used to stop at runs/teach.gin: a pipeline with
+  `TEACHER='local'` always started one server)."""
+  from tinythinker_jax import pipeline
+  from tinythinker_jax.stages import pipeline as stages_pipeline
+  seen = []
+
+  @dataclasses.dataclass
+  class Kept:  # what teach_dataset returns, as far as the stage reads it
+    kept: int = 1
+    dropped: int = 0
+
+  def fake_teach(**kwargs):
+    seen.append(kwargs)
+    return Kept()
+  monkeypatch.setattr(stages_pipeline.teach_lib, "teach_dataset", fake_teach)
+  gin.clear_config()
+  try:
+    gin_utils.parse(["runs/pipeline.gin", "models/t5_1_1/tiny.gin"], [
+        f"RUN_DIR = '{tmp_path}'", "DATASET = 'coin_flip'", "TEACHER = 'local'",
+        "LOCAL_SERVERS = 2", "LOCAL_FRESH_PROMPTS = False", "DROPOUT_RATE = 0.0",
+        "STUDENT_FORMATS = ('finetune_cot',)",
+        "pipeline.run_pipeline.stop_after_stage = 'teach'"])
+    gin.get_configurable(stages_pipeline.run_pipeline)(progress=False)
+  finally:
+    gin.clear_config()
+  assert seen and all(k["teacher"] == "local" and k["local_servers"] == 2 and
+                      k["local_fresh_prompts"] is False for k in seen)
+  del pipeline

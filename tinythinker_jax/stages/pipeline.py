@@ -353,7 +353,9 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  dpo_settings: phase2.DpoSettings = phase2.DpoSettings(),
                  student: student_lib.StudentSettings = student_lib.StudentSettings(),
                  eval_num_runs: int = 5, eval_temperature: float = 0.7,
-                 rule_based_settings=None, recorded_settings=None, baselines: Sequence[str] = (),
+                 rule_based_settings=None, recorded_settings=None,
+                 local_servers: int = 1, local_threads: Optional[int] = None,
+                 local_fresh_prompts: bool = True, baselines: Sequence[str] = (),
                  match_budget: bool = False, budget_includes_sampling: bool = True,
                  continued_settings: Optional[recipe_lib.TrainSettings] = None,
                  rft_settings=None,
@@ -388,6 +390,8 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   `pretrained`, the model itself is evaluated too, zero-shot (`untrained`: the
   vanilla prompt, and ranked), unless `evaluate_untrained` is off (its greedy
   answers do not depend on the seed: one seed's evaluation serves them all).
+  `local_servers`, `local_threads` and `local_fresh_prompts` are the local
+  teacher's (`TEACHER='local'`; `stages.teach.teach_dataset`).
   `rank` (None: off) adds rank classification of multiple-choice questions
   (`reasoning.ranking`) to every student's report. `step_by_step_alpha`:
   Distilling Step-by-Step's label-loss weight (the rationale's is 1 - alpha).
@@ -451,10 +455,13 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
       run_dir=run_dir, dataset=dataset, model_config=model_config,
       dataset_path=dataset_path, teacher=teacher, teacher_config=teacher_config,
       gguf=gguf, prompts_dir=prompts_dir,
-      teach_settings={k: v for k, v in (("finetune_cot", finetune_cot_settings),
-                                        ("tinythinker", tinythinker_settings),
-                                        ("rule_based", rule_based_settings),
-                                        ("recorded", recorded_settings)) if v},
+      teach_settings=dict(
+          {k: v for k, v in (("finetune_cot", finetune_cot_settings),
+                             ("tinythinker", tinythinker_settings),
+                             ("rule_based", rule_based_settings),
+                             ("recorded", recorded_settings)) if v},
+          local_servers=local_servers, local_threads=local_threads,
+          local_fresh_prompts=local_fresh_prompts),
       student_formats=student_formats, max_train_examples=max_train_examples,
       max_validation_examples=max_validation_examples,
       max_test_examples=max_test_examples, max_reflect_examples=max_reflect_examples,
