@@ -365,3 +365,50 @@ def test_options_scored_from_one_prefilled_prompt_equal_the_teacher_forced_pass(
     real = options > 0
     np.testing.assert_allclose(got[real], want[real], atol=2e-5)
     assert np.abs(want[real]).min() > 0  # real log-probabilities, none masked
+
+
+def test_a_from_scratch_student_exports_for_transformers_generate(tiny_student, tmp_path):
+  """A Llama student trained here from scratch with a SentencePiece vocabulary,
+  exported and loaded by transformers (`AutoTokenizer`, `AutoModelForCausalLM`):
+  the tokenizer encodes a prompt as the student does (ids, then EOS), the
+  generation config is a decoder-only one (EOS 1, pad 0, no decoder start), and
+  greedy `generate` writes the student's own greedy completion."""
+  import json
+
+  import torch
+  import transformers
+
+  from tinythinker_jax import student as student_lib
+  from tinythinker_jax.reasoning.chains import Sampling
+  from tinythinker_jax.stages import export, phase1
+  from tinythinker_jax.training import recipe
+  config = llama.LlamaConfig(vocab_size=256, emb_dim=32, num_heads=4, num_kv_heads=2,
+                             head_dim=8, mlp_dim=64, num_layers=2,
+                             max_position_embeddings=256)
+  model_dir = str(tmp_path / "model")
+  phase1.run(model_dir=model_dir, model_config=config,
+             mixture_or_task_name="tinythinker.coin_flip.tinythinker",
+             task_feature_lengths={"inputs": 64, "targets": 64},
+             settings=recipe.TrainSettings(batch_size=8, train_steps=3, learning_rate=3e-3,
+                                           optimizer="adamw",
+                                           data_parallelism=1, checkpoint_every=3,
+                                           async_checkpoints=False),
+             records_dir=str(tiny_student / "rationales"),
+             vocabulary=str(tiny_student / "spm.model"), interleave_interval=1,
+             num_options=2, progress=False)
+  folder = export.export_student(model_dir, str(tmp_path / "hf"))
+  generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+  assert generation == {"eos_token_id": 1, "pad_token_id": 0}
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+  ours = student_lib.build(model_dir, settings=student_lib.StudentSettings(
+      batch_size=2, max_input_length=64, max_decode_length=8))
+  prompt = "A coin is heads up. Ka flips the coin. Is the coin still heads up? Recall:"
+  ids = tokenizer(prompt)["input_ids"]
+  assert ids == ours.codec.encode(prompt) + [1]
+  with torch.no_grad():
+    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+  generated = out[0, len(ids):].tolist()
+  (mine,) = ours.generate([prompt], Sampling())[0:1]
+  want = ours.codec.encode(mine[0].text) + ([1] if mine[0].finished else [])
+  assert generated[:len(want)] == want

@@ -1,10 +1,14 @@
-"""A student as a Hugging Face T5 folder with its tokenizer (`tinythinker export`).
+"""A student as a Hugging Face folder with its tokenizer (`tinythinker export`):
+T5 (`T5ForConditionalGeneration`), Llama/Qwen2 or GPT-2 (`AutoModelForCausalLM`).
 
 The folder holds `config.json`, `generation_config.json`, safetensors weights,
 and the tokenizer: the SentencePiece model as `spiece.model` with
 `tokenizer_config.json` / `special_tokens_map.json` for `T5Tokenizer` (seqio's
 extra ids become `<extra_id_N>`), or `ByT5Tokenizer` settings for the byte
-vocabulary. A student whose vocabulary is a pretrained tokenizer
+vocabulary. A decoder-only student trained here from scratch gets the same
+`T5Tokenizer`: transformers' SentencePiece tokenizer that ends a text with EOS,
+as this project encodes a decoder-only prompt (`prompt </s>`, then the
+completion), so `generate` on the tokenized prompt continues as the student does. A student whose vocabulary is a pretrained tokenizer
 (`hf_tokenizer`) gets that tokenizer's `tokenizer.json` and its embedding rows
 back in the tokenizer's own id order. `transformers` loads it with
 `from_pretrained`. Both folders may
@@ -50,7 +54,7 @@ def write_tokenizer(vocabulary: str, output_dir: paths.PathLike,
 
 def export_student(model_dir: paths.PathLike, output_dir: paths.PathLike, *,
                    vocabulary: str = "", dtype: Optional[str] = None) -> str:
-  """Writes `model_dir`'s latest checkpoint as a Hugging Face T5 folder."""
+  """Writes `model_dir`'s latest checkpoint as a Hugging Face folder of its family."""
   # Restored onto this host's devices by the partitioning rules, then written
   # one tensor at a time: no device holds the whole model.
   mesh = partitioning.create_mesh(devices=jax.local_devices())
@@ -69,8 +73,11 @@ def export_student(model_dir: paths.PathLike, output_dir: paths.PathLike, *,
         "eos_token_id": codec.hf_eos_id, "pad_token_id": codec.exported_pad_id})
     model, params = model.map_vocabulary_rows(params, codec.to_hf_rows)
   else:
-    _write_json(tmp / "generation_config.json",
-                {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
+    # seqio's ids: pad 0, EOS 1; an encoder-decoder also starts decoding at 0.
+    generation = {"eos_token_id": 1, "pad_token_id": 0}
+    if model.family == "encoder_decoder":
+      generation["decoder_start_token_id"] = 0
+    _write_json(tmp / "generation_config.json", generation)
     write_tokenizer(loaded.vocabulary, tmp)
   model.save_hf(params, str(tmp), dtype=dtype)  # config.json last
   if not remote:

@@ -47,7 +47,8 @@ class FactorDim(enum.Enum):
 
 FACTOR_RULES: Mapping[str, FactorDim] = {
     "vocab": FactorDim.COLUMN, "embed": FactorDim.ROW, "mlp": FactorDim.COLUMN,
-    "heads": FactorDim.COLUMN, "kv": FactorDim.COLUMN, "joined_kv": FactorDim.COLUMN,
+    "heads": FactorDim.COLUMN, "kv_heads": FactorDim.COLUMN, "kv": FactorDim.COLUMN,
+    "joined_kv": FactorDim.COLUMN,
     "relpos_buckets": FactorDim.NONE, "layers": FactorDim.BATCH, "stack": FactorDim.BATCH,
 }
 
