@@ -23,6 +23,9 @@ def test_help_lists_every_design_verb():
   for verb in DESIGN_VERBS:
     assert verb in result.stdout
   assert set(DESIGN_VERBS) <= set(main.VERBS)
+  # The first lines say what the project distils into: every student family.
+  for family in ("T5", "Llama", "GPT-2"):
+    assert family in result.stdout.splitlines()[2], result.stdout.splitlines()[2]
 
 
 def test_required_gin_macros_are_named():

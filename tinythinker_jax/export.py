@@ -1,5 +1,5 @@
-"""`tinythinker export`: a student as a Hugging Face T5 folder with its tokenizer
-(`stages.export.export_student`)."""
+"""`tinythinker export`: a student as a Hugging Face folder of its family (T5,
+Llama/Qwen2, GPT-2) with its tokenizer (`stages.export.export_student`)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ def _export(args: argparse.Namespace, bindings: list[str]) -> int:
   gin_utils.parse_flags(args, bindings)
   path = export_student(args.model_dir, args.output_dir, vocabulary=args.vocabulary,
                         dtype=args.dtype)
-  print(f"wrote {path}: load it with "
-        f"transformers.T5ForConditionalGeneration.from_pretrained({path!r})")
+  print(f"wrote {path}: load it with transformers' AutoTokenizer and "
+        f"AutoModelForSeq2SeqLM (T5) or AutoModelForCausalLM (Llama, GPT-2)"
+        f".from_pretrained({path!r})")
   return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   return gin_utils.run("tinythinker export", _add_flags, _export, argv,
-                       "write a student as a Hugging Face T5 folder (safetensors, config, "
-                       "SentencePiece tokenizer)")
+                       "write a student as a Hugging Face folder of its family "
+                       "(safetensors, config, tokenizer)")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ BINARIES = {
                "preference pairs with reference log-probabilities"),
     "reflect": ("reflect", "iterated self-reflection: k rounds of sample -> DPO/RPO -> "
                 "validate, keeping the best"),
-    "export": ("export", "write a student as a Hugging Face T5 folder (safetensors, "
-               "config, SentencePiece tokenizer)"),
+    "export": ("export", "write a student as a Hugging Face folder of its family "
+               "(safetensors, config, tokenizer)"),
     "pipeline": ("pipeline", "teach -> phase 1 -> (sample -> DPO) x k -> evaluate -> "
                  "export -> report, in one resumable run folder"),
     "data": ("data_cli", "inspect a dataset: counts per split, answers, a rendered "
@@ -42,7 +42,8 @@ VERBS = tuple(sorted(BINARIES))
 
 def _usage() -> str:
   lines = ["usage: tinythinker VERB [--gin_file=FILE] [--gin.NAME=VALUE] [flags]", "",
-           "Distil a large language model's reasoning into small T5 students.", "",
+           "Distil a large language model's reasoning into small students (T5, the "
+           "Llama family, GPT-2).", "",
            "verbs:"]
   lines += [f"  {verb:<12} {help_}" for verb, (_, help_) in BINARIES.items()]
   lines += ["", "`tinythinker VERB --help` lists a verb's flags."]

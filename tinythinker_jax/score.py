@@ -12,7 +12,7 @@ from tinythinker_jax.stages.score import run_score
 
 def _add_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model_dir", required=True,
-                 help="one of our model dirs or a Hugging Face T5 folder")
+                 help="one of our model dirs, a Hugging Face folder or a GGUF file")
   p.add_argument("--input", action="append", default=[], help="an input (repeatable)")
   p.add_argument("--target", action="append", default=[],
                  help="its target (repeatable, in the same order)")

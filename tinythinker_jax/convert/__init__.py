@@ -1,5 +1,6 @@
-"""Checkpoint converters: Hugging Face T5 folders to and from our parameters, and
-t5x checkpoints (msgpack + TensorStore, or orbax) into them."""
+"""Checkpoint converters: Hugging Face folders to and from our parameters (T5: `hf`;
+Llama/Qwen2: `hf_llama`; GPT-2: `hf_gpt2`), llama.cpp's GGUF into them
+(`gguf_llama`), and t5x checkpoints (msgpack + TensorStore, or orbax; `t5x`)."""
 
 from tinythinker_jax.convert.hf import (CheckpointMismatchError, config_from_hf,
                                         config_to_hf, load_hf_t5, save_hf_t5)

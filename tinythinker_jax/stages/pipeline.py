@@ -6,12 +6,12 @@ Stages, each in its own subfolder of `run_dir`, in order:
 |---|---|---|
 | `teach` | the teacher's rationales for train and validation (`stages.teach`) | `rationales/<dataset>/<method>/<split>/` |
 | `vocab` | a SentencePiece vocabulary on the rendered student texts (unless given) | `vocab/spm.model` |
-| `train_<format>` | phase 1 of each TinyThinker format, then (after the baselines) of the other formats (`train.run`) | `students/<format>/` |
+| `train_<format>` | phase 1 of each TinyThinker format, then (after the baselines) of the other formats (`phase1.run`) | `students/<format>/` |
 | `reflect` | TinyThinker's self-reflection rounds (`reflect.run_reflect`) | `reflect/` |
 | `continued` | baseline: phase 1 continued to self-reflection's compute (`baselines`) | `students/tinythinker_continued/` |
 | `rft` | baseline: rejection-sampling fine-tuning on the same samples, same budget | `rft/` |
 | `evaluate` | greedy and self-consistency accuracy of every student on the test split (and `extra_test_sets`), with each student's compute | `evaluate/<student>/report.{json,md}` |
-| `export` | the final TinyThinker (or last) student as a Hugging Face T5 folder | `export/hf_model/` |
+| `export` | the final TinyThinker (or last) student as a Hugging Face folder of its family | `export/hf_model/` |
 | `report` | `report.md` with PNG plots: teacher statistics, accuracies, curves, chains | `report/` |
 
 With `match_budget`, the vanilla and Fine-tune-CoT students may train up to
