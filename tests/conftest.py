@@ -190,3 +190,24 @@ def _train_tiny_student(root: pathlib.Path) -> None:
                 checkpoint_every=200, async_checkpoints=False),
             records_dir=str(root / "rationales"), vocabulary=vocab,
             interleave_interval=10, num_options=2, progress=False)
+
+
+def staggered_chooser(rows: int, sampled: bool):
+  """A decode loop's `choose(step, logits, rows)` under which row r ends (EOS, id
+  1) at its own step (most rows early, every seventh late), so a loop's rows
+  finish at very different times; greedy or sampled otherwise, never padding.
+  Returns (choose, the stopping steps)."""
+  import jax
+  import jax.numpy as jnp
+
+  from tinythinker_jax import decoding
+  index = np.arange(rows)
+  stops = jnp.asarray(np.where(index % 7 == 0, 9 + index % 3, index % 4))
+  sample = decoding.sample_chooser(jax.random.key(1), rows, 1, temperature=1.0, top_k=0,
+                                   top_p=1.0)
+
+  def choose(step, logits, which):
+    token = sample(step, logits, which) if sampled else jnp.argmax(logits, -1)
+    token = jnp.where(token <= 1, 2, token)
+    return jnp.where(step == stops[which], 1, token).astype(jnp.int32)
+  return choose, stops

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import staggered_chooser
 from tests.trainer_test import assert_trees_close, copy_task
 from tinythinker_jax import partitioning
 from tinythinker_jax.families.decoder_only import DecoderOnlyModel
@@ -412,3 +413,37 @@ def test_a_from_scratch_student_exports_for_transformers_generate(tiny_student, 
   (mine,) = ours.generate([prompt], Sampling())[0:1]
   want = ours.codec.encode(mine[0].text) + ([1] if mine[0].finished else [])
   assert generated[:len(want)] == want
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_finished_rows_set_aside_leave_every_rows_tokens_unchanged(sampled, monkeypatch):
+  """The decode loop moves its unfinished rows into smaller batches as rows end
+  (`decoding.shrink_levels`: 32 -> 8 -> 2 rows). Rows ending at very different
+  steps give the same tokens and log-probabilities as the loop that keeps all 32
+  rows to the end, and each row's log-probabilities equal the uncached
+  teacher-forced pass over its own tokens."""
+  import flax.linen as nn
+
+  from tinythinker_jax import decoding
+  from tinythinker_jax.families import decoder_only
+  params = nn.unbox(DecoderOnlyModel(CONFIG).init_params(jax.random.key(8)))
+  rng = np.random.default_rng(2)
+  inputs = np.zeros((32, 6), np.int32)
+  for i in range(32):
+    n = 1 + i % 6
+    inputs[i, :n] = rng.integers(2, 32, n)
+  choose, stops = staggered_chooser(32, sampled)
+
+  run = jax.jit(lambda p, x: decoder_only._decode_loop(CONFIG, p, x, 12, 1, choose))
+  assert decoding.shrink_levels(32) == [32, 8, 2]
+  got = run(params, inputs)
+  monkeypatch.setattr(decoding, "shrink_levels", lambda rows: [rows])
+  want = jax.jit(lambda p, x: decoder_only._decode_loop(CONFIG, p, x, 12, 1, choose))(
+      params, inputs)
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(stops) + 1)
+  np.testing.assert_allclose(np.asarray(got.token_logprobs),
+                             np.asarray(want.token_logprobs), atol=1e-5)
+  forced, _ = decoder_only.completion_logps(CONFIG, params, inputs, got.tokens)
+  np.testing.assert_allclose(np.asarray(got.token_logprobs), np.asarray(forced),
+                             atol=1e-4)

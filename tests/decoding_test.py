@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.conftest import init_params, jitted_forward
+from tests.conftest import init_params, jitted_forward, staggered_chooser
 from tinythinker_jax import decoding
 from tinythinker_jax.models import t5
 
@@ -138,3 +138,40 @@ def test_sample_decode_several_samples_with_model_logprobs(tiny):
   np.testing.assert_array_equal(top1.tokens,
                                 decoding.greedy_decode(model, params, enc,
                                                        max_length=4).tokens)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_finished_rows_set_aside_leave_every_rows_tokens_unchanged(sampled, monkeypatch):
+  """T5's decode loop moves its unfinished rows into smaller batches as rows end
+  (`shrink_levels`: 32 -> 8 -> 2): rows ending at very different steps get the
+  tokens and log-probabilities of the loop that keeps all 32 rows to the end,
+  and the log-probabilities are the teacher-forced model's."""
+  config = t5.T5Config(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
+                       num_encoder_layers=1, num_decoder_layers=2,
+                       mlp_activations=("gelu", "linear"), logits_via_embedding=False,
+                       dropout_rate=0.0)
+  model, params = t5.T5(config), init_params(config, 5)
+  rng = np.random.default_rng(3)
+  enc = np.zeros((32, 6), np.int32)
+  for i in range(32):
+    n = 1 + i % 5
+    enc[i, :n] = rng.integers(2, 32, n)
+    enc[i, n] = 1
+  choose, stops = staggered_chooser(32, sampled)
+
+  def run():
+    return jax.jit(lambda p, e: decoding._decode_loop(model, p, e, 12, 1, choose))(
+        params, enc)
+  assert decoding.shrink_levels(32) == [32, 8, 2]
+  got = run()
+  monkeypatch.setattr(decoding, "shrink_levels", lambda rows: [rows])
+  want = run()
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(stops) + 1)
+  np.testing.assert_allclose(np.asarray(got.token_logprobs),
+                             np.asarray(want.token_logprobs), atol=1e-5)
+  decoder_in = jnp.pad(got.tokens, ((0, 0), (1, 0)))[:, :-1]
+  logp = jax.nn.log_softmax(jitted_forward(config)(params, enc, decoder_in))
+  gathered = jnp.take_along_axis(logp, got.tokens[..., None], -1)[..., 0]
+  mask = jnp.arange(12)[None] < got.lengths[:, None]
+  np.testing.assert_allclose(jnp.where(mask, gathered, 0), got.token_logprobs, atol=1e-5)

@@ -46,15 +46,46 @@ def record_token(step: Array, token: Array, logits: Array, tokens: Array,
   return tokens, logprobs, done | (token == eos_id), lengths
 
 
+# A decode loop keeps stepping every row until its last row ends, and a finished
+# row costs as much per step as a live one. So the loops run in levels: once no
+# more than a quarter of a level's rows are unfinished, those rows (and their
+# caches) move into a batch a quarter the size, down to `MIN_ROWS`. Each level is
+# its own while-loop at a static shape, so nothing recompiles per batch.
+SHRINK = 4
+MIN_ROWS = 2
+
+
+def shrink_levels(rows: int) -> list[int]:
+  """The batch sizes a decode loop of `rows` rows runs through."""
+  sizes = [rows]
+  while sizes[-1] // SHRINK >= MIN_ROWS:
+    sizes.append(sizes[-1] // SHRINK)
+  return sizes
+
+
+def level_condition(sizes: list[int], i: int, max_length: int) -> Callable[[Any], Array]:
+  """A while-loop condition on `(step, tokens, logprobs, done, ...)`: level i
+  runs while steps remain and more of its rows are unfinished than the next
+  level holds (any, at the last level)."""
+  threshold = sizes[i + 1] if i + 1 < len(sizes) else 0
+
+  def cond(state):
+    step, _, _, done = state[:4]
+    return (step < max_length) & (jnp.sum(~done) > threshold)
+  return cond
+
+
 def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length: int,
-                 eos_id: int, choose: Callable[[Array, Array], Array],
+                 eos_id: int, choose: Callable[..., Array],
                  repeats: int = 1) -> DecodeResult:
-  """Feeds one token per step through the cache; `choose(step, logits)` picks it.
+  """Feeds one token per step through the cache; `choose(step, logits, rows)`
+  picks it for the original rows `rows`.
 
   Log-probabilities are the model's own (temperature 1, unfiltered). Stops
-  early once every row has produced EOS; tokens after EOS are 0. With
-  `repeats > 1` every input is encoded once and decoded `repeats` times
-  (rows i * repeats ... of the result).
+  early once every row has produced EOS; tokens after EOS are 0; finished rows
+  are set aside as the batch shrinks (`shrink_levels`), each row's tokens the
+  ones it would get in the full batch. With `repeats > 1` every input is
+  encoded once and decoded `repeats` times (rows i * repeats ... of the result).
   """
   encoded = model.apply({"params": params}, encoder_input_tokens, method=T5.encode)
   if repeats > 1:
@@ -62,27 +93,35 @@ def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length
     encoder_input_tokens = jnp.repeat(encoder_input_tokens, repeats, axis=0)
   batch = encoder_input_tokens.shape[0]
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_length)
-
-  def cond(state):
-    step, _, _, done, _, _ = state
-    return (step < max_length) & ~jnp.all(done)
+  sizes = shrink_levels(batch)
 
   def body(state):
-    step, tokens, logprobs, done, lengths, cache = state
+    step, tokens, logprobs, done, lengths, cache, encoded, inputs, ids = state
     previous = jnp.where(step == 0, 0, tokens[:, jnp.maximum(step - 1, 0)])
     logits, variables = model.apply({"params": params, "cache": cache}, encoded,
-                                    encoder_input_tokens, previous[:, None], decode=True,
+                                    inputs, previous[:, None], decode=True,
                                     mutable=["cache"], method=T5.decode)
     logits = logits[:, 0].astype(jnp.float32)
-    token = choose(step, logits)
+    token = choose(step, logits, ids)
     tokens, logprobs, done, lengths = record_token(step, token, logits, tokens, logprobs,
                                                    done, lengths, eos_id)
-    return step + 1, tokens, logprobs, done, lengths, variables["cache"]
+    return (step + 1, tokens, logprobs, done, lengths, variables["cache"], encoded, inputs,
+            ids)
 
-  state = (jnp.zeros((), jnp.int32), jnp.zeros((batch, max_length), jnp.int32),
-           jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool),
-           jnp.full((batch,), max_length, jnp.int32), cache)
-  _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+  full = (jnp.zeros((batch, max_length), jnp.int32),
+          jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool),
+          jnp.full((batch,), max_length, jnp.int32))
+  state = (jnp.zeros((), jnp.int32), *full, cache, encoded, encoder_input_tokens,
+           jnp.arange(batch))
+  for i in range(len(sizes)):
+    state = jax.lax.while_loop(level_condition(sizes, i, max_length), body, state)
+    step, tokens, logprobs, done, lengths, cache, encoded, inputs, ids = state
+    full = tuple(f.at[ids].set(x) for f, x in zip(full, (tokens, logprobs, done, lengths)))
+    if i + 1 < len(sizes):
+      keep = jnp.argsort(done, stable=True)[:sizes[i + 1]]  # unfinished rows first
+      state = (step, tokens[keep], logprobs[keep], done[keep], lengths[keep],
+               select_cache_rows(cache, keep), encoded[keep], inputs[keep], ids[keep])
+  tokens, logprobs, _, lengths = full
   return DecodeResult(tokens, logprobs, lengths)
 
 
@@ -90,7 +129,7 @@ def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
                   max_length: int, eos_id: int = 1) -> DecodeResult:
   """Greedy decoding with a KV cache; stops early once every row hit EOS."""
   return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id,
-                      lambda step, logits: jnp.argmax(logits, -1).astype(jnp.int32))
+                      lambda step, logits, rows: jnp.argmax(logits, -1).astype(jnp.int32))
 
 
 # ------------------------------------------------------------------- sampling
@@ -168,8 +207,9 @@ def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Arra
 
 def sample_chooser(rng: Array, batch: int, num_samples: int, *, temperature: float,
                    top_k: int, top_p: float) -> Callable[[Array, Array], Array]:
-  """`choose(step, logits)` for `batch * num_samples` rows (input i's samples are
-  rows i * num_samples ...): sample j of input i at step t draws with
+  """`choose(step, logits[, rows])` for `batch * num_samples` rows (input i's
+  samples are rows i * num_samples ...; `rows` names the rows `logits` holds
+  when a loop has set finished rows aside): sample j of input i at step t draws with
   `fold_in(fold_in(key_i, j), t)`; `rng` is one key per input, or one key from
   which input i's is `fold_in(rng, i)`."""
   if rng.shape != (batch,):
@@ -177,8 +217,10 @@ def sample_chooser(rng: Array, batch: int, num_samples: int, *, temperature: flo
   sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
       jnp.arange(num_samples)))(rng).reshape(batch * num_samples)
 
-  def choose(step, logits):
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(sample_keys)
+  def choose(step, logits, rows=None):
+    # `rows`: which of the batch's rows `logits` holds (a compacted loop's).
+    keys = sample_keys if rows is None else sample_keys[rows]
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
     return sample_token(step_keys, logits, temperature=temperature, top_k=top_k,
                         top_p=top_p)
   return choose

@@ -247,29 +247,41 @@ def continuation_logps(config: DecoderConfig, params: Any, inputs: Array,
 
 
 def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: int,
-                 eos_id: int, choose: Callable[[Array, Array], Array]) -> DecodeResult:
+                 eos_id: int, choose: Callable[..., Array]) -> DecodeResult:
   """The prompts through the cache at once, then one token per step;
-  `choose(step, logits)` picks it. Log-probabilities are the model's own
-  (temperature 1); tokens after EOS are 0."""
+  `choose(step, logits, rows)` picks it for the original rows `rows`.
+  Log-probabilities are the model's own (temperature 1); tokens after EOS are 0.
+  Finished rows are set aside as the batch shrinks (`decoding.shrink_levels`):
+  each row's tokens are the ones it would get in the full batch."""
   rows = inputs.shape[0]
   p = _prefill(config, params, inputs, max_length)
-
-  def cond(state):
-    step, _, _, done, _, _, _ = state
-    return (step < max_length) & ~jnp.all(done)
+  sizes = decoding.shrink_levels(rows)
 
   def body(state):
-    step, out, logprobs, done, lengths, last_logits, cache = state
-    token = choose(step, last_logits)
+    step, out, logprobs, done, lengths, last_logits, cache, key_valid, position, ids = state
+    token = choose(step, last_logits, ids)
     out, logprobs, done, lengths = decoding.record_token(
         step, token, last_logits, out, logprobs, done, lengths, eos_id)
-    logits, cache = _step(params, p, step, out[:, step], cache)  # 0 for rows done.
-    return step + 1, out, logprobs, done, lengths, logits, cache
+    level = p._replace(key_valid=key_valid, next_position=position)
+    logits, cache = _step(params, level, step, out[:, step], cache)  # 0 for rows done.
+    return (step + 1, out, logprobs, done, lengths, logits, cache, key_valid, position,
+            ids)
 
-  state = (jnp.zeros((), jnp.int32), jnp.zeros((rows, max_length), jnp.int32),
-           jnp.zeros((rows, max_length), jnp.float32), jnp.zeros((rows,), bool),
-           jnp.full((rows,), max_length, jnp.int32), p.last_logits, p.cache)
-  _, out, logprobs, _, lengths, _, _ = jax.lax.while_loop(cond, body, state)
+  full = (jnp.zeros((rows, max_length), jnp.int32), jnp.zeros((rows, max_length),
+                                                                jnp.float32),
+          jnp.zeros((rows,), bool), jnp.full((rows,), max_length, jnp.int32))
+  state = (jnp.zeros((), jnp.int32), *full, p.last_logits, p.cache, p.key_valid,
+           p.next_position, jnp.arange(rows))
+  for i in range(len(sizes)):
+    state = jax.lax.while_loop(decoding.level_condition(sizes, i, max_length), body, state)
+    step, out, logprobs, done, lengths, logits, cache, key_valid, position, ids = state
+    full = tuple(f.at[ids].set(x) for f, x in zip(full, (out, logprobs, done, lengths)))
+    if i + 1 < len(sizes):
+      keep = jnp.argsort(done, stable=True)[:sizes[i + 1]]  # unfinished rows first
+      state = (step, out[keep], logprobs[keep], done[keep], lengths[keep], logits[keep],
+               decoding.select_cache_rows(cache, keep), key_valid[keep], position[keep],
+               ids[keep])
+  out, logprobs, _, lengths = full
   return DecodeResult(out, logprobs, lengths)
 
 
@@ -293,7 +305,7 @@ def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int
   prompt), drawn as `decoding.sample_decode` draws them."""
   if temperature == 0:
     return _decode_loop(config, params, inputs, max_length, eos_id,
-                        lambda step, logits: jnp.argmax(logits, -1).astype(jnp.int32))
+                        lambda step, logits, rows: jnp.argmax(logits, -1).astype(jnp.int32))
   choose = decoding.sample_chooser(rng, inputs.shape[0], num_samples,
                                    temperature=temperature, top_k=top_k, top_p=top_p)
   return _decode_loop(config, params, jnp.repeat(inputs, num_samples, axis=0), max_length,
