@@ -125,11 +125,17 @@ def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length
   return DecodeResult(tokens, logprobs, lengths)
 
 
+def greedy_choice(step: Array, logits: Array, rows: Array) -> Array:
+  """A decode loop's `choose` for greedy decoding: the most likely token."""
+  del step, rows
+  return jnp.argmax(logits, -1).astype(jnp.int32)
+
+
 def greedy_decode(model: T5, params: Any, encoder_input_tokens: Array, *,
                   max_length: int, eos_id: int = 1) -> DecodeResult:
   """Greedy decoding with a KV cache; stops early once every row hit EOS."""
   return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id,
-                      lambda step, logits, rows: jnp.argmax(logits, -1).astype(jnp.int32))
+                      greedy_choice)
 
 
 # ------------------------------------------------------------------- sampling

@@ -304,8 +304,7 @@ def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int
   `i * num_samples + j`; `rng` one key per prompt, or one key folded per
   prompt), drawn as `decoding.sample_decode` draws them."""
   if temperature == 0:
-    return _decode_loop(config, params, inputs, max_length, eos_id,
-                        lambda step, logits, rows: jnp.argmax(logits, -1).astype(jnp.int32))
+    return _decode_loop(config, params, inputs, max_length, eos_id, decoding.greedy_choice)
   choose = decoding.sample_chooser(rng, inputs.shape[0], num_samples,
                                    temperature=temperature, top_k=top_k, top_p=top_p)
   return _decode_loop(config, params, jnp.repeat(inputs, num_samples, axis=0), max_length,
