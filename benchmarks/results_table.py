@@ -66,7 +66,8 @@ COMPARISONS = [("tinythinker_reflected", b) for b in
                ] + [("tinythinker_continued", "finetune_cot")] + [
     # The real-task comparisons: each rationale method against answer-only training
     # and against each other, and every trained student against the model untrained.
-    ("finetune_cot_decoder", "vanilla"), ("step_by_step", "vanilla"),
+    ("finetune_cot_decoder", "vanilla"), ("finetune_cot", "vanilla"),
+    ("step_by_step", "vanilla"),
     ("step_by_step", "finetune_cot_decoder"), ("step_by_step", "finetune_cot"),
     ("vanilla", "untrained"), ("finetune_cot_decoder", "untrained"),
     ("step_by_step", "untrained")]
