@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 from tinythinker_jax import platforms
 from tinythinker_jax.models import stacking
-from tinythinker_jax.models.llama import attend, cached, positions_and_mask, weight_dropout
+from tinythinker_jax.models.llama import (attend, cached, heads_first, positions_and_mask,
+                                          weight_dropout)
 from tinythinker_jax.models.llama import param as _param
 
 Array = jax.Array
@@ -103,7 +104,7 @@ class Attention(nn.Module):
                       ("stack", "heads", "kv"), pdtype)
     qkv = jnp.einsum("bld,dthk->tblhk", x, qkv_kernel.astype(dtype)) + \
         qkv_bias.astype(dtype)[:, None, None]
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = qkv[0], heads_first(qkv[1]), heads_first(qkv[2])
     if self.decode:
       k, v = cached(self, k, v)
     out = attend(q, k, v, mask, dtype, weight_dropout(c.dropout_rate, deterministic))

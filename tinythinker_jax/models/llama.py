@@ -105,35 +105,49 @@ def positions_and_mask(tokens: Array, positions: Optional[Array],
   return positions, mask
 
 
+def heads_first(x: Array) -> Array:
+  """[batch, length, heads, depth] -> [batch, heads, length, depth]: the layout of
+  the keys and values `attend` and the decode cache take, so a decode step's
+  attention reads the cache as stored (no per-step transpose of the cache)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
 def cached(module: nn.Module, k: Array, v: Array) -> tuple[Array, Array]:
-  """Keys and values through a decode cache in `module`'s 'cache' collection: the
-  first (initialising) call sizes it; later calls write at its running index and
-  return the whole cache."""
+  """Keys and values [batch, heads, length, depth] through a decode cache in
+  `module`'s 'cache' collection: the first (initialising) call sizes it; later
+  calls write at its running index along the length axis and return the whole
+  cache."""
   initialising = not module.has_variable("cache", "key")
   cached_key = module.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
   cached_value = module.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
   index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
   if initialising:
     return k, v
-  at = (0, index.value, 0, 0)
+  at = (0, 0, index.value, 0)
   cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, at)
   cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, at)
-  index.value = index.value + k.shape[1]
+  index.value = index.value + k.shape[2]
   return cached_key.value, cached_value.value
 
 
 def attend(q: Array, k: Array, v: Array, mask: Array, dtype,
            dropout: Optional[Callable[[Array], Array]] = None) -> Array:
-  """Softmax attention [b, q, h, d] over keys [b, k, h, d], scaled by
-  1/sqrt(d), the scores in float32, `mask` [b or 1, q, k]; `dropout` (training)
-  on the attention weights."""
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(
-      jnp.float32(q.shape[-1]))
-  scores = jnp.where(mask[:, None], scores, NEG_INF)
+  """Softmax attention of queries [b, q, h, d] over keys and values [b, kvh, k, d]
+  (`heads_first`) with h a multiple of kvh (grouped-query attention: query head i reads key head
+  i // (h // kvh)), scaled by 1/sqrt(d), the scores in float32, `mask` [b or 1, q,
+  k]; `dropout` (training) on the attention weights. The query heads are grouped
+  by their key head, so keys and values are never repeated per query head (a
+  decode step would otherwise copy the whole cache h // kvh times)."""
+  b, length, heads, depth = q.shape
+  kv_heads = k.shape[1]
+  q = q.reshape(b, length, kv_heads, heads // kv_heads, depth)
+  scores = jnp.einsum("bqhgd,bhkd->bhgqk", q, k).astype(jnp.float32) / jnp.sqrt(
+      jnp.float32(depth))
+  scores = jnp.where(mask[:, None, None], scores, NEG_INF)
   weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
   if dropout is not None:
     weights = dropout(weights)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return jnp.einsum("bhgqk,bhkd->bqhgd", weights, v).reshape(b, length, heads, depth)
 
 
 def weight_dropout(rate: float, deterministic: bool):
@@ -199,11 +213,10 @@ class Attention(nn.Module):
     k = project("key", c.num_kv_heads, ("embed", "kv_heads", "kv"))
     v = project("value", c.num_kv_heads, ("embed", "kv_heads", "kv"))
     q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
+    k, v = heads_first(k), heads_first(v)
     if self.decode:
       k, v = cached(self, k, v)
-    groups = c.num_heads // c.num_kv_heads
-    out = attend(q, jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2), mask,
-                 dtype, weight_dropout(c.dropout_rate, deterministic))
+    out = attend(q, k, v, mask, dtype, weight_dropout(c.dropout_rate, deterministic))
     kernel = param(self, "out_kernel", init, (c.num_heads, c.head_dim, c.emb_dim),
                     ("heads", "kv", "embed"), pdtype)
     return jnp.einsum("blhk,hkd->bld", out, kernel.astype(dtype))
