@@ -120,6 +120,25 @@ def per_question(student_dir: str) -> dict[str, dict[str, Any]]:
   return out
 
 
+def read_student(folder: str, compute: Optional[dict] = None) -> Optional[dict[str, Any]]:
+  """One evaluated student: a folder holding `report.json` and its per-question
+  `greedy/` shards (a pipeline's `evaluate/<student>/`, or the test folder that
+  `benchmarks/untrained_baseline.py` writes); None where there is no report."""
+  report = _json(os.path.join(folder, "report.json"))
+  if report is None:
+    return None
+  if "compute" not in report:  # (runs whose report.json predates it: pipeline.json)
+    report["compute"] = compute
+  return {"test": report["greedy"]["accuracy"],
+          "rank": (report.get("rank") or {}).get("accuracy"),
+          "extra": _extra_sets(folder),
+          "flops": (report.get("compute") or {}).get("total_flops"),
+          "train_steps": (report.get("compute") or {}).get("train_steps"),
+          "seconds": (report.get("compute") or {}).get("stage_seconds"),
+          "questions": per_question(folder),
+          "diagnosis": report.get("stage_diagnosis")}
+
+
 def read_run(run_dir: str) -> dict[str, Any]:
   """Accuracy, extra test sets and compute of every evaluated student of a run."""
   out: dict[str, Any] = {"run": run_dir, "students": {}}
@@ -128,22 +147,14 @@ def read_run(run_dir: str) -> dict[str, Any]:
   recorded = (manifest.get("stages", {}).get("evaluate", {}).get("outputs", {})
               .get("reports", {}))
   for name, _ in METHODS:
-    report = _json(os.path.join(run_dir, "evaluate", name, "report.json"))
-    if report is None:
+    student = read_student(os.path.join(run_dir, "evaluate", name),
+                           recorded.get(name, {}).get("compute"))
+    if student is None:
       continue
-    if "compute" not in report:  # (runs whose report.json predates it: pipeline.json)
-      report["compute"] = recorded.get(name, {}).get("compute")
-    out["students"][name] = {
-        "test": report["greedy"]["accuracy"],
-        "rank": (report.get("rank") or {}).get("accuracy"),
-        "extra": _extra_sets(os.path.join(run_dir, "evaluate", name)),
-        "flops": (report.get("compute") or {}).get("total_flops"),
-        "train_steps": (report.get("compute") or {}).get("train_steps"),
-        "seconds": (report.get("compute") or {}).get("stage_seconds"),
-        "questions": per_question(os.path.join(run_dir, "evaluate", name)),
-        "diagnosis": report.get("stage_diagnosis") or (
-            _json(os.path.join(run_dir, "diagnose", name, "report.json")) or {}
-        ).get("stage_diagnosis")}
+    if not student["diagnosis"]:
+      student["diagnosis"] = (_json(os.path.join(run_dir, "diagnose", name, "report.json"))
+                              or {}).get("stage_diagnosis")
+    out["students"][name] = student
   phase1 = _json(os.path.join(run_dir, "students", "tinythinker", "compute.json")) or {}
   out["phase1_steps"] = phase1.get("train_steps")
   out["phase1_stopped_early"] = phase1.get("stopped_early")
@@ -391,8 +402,18 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs", nargs="+", help="pipeline run folders (task/seed_*)")
   parser.add_argument("--json", help="also write every number to this file")
+  parser.add_argument("--untrained", default="",
+                      help="the untrained model's evaluation folder (report.json and "
+                           "greedy/, e.g. benchmarks/untrained_baseline.py's <out>/test) "
+                           "for runs that did not evaluate it themselves")
   args = parser.parse_args()
   runs = [read_run(r) for r in args.runs if os.path.exists(os.path.join(r, "pipeline.json"))]
+  if args.untrained:
+    untrained = read_student(args.untrained)
+    if untrained is None:
+      sys.exit(f"--untrained={args.untrained}: no report.json there")
+    for run in runs:
+      run["students"].setdefault("untrained", untrained)
   share_untrained(runs)
   print(tables(runs))
   if args.json:

@@ -149,3 +149,30 @@ def test_the_untrained_model_evaluated_once_serves_every_seed():
   results_table.share_untrained(runs)
   assert runs[1]["students"]["untrained"] is untrained
   assert "untrained" not in runs[2]["students"]  # another task's is not shared
+
+
+def test_an_untrained_evaluation_from_elsewhere_joins_every_run(tmp_path, monkeypatch,
+                                                                 capsys):
+  """`--untrained`: a run that did not evaluate the untrained model takes it from
+  an evaluation folder (report.json and per-question greedy shards): its row
+  (n = 1 evaluation serving both seeds) and its paired comparisons appear."""
+  runs = [str(_run(tmp_path, s)) for s in (0, 1)]
+  folder = tmp_path / "untrained" / "test"
+  _write(folder / "report.json", {"greedy": {"accuracy": 0.2}, "rank": {"accuracy": 0.3}})
+  rows = [{"id": f"q{i}", "correct": i < 20, "gold": "A" if i < 60 else "B"}
+          for i in range(100)]
+  (folder / "greedy").mkdir()
+  (folder / "greedy" / "greedy-00000-of-00001.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  monkeypatch.setattr("sys.argv", ["results_table.py", *runs, f"--untrained={folder}"])
+  results_table.main()
+  text = capsys.readouterr().out
+  label = dict(results_table.METHODS)["untrained"]
+  row = [line for line in text.split("## Paired comparisons")[0].splitlines()
+         if line.startswith(f"| task_a | {label} |")]
+  assert len(row) == 1 and "| 20.0 [20.0, 20.0]" in row[0] and "30.0" in row[0]
+  assert f"| task_a | {dict(results_table.METHODS)['vanilla']} | {label} | 2 |" in text
+  monkeypatch.setattr("sys.argv", ["results_table.py", *runs,
+                                   f"--untrained={tmp_path / 'nowhere'}"])
+  with pytest.raises(SystemExit, match="no report.json"):
+    results_table.main()
