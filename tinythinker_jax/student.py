@@ -260,9 +260,12 @@ class Student:
       token_logp = jax.device_get(fn(self.params, self._shard(self._pad(chunk, length,
                                                                        per_call)),
                                      self._shard(targets)))
-      # Every row of the call: each prompt read once, then every option slot.
+      # Every row of the call: each prompt read once by a decoder-only student (a
+      # family without its own `continuation_logps` reads it once per option),
+      # then every option slot.
+      reads = 1 if self.model.family == "decoder_only" else width
       self.compute.sample_flops += per_call * (
-          self.model.encode_flops(length) +
+          reads * self.model.encode_flops(length) +
           width * self.model.decode_steps_flops(length, tlength))
       for i, r in enumerate(ochunk):
         self.compute.sample_tokens += len(chunk[i]) + sum(len(ids) for ids in r)
