@@ -72,7 +72,7 @@ def main() -> None:
   if multiple_choice:
     choice = {"validation_questions": len(validation), "candidates": {}}
     for name, candidate in CANDIDATES.items():
-      candidate = few_shot.rank_settings(exemplars, candidate) if exemplars else candidate
+      candidate = few_shot.rank_settings(exemplars, candidate)  # (no exemplars: itself)
       start = time.time()
       records = infer.rank(model, validation, output_dir=os.path.join(args.out, "validation"),
                            settings=candidate, name=f"rank_{name}", progress=True)
@@ -83,8 +83,7 @@ def main() -> None:
     best = max(CANDIDATES, key=lambda n: (choice["candidates"][n]["accuracy"], n == "cloze"))
     choice["chosen"] = best
     summary["validation_rank_classification"] = choice
-    rank = few_shot.rank_settings(exemplars, CANDIDATES[best]) if exemplars else \
-        CANDIDATES[best]
+    rank = few_shot.rank_settings(exemplars, CANDIDATES[best])
   test, answer_type = datasets.load_split(args.dataset, args.dataset_path, "test",
                                           args.split_seed, args.max_test)
   start = time.time()

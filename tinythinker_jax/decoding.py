@@ -63,16 +63,34 @@ def shrink_levels(rows: int) -> list[int]:
   return sizes
 
 
-def level_condition(sizes: list[int], i: int, max_length: int) -> Callable[[Any], Array]:
-  """A while-loop condition on `(step, tokens, logprobs, done, ...)`: level i
-  runs while steps remain and more of its rows are unfinished than the next
-  level holds (any, at the last level)."""
-  threshold = sizes[i + 1] if i + 1 < len(sizes) else 0
+def decode_in_levels(body: Callable[[tuple], tuple], carry: Any, rows: int,
+                     max_length: int) -> DecodeResult:
+  """Runs a decode loop's `body` over `(step, tokens, logprobs, done, lengths,
+  ids, carry)` in the levels of `shrink_levels(rows)`: each level while steps
+  remain and more of its rows are unfinished than the next level holds (any, at
+  the last); then its unfinished rows, their `carry` (per-row arrays and caches,
+  selected by `select_cache_rows`) and their original row ids `ids` move on.
+  Returns every row's tokens, log-probabilities and lengths in the original order."""
+  sizes = shrink_levels(rows)
+  full = (jnp.zeros((rows, max_length), jnp.int32),
+          jnp.zeros((rows, max_length), jnp.float32), jnp.zeros((rows,), bool),
+          jnp.full((rows,), max_length, jnp.int32))
+  state = (jnp.zeros((), jnp.int32), *full, jnp.arange(rows), carry)
+  for i in range(len(sizes)):
+    threshold = sizes[i + 1] if i + 1 < len(sizes) else 0
 
-  def cond(state):
-    step, _, _, done = state[:4]
-    return (step < max_length) & (jnp.sum(~done) > threshold)
-  return cond
+    def cond(state, threshold=threshold):
+      step, done = state[0], state[3]
+      return (step < max_length) & (jnp.sum(~done) > threshold)
+    state = jax.lax.while_loop(cond, body, state)
+    step, tokens, logprobs, done, lengths, ids, carry = state
+    full = tuple(f.at[ids].set(x) for f, x in zip(full, (tokens, logprobs, done, lengths)))
+    if threshold:
+      keep = jnp.argsort(done, stable=True)[:threshold]  # unfinished rows first
+      state = (step, tokens[keep], logprobs[keep], done[keep], lengths[keep], ids[keep],
+               select_cache_rows(carry, keep))
+  tokens, logprobs, _, lengths = full
+  return DecodeResult(tokens, logprobs, lengths)
 
 
 def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length: int,
@@ -93,10 +111,9 @@ def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length
     encoder_input_tokens = jnp.repeat(encoder_input_tokens, repeats, axis=0)
   batch = encoder_input_tokens.shape[0]
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_length)
-  sizes = shrink_levels(batch)
 
   def body(state):
-    step, tokens, logprobs, done, lengths, cache, encoded, inputs, ids = state
+    step, tokens, logprobs, done, lengths, ids, (cache, encoded, inputs) = state
     previous = jnp.where(step == 0, 0, tokens[:, jnp.maximum(step - 1, 0)])
     logits, variables = model.apply({"params": params, "cache": cache}, encoded,
                                     inputs, previous[:, None], decode=True,
@@ -105,24 +122,10 @@ def _decode_loop(model: T5, params: Any, encoder_input_tokens: Array, max_length
     token = choose(step, logits, ids)
     tokens, logprobs, done, lengths = record_token(step, token, logits, tokens, logprobs,
                                                    done, lengths, eos_id)
-    return (step + 1, tokens, logprobs, done, lengths, variables["cache"], encoded, inputs,
-            ids)
+    return (step + 1, tokens, logprobs, done, lengths, ids,
+            (variables["cache"], encoded, inputs))
 
-  full = (jnp.zeros((batch, max_length), jnp.int32),
-          jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool),
-          jnp.full((batch,), max_length, jnp.int32))
-  state = (jnp.zeros((), jnp.int32), *full, cache, encoded, encoder_input_tokens,
-           jnp.arange(batch))
-  for i in range(len(sizes)):
-    state = jax.lax.while_loop(level_condition(sizes, i, max_length), body, state)
-    step, tokens, logprobs, done, lengths, cache, encoded, inputs, ids = state
-    full = tuple(f.at[ids].set(x) for f, x in zip(full, (tokens, logprobs, done, lengths)))
-    if i + 1 < len(sizes):
-      keep = jnp.argsort(done, stable=True)[:sizes[i + 1]]  # unfinished rows first
-      state = (step, tokens[keep], logprobs[keep], done[keep], lengths[keep],
-               select_cache_rows(cache, keep), encoded[keep], inputs[keep], ids[keep])
-  tokens, logprobs, _, lengths = full
-  return DecodeResult(tokens, logprobs, lengths)
+  return decode_in_levels(body, (cache, encoded, encoder_input_tokens), batch, max_length)
 
 
 def greedy_choice(step: Array, logits: Array, rows: Array) -> Array:
@@ -245,8 +248,9 @@ _UNBATCHED_CACHE = ("position", "key_positions", "index")
 
 
 def select_cache_rows(cache: Any, rows: Array) -> Any:
-  """The cache's batch rows `rows`; a scanned stack's (under `layers`) have the
-  layers first and the batch second. Positions and indices are not per row."""
+  """The batch rows `rows` of a cache, or of any pytree of caches and per-row
+  arrays; a scanned stack's (under `layers`) have the layers first and the batch
+  second. Positions and indices are not per row."""
   def select(path, x):
     keys = [getattr(k, "key", None) for k in path]
     if keys[-1] in _UNBATCHED_CACHE:

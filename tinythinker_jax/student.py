@@ -155,6 +155,12 @@ class Student:
       length = next(b for b in _buckets(self.max_input_length) if b >= longest)
       yield start, chunk, length
 
+  def _inputs_per_call(self, width: int) -> int:
+    """Inputs per call when each takes `width` rows of the batch: a multiple of
+    the data axis, at least one per device."""
+    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
+    return max(data, (self.batch_size // width) // data * data)
+
   def _shard(self, array: np.ndarray) -> jax.Array:
     # The mesh is this process's own (sampling is sharded by process).
     return jax.device_put(array, self.partitioner.data_sharding(array.ndim))
@@ -186,11 +192,8 @@ class Student:
     """
     num = 1 if sampling.temperature == 0 else sampling.num_samples
     max_length = sampling.max_length or self.max_decode_length
-    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
-    # Inputs per call: a multiple of the data axis; each is decoded `num` times
-    # (or searched with `num_beams` beams).
-    width = self.num_beams if sampling.temperature == 0 else num
-    per_call = max(data, (self.batch_size // width) // data * data)
+    # Each input is decoded `num` times (or searched with `num_beams` beams).
+    per_call = self._inputs_per_call(self.num_beams if sampling.temperature == 0 else num)
     fn = self._decode_fn(sampling, num, max_length)
     out: list[list[Generation]] = []
     rows = self._encode_inputs(prompts)
@@ -245,8 +248,7 @@ class Student:
     fn = self._continuations_fn()
     input_rows = self._encode_inputs(prompts)
     width = max(len(r) for r in rows)  # options a prompt, padded to the most
-    data = self.partitioner.mesh.shape[partitioning.DATA_AXIS]
-    per_call = max(data, (self.batch_size // width) // data * data)
+    per_call = self._inputs_per_call(width)
     out: list[list[dict[str, Any]]] = []
     for start, chunk, length in self._chunks(input_rows, per_call):
       ochunk = rows[start:start + len(chunk)]

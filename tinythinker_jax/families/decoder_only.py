@@ -253,36 +253,20 @@ def _decode_loop(config: DecoderConfig, params: Any, inputs: Array, max_length: 
   Log-probabilities are the model's own (temperature 1); tokens after EOS are 0.
   Finished rows are set aside as the batch shrinks (`decoding.shrink_levels`):
   each row's tokens are the ones it would get in the full batch."""
-  rows = inputs.shape[0]
   p = _prefill(config, params, inputs, max_length)
-  sizes = decoding.shrink_levels(rows)
 
   def body(state):
-    step, out, logprobs, done, lengths, last_logits, cache, key_valid, position, ids = state
+    step, out, logprobs, done, lengths, ids, (last_logits, cache, key_valid, position) = state
     token = choose(step, last_logits, ids)
     out, logprobs, done, lengths = decoding.record_token(
         step, token, last_logits, out, logprobs, done, lengths, eos_id)
     level = p._replace(key_valid=key_valid, next_position=position)
     logits, cache = _step(params, level, step, out[:, step], cache)  # 0 for rows done.
-    return (step + 1, out, logprobs, done, lengths, logits, cache, key_valid, position,
-            ids)
+    return step + 1, out, logprobs, done, lengths, ids, (logits, cache, key_valid, position)
 
-  full = (jnp.zeros((rows, max_length), jnp.int32), jnp.zeros((rows, max_length),
-                                                                jnp.float32),
-          jnp.zeros((rows,), bool), jnp.full((rows,), max_length, jnp.int32))
-  state = (jnp.zeros((), jnp.int32), *full, p.last_logits, p.cache, p.key_valid,
-           p.next_position, jnp.arange(rows))
-  for i in range(len(sizes)):
-    state = jax.lax.while_loop(decoding.level_condition(sizes, i, max_length), body, state)
-    step, out, logprobs, done, lengths, logits, cache, key_valid, position, ids = state
-    full = tuple(f.at[ids].set(x) for f, x in zip(full, (out, logprobs, done, lengths)))
-    if i + 1 < len(sizes):
-      keep = jnp.argsort(done, stable=True)[:sizes[i + 1]]  # unfinished rows first
-      state = (step, out[keep], logprobs[keep], done[keep], lengths[keep], logits[keep],
-               decoding.select_cache_rows(cache, keep), key_valid[keep], position[keep],
-               ids[keep])
-  out, logprobs, _, lengths = full
-  return DecodeResult(out, logprobs, lengths)
+  return decoding.decode_in_levels(
+      body, (p.last_logits, p.cache, p.key_valid, p.next_position), inputs.shape[0],
+      max_length)
 
 
 def beam_search(config: DecoderConfig, params: Any, inputs: Array, *, beam_size: int,

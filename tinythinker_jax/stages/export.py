@@ -8,8 +8,8 @@ extra ids become `<extra_id_N>`), or `ByT5Tokenizer` settings for the byte
 vocabulary. A decoder-only student trained here from scratch gets the same
 `T5Tokenizer`: transformers' SentencePiece tokenizer that ends a text with EOS,
 as this project encodes a decoder-only prompt (`prompt </s>`, then the
-completion), so `generate` on the tokenized prompt continues as the student does. A student whose vocabulary is a pretrained tokenizer
-(`hf_tokenizer`) gets that tokenizer's `tokenizer.json` and its embedding rows
+completion), so `generate` on the tokenized prompt continues as the student
+does. A student whose vocabulary is a pretrained tokenizer (`hf_tokenizer`) gets that tokenizer's `tokenizer.json` and its embedding rows
 back in the tokenizer's own id order. `transformers` loads it with
 `from_pretrained`. Both folders may
 be on an object store (`gs://`, through `paths`): there, where a folder cannot
