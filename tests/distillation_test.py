@@ -4,6 +4,7 @@ against TRL's generalized JSD formula computed independently in PyTorch."""
 import math
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,3 +102,214 @@ def test_masked_sum_and_errors():
     distillation.token_divergence(STUDENT, TEACHER, beta=1.5)
   with pytest.raises(ValueError, match="same vocabulary"):
     distillation.token_divergence(STUDENT, TEACHER[..., :2], beta=0.5)
+
+
+# ------------------------------------------------- the objective in the trainer
+
+from tests.trainer_test import copy_task  # noqa: E402
+from tinythinker_jax import compute, errors, partitioning, vocabularies  # noqa: E402
+from tinythinker_jax.families.decoder_only import DecoderOnlyModel  # noqa: E402
+from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel  # noqa: E402
+from tinythinker_jax.models import llama, t5  # noqa: E402
+from tinythinker_jax.training import optimizers, trainer  # noqa: E402
+from tinythinker_jax.training import step as step_lib  # noqa: E402
+
+ROWS = 24  # the tokenizer's ids; both tables have more rows
+
+
+def llama_model(width, layers, vocab):
+  return DecoderOnlyModel(llama.LlamaConfig(
+      vocab_size=vocab, emb_dim=width, num_heads=4, num_kv_heads=2, head_dim=width // 4,
+      mlp_dim=2 * width, num_layers=layers, max_position_embeddings=64))
+
+
+def t5_model(width, layers, vocab):
+  return EncoderDecoderModel(t5.T5Config(
+      vocab_size=vocab, emb_dim=width, num_heads=2, head_dim=width // 2, mlp_dim=2 * width,
+      num_encoder_layers=layers, num_decoder_layers=layers, dropout_rate=0.0,
+      mlp_activations=("gelu", "linear"), logits_via_embedding=False))
+
+
+FAMILIES = {"llama": llama_model, "t5": t5_model}
+
+
+def pair(family):
+  """(student, teacher, their parameters): a narrower student, and a teacher with
+  more embedding rows, both over ROWS tokenizer ids."""
+  student, teacher = FAMILIES[family](16, 1, ROWS + 8), FAMILIES[family](32, 2, ROWS + 40)
+  init = lambda m, s: jax.jit(lambda r: nn.unbox(m.init_params(r)))(jax.random.key(s))  # noqa: E731
+  return student, teacher, init(student, 0), init(teacher, 1)
+
+
+def batch_of(rows=3, prompt=5, length=6, seed=0):
+  rng = np.random.default_rng(seed)
+  inputs = rng.integers(2, ROWS, (rows, prompt)).astype(np.int32)
+  inputs[0, 3:] = 0
+  targets = rng.integers(2, ROWS, (rows, length)).astype(np.int32)
+  targets[0, 4], targets[0, 5:] = 1, 0
+  targets[1, 2], targets[1, 3:] = 1, 0
+  return {"encoder_input_tokens": inputs, "decoder_target_tokens": targets,
+          "decoder_input_tokens": np.asarray(step_lib.shift_right(targets)),
+          "decoder_loss_weights": (targets > 0).astype(np.int32)}
+
+
+def reference_loss(student, teacher, params, teacher_params, batch, beta, temperature,
+                   supervised_weight):
+  """Sum over completion tokens of TRL's JSD (PyTorch) on the tokenizer's rows,
+  plus the weighted cross-entropy of the student over its whole table."""
+  s = torch.tensor(np.asarray(jax.jit(student.logits)(params, batch)), dtype=torch.float64)
+  t = torch.tensor(np.asarray(jax.jit(teacher.logits)(teacher_params, batch)),
+                   dtype=torch.float64)
+  mask = torch.tensor(batch["decoder_target_tokens"] > 0, dtype=torch.float64)
+  jsd = trl_generalized_jsd(s[..., :ROWS], t[..., :ROWS], beta, temperature)
+  ce = F.cross_entropy(s.reshape(-1, s.shape[-1]),
+                       torch.tensor(batch["decoder_target_tokens"].reshape(-1)).long(),
+                       reduction="none").reshape(mask.shape)
+  return float((jsd * mask).sum() + supervised_weight * (ce * mask).sum()), float(mask.sum())
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_objective_matches_pytorch_over_the_tokenizers_rows(family):
+  student, teacher, params, teacher_params = pair(family)
+  batch = batch_of()
+  for beta, temperature, weight in ((0.5, 1.0, 0.0), (1.0, 2.0, 0.3), (0.0, 1.0, 1.0)):
+    objective = distillation.DistillationObjective(
+        student, teacher, ROWS, distillation.DistillSettings(
+            beta=beta, temperature=temperature, supervised_weight=weight))
+    loss_sums = jax.jit(objective.loss_sums)
+    loss, sums = loss_sums(params, batch,
+                           aux={"teacher": teacher_params, "on_policy": np.bool_(False)})
+    expected, tokens = reference_loss(student, teacher, params, teacher_params, batch,
+                                      beta, temperature, weight)
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-4)
+    assert float(sums["weight_sum"]) == tokens
+    # On an on-policy step the targets are the student's own: no cross-entropy.
+    on_policy, _ = loss_sums(params, batch,
+                             aux={"teacher": teacher_params, "on_policy": np.bool_(True)})
+    np.testing.assert_allclose(float(on_policy), reference_loss(
+        student, teacher, params, teacher_params, batch, beta, temperature, 0.0)[0],
+        rtol=2e-4)
+
+
+def brute_force_greedy(model, params, inputs, length):
+  """Greedy completions over the tokenizer's ids by full teacher-forced forward
+  passes, one token at a time (no cache): the reference for the sampler's
+  near-zero temperature."""
+  tokens = np.zeros((inputs.shape[0], length), np.int32)
+  done = np.zeros(inputs.shape[0], bool)
+  for t in range(length):
+    batch = {"encoder_input_tokens": inputs, "decoder_target_tokens": tokens,
+             "decoder_input_tokens": np.asarray(step_lib.shift_right(tokens))}
+    logits = np.array(jax.jit(model.logits)(params, batch))[:, t]
+    logits[:, 0], logits[:, ROWS:] = -np.inf, -np.inf  # the tokenizer's real ids only
+    choice = logits.argmax(-1)
+    tokens[:, t] = np.where(done, 0, choice)
+    done |= choice == 1
+  return tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_on_policy_step_scores_the_students_own_chain(family):
+  student, teacher, params, teacher_params = pair(family)
+  batch = batch_of(seed=3)
+  objective = distillation.DistillationObjective(
+      student, teacher, ROWS, distillation.DistillSettings(
+          beta=1.0, on_policy_fraction=1.0, sample_temperature=1e-4))
+  optimizer = optimizers.make_optimizer("adamw", 1e-3)
+  step = jax.jit(step_lib.make_train_step(objective, optimizer))
+  state = step_lib.TrainState.create(params, optimizer)
+  _, metrics = step(state, batch, jax.random.key(0),
+                    {"teacher": teacher_params, "on_policy": np.bool_(True)})
+  own = brute_force_greedy(student, params, batch["encoder_input_tokens"], 6)
+  sampled = dict(batch, decoder_target_tokens=own,
+                 decoder_input_tokens=np.asarray(step_lib.shift_right(own)),
+                 decoder_loss_weights=(own > 0).astype(np.int32))
+  expected, tokens = reference_loss(student, teacher, params, teacher_params, sampled,
+                                    1.0, 1.0, 0.0)
+  assert float(metrics["target_tokens"]) == tokens
+  np.testing.assert_allclose(float(metrics["loss"]), expected / tokens, rtol=2e-4)
+  assert float(metrics["on_policy"]) == 1.0
+  # Off-policy, the same step reads the batch's own targets.
+  _, metrics = step(state, batch, jax.random.key(0),
+                    {"teacher": teacher_params, "on_policy": np.bool_(False)})
+  assert float(metrics["target_tokens"]) == float((batch["decoder_target_tokens"] > 0).sum())
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_samples_keep_to_the_tokenizers_ids(family):
+  student, _, params, _ = pair(family)
+  inputs = batch_of(rows=3)["encoder_input_tokens"]
+  def draw(vocab_rows):
+    return np.asarray(jax.jit(lambda p, x, r: student.decode(
+        p, x, max_length=12, rng=r, temperature=50.0, num_samples=8,
+        vocab_rows=vocab_rows).tokens)(params, inputs, jax.random.key(0)))
+  hot = draw(ROWS)
+  assert hot.max() < ROWS
+  # Before a row's end (EOS) no token is padding.
+  for row in hot:
+    end = list(row).index(1) if 1 in row else len(row)
+    assert (row[:end] > 0).all()
+  assert draw(None).max() >= ROWS  # without the limit the padded rows are drawn at this heat
+
+
+def test_on_policy_steps_are_drawn_per_step_from_the_seed():
+  draws = [distillation.on_policy_at(s, 0.3, seed=5) for s in range(2000)]
+  assert abs(np.mean(draws) - 0.3) < 0.04
+  assert draws == [distillation.on_policy_at(s, 0.3, seed=5) for s in range(2000)]
+  assert draws != [distillation.on_policy_at(s, 0.3, seed=6) for s in range(2000)]
+  assert all(distillation.on_policy_at(s, 1.0, 0) for s in range(10))
+  assert not any(distillation.on_policy_at(s, 0.0, 0) for s in range(10))
+  with pytest.raises(errors.UserError, match="on_policy_fraction"):
+    distillation.DistillSettings(on_policy_fraction=1.5)
+
+
+def train_distilled(model_dir, *, data=1, model=1, param_dims=1, steps=6, fraction=0.5):
+  student = llama_model(16, 1, 32)
+  teacher = llama_model(32, 2, 48)
+  partitioner = partitioning.Partitioner(
+      partitioning.create_mesh(data, model),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims=param_dims))
+  teacher_params, shardings = partitioner.init(teacher.init_params, jax.random.key(1))
+  objective = distillation.DistillationObjective(
+      student, teacher, 32, distillation.DistillSettings(on_policy_fraction=fraction),
+      seed=3)
+  result = trainer.train(
+      model=student, objective=objective,
+      optimizer=optimizers.make_optimizer("adamw", 3e-3, param_axes=(
+          optimizers.param_logical_axes(student.abstract_params()))),
+      partitioner=partitioner, batch_fn=copy_task(32, 8), global_batch_size=8,
+      train_steps=steps, model_dir=str(model_dir), log_every=1, progress=False,
+      checkpoint=trainer.CheckpointSettings(save_every=1000, keep=1, asynchronous=False),
+      frozen={"teacher": (teacher_params, shardings)})
+  return result, student, teacher, objective
+
+
+def test_teacher_on_an_fsdp_mesh_and_its_flops_are_counted(tmp_path):
+  one, student, teacher, objective = train_distilled(tmp_path / "one")
+  mesh, *_ = train_distilled(tmp_path / "mesh", data=2, model=4, param_dims=2)
+  np.testing.assert_allclose(mesh.last_metrics["loss"], one.last_metrics["loss"],
+                             rtol=2e-3)
+  # Every step: the student's training step and the teacher's forward pass; an
+  # on-policy step also reads each prompt and decodes 9 tokens.
+  batch, prompt, length = 8, 8, 9
+  drawn = [distillation.on_policy_at(s, 0.5, 3) for s in range(6)]
+  assert 0 < sum(drawn) < 6  # both kinds of step ran
+  shapes = {"encoder_input_tokens": (batch, prompt), "decoder_target_tokens": (batch, length)}
+  expected = sum(
+      student.train_step_flops(shapes) + teacher.forward_flops(batch, prompt, length) +
+      (batch * (student.encode_flops(prompt) + student.decode_steps_flops(prompt, length))
+       if on else 0) for on in drawn)
+  assert compute.read(tmp_path / "one").train_flops == expected
+
+
+def test_check_same_tokenizer(tmp_path):
+  texts = [f"word{i} other{i % 7} thing" for i in range(200)]
+  a = vocabularies.train_sentencepiece(texts, 64, str(tmp_path / "a"), model_type="word",
+                                       hard_vocab_limit=False)
+  b = vocabularies.train_sentencepiece(texts[::-1] + ["zebra"] * 50, 64, str(tmp_path / "b"),
+                                       model_type="word", hard_vocab_limit=False)
+  assert vocabularies.check_same_tokenizer(a, a, "X") == len(vocabularies.token_table(a))
+  with pytest.raises(errors.UserError, match=r"X: the teacher's tokenizer .* id \d+ is"):
+    vocabularies.check_same_tokenizer(b, a, "X")
+  with pytest.raises(errors.UserError, match="names no tokenizer"):
+    vocabularies.check_same_tokenizer("", a, "X")

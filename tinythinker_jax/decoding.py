@@ -198,7 +198,8 @@ def categorical(rng: Array, logits: Array) -> Array:
 
 def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Array, *,
                   max_length: int, num_samples: int = 1, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1) -> DecodeResult:
+                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1,
+                  vocab_rows: Optional[int] = None) -> DecodeResult:
   """`num_samples` sampled continuations per input, as rows `[batch * num_samples]`
   (the samples of input i are rows i * num_samples ...). Log-probabilities are
   the model's own (temperature 1, unfiltered), as DPO needs them.
@@ -209,13 +210,25 @@ def sample_decode(model: T5, params: Any, encoder_input_tokens: Array, rng: Arra
   key: not on the batch size, its row, or how rows are spread over devices.
   """
   choose = sample_chooser(rng, encoder_input_tokens.shape[0], num_samples,
-                          temperature=temperature, top_k=top_k, top_p=top_p)
+                          temperature=temperature, top_k=top_k, top_p=top_p,
+                          vocab_rows=vocab_rows)
   return _decode_loop(model, params, encoder_input_tokens, max_length, eos_id, choose,
                       repeats=num_samples)
 
 
+def real_token_logits(logits: Array, vocab_rows: Optional[int]) -> Array:
+  """`logits` with padding (id 0) and the table's rows beyond a tokenizer's
+  `vocab_rows` ids at -inf: a sampler given them never draws a token the
+  tokenizer lacks (an unchanged array when `vocab_rows` is None)."""
+  if vocab_rows is None:
+    return logits
+  ids = jnp.arange(logits.shape[-1])
+  return jnp.where((ids > 0) & (ids < vocab_rows), logits, -jnp.inf)
+
+
 def sample_chooser(rng: Array, batch: int, num_samples: int, *, temperature: float,
-                   top_k: int, top_p: float) -> Callable[[Array, Array], Array]:
+                   top_k: int, top_p: float, vocab_rows: Optional[int] = None
+                   ) -> Callable[[Array, Array], Array]:
   """`choose(step, logits[, rows])` for `batch * num_samples` rows (input i's
   samples are rows i * num_samples ...; `rows` names the rows `logits` holds
   when a loop has set finished rows aside): sample j of input i at step t draws with
@@ -230,8 +243,8 @@ def sample_chooser(rng: Array, batch: int, num_samples: int, *, temperature: flo
     # `rows`: which of the batch's rows `logits` holds (a compacted loop's).
     keys = sample_keys if rows is None else sample_keys[rows]
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-    return sample_token(step_keys, logits, temperature=temperature, top_k=top_k,
-                        top_p=top_p)
+    return sample_token(step_keys, real_token_logits(logits, vocab_rows),
+                        temperature=temperature, top_k=top_k, top_p=top_p)
   return choose
 
 

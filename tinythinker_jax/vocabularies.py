@@ -125,6 +125,41 @@ def text_codec(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   return TextCodec(path_or_kind, extra_ids)
 
 
+def token_table(path_or_kind: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> list[str]:
+  """Every project id's token string, in id order: what two vocabulary settings
+  must share for one model's distribution to be read by another."""
+  codec = text_codec(path_or_kind, extra_ids)
+  if isinstance(codec, hf_tokenizer.HFTokenizer):
+    return [codec.piece(i) for i in range(codec.vocab_size)]
+  if codec._sp is None:  # pylint: disable=protected-access
+    base = ["<pad>", "</s>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
+  else:
+    sp = codec._sp  # pylint: disable=protected-access
+    base = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+  return base + [f"<extra_id_{i}>" for i in range(codec.extra_ids)]
+
+
+def check_same_tokenizer(teacher: str, student: str, binding: str) -> int:
+  """The shared tokenizer's number of ids; a clear error unless `teacher`'s
+  vocabulary gives every id the same token as `student`'s (a distribution
+  over one tokenizer's ids means nothing over another's)."""
+  if not teacher:
+    raise errors.UserError(f"{binding}: the teacher names no tokenizer (no tokenizer.json, "
+                           "spiece.model or recorded vocabulary), so it cannot be checked "
+                           "against the student's")
+  ours, theirs = token_table(student), token_table(teacher)
+  if ours == theirs:
+    return len(ours)
+  where = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+  detail = (f"id {where} is {theirs[where]!r} for the teacher and {ours[where]!r} for the "
+            f"student" if where is not None else
+            f"the teacher has {len(theirs)} ids and the student {len(ours)}")
+  raise errors.UserError(f"{binding}: the teacher's tokenizer ({teacher}) is not the "
+                         f"student's ({student}): {detail}. Distillation from a "
+                         "distribution needs one tokenizer; train on the teacher's text "
+                         "instead (sequence-level distillation, Fine-tune-CoT)")
+
+
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
   """The embedding-table size for a vocabulary: rounded up to `multiple`."""
   return -(-vocab_size // multiple) * multiple

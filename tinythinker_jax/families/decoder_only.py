@@ -282,7 +282,8 @@ def beam_search(config: DecoderConfig, params: Any, inputs: Array, *, beam_size:
 
 def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int,
            eos_id: int, rng: Optional[Array] = None, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0, num_samples: int = 1) -> DecodeResult:
+           top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+           vocab_rows: Optional[int] = None) -> DecodeResult:
   """Continuations of 0-padded prompts `inputs [batch, I]`: greedy
   (`temperature=0`) or `num_samples` samples per prompt (rows
   `i * num_samples + j`; `rng` one key per prompt, or one key folded per
@@ -290,7 +291,8 @@ def decode(config: DecoderConfig, params: Any, inputs: Array, *, max_length: int
   if temperature == 0:
     return _decode_loop(config, params, inputs, max_length, eos_id, decoding.greedy_choice)
   choose = decoding.sample_chooser(rng, inputs.shape[0], num_samples,
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
+                                   temperature=temperature, top_k=top_k, top_p=top_p,
+                                   vocab_rows=vocab_rows)
   return _decode_loop(config, params, jnp.repeat(inputs, num_samples, axis=0), max_length,
                       eos_id, choose)
 
@@ -345,8 +347,8 @@ class DecoderOnlyModel(BaseModel):
 
   def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1
-             ) -> DecodeResult:
+             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1,
+             vocab_rows: Optional[int] = None) -> DecodeResult:
     if temperature == 0 and num_beams > 1:
       beams = beam_search(self.config, params, inputs, beam_size=num_beams,
                           max_length=max_length, eos_id=eos_id)
@@ -355,7 +357,7 @@ class DecoderOnlyModel(BaseModel):
           beams.scores[:, 0]), beams.lengths[:, 0])
     return decode(self.config, params, inputs, max_length=max_length, eos_id=eos_id,
                   rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
-                  num_samples=num_samples)
+                  num_samples=num_samples, vocab_rows=vocab_rows)
 
   def continuation_logps(self, params: Any, inputs: Array, continuations: Array) -> Array:
     return continuation_logps(self.config, params, inputs, continuations)

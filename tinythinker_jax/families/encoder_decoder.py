@@ -74,8 +74,8 @@ class EncoderDecoderModel(BaseModel):
 
   def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1
-             ) -> DecodeResult:
+             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1,
+             vocab_rows: Optional[int] = None) -> DecodeResult:
     module = self.module
     if temperature == 0 and num_beams > 1:
       beams = decoding.beam_search(module, params, inputs, beam_size=num_beams,
@@ -88,7 +88,8 @@ class EncoderDecoderModel(BaseModel):
                                     eos_id=eos_id)
     return decoding.sample_decode(module, params, inputs, rng, max_length=max_length,
                                   num_samples=num_samples, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, eos_id=eos_id)
+                                  top_k=top_k, top_p=top_p, eos_id=eos_id,
+                                  vocab_rows=vocab_rows)
 
   # ------------------------------------------------------------------- FLOPs
 

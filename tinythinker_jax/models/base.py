@@ -121,12 +121,14 @@ class BaseModel(abc.ABC):
   @abc.abstractmethod
   def decode(self, params: Any, inputs: Array, *, max_length: int, eos_id: int = 1,
              rng: Optional[Array] = None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1
-             ) -> DecodeResult:
+             top_p: float = 1.0, num_samples: int = 1, num_beams: int = 1,
+             vocab_rows: Optional[int] = None) -> DecodeResult:
     """Continuations of `inputs`: greedy (`temperature=0`), by beam search
     (`num_beams > 1`; the best beam, its total log-probability at position 0),
     or `num_samples` samples per input (rows `i * num_samples + j`; `rng` one key
-    per input). Log-probabilities are the model's own (temperature 1)."""
+    per input). Log-probabilities are the model's own (temperature 1). With
+    `vocab_rows`, samples never draw padding or ids beyond the tokenizer's
+    (`decoding.real_token_logits`)."""
 
   # ------------------------------------------------------------------- FLOPs
 

@@ -13,6 +13,7 @@ path for both phases; phase 2 is `stages.phase2`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import jax
@@ -24,7 +25,7 @@ from tinythinker_jax.stages import materialize
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.reasoning import registry
 from tinythinker_jax.reasoning.formats import Format, Stage
-from tinythinker_jax.training import objectives, recipe, trainer
+from tinythinker_jax.training import distillation, objectives, recipe, trainer
 
 def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
                   max_batches: int) -> list[dict[str, np.ndarray]]:
@@ -51,6 +52,22 @@ def initial_params(path: Optional[str], model: Any, binding: str, vocabulary: st
   return lambda shardings: weights.load(
       path, model=model, vocabulary=vocabulary, require_vocabulary=False,
       binding=binding, shardings=shardings).params
+
+
+def load_teacher(path: str, vocabulary: str, binding: str = "TEACHER_CHECKPOINT_PATH"):
+  """(teacher model, the shared tokenizer's ids, `partitioner -> {"teacher":
+  (params, shardings)}`) for a distillation teacher at `path`; its own
+  tokenizer must be the student's `vocabulary` (`vocabularies.check_same_tokenizer`)."""
+  own = weights.load(path, require_vocabulary=False, binding=binding, with_params=False)
+  vocab_rows = vocabularies.check_same_tokenizer(own.vocabulary, vocabulary,
+                                                 f"{binding}={path}")
+
+  def frozen(partitioner):
+    shardings = weights.param_shardings(own.model, partitioner)
+    loaded = weights.load(path, model=own.model, vocabulary=vocabulary,
+                          require_vocabulary=False, binding=binding, shardings=shardings)
+    return {"teacher": (loaded.params, shardings)}
+  return own.model, vocab_rows, frozen
 
 
 def _absolute(path: str) -> str:
@@ -95,7 +112,10 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
         validation: validation_lib.ChainValidation = validation_lib.ChainValidation(),
         pack: bool = False, progress: bool = True,
         stop_after: Optional[int] = None,
-        task_weights: Optional[Mapping[str, float]] = None) -> trainer.TrainResult:
+        task_weights: Optional[Mapping[str, float]] = None,
+        teacher_checkpoint_path: Optional[str] = None,
+        distill: distillation.DistillSettings = distillation.DistillSettings()
+        ) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
 
   A multi-task format's mixture (Distilling Step-by-Step's
@@ -106,6 +126,12 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   With `validation` naming a dataset, every `eval_every` steps also runs the
   student's greedy chains on its split and keeps the best checkpoint by that
   accuracy (both papers' model selection).
+
+  With `teacher_checkpoint_path` (any model `weights.load` reads whose
+  tokenizer is the run's vocabulary; checked) the student learns from the
+  teacher's distribution as `distill` says (`training.distillation`: offline
+  logit distillation on the records' targets, on-policy distillation on its
+  own samples); the teacher's parameters sit on the mesh beside the student's.
   """
   if coordinator_address and not jax.distributed.is_initialized():
     partitioning.initialize_distributed(
@@ -146,6 +172,11 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   def eval_fns(objective, partitioner, local):
     if not (settings.eval_every or settings.eval_every_epochs or settings.evaluations):
       return {}
+    if isinstance(objective, distillation.DistillationObjective):
+      # Validation loss: the records' cross-entropy (the teacher is for training).
+      objective = objectives.TokenCrossEntropy(
+          objective.model, z_loss=settings.z_loss,
+          loss_normalizing_factor=loss_normalizing_factor)
     hooks = {name: trainer.evaluate_loss(objective, partitioner, _eval_batches(
         arrays.ArrayDataset(path), settings.batch_size, local, settings.eval_batches))
              for name, path in loss_validation.items()}
@@ -157,7 +188,18 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
           skip_initial=not initial_checkpoint_path)
     return hooks
 
+  teacher = frozen_fn = None
+  if teacher_checkpoint_path:
+    if task_weights:
+      raise errors.UserError(f"TEACHER_CHECKPOINT_PATH: distillation trains one format; "
+                             f"{mixture_or_task_name} is multi-task")
+    teacher, vocab_rows, frozen_fn = load_teacher(teacher_checkpoint_path, vocabulary_path)
+
   def objective_fn(model):
+    if teacher is not None:
+      return distillation.DistillationObjective(
+          model, teacher, vocab_rows, distill, seed=settings.seed, z_loss=settings.z_loss,
+          loss_normalizing_factor=loss_normalizing_factor)
     return objectives.TokenCrossEntropy(model, z_loss=settings.z_loss,
                                         label_smoothing=label_smoothing,
                                         loss_normalizing_factor=loss_normalizing_factor)
@@ -168,8 +210,11 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
       initial_params=initial_params(initial_checkpoint_path, model,
                                      "INITIAL_CHECKPOINT_PATH", vocabulary_path),
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
-      task_weights=task_weights,
-      meta={"phase": "sft", "mixture_or_task_name": mixture_or_task_name,
+      task_weights=task_weights, frozen_fn=frozen_fn,
+      meta={"phase": "distill" if teacher is not None else "sft",
+            **({"teacher": paths.absolute_str(teacher_checkpoint_path),
+                "distill": dataclasses.asdict(distill)} if teacher is not None else {}),
+            "mixture_or_task_name": mixture_or_task_name,
             **({"task_weights": task_weights} if task_weights else {}),
             "task_feature_lengths": dict(task_feature_lengths),
             "vocabulary": vocabulary_path, "packed": bool(pack)}).result

@@ -145,13 +145,31 @@ def proportional_schedule(weights: Mapping[str, float], order: Sequence[str],
 
 def steps_for_budget(source: arrays.BatchSource, step_flops: Callable[[Mapping[str, Any]],
                                                                     Optional[int]],
-                     setting: str, budget: float, max_steps: int = 10_000_000) -> int:
+                     setting: str, budget: float, max_steps: int = 10_000_000,
+                     extra_flops: Optional[Callable[[Mapping[str, Any], int], float]] = None
+                     ) -> int:
   """The first step count whose batches spend `budget`: model FLOPs
-  (`setting='train_flops'`, `step_flops(batch shapes)` per step) or real
-  tokens (`'train_tokens'`). Batches are a function of the step, so this is
-  exact and the same on every resume."""
+  (`setting='train_flops'`, `step_flops(batch shapes)` per step, plus
+  `extra_flops(batch shapes, step)` where an objective spends more, e.g. a
+  teacher's forward pass) or real tokens (`'train_tokens'`). Batches are a
+  function of the step, so this is exact and the same on every resume."""
   if budget <= 0:
     raise errors.UserError(f"{setting}={budget}: a budget must be positive")
+  if setting == "train_flops" and extra_flops is not None:
+    shapes = {name: dataset.batch_shapes(source.batch_size)
+              for name, dataset in source.datasets.items()}
+    base = {name: step_flops(s) for name, s in shapes.items()}
+    if not all(base.values()):
+      raise errors.UserError("train_flops: the model FLOPs of the batches are unknown; "
+                             "give train_steps or train_tokens")
+    spent, step = 0.0, 0
+    while spent < budget:
+      if step >= max_steps:
+        raise errors.UserError(f"train_flops={budget:g}: more than {max_steps} steps")
+      name = source.stream_at(step)[0] if source.schedule is not None else next(iter(shapes))
+      spent += float(base[name]) + float(extra_flops(shapes[name], step))
+      step += 1
+    return step
   if setting == "train_flops":
     per_stream = {}
     for name, dataset in source.datasets.items():
@@ -196,7 +214,9 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
                                     Mapping[str, trainer.EvalFn]]] = None,
         meta: Optional[dict] = None, progress: bool = True, eval_at_start: bool = True,
         stop_after: Optional[int] = None, binding: str = "TrainSettings",
-        task_weights: Optional[Mapping[str, float]] = None) -> Fitted:
+        task_weights: Optional[Mapping[str, float]] = None,
+        frozen_fn: Optional[Callable[[partitioning.Partitioner],
+                                     Mapping[str, tuple[Any, Any]]]] = None) -> Fitted:
   """Trains `model` (the model interface) on `datasets` as `settings` say, with
   the loss of `objective_fn(model)`; resumes in `model_dir`.
 
@@ -205,7 +225,9 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
   `task_weights` (a multi-task format's, e.g. Distilling Step-by-Step's
   {'predict': alpha, 'explain': 1 - alpha}) puts every task's rows of the same
   examples in each batch, the loss their weighted per-task means
-  (`arrays.MultiTaskSource`).
+  (`arrays.MultiTaskSource`). `frozen_fn(partitioner)` places parameters every
+  step reads but never trains (a distillation teacher's; `trainer.train`'s
+  `frozen`), and the objective's `extra_step_flops` counts toward a FLOPs budget.
   """
   if task_weights and schedule is not None:
     raise errors.UserError("task_weights and an interleaving schedule exclude each other")
@@ -222,9 +244,14 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
     model = model.replace(dropout_rate=settings.dropout_rate)
   num_examples = sum(d.num_examples for d in datasets.values())
   budget_source = make_source()
+  objective = objective_fn(model)
+  extra = getattr(objective, "extra_step_flops", None)
+  step_aux = getattr(objective, "step_aux", None)
+  extra_flops = None if extra is None else (
+      lambda shapes, step: extra(shapes, step_aux(step) if step_aux else {}))
   steps = settings.steps_for(
       num_examples, binding, lambda setting, value: steps_for_budget(
-          budget_source, model.train_step_flops, setting, value))
+          budget_source, model.train_step_flops, setting, value, extra_flops=extra_flops))
   eval_every = settings.eval_interval(num_examples, steps)
   warmup = (int(settings.warmup_fraction * steps) if settings.warmup_fraction is not None
             else settings.warmup_steps)
@@ -234,7 +261,6 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
   partitioner = settings.partitioner()
   layout = partitioner.data_layout(settings.batch_size)
   source = make_source(layout.local_slice)
-  objective = objective_fn(model)
   hooks = dict(eval_fns(objective, partitioner, layout.local_slice)) if eval_fns else {}
   # Selection applies when a hook gives the metric (e.g. chain validation is on).
   select = settings.select_metric if settings.select_metric and eval_every and any(
@@ -262,7 +288,8 @@ def fit(*, model: BaseModel, objective_fn: Callable[[BaseModel], Any],
       select_metric=select, eval_at_start=eval_at_start,
       early_stopping=trainer.EarlyStopping(settings.early_stop_patience,
                                            settings.early_stop_min_delta),
-      meta=dict(meta or {}, train_settings=jsonable(settings)))
+      meta=dict(meta or {}, train_settings=jsonable(settings)),
+      frozen=frozen_fn(partitioner) if frozen_fn else None)
   return Fitted(result, steps)
 
 

@@ -66,23 +66,33 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   gradients of the summed losses accumulated with `lax.scan`; the sum is
   divided once by the normalizer of the whole batch, so the update equals the
   single-batch update.
+
+  `aux` (a pytree, placed by the trainer) is what an objective needs beside the
+  batch at every step: a teacher's parameters and host-drawn flags
+  (`training.distillation`); an objective with `prepare_batch` rewrites the
+  whole batch from the current parameters first (on-policy sampling).
   """
   # A model whose loss is normalised by whole-batch counts (DPO's batch-token
   # NLL) takes them, computed before the split, in every microbatch.
   batch_totals = getattr(model, "batch_totals", None)
+  prepare_batch = getattr(model, "prepare_batch", None)
 
-  def loss_fn(params, batch, rng, totals):
-    if totals is None:
-      return model.loss_sums(params, batch, rng)
-    return model.loss_sums(params, batch, rng, totals)
+  def loss_fn(params, batch, rng, totals, aux):
+    kwargs = {} if totals is None else {"totals": totals}
+    if aux is not None:
+      kwargs["aux"] = aux
+    return model.loss_sums(params, batch, rng, **kwargs)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
-  def step(state: TrainState, batch: Batch, rng: Array):
+  def step(state: TrainState, batch: Batch, rng: Array, aux: Any = None):
+    if prepare_batch is not None:
+      batch = prepare_batch(state.params, batch,
+                            jax.random.fold_in(jax.random.fold_in(rng, 1), state.step), aux)
     totals = None if batch_totals is None else batch_totals(batch)
     dropout_rng = jax.random.fold_in(rng, state.step) if dropout else None
     if num_microbatches == 1:
-      grads, sums = grad_fn(state.params, batch, dropout_rng, totals)
+      grads, sums = grad_fn(state.params, batch, dropout_rng, totals, aux)
     else:
       micro = jax.tree.map(
           lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) +
@@ -91,11 +101,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
       def body(carry, inputs):
         index, microbatch = inputs
         r = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-        g, s = grad_fn(state.params, microbatch, r, totals)
+        g, s = grad_fn(state.params, microbatch, r, totals, aux)
         return jax.tree.map(jnp.add, carry, (g, s)), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), dropout_rng, totals))
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), dropout_rng, totals,
+          aux))
       (grads, sums), _ = jax.lax.scan(body, zeros,
                                       (jnp.arange(num_microbatches), micro))
     denom = model.normalizer(sums)

@@ -138,13 +138,20 @@ class ComputeCounter:
     self._flops_by_shape: dict[tuple, Optional[int]] = {}
     self._started = time.time()
 
-  def step(self, local_batch: Mapping[str, np.ndarray], metrics: Mapping[str, Any]) -> None:
+  def step(self, local_batch: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
+           extra_flops: Optional[Callable[[Mapping[str, tuple]], int]] = None) -> None:
+    """Counts a step; `extra_flops(global shapes)` adds what it spent beyond the
+    student's step (a teacher's forward pass, on-policy sampling)."""
     shapes = tuple(sorted((k, tuple(np.shape(v)[1:])) for k, v in local_batch.items()))
     if shapes not in self._flops_by_shape:
-      self._flops_by_shape[shapes] = self.model.train_step_flops(
-          {k: (self.global_batch_size,) + shape for k, shape in shapes})
-    self._pending.append((metrics["nonpadding_tokens"], metrics.get("examples"),
-                          self._flops_by_shape[shapes]))
+      self._flops_by_shape[shapes] = self.model.train_step_flops(self._global(shapes))
+    flops = self._flops_by_shape[shapes]
+    if extra_flops is not None and flops is not None:
+      flops += extra_flops(self._global(shapes))
+    self._pending.append((metrics["nonpadding_tokens"], metrics.get("examples"), flops))
+
+  def _global(self, shapes: tuple) -> dict[str, tuple]:
+    return {k: (self.global_batch_size,) + shape for k, shape in shapes}
 
   def _flush(self) -> None:
     for tokens, examples, flops in jax.device_get(self._pending):
@@ -259,7 +266,8 @@ def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformatio
           schedule: Optional[optax.Schedule] = None,
           select_metric: Optional[str] = None, eval_at_start: bool = True,
           early_stopping: EarlyStopping = EarlyStopping(),
-          stop_after: Optional[int] = None) -> TrainResult:
+          stop_after: Optional[int] = None,
+          frozen: Optional[Mapping[str, tuple[Any, Any]]] = None) -> TrainResult:
   """Trains `model` with `objective`'s loss to `train_steps`; `stop_after` ends
   early (after saving) for tests.
 
@@ -271,6 +279,11 @@ def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformatio
   `early_stopping` ends a converged run (`Selection`). The evaluation at step 0
   (the initial parameters; unless `eval_at_start=False`, or the hook gives
   nothing at step 0) is a candidate.
+
+  `frozen` maps names to `(parameters, shardings)` placed on the mesh that
+  every step reads but never updates (a distillation teacher's); they reach
+  the objective in the step's `aux` with the host values of
+  `objective.step_aux(step)`, and `objective.extra_step_flops` is counted.
   """
   if global_batch_size % num_microbatches:
     raise errors.UserError(f"batch size {global_batch_size} is not divisible by "
@@ -308,11 +321,21 @@ def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformatio
              saved_meta.get("seed"))
   counter = ComputeCounter(model, global_batch_size,
                            compute_lib.Compute.from_json(saved_meta.get("compute")))
+  step_aux = getattr(objective, "step_aux", None)
+  frozen = dict(frozen or {})
+  uses_aux = bool(frozen) or step_aux is not None
+  aux_shardings = None
+  if uses_aux:
+    aux_shardings = {name: sharding for name, (_, sharding) in frozen.items()}
+    aux_shardings.update({name: partitioner.replicated
+                          for name in (step_aux(0) if step_aux else {})})
   step_fn = partitioner.partition(
       step_lib.make_train_step(objective, optimizer, num_microbatches=num_microbatches,
                                dropout=dropout), donate_argnums=(0,),
-      in_shardings=(state_shardings, partitioner.data_sharding(1), partitioner.replicated),
+      in_shardings=(state_shardings, partitioner.data_sharding(1), partitioner.replicated) +
+      ((aux_shardings,) if uses_aux else ()),
       out_shardings=(state_shardings, partitioner.replicated))
+  extra_flops = getattr(objective, "extra_step_flops", None)
   layout = partitioner.data_layout(global_batch_size)
   writer = MetricWriter(model_dir)
   activation_dtype = jax.numpy.dtype(model.config.compute_dtype).name
@@ -343,8 +366,15 @@ def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformatio
         if len(next(iter(local.values()))) != layout.local_batch_size:
           raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                            f"examples; this process feeds {layout.local_batch_size}")
-        state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
-        counter.step(local, metrics)
+        if uses_aux:
+          host_aux = step_aux(step) if step_aux else {}
+          aux = dict(host_aux, **{name: params for name, (params, _) in frozen.items()})
+          state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng, aux)
+          counter.step(local, metrics, extra_flops and (
+              lambda shapes, host_aux=host_aux: extra_flops(shapes, host_aux)))
+        else:
+          state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
+          counter.step(local, metrics)
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == end:

@@ -1,0 +1,208 @@
+"""Distillation from a trained teacher's distribution, at equal compute, over seeds.
+
+A teacher T5 (64 wide, 2+2 layers) is trained on a synthetic task's Fine-tune-CoT
+records (the rule-based teacher's chains); then a narrower student with the same
+word vocabulary is trained three ways, each with the same model-FLOPs budget
+(the teacher's forward passes and the student's on-policy sampling counted
+against it, `training.distillation`):
+
+- `sft`: phase 1 on the records (sequence-level distillation's place: the text
+  the teacher learned from, not chains sampled from the teacher model);
+- `logit`: offline logit distillation on the same records (generalized JSD,
+  beta 0.5, to the teacher's distribution at every completion token);
+- `on_policy`: on-policy distillation (the student samples its own chains every
+  step, the teacher scores each token; beta 0.5).
+
+Every student is evaluated greedily on the test split (per-question results kept
+in `<out>/<mode>/seed_<s>/eval/`); `summary.json` and `table.md` give each
+mode's mean with a 95% t-interval over seeds, the paired bootstrap and McNemar
+test of each distillation mode against `sft`, the teacher's accuracy and the
+majority answer. Every stage resumes (a finished student or evaluation is
+skipped; training resumes from its checkpoints).
+
+  python benchmarks/distill_experiment.py --out=runs/distill/coin_flip_long \
+      --seeds=0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from tinythinker_jax import compute, significance, student as student_lib, vocabularies
+from tinythinker_jax.data import datasets
+from tinythinker_jax.models import t5
+from tinythinker_jax.reasoning.formats import Format
+from tinythinker_jax.stages import evaluate, phase1
+from tinythinker_jax.teacher import pipelines
+from tinythinker_jax.training import distillation, recipe
+
+MODES = ("sft", "logit", "on_policy")
+LENGTHS = {"inputs": 96, "targets": 64}
+
+
+def t5_config(width: int, layers: int, heads: int) -> t5.T5Config:
+  return t5.T5Config(vocab_size=256, emb_dim=width, num_heads=heads, head_dim=width // heads,
+                     mlp_dim=4 * width, num_encoder_layers=layers, num_decoder_layers=layers,
+                     mlp_activations=("gelu", "linear"), logits_via_embedding=False,
+                     dropout_rate=0.0, dtype="float32")
+
+
+def teach(out: pathlib.Path, dataset: str, max_train: int) -> tuple[str, str]:
+  """(records dir, vocabulary) of the rule-based teacher's Fine-tune-CoT chains."""
+  records = out / "rationales"
+  splits = datasets.load_dataset(dataset, seed=0)
+  for split in ("train", "validation"):
+    target = records / dataset / "finetune_cot" / split
+    if not (target / "records.jsonl").exists():
+      examples = splits[split][:max_train] if split == "train" else splits[split]
+      pipelines.teach(examples, method=pipelines.Method("finetune_cot"),
+                      answer_type=datasets.get_spec(dataset).answer_type,
+                      output_dir=str(target), teacher=None, progress=False)
+  vocab = out / "spm.model"
+  if not vocab.exists():
+    files = [str(records / dataset / "finetune_cot" / "train" / "records.jsonl")]
+    vocabularies.train_sentencepiece(vocabularies.iter_rendered(files, "finetune_cot"), 128,
+                                     str(out / "spm"), model_type="word",
+                                     hard_vocab_limit=False)
+  return str(records), str(vocab)
+
+
+def train(model_dir: pathlib.Path, config: t5.T5Config, records: str, vocab: str,
+          task: str, settings: recipe.TrainSettings, teacher: str = "",
+          distill: distillation.DistillSettings = distillation.DistillSettings()) -> None:
+  if (model_dir / "compute.json").exists():
+    return
+  phase1.run(model_dir=str(model_dir), model_config=config, mixture_or_task_name=task,
+             task_feature_lengths=LENGTHS, settings=settings, records_dir=records,
+             vocabulary=vocab, data_dir=str(model_dir.parent.parent / "data"),
+             teacher_checkpoint_path=teacher or None, distill=distill)
+
+
+def evaluate_dir(model_dir: pathlib.Path, out: pathlib.Path, vocab: str, dataset: str,
+                 max_test: int) -> dict:
+  if (out / "report.json").exists():
+    return json.loads((out / "report.json").read_text())
+  examples, answer_type = datasets.load_split(dataset, split="test", max_examples=max_test)
+  student = student_lib.build(str(model_dir), vocabulary=vocab)
+  return evaluate.evaluate(student, examples, fmt=Format.FINETUNE_COT,
+                           answer_type=answer_type, output_dir=str(out), num_runs=0,
+                           progress=True,
+                           describe=evaluate._describe(str(model_dir), dataset, "test"))  # pylint: disable=protected-access
+
+
+def per_question(run: pathlib.Path) -> dict[str, bool]:
+  rows = {}
+  for shard in sorted((run / "eval" / "greedy").glob("*.jsonl")):
+    for line in shard.read_text().splitlines():
+      r = json.loads(line)
+      rows[r["id"]] = bool(r["correct"])
+  return rows
+
+
+def summarize(out: pathlib.Path, seeds: list[int], teacher_report: dict) -> dict:
+  correct = {m: [per_question(out / m / f"seed_{s}") for s in seeds] for m in MODES}
+  ids = sorted(correct["sft"][0])
+  table = {}
+  for mode in MODES:
+    accuracies = [100 * np.mean([c[i] for i in ids]) for c in correct[mode]]
+    spent = [compute.read(out / mode / f"seed_{s}" / "model") for s in seeds]
+    table[mode] = {"accuracy": dataclasses.asdict(significance.t_interval(accuracies)),
+                   "per_seed": accuracies,
+                   "train_flops": float(np.mean([c.train_flops for c in spent])),
+                   "train_steps": float(np.mean([c.train_steps for c in spent])),
+                   "wall_seconds": float(np.mean([c.wall_seconds for c in spent]))}
+    if mode != "sft":
+      a = [[c[i] for i in ids] for c in correct[mode]]
+      b = [[c[i] for i in ids] for c in correct["sft"]]
+      table[mode]["vs_sft"] = {
+          "bootstrap": dataclasses.asdict(significance.paired_bootstrap(a, b)),
+          "mcnemar": dataclasses.asdict(significance.mcnemar_seeds(a, b))}
+  summary = {"seeds": seeds, "questions": len(ids), "modes": table,
+             "teacher_accuracy": teacher_report["greedy"]["accuracy"],
+             "majority_answer": teacher_report["majority_answer"]}
+  (out / "summary.json").write_text(json.dumps(summary, indent=2))
+  lines = ["| student | seeds | test accuracy (%), 95% CI | vs sft (bootstrap, McNemar) | "
+           "model FLOPs | steps |", "|---|---|---|---|---|---|"]
+  for mode in MODES:
+    row, acc = table[mode], table[mode]["accuracy"]
+    versus = "" if mode == "sft" else (
+        f"{row['vs_sft']['bootstrap']['mean']:+.1%} [{row['vs_sft']['bootstrap']['low']:+.1%}, "
+        f"{row['vs_sft']['bootstrap']['high']:+.1%}]; "
+        f"{row['vs_sft']['mcnemar']['only_a']} vs {row['vs_sft']['mcnemar']['only_b']}, "
+        f"p={row['vs_sft']['mcnemar']['p_value']:.3g}")
+    interval = (f" [{acc['low']:.1f}, {acc['high']:.1f}]" if acc["low"] is not None else "")
+    lines.append(f"| {mode} | {len(seeds)} | {acc['mean']:.1f}{interval} | {versus} | "
+                 f"{row['train_flops']:.3g} | {row['train_steps']:.0f} |")
+  majority = teacher_report["majority_answer"]
+  lines.append(f"\nTeacher: {100 * teacher_report['greedy']['accuracy']:.1f}%; majority answer "
+               f"{majority['answer']!r}: {100 * majority['accuracy']:.1f}% "
+               f"({len(ids)} test questions).")
+  (out / "table.md").write_text("\n".join(lines) + "\n")
+  return summary
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--dataset", default="coin_flip_long")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--max_train", type=int, default=1000)
+  parser.add_argument("--max_test", type=int, default=300)
+  parser.add_argument("--teacher_steps", type=int, default=800)
+  parser.add_argument("--student_width", type=int, default=32)
+  parser.add_argument("--sft_steps", type=int, default=300,
+                      help="the budget: what this many supervised student steps cost")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--learning_rate", type=float, default=3e-3)
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  records, vocab = teach(out, args.dataset, args.max_train)
+  task = f"tinythinker.{args.dataset}.finetune_cot"
+
+  def settings(seed: int, **length) -> recipe.TrainSettings:
+    return recipe.TrainSettings(batch_size=args.batch_size, optimizer="adamw",
+                                schedule="cosine", learning_rate=args.learning_rate,
+                                warmup_steps=20, data_parallelism=1, seed=seed,
+                                checkpoint_every=500, keep_checkpoints=1, log_every=20,
+                                z_loss=0.0, **length)
+
+  started = time.time()
+  teacher_dir = out / "teacher" / "model"
+  train(teacher_dir, t5_config(64, 2, 4), records, vocab, task,
+        settings(0, train_steps=args.teacher_steps))
+  teacher_report = evaluate_dir(teacher_dir, out / "teacher" / "eval", vocab, args.dataset,
+                                args.max_test)
+  print(f"teacher: {teacher_report['greedy']['accuracy']:.3f} "
+        f"({time.time() - started:.0f} s)", flush=True)
+  student = t5_config(args.student_width, 2, 2)
+  budget = None
+  for seed in seeds:
+    for mode in MODES:
+      model_dir = out / mode / f"seed_{seed}" / "model"
+      if mode == "sft":
+        train(model_dir, student, records, vocab, task,
+              settings(seed, train_steps=args.sft_steps))
+        budget = compute.read(model_dir).train_flops
+      else:
+        train(model_dir, student, records, vocab, task, settings(seed, train_flops=budget),
+              teacher=str(teacher_dir),
+              distill=distillation.DistillSettings(
+                  beta=0.5, on_policy_fraction=1.0 if mode == "on_policy" else 0.0))
+      report = evaluate_dir(model_dir, out / mode / f"seed_{seed}" / "eval", vocab,
+                            args.dataset, args.max_test)
+      print(f"{mode} seed {seed}: {report['greedy']['accuracy']:.3f} "
+            f"({time.time() - started:.0f} s)", flush=True)
+  summarize(out, seeds, teacher_report)
+  print((out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+  main()
