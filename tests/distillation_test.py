@@ -313,3 +313,19 @@ def test_check_same_tokenizer(tmp_path):
     vocabularies.check_same_tokenizer(b, a, "X")
   with pytest.raises(errors.UserError, match="names no tokenizer"):
     vocabularies.check_same_tokenizer("", a, "X")
+
+
+def test_microbatched_distillation_step_equals_the_whole_batch():
+  student, teacher, params, teacher_params = pair("llama")
+  batch = batch_of(rows=4, seed=5)
+  objective = distillation.DistillationObjective(
+      student, teacher, ROWS, distillation.DistillSettings(beta=0.3, supervised_weight=0.5))
+  optimizer = optimizers.make_optimizer("adamw", 1e-2)
+  state = step_lib.TrainState.create(params, optimizer)
+  aux = {"teacher": teacher_params, "on_policy": np.bool_(False)}
+  results = [jax.jit(step_lib.make_train_step(objective, optimizer, num_microbatches=n))(
+      state, batch, jax.random.key(0), aux) for n in (1, 2)]
+  (whole, whole_metrics), (micro, micro_metrics) = results
+  np.testing.assert_allclose(micro_metrics["loss"], whole_metrics["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(micro.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
