@@ -13,6 +13,11 @@ against it, `training.distillation`):
 - `on_policy`: on-policy distillation (the student samples its own chains every
   step, the teacher scores each token; beta 0.5).
 
+and, as GKD runs it (a student fine-tuned first), a second stage from each seed's
+`sft` student with one more, equal budget (`--second_steps` supervised steps'
+cost, at `--second_learning_rate`): `continued` (supervised), `continued_logit`,
+`continued_on_policy`, each compared with `continued`.
+
 Every student is evaluated greedily on the test split (per-question results kept
 in `<out>/<mode>/seed_<s>/eval/`); `summary.json` and `table.md` give each
 mode's mean with a 95% t-interval over seeds, the paired bootstrap and McNemar
@@ -42,7 +47,10 @@ from tinythinker_jax.stages import evaluate, phase1
 from tinythinker_jax.teacher import pipelines
 from tinythinker_jax.training import distillation, recipe
 
-MODES = ("sft", "logit", "on_policy")
+# Each mode and the mode it is compared with (None: a reference).
+MODES = {"sft": None, "logit": "sft", "on_policy": "sft",
+         "continued": None, "continued_logit": "continued",
+         "continued_on_policy": "continued"}
 LENGTHS = {"inputs": 96, "targets": 64}
 
 
@@ -75,13 +83,15 @@ def teach(out: pathlib.Path, dataset: str, max_train: int) -> tuple[str, str]:
 
 def train(model_dir: pathlib.Path, config: t5.T5Config, records: str, vocab: str,
           task: str, settings: recipe.TrainSettings, teacher: str = "",
-          distill: distillation.DistillSettings = distillation.DistillSettings()) -> None:
+          distill: distillation.DistillSettings = distillation.DistillSettings(),
+          initial: str = "") -> None:
   if (model_dir / "compute.json").exists():
     return
   phase1.run(model_dir=str(model_dir), model_config=config, mixture_or_task_name=task,
              task_feature_lengths=LENGTHS, settings=settings, records_dir=records,
              vocabulary=vocab, data_dir=str(model_dir.parent.parent / "data"),
-             teacher_checkpoint_path=teacher or None, distill=distill)
+             teacher_checkpoint_path=teacher or None, distill=distill,
+             initial_checkpoint_path=initial or None)
 
 
 def evaluate_dir(model_dir: pathlib.Path, out: pathlib.Path, vocab: str, dataset: str,
@@ -109,7 +119,7 @@ def summarize(out: pathlib.Path, seeds: list[int], teacher_report: dict) -> dict
   correct = {m: [per_question(out / m / f"seed_{s}") for s in seeds] for m in MODES}
   ids = sorted(correct["sft"][0])
   table = {}
-  for mode in MODES:
+  for mode, reference in MODES.items():
     accuracies = [100 * np.mean([c[i] for i in ids]) for c in correct[mode]]
     spent = [compute.read(out / mode / f"seed_{s}" / "model") for s in seeds]
     table[mode] = {"accuracy": dataclasses.asdict(significance.t_interval(accuracies)),
@@ -117,25 +127,27 @@ def summarize(out: pathlib.Path, seeds: list[int], teacher_report: dict) -> dict
                    "train_flops": float(np.mean([c.train_flops for c in spent])),
                    "train_steps": float(np.mean([c.train_steps for c in spent])),
                    "wall_seconds": float(np.mean([c.wall_seconds for c in spent]))}
-    if mode != "sft":
+    if reference:
       a = [[c[i] for i in ids] for c in correct[mode]]
-      b = [[c[i] for i in ids] for c in correct["sft"]]
-      table[mode]["vs_sft"] = {
+      b = [[c[i] for i in ids] for c in correct[reference]]
+      table[mode]["versus"] = reference
+      table[mode]["vs_reference"] = {
           "bootstrap": dataclasses.asdict(significance.paired_bootstrap(a, b)),
           "mcnemar": dataclasses.asdict(significance.mcnemar_seeds(a, b))}
   summary = {"seeds": seeds, "questions": len(ids), "modes": table,
              "teacher_accuracy": teacher_report["greedy"]["accuracy"],
              "majority_answer": teacher_report["majority_answer"]}
   (out / "summary.json").write_text(json.dumps(summary, indent=2))
-  lines = ["| student | seeds | test accuracy (%), 95% CI | vs sft (bootstrap, McNemar) | "
-           "model FLOPs | steps |", "|---|---|---|---|---|---|"]
+  lines = ["| student | seeds | test accuracy (%), 95% CI | against (paired bootstrap; "
+           "McNemar) | model FLOPs (this stage) | steps |", "|---|---|---|---|---|---|"]
   for mode in MODES:
     row, acc = table[mode], table[mode]["accuracy"]
-    versus = "" if mode == "sft" else (
-        f"{row['vs_sft']['bootstrap']['mean']:+.1%} [{row['vs_sft']['bootstrap']['low']:+.1%}, "
-        f"{row['vs_sft']['bootstrap']['high']:+.1%}]; "
-        f"{row['vs_sft']['mcnemar']['only_a']} vs {row['vs_sft']['mcnemar']['only_b']}, "
-        f"p={row['vs_sft']['mcnemar']['p_value']:.3g}")
+    versus = ""
+    if "versus" in row:
+      boot, test = row["vs_reference"]["bootstrap"], row["vs_reference"]["mcnemar"]
+      versus = (f"{row['versus']}: {boot['mean']:+.1%} [{boot['low']:+.1%}, "
+                f"{boot['high']:+.1%}], p={boot['p_value']:.3g}; {test['only_a']} vs "
+                f"{test['only_b']}, p={test['p_value']:.3g}")
     interval = (f" [{acc['low']:.1f}, {acc['high']:.1f}]" if acc["low"] is not None else "")
     lines.append(f"| {mode} | {len(seeds)} | {acc['mean']:.1f}{interval} | {versus} | "
                  f"{row['train_flops']:.3g} | {row['train_steps']:.0f} |")
@@ -160,6 +172,9 @@ def main() -> None:
                       help="the budget: what this many supervised student steps cost")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--learning_rate", type=float, default=3e-3)
+  parser.add_argument("--second_steps", type=int, default=150,
+                      help="the second stage's budget, in supervised steps' cost")
+  parser.add_argument("--second_learning_rate", type=float, default=1e-3)
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -167,9 +182,10 @@ def main() -> None:
   records, vocab = teach(out, args.dataset, args.max_train)
   task = f"tinythinker.{args.dataset}.finetune_cot"
 
-  def settings(seed: int, **length) -> recipe.TrainSettings:
+  def settings(seed: int, learning_rate: float = args.learning_rate,
+               **length) -> recipe.TrainSettings:
     return recipe.TrainSettings(batch_size=args.batch_size, optimizer="adamw",
-                                schedule="cosine", learning_rate=args.learning_rate,
+                                schedule="cosine", learning_rate=learning_rate,
                                 warmup_steps=20, data_parallelism=1, seed=seed,
                                 checkpoint_every=500, keep_checkpoints=1, log_every=20,
                                 z_loss=0.0, **length)
@@ -183,19 +199,25 @@ def main() -> None:
   print(f"teacher: {teacher_report['greedy']['accuracy']:.3f} "
         f"({time.time() - started:.0f} s)", flush=True)
   student = t5_config(args.student_width, 2, 2)
-  budget = None
+  budgets = {}
   for seed in seeds:
     for mode in MODES:
       model_dir = out / mode / f"seed_{seed}" / "model"
-      if mode == "sft":
+      second = mode.startswith("continued")
+      kind = mode.replace("continued_", "").replace("continued", "sft")
+      initial = str(out / "sft" / f"seed_{seed}" / "model") if second else ""
+      lr = args.second_learning_rate if second else args.learning_rate
+      if kind == "sft":
         train(model_dir, student, records, vocab, task,
-              settings(seed, train_steps=args.sft_steps))
-        budget = compute.read(model_dir).train_flops
+              settings(seed, lr, train_steps=args.second_steps if second else args.sft_steps),
+              initial=initial)
+        budgets[second] = compute.read(model_dir).train_flops
       else:
-        train(model_dir, student, records, vocab, task, settings(seed, train_flops=budget),
-              teacher=str(teacher_dir),
+        train(model_dir, student, records, vocab, task,
+              settings(seed, lr, train_flops=budgets[second]), teacher=str(teacher_dir),
               distill=distillation.DistillSettings(
-                  beta=0.5, on_policy_fraction=1.0 if mode == "on_policy" else 0.0))
+                  beta=0.5, on_policy_fraction=1.0 if kind == "on_policy" else 0.0),
+              initial=initial)
       report = evaluate_dir(model_dir, out / mode / f"seed_{seed}" / "eval", vocab,
                             args.dataset, args.max_test)
       print(f"{mode} seed {seed}: {report['greedy']['accuracy']:.3f} "
