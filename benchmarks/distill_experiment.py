@@ -134,6 +134,13 @@ def summarize(out: pathlib.Path, seeds: list[int], teacher_report: dict) -> dict
       table[mode]["vs_reference"] = {
           "bootstrap": dataclasses.asdict(significance.paired_bootstrap(a, b)),
           "mcnemar": dataclasses.asdict(significance.mcnemar_seeds(a, b))}
+  compared = [m for m in MODES if "versus" in table[m]]
+  adjusted = significance.holm([table[m]["vs_reference"]["bootstrap"]["p_value"]
+                                for m in compared])
+  for mode, p in zip(compared, adjusted):
+    table[mode]["vs_reference"]["holm_p"] = p
+    table[mode]["vs_reference"]["verdict"] = significance.verdict(
+        significance.Interval(**table[mode]["vs_reference"]["bootstrap"]), p)
   summary = {"seeds": seeds, "questions": len(ids), "modes": table,
              "teacher_accuracy": teacher_report["greedy"]["accuracy"],
              "majority_answer": teacher_report["majority_answer"]}
@@ -146,11 +153,14 @@ def summarize(out: pathlib.Path, seeds: list[int], teacher_report: dict) -> dict
     if "versus" in row:
       boot, test = row["vs_reference"]["bootstrap"], row["vs_reference"]["mcnemar"]
       versus = (f"{row['versus']}: {boot['mean']:+.1%} [{boot['low']:+.1%}, "
-                f"{boot['high']:+.1%}], p={boot['p_value']:.3g}; {test['only_a']} vs "
+                f"{boot['high']:+.1%}], Holm p={row['vs_reference']['holm_p']:.3g} "
+                f"({row['vs_reference']['verdict']}); McNemar {test['only_a']} vs "
                 f"{test['only_b']}, p={test['p_value']:.3g}")
     interval = (f" [{acc['low']:.1f}, {acc['high']:.1f}]" if acc["low"] is not None else "")
     lines.append(f"| {mode} | {len(seeds)} | {acc['mean']:.1f}{interval} | {versus} | "
                  f"{row['train_flops']:.3g} | {row['train_steps']:.0f} |")
+  lines.append(f"\nHolm's adjustment over the table's {len(compared)} comparisons "
+               "(bootstrap p-values).")
   majority = teacher_report["majority_answer"]
   lines.append(f"\nTeacher: {100 * teacher_report['greedy']['accuracy']:.1f}%; majority answer "
                f"{majority['answer']!r}: {100 * majority['accuracy']:.1f}% "
