@@ -16,7 +16,9 @@ against it, `training.distillation`):
 and, as GKD runs it (a student fine-tuned first), a second stage from each seed's
 `sft` student with one more, equal budget (`--second_steps` supervised steps'
 cost, at `--second_learning_rate`): `continued` (supervised), `continued_logit`,
-`continued_on_policy`, each compared with `continued`.
+`continued_on_policy`, each compared with `continued`; and the two distillation
+modes again for as many steps as `continued` took (`*_steps`: not
+compute-matched, they spend more; a weaker signal per step or a dearer step).
 
 Every student is evaluated greedily on the test split (per-question results kept
 in `<out>/<mode>/seed_<s>/eval/`); `summary.json` and `table.md` give each
@@ -50,7 +52,10 @@ from tinythinker_jax.training import distillation, recipe
 # Each mode and the mode it is compared with (None: a reference).
 MODES = {"sft": None, "logit": "sft", "on_policy": "sft",
          "continued": None, "continued_logit": "continued",
-         "continued_on_policy": "continued"}
+         "continued_on_policy": "continued",
+         # Not compute-matched: as many steps as `continued` (twice its FLOPs or more),
+         # to tell a weaker signal per step from a dearer step.
+         "continued_logit_steps": "continued", "continued_on_policy_steps": "continued"}
 LENGTHS = {"inputs": 96, "targets": 64}
 
 
@@ -214,7 +219,8 @@ def main() -> None:
     for mode in MODES:
       model_dir = out / mode / f"seed_{seed}" / "model"
       second = mode.startswith("continued")
-      kind = mode.replace("continued_", "").replace("continued", "sft")
+      same_steps = mode.endswith("_steps")
+      kind = mode.replace("continued_", "").replace("continued", "sft").replace("_steps", "")
       initial = str(out / "sft" / f"seed_{seed}" / "model") if second else ""
       lr = args.second_learning_rate if second else args.learning_rate
       if kind == "sft":
@@ -223,8 +229,10 @@ def main() -> None:
               initial=initial)
         budgets[second] = compute.read(model_dir).train_flops
       else:
+        length = ({"train_steps": args.second_steps if second else args.sft_steps}
+                  if same_steps else {"train_flops": budgets[second]})
         train(model_dir, student, records, vocab, task,
-              settings(seed, lr, train_flops=budgets[second]), teacher=str(teacher_dir),
+              settings(seed, lr, **length), teacher=str(teacher_dir),
               distill=distillation.DistillSettings(
                   beta=0.5, on_policy_fraction=1.0 if kind == "on_policy" else 0.0),
               initial=initial)

@@ -57,7 +57,12 @@ METHODS = [("untrained", "the pretrained model, untrained (zero-shot)"),
            ("tinythinker", "TinyThinker phase 1 (early stopping)"),
            ("tinythinker_continued", "phase 1 continued (same compute as + self-reflection)"),
            ("tinythinker_rft", "+ rejection-sampling fine-tuning (same samples, same compute)"),
-           ("tinythinker_reflected", "+ self-reflection (DPO/RPO)")]
+           ("tinythinker_reflected", "+ self-reflection (DPO/RPO)"),
+           ("vanilla_distilled", "vanilla, distilled from the teacher's distribution"),
+           ("finetune_cot_distilled", "Fine-tune-CoT, distilled from the teacher's "
+            "distribution"),
+           ("finetune_cot_decoder_distilled", "Fine-tune-CoT (decoder-only), distilled "
+            "from the teacher's distribution")]
 # Paired comparisons (A minus B): self-reflection against each baseline, the
 # three-stage format against Fine-tune-CoT at the same compute, and on real tasks
 # the rationale methods against answer-only training and the untrained model.
@@ -70,7 +75,11 @@ COMPARISONS = [("tinythinker_reflected", b) for b in
     ("step_by_step", "vanilla"),
     ("step_by_step", "finetune_cot_decoder"), ("step_by_step", "finetune_cot"),
     ("vanilla", "untrained"), ("finetune_cot_decoder", "untrained"),
-    ("step_by_step", "untrained")]
+    ("step_by_step", "untrained")] + [
+    # Distillation from a teacher's distribution against the same student trained on
+    # the text alone, at the same compute (DISTILL_TEACHER).
+    (f"{name}_distilled", name) for name in ("vanilla", "finetune_cot",
+                                             "finetune_cot_decoder")]
 
 
 def _json(path: str) -> Optional[dict]:

@@ -93,3 +93,43 @@ def test_decoder_only_student_on_policy_with_gin_resumes(tiny_student, tmp_path)
   assert compute.read(model_dir).train_steps == 4
   meta = checkpoints.Checkpointer(model_dir / "checkpoints", create=False).read_meta(4)
   assert meta["phase"] == "distill" and meta["model"]["family"] == "decoder_only"
+
+
+def test_pipeline_adds_a_distilled_student_at_the_same_compute(tiny_student, tmp_path):
+  """`DISTILL_TEACHER` in the pipeline: Fine-tune-CoT's student, and the same
+  student distilled from the teacher for the FLOPs the first spent; both
+  evaluated and reported, and results_table.py pairs them."""
+  from benchmarks import results_table
+  from tinythinker_jax.stages import pipeline
+  run_dir = tmp_path / "run"
+  pipeline.run_pipeline(
+      run_dir=str(run_dir), dataset="coin_flip", teacher="rule_based",
+      model_config=t5.T5Config(vocab_size=192, emb_dim=16, num_heads=2, head_dim=8,
+                               mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1,
+                               mlp_activations=("gelu", "linear"),
+                               logits_via_embedding=False, dropout_rate=0.0),
+      student_formats=("finetune_cot",), max_train_examples=64, max_validation_examples=8,
+      max_test_examples=8, vocabulary=str(tiny_student / "spm.model"),
+      train_settings=recipe.TrainSettings(batch_size=8, train_steps=6, optimizer="adamw",
+                                          learning_rate=1e-3, data_parallelism=1,
+                                          async_checkpoints=False),
+      input_length=96, target_length=32, eval_num_runs=0, rank=None, export=False,
+      distill_teacher=str(tiny_student / "model"),
+      distill_settings=distillation.DistillSettings(on_policy_fraction=0.5),
+      progress=False)
+  manifest = json.loads((run_dir / "pipeline.json").read_text())
+  assert list(manifest["stages"])[:4] == ["teach", "vocab", "train_finetune_cot",
+                                          "distill_finetune_cot"]
+  plain = compute.read(run_dir / "students" / "finetune_cot")
+  distilled = compute.read(run_dir / "students" / "finetune_cot_distilled")
+  # The budget is the plain student's FLOPs: reached within the last step, which
+  # costs more than a plain step (the teacher reads every batch).
+  per_step = plain.train_flops / plain.train_steps
+  assert plain.train_flops <= distilled.train_flops < plain.train_flops + 4 * per_step
+  assert distilled.train_steps < plain.train_steps
+  assert manifest["settings"]["distill"]["on_policy_fraction"] == 0.5
+  report = (run_dir / "report" / "report.md").read_text()
+  assert "50% on-policy distillation from" in report
+  run = results_table.read_run(str(run_dir))
+  assert {"finetune_cot", "finetune_cot_distilled"} <= set(run["students"])
+  assert ("finetune_cot_distilled", "finetune_cot") in results_table.COMPARISONS

@@ -25,6 +25,11 @@ SHORT = {"untrained": "untrained", "vanilla": "vanilla", "finetune_cot": "FTC",
          "tinythinker_continued": "TT continued", "tinythinker_rft": "TT + RFT",
          "summarize": "TT summarize", "recall_summarize": "TT recall+sum.",
          "analyze_summarize": "TT analyze+sum."}
+# Students distilled from a teacher's distribution (`DISTILL_TEACHER`).
+for _name in ("vanilla", "finetune_cot", "finetune_cot_decoder"):
+  NAMES[f"{_name}_distilled"] = (f"{NAMES[_name]}, distilled from the teacher's "
+                                 "distribution (same compute)")
+  SHORT[f"{_name}_distilled"] = f"{SHORT[_name]} + KD"
 
 
 def floor(reports: Mapping[str, Any]) -> Optional[tuple[str, float]]:
@@ -219,6 +224,15 @@ def write_report(run_dir: str, manifest: Mapping[str, Any],
   reports = stages["evaluate"]["outputs"]["reports"]
   reflect = stages.get("reflect", {}).get("outputs")
   labels = dict(NAMES)
+  distill = manifest["settings"].get("distill")
+  if distill:
+    mode = ("on-policy" if distill["on_policy_fraction"] >= 1.0 else "offline logit"
+            if distill["on_policy_fraction"] == 0.0 else
+            f"{distill['on_policy_fraction']:.0%} on-policy")
+    for name in [n for n in labels if n.endswith("_distilled")]:
+      labels[name] = labels[name].replace(
+          "distilled from the teacher's distribution",
+          f"{mode} distillation from {distill['teacher']} (beta {distill['beta']})")
   if reflect:
     kept = reflect["best"]["round"]
     labels["tinythinker_reflected"] = (

@@ -47,10 +47,13 @@ UNTRAINED = "untrained"  # the pretrained model itself, evaluated zero-shot
 
 
 def format_of(student: str) -> str:
-  """The format a pipeline student reasons in (`tinythinker_*` are TinyThinker;
-  the untrained model answers the vanilla prompt)."""
+  """The format a pipeline student reasons in (`tinythinker_*` are TinyThinker,
+  `<format>_distilled` its format's; the untrained model answers the vanilla
+  prompt)."""
   if student == UNTRAINED:
     return "vanilla"
+  if student.endswith(DISTILLED):
+    return student[:-len(DISTILLED)]
   return "tinythinker" if student.startswith("tinythinker_") else student
 
 
@@ -91,6 +94,10 @@ def tinythinker_flops(phase1_model_dir: str, reflect_state: Optional[Mapping[str
           reflection_flops(reflect_state, include_sampling))
 
 
+# A student learning from a teacher's distribution is its format's name + this.
+DISTILLED = "_distilled"
+
+
 def budget_settings(settings: recipe.TrainSettings, flops: float,
                     early_stop: bool = False) -> recipe.TrainSettings:
   """`settings` trained for `flops` model FLOPs, the best evaluation kept. With
@@ -118,7 +125,9 @@ def student_compute(run_dir: str, manifest: Mapping[str, Any],
   for name, model_dir in students.items():
     stage = STUDENT_OF_STAGE.get(name)
     if stage is None:
-      spent, made_by = compute_lib.read(model_dir), [f"train_{name}"]
+      spent, made_by = compute_lib.read(model_dir), [
+          f"distill_{name[:-len(DISTILLED)]}" if name.endswith(DISTILLED) else
+          f"train_{name}"]
     elif stage == "continued":
       spent = phase1 + compute_lib.read(run / "students" / "tinythinker_continued")
       made_by = ["train_tinythinker", "continued"]

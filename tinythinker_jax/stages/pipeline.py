@@ -46,6 +46,7 @@ from tinythinker_jax.stages import teach as teach_lib
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import ranking, registry
+from tinythinker_jax.training import distillation
 from tinythinker_jax.training import recipe as recipe_lib
 
 # The formats a pipeline trains and evaluates.
@@ -118,6 +119,8 @@ class _Run:
   rank: Optional[ranking.RankSettings]
   step_by_step_alpha: float
   evaluate_untrained: bool
+  distill_teacher: str
+  distill_settings: distillation.DistillSettings
   progress: bool
   # model dir of each student (filled as its stage finishes), and the vocabulary
   students: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -185,8 +188,10 @@ def _vocab(run: _Run) -> dict[str, Any]:
 
 
 def _train_student(run: _Run, fmt: str, settings: recipe_lib.TrainSettings,
-                   model_dir: str, initial: Optional[str]) -> dict[str, Any]:
-  """Phase 1 of one student format (or its continuation, from `initial`)."""
+                   model_dir: str, initial: Optional[str],
+                   teacher: Optional[str] = None) -> dict[str, Any]:
+  """Phase 1 of one student format (or its continuation, from `initial`; with
+  `teacher`, distilled from its distribution as `run.distill_settings` say)."""
   spec = registry.get(fmt)
   staged = spec.interleaved
   result = phase1.run(
@@ -197,7 +202,8 @@ def _train_student(run: _Run, fmt: str, settings: recipe_lib.TrainSettings,
       initial_checkpoint_path=initial,
       interleave_interval=run.interleave_interval if staged else None,
       num_options=run.num_options if staged else None, pack=run.pack,
-      progress=run.progress,
+      progress=run.progress, teacher_checkpoint_path=teacher,
+      distill=run.distill_settings,
       task_weights=({"predict": run.step_by_step_alpha,
                      "explain": 1.0 - run.step_by_step_alpha} if spec.multitask else None),
       validation=validation_lib.ChainValidation(
@@ -246,6 +252,26 @@ def _train_other(run: _Run, fmt: str) -> dict[str, Any]:
         run.students["tinythinker"], run.reflect_state, run.budget_includes_sampling)
     settings = baselines_lib.budget_settings(run.train_settings, budget, early_stop=True)
   return _train_student(run, fmt, settings, run.students[fmt], run.initial_checkpoint_path)
+
+
+DISTILLED = baselines_lib.DISTILLED
+
+
+def distillable(fmt: str) -> bool:
+  """Formats a teacher's distribution can teach: one task, no stages."""
+  spec = registry.get(fmt)
+  return not spec.interleaved and not spec.multitask
+
+
+def _distill(run: _Run, fmt: str) -> dict[str, Any]:
+  """`fmt`'s student again, learning from `distill_teacher`'s distribution, for
+  the compute the plain student spent (the teacher's forward passes and any
+  on-policy sampling counted against it): the two compare at equal FLOPs."""
+  spent = paths.read_json(paths.as_path(run.students[fmt]) / "compute.json")
+  settings = baselines_lib.budget_settings(run.train_settings, spent["train_flops"])
+  out = _train_student(run, fmt, settings, run.students[fmt + DISTILLED],
+                       run.initial_checkpoint_path, teacher=run.distill_teacher)
+  return dict(out, budget_flops=spent["train_flops"])
 
 
 def _diagnosis_records(run: _Run) -> str:
@@ -325,6 +351,9 @@ def _stages(run: _Run, export: bool, report: bool
       yield "rft", lambda: _rft(run), keep("tinythinker_rft", best=True)
   for fmt in [f for f in run.student_formats if not registry.get(f).interleaved]:
     yield f"train_{fmt}", functools.partial(_train_other, run, fmt), lambda out: None
+  if run.distill_teacher:
+    for fmt in [f for f in run.student_formats if distillable(f)]:
+      yield f"distill_{fmt}", functools.partial(_distill, run, fmt), lambda out: None
   yield "evaluate", lambda: _evaluate(run), lambda out: None
   if export:
     yield "export", lambda: _export(run), lambda out: None
@@ -362,6 +391,9 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                  extra_test_sets: Sequence[tuple] = (),
                  rank: Optional[ranking.RankSettings] = ranking.RankSettings(),
                  step_by_step_alpha: float = 0.5, evaluate_untrained: bool = True,
+                 distill_teacher: str = "",
+                 distill_settings: distillation.DistillSettings = (
+                     distillation.DistillSettings()),
                  export: bool = True, report: bool = True, progress: bool = True,
                  stop_after_stage: Optional[str] = None) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns the manifest.
@@ -395,6 +427,12 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
   `rank` (None: off) adds rank classification of multiple-choice questions
   (`reasoning.ranking`) to every student's report. `step_by_step_alpha`:
   Distilling Step-by-Step's label-loss weight (the rationale's is 1 - alpha).
+  `distill_teacher` (gin's DISTILL_TEACHER: a model dir, HF folder or GGUF
+  whose tokenizer is the run's vocabulary) adds `<format>_distilled` for every
+  format without stages (vanilla, Fine-tune-CoT): the same student learning
+  from the teacher's distribution as `distill_settings` say (offline logit or
+  on-policy distillation, `training.distillation`), for the FLOPs its plain
+  counterpart spent, the teacher's forward passes included.
   `extra_test_sets` are `(name, dataset[, max_examples])` whose test splits
   are evaluated too (e.g. out-of-distribution variants), read from
   `dataset_path`; `max_examples` defaults to `max_test_examples`.
@@ -448,6 +486,12 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
     settings["match_budget"] = {"includes_sampling": budget_includes_sampling}
   if teacher == "recorded" and recorded_settings is not None:
     settings["recorded"] = dataclasses.asdict(recorded_settings)
+  if distill_teacher:
+    if not any(distillable(f) for f in student_formats):
+      raise errors.UserError(f"DISTILL_TEACHER: none of STUDENT_FORMATS={student_formats} "
+                             "can be distilled (vanilla and Fine-tune-CoT formats can)")
+    settings["distill"] = {"teacher": paths.absolute_str(distill_teacher),
+                           **dataclasses.asdict(distill_settings)}
   if teacher == "rule_based" and rule_based_settings is not None and (
       not rule_based_settings.exact or rule_based_settings.num_samples > 1):
     settings["rule_based"] = dataclasses.asdict(rule_based_settings)
@@ -479,7 +523,11 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
       manifest=manifest_lib.Manifest(run_dir, settings), log=print if progress else (lambda _: None),
       progress=progress, pretrained=pretrained, chat_template=chat_template, rank=rank,
       step_by_step_alpha=step_by_step_alpha, evaluate_untrained=evaluate_untrained,
-      students={fmt: _join(run_dir, "students", fmt) for fmt in student_formats})
+      distill_teacher=paths.absolute_str(distill_teacher) if distill_teacher else "",
+      distill_settings=distill_settings,
+      students={**{fmt: _join(run_dir, "students", fmt) for fmt in student_formats},
+                **{fmt + DISTILLED: _join(run_dir, "students", fmt + DISTILLED)
+                   for fmt in student_formats if distill_teacher and distillable(fmt)}})
   for name, stage_fn, record in _stages(run, export, report):
     record(manifest_lib.run_stage(run.manifest, name, stage_fn, run.log))
     if stop_after_stage == name:
