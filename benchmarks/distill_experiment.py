@@ -6,8 +6,11 @@ word vocabulary is trained three ways, each with the same model-FLOPs budget
 (the teacher's forward passes and the student's on-policy sampling counted
 against it, `training.distillation`):
 
-- `sft`: phase 1 on the records (sequence-level distillation's place: the text
-  the teacher learned from, not chains sampled from the teacher model);
+- `sft`: phase 1 on the records (the text the teacher learned from);
+- `seq_kd`: sequence-level distillation (Kim and Rush 2016; Fine-tune-CoT's
+  recipe): phase 1 on the teacher model's own greedy chains of the training
+  questions, kept where its answer is right (generating them is a one-off data
+  cost, like the records', not counted in the budget);
 - `logit`: offline logit distillation on the same records (generalized JSD,
   beta 0.5, to the teacher's distribution at every completion token);
 - `on_policy`: on-policy distillation (the student samples its own chains every
@@ -15,7 +18,7 @@ against it, `training.distillation`):
 
 and, as GKD runs it (a student fine-tuned first), a second stage from each seed's
 `sft` student with one more, equal budget (`--second_steps` supervised steps'
-cost, at `--second_learning_rate`): `continued` (supervised), `continued_logit`,
+cost, at `--second_learning_rate`): `continued` (supervised), `continued_seq_kd`, `continued_logit`,
 `continued_on_policy`, each compared with `continued`; and the two distillation
 modes again for as many steps as `continued` took (`*_steps`: not
 compute-matched, they spend more; a weaker signal per step or a dearer step).
@@ -46,13 +49,14 @@ from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.formats import Format
 from tinythinker_jax.stages import evaluate, phase1
+from tinythinker_jax.stages import infer as infer_lib
 from tinythinker_jax.teacher import pipelines
 from tinythinker_jax.training import distillation, recipe
 
 # Each mode and the mode it is compared with (None: a reference).
-MODES = {"sft": None, "logit": "sft", "on_policy": "sft",
-         "continued": None, "continued_logit": "continued",
-         "continued_on_policy": "continued",
+MODES = {"sft": None, "seq_kd": "sft", "logit": "sft", "on_policy": "sft",
+         "continued": None, "continued_seq_kd": "continued",
+         "continued_logit": "continued", "continued_on_policy": "continued",
          # Not compute-matched: as many steps as `continued` (twice its FLOPs or more),
          # to tell a weaker signal per step from a dearer step.
          "continued_logit_steps": "continued", "continued_on_policy_steps": "continued"}
@@ -84,6 +88,37 @@ def teach(out: pathlib.Path, dataset: str, max_train: int) -> tuple[str, str]:
                                      str(out / "spm"), model_type="word",
                                      hard_vocab_limit=False)
   return str(records), str(vocab)
+
+
+def teacher_chains(out: pathlib.Path, teacher_dir: pathlib.Path, records: str, vocab: str,
+                   dataset: str, max_train: int) -> str:
+  """A records dir of the teacher model's greedy chains of the training questions
+  (answer-filtered), the validation records unchanged: sequence-level KD's data."""
+  root = out / "teacher_chains"
+  target = root / dataset / "finetune_cot"
+  if (target / "train" / "records.jsonl").exists():
+    return str(root)
+  examples, answer_type = datasets.load_split(dataset, split="train",
+                                              max_examples=max_train)
+  chains = infer_lib.infer(student_lib.build(str(teacher_dir), vocabulary=vocab), examples,
+                           fmt=Format.FINETUNE_COT, answer_type=answer_type,
+                           output_dir=str(out / "teacher" / "train_chains"), name="greedy")
+  outputs = {r["id"]: r["runs"][0]["output"] for r in chains if r["correct"]}
+  source = pathlib.Path(records) / dataset / "finetune_cot"
+  kept = []
+  for line in (source / "train" / "records.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if record["id"] in outputs:
+      record["rationale"] = outputs[record["id"]].split(" --> ")[0].strip()
+      record["provenance"] = dict(record["provenance"], teacher=f"model {teacher_dir}")
+      kept.append(json.dumps(record))
+  for split in ("train", "validation"):
+    (target / split).mkdir(parents=True, exist_ok=True)
+  (target / "validation" / "records.jsonl").write_text(
+      (source / "validation" / "records.jsonl").read_text())
+  (target / "train" / "records.jsonl").write_text("\n".join(kept) + "\n")
+  print(f"teacher chains: {len(kept)} of {len(examples)} kept (answer-filtered)", flush=True)
+  return str(root)
 
 
 def train(model_dir: pathlib.Path, config: t5.T5Config, records: str, vocab: str,
@@ -213,6 +248,7 @@ def main() -> None:
                                 args.max_test)
   print(f"teacher: {teacher_report['greedy']['accuracy']:.3f} "
         f"({time.time() - started:.0f} s)", flush=True)
+  chains_dir = teacher_chains(out, teacher_dir, records, vocab, args.dataset, args.max_train)
   student = t5_config(args.student_width, 2, 2)
   budgets = {}
   for seed in seeds:
@@ -221,13 +257,15 @@ def main() -> None:
       second = mode.startswith("continued")
       same_steps = mode.endswith("_steps")
       kind = mode.replace("continued_", "").replace("continued", "sft").replace("_steps", "")
+      data = chains_dir if kind == "seq_kd" else records
       initial = str(out / "sft" / f"seed_{seed}" / "model") if second else ""
       lr = args.second_learning_rate if second else args.learning_rate
-      if kind == "sft":
-        train(model_dir, student, records, vocab, task,
+      if kind in ("sft", "seq_kd"):
+        train(model_dir, student, data, vocab, task,
               settings(seed, lr, train_steps=args.second_steps if second else args.sft_steps),
               initial=initial)
-        budgets[second] = compute.read(model_dir).train_flops
+        if kind == "sft":
+          budgets[second] = compute.read(model_dir).train_flops
       else:
         length = ({"train_steps": args.second_steps if second else args.sft_steps}
                   if same_steps else {"train_flops": budgets[second]})
