@@ -18,8 +18,9 @@ BINARIES = {
     "vocab": ("vocab", "train a SentencePiece vocabulary with T5's conventions"),
     "materialize": ("materialize", "write a seqio task's splits as the arrays training "
                     "reads (no TF)"),
-    "train": ("train", "train a student: phase 1 on rationales (runs/sft.gin) or "
-              "phase 2's DPO/RPO on preference pairs (runs/dpo.gin)"),
+    "train": ("train", "train a student: phase 1 on rationales (runs/sft.gin), "
+              "distillation from a teacher model (runs/distill.gin) or phase 2's "
+              "DPO/RPO on preference pairs (runs/dpo.gin)"),
     "infer": ("infer", "run a student's reasoning chains over a dataset split; write "
               "per-example records"),
     "evaluate": ("eval", "greedy and self-consistency accuracy, format errors and "

@@ -1,5 +1,7 @@
-"""`tinythinker train`: phase 1 on rationales (`stages.phase1.run`, `runs/sft.gin`)
-or phase 2's DPO/RPO on preference pairs (`stages.phase2.run_dpo`, `runs/dpo.gin`)."""
+"""`tinythinker train`: phase 1 on rationales (`stages.phase1.run`, `runs/sft.gin`),
+distillation from a teacher model's distribution (the same run with a teacher,
+`runs/distill.gin`) or phase 2's DPO/RPO on preference pairs
+(`stages.phase2.run_dpo`, `runs/dpo.gin`)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   return gin_utils.run("tinythinker train", _add_flags, _train, argv,
-                       "train a student: phase 1 on rationales (runs/sft.gin) or "
+                       "train a student: phase 1 on rationales (runs/sft.gin), "
+                       "distillation from a teacher model (runs/distill.gin) or "
                        "phase 2's DPO/RPO on preference pairs (runs/dpo.gin)")
 
 
