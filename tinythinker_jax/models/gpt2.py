@@ -20,9 +20,9 @@ import jax.numpy as jnp
 
 from tinythinker_jax import platforms
 from tinythinker_jax.models import stacking
-from tinythinker_jax.models.llama import (attend, cached, heads_first, positions_and_mask,
-                                          weight_dropout)
-from tinythinker_jax.models.llama import param as _param
+from tinythinker_jax.models.decoder_layers import (attend, cached, heads_first,
+                                                   positions_and_mask, weight_dropout)
+from tinythinker_jax.models.decoder_layers import param as _param
 
 Array = jax.Array
 
