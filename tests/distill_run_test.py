@@ -133,3 +133,24 @@ def test_pipeline_adds_a_distilled_student_at_the_same_compute(tiny_student, tmp
   run = results_table.read_run(str(run_dir))
   assert {"finetune_cot", "finetune_cot_distilled"} <= set(run["students"])
   assert ("finetune_cot_distilled", "finetune_cot") in results_table.COMPARISONS
+
+
+def test_pipeline_checks_the_teacher_before_any_stage(tiny_student, tmp_path):
+  from tinythinker_jax.stages import pipeline
+  records = tiny_student / "rationales" / "coin_flip" / "tinythinker" / "train" / "records.jsonl"
+  other = vocabularies.train_sentencepiece(
+      list(vocabularies.iter_rendered([str(records)], "tinythinker"))[::-1], 80,
+      str(tmp_path / "other"), model_type="word", hard_vocab_limit=False)
+  common = dict(dataset="coin_flip", teacher="rule_based",
+                model_config=t5.T5Config(vocab_size=192), student_formats=("finetune_cot",),
+                distill_teacher=str(tiny_student / "model"), progress=False)
+  with pytest.raises(errors.UserError, match="DISTILL_TEACHER needs the teacher's tokenizer"):
+    pipeline.run_pipeline(run_dir=str(tmp_path / "a"), **common)
+  with pytest.raises(errors.UserError, match="DISTILL_TEACHER=.*is not the student's"):
+    pipeline.run_pipeline(run_dir=str(tmp_path / "b"), vocabulary=other, **common)
+  with pytest.raises(errors.UserError, match="PACK=True with ON_POLICY_FRACTION"):
+    pipeline.run_pipeline(run_dir=str(tmp_path / "c"), pack=True,
+                          vocabulary=str(tiny_student / "spm.model"),
+                          **dict(common, distill_settings=distillation.DistillSettings(
+                              on_policy_fraction=1.0)))
+  assert not any((tmp_path / name / "pipeline.json").exists() for name in "abc")

@@ -315,17 +315,41 @@ def test_check_same_tokenizer(tmp_path):
     vocabularies.check_same_tokenizer("", a, "X")
 
 
-def test_microbatched_distillation_step_equals_the_whole_batch():
+@pytest.mark.parametrize("on_policy", [False, True])
+def test_microbatched_distillation_step_equals_the_whole_batch(on_policy):
   student, teacher, params, teacher_params = pair("llama")
   batch = batch_of(rows=4, seed=5)
   objective = distillation.DistillationObjective(
-      student, teacher, ROWS, distillation.DistillSettings(beta=0.3, supervised_weight=0.5))
+      student, teacher, ROWS, distillation.DistillSettings(
+          beta=0.3, supervised_weight=0.5, on_policy_fraction=0.5))
   optimizer = optimizers.make_optimizer("adamw", 1e-2)
   state = step_lib.TrainState.create(params, optimizer)
-  aux = {"teacher": teacher_params, "on_policy": np.bool_(False)}
+  aux = {"teacher": teacher_params, "on_policy": np.bool_(on_policy)}
   results = [jax.jit(step_lib.make_train_step(objective, optimizer, num_microbatches=n))(
       state, batch, jax.random.key(0), aux) for n in (1, 2)]
   (whole, whole_metrics), (micro, micro_metrics) = results
   np.testing.assert_allclose(micro_metrics["loss"], whole_metrics["loss"], rtol=1e-5)
+  # The samples are drawn once for the whole batch, before it is split.
+  assert float(micro_metrics["target_tokens"]) == float(whole_metrics["target_tokens"])
+  assert float(micro_metrics["on_policy"]) == float(whole_metrics["on_policy"]) == on_policy
   for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(micro.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_flops_budget_counts_each_steps_extra_flops():
+  """`steps_for_budget` with an objective's extra FLOPs: the first step count
+  whose steps (base + that step's extra) reach the budget."""
+  from tinythinker_jax.training import recipe
+
+  class Source:  # one stream, its batch shapes: what steps_for_budget reads
+    schedule = None
+    batch_size = 4
+    datasets = {"only": type("D", (), {"batch_shapes": staticmethod(
+        lambda batch: {"encoder_input_tokens": (batch, 8)})})()}
+
+  extra = lambda shapes, step: 50.0 if step % 3 == 0 else 0.0  # noqa: E731
+  for budget in (1.0, 100.0, 101.0, 350.0, 1234.0):
+    steps = recipe.steps_for_budget(Source(), lambda shapes: 100, "train_flops", budget,
+                                    extra_flops=extra)
+    spent = [100 + extra(None, s) for s in range(steps)]
+    assert sum(spent) >= budget > sum(spent[:-1])

@@ -191,7 +191,8 @@ def categorical(rng: Array, logits: Array) -> Array:
     u = jax.vmap(lambda k: jax.random.uniform(k, (1,), jnp.float32))(rng)
   else:
     u = jax.random.uniform(rng, logits.shape[:-1] + (1,), jnp.float32)
-  u = u * cdf[..., -1:]
+  # u = 0 exactly (one draw in 2^23) would pick a leading token of probability 0.
+  u = jnp.maximum(u, jnp.finfo(jnp.float32).tiny) * cdf[..., -1:]
   index = jnp.sum(cdf < u, axis=-1)
   return jnp.minimum(index, logits.shape[-1] - 1).astype(jnp.int32)
 

@@ -54,6 +54,23 @@ def initial_params(path: Optional[str], model: Any, binding: str, vocabulary: st
       binding=binding, shardings=shardings).params
 
 
+def check_distill_data(distill: distillation.DistillSettings, pack: bool,
+                       binding: str = "PACK") -> None:
+  """On-policy steps sample one completion per prompt: no packed rows."""
+  if pack and distill.on_policy_fraction > 0:
+    raise errors.UserError(f"{binding}=True with ON_POLICY_FRACTION="
+                           f"{distill.on_policy_fraction}: on-policy distillation samples "
+                           "one completion per prompt; turn packing off")
+
+
+def check_teacher_tokenizer(path: str, vocabulary: str,
+                            binding: str = "TEACHER_CHECKPOINT_PATH") -> int:
+  """The shared tokenizer's ids; a clear error unless the teacher at `path` has
+  the run's tokenizer (read without its parameters)."""
+  own = weights.load(path, require_vocabulary=False, binding=binding, with_params=False)
+  return vocabularies.check_same_tokenizer(own.vocabulary, vocabulary, f"{binding}={path}")
+
+
 def load_teacher(path: str, vocabulary: str, binding: str = "TEACHER_CHECKPOINT_PATH"):
   """(teacher model, the shared tokenizer's ids, `partitioner -> {"teacher":
   (params, shardings)}`) for a distillation teacher at `path`; its own
@@ -127,8 +144,9 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   student's greedy chains on its split and keeps the best checkpoint by that
   accuracy (both papers' model selection).
 
-  With `teacher_checkpoint_path` (any model `weights.load` reads whose
-  tokenizer is the run's vocabulary; checked) the student learns from the
+  With `teacher_checkpoint_path` (one of our model dirs, an HF folder or a
+  GGUF file, whose tokenizer is the run's vocabulary; checked. A t5x
+  checkpoint stores no config and no tokenizer: convert it to a model dir) the student learns from the
   teacher's distribution as `distill` says (`training.distillation`: offline
   logit distillation on the records' targets, on-policy distillation on its
   own samples); the teacher's parameters sit on the mesh beside the student's.
@@ -193,6 +211,10 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
     if task_weights:
       raise errors.UserError(f"TEACHER_CHECKPOINT_PATH: distillation trains one format; "
                              f"{mixture_or_task_name} is multi-task")
+    if label_smoothing:
+      raise errors.UserError(f"LABEL_SMOOTHING={label_smoothing}: distillation's targets "
+                             "are the teacher's distribution; set it to 0")
+    check_distill_data(distill, pack)
     teacher, vocab_rows, frozen_fn = load_teacher(teacher_checkpoint_path, vocabulary_path)
 
   def objective_fn(model):

@@ -490,6 +490,15 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
     if not any(distillable(f) for f in student_formats):
       raise errors.UserError(f"DISTILL_TEACHER: none of STUDENT_FORMATS={student_formats} "
                              "can be distilled (vanilla and Fine-tune-CoT formats can)")
+    if not vocabulary:
+      raise errors.UserError(
+          "DISTILL_TEACHER needs the teacher's tokenizer as the run's vocabulary: set "
+          "VOCABULARY (or PRETRAINED); a SentencePiece model trained for this run "
+          "cannot match a teacher trained before it")
+    # Before any stage runs: a mismatch found after hours of training helps no one.
+    phase1.check_teacher_tokenizer(distill_teacher, vocabulary,
+                                   "DISTILL_TEACHER")
+    phase1.check_distill_data(distill_settings, pack)
     settings["distill"] = {"teacher": paths.absolute_str(distill_teacher),
                            **dataclasses.asdict(distill_settings)}
   if teacher == "rule_based" and rule_based_settings is not None and (

@@ -31,8 +31,9 @@ Pure functions of arrays: jittable, differentiable in the student's logits.
 (any model the project loads whose tokenizer is the student's; its parameters
 on the mesh beside the student's, no optimizer state) in the trainer's step:
 
-- *offline logit distillation*: the batch's targets are the teacher's text (the
-  rationale records); the teacher reads them too, and the student matches its
+- *offline logit distillation*: the batch's targets are the records' text (the
+  rationales a teacher LLM, or the rule-based teacher, wrote); the teacher model
+  reads them too, and the student matches its
   distribution at every completion token (plus `supervised_weight` times the
   token cross-entropy on the same targets, 0 by default);
 - *on-policy distillation* (GKD, Agarwal et al. 2024; TRL's `lmbda`): on a
@@ -42,7 +43,7 @@ on the mesh beside the student's, no optimizer state) in the trainer's step:
   the divergence is taken on those tokens (no cross-entropy there: its own
   samples are not targets). Which steps are on-policy is drawn per step from
   the run's seed and the step number (`on_policy_at`), so a resumed run draws
-  the same steps, and FLOPs are counted exactly;
+  the same steps and a budget's step count is exact;
 - sequence-level distillation (Kim and Rush 2016) is plain phase 1 on the
   teacher's sampled chains: Fine-tune-CoT.
 
@@ -51,6 +52,10 @@ tokenizer (a table padded to a multiple): both distributions are taken over the
 tokenizer's `vocab_rows` ids, rows beyond them ignored. The teacher's forward
 passes (and the on-policy sampling) are counted in the step's FLOPs
 (`extra_step_flops`), so budgets and compute-matched comparisons stay honest.
+Sampling is counted at its upper bound (every row decoded to the target
+length, though the loop stops once every row has ended): an on-policy student
+is charged at least what it spent. On an on-policy step the trainer's
+`train_tokens` count the sampled tokens the loss covered.
 """
 
 from __future__ import annotations
@@ -159,7 +164,9 @@ class DistillSettings:
   supervised_weight: float = 0.0
 
   def __post_init__(self):
-    _check_beta(self.beta)
+    if not 0.0 <= self.beta <= 1.0:
+      raise errors.UserError(f"DistillSettings.beta={self.beta}: must be in [0, 1] "
+                             "(0: forward KL, 1: reverse KL)")
     if self.temperature <= 0 or self.sample_temperature <= 0:
       raise errors.UserError(
           f"DistillSettings: temperature={self.temperature} and sample_temperature="
@@ -266,7 +273,7 @@ class DistillationObjective:
                   "z_loss": z, "weight_sum": weight_sum, "correct": correct,
                   "num_examples": jnp.sum(weights * starts),
                   "total_tokens": jnp.asarray(targets.size, jnp.float32),
-                  "on_policy": 1.0 - off_policy}
+                  "on_policy": 1.0 - off_policy}  # (summed over microbatches)
 
   def normalizer(self, sums: dict[str, Array]) -> Array:
     return objectives.TokenCrossEntropy(
@@ -278,7 +285,8 @@ class DistillationObjective:
     return {"loss": sums["loss"] / denom, "divergence": sums["divergence"] / denom,
             "cross_entropy": sums["cross_entropy"] / tokens, "z_loss": sums["z_loss"] / denom,
             "accuracy": sums["correct"] / tokens, "target_tokens": sums["weight_sum"],
-            "examples": sums["num_examples"], "on_policy": sums["on_policy"]}
+            "examples": sums["num_examples"],
+            "on_policy": jnp.minimum(sums["on_policy"], 1.0)}
 
   # ------------------------------------------------------------------ compute
 

@@ -87,8 +87,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
 
   def step(state: TrainState, batch: Batch, rng: Array, aux: Any = None):
     if prepare_batch is not None:
+      # Its own stream: dropout's keys are fold_in(rng, step) (and microbatches
+      # fold those again), so a fold of `rng` could meet one of them.
       batch = prepare_batch(state.params, batch,
-                            jax.random.fold_in(jax.random.fold_in(rng, 1), state.step), aux)
+                            jax.random.fold_in(jax.random.split(rng)[1], state.step), aux)
     totals = None if batch_totals is None else batch_totals(batch)
     dropout_rng = jax.random.fold_in(rng, state.step) if dropout else None
     if num_microbatches == 1:
