@@ -11,6 +11,9 @@ import optax
 
 Array = jax.Array
 Batch = dict[str, Array]
+# Microbatch i's dropout key folds MICROBATCH_KEYS + i into its step's key, apart
+# from the small integers another stream folds (on-policy sampling's steps).
+MICROBATCH_KEYS = 1 << 30
 
 
 @flax.struct.dataclass
@@ -87,10 +90,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
 
   def step(state: TrainState, batch: Batch, rng: Array, aux: Any = None):
     if prepare_batch is not None:
-      # Its own stream: dropout's keys are fold_in(rng, step) (and microbatches
-      # fold those again), so a fold of `rng` could meet one of them.
+      # On-policy sampling's keys: fold_in(fold_in(rng, 1), step). Dropout's are
+      # fold_in(rng, step), a microbatch's a fold of that at MICROBATCH_KEYS + its
+      # index, so neither stream can meet the other.
       batch = prepare_batch(state.params, batch,
-                            jax.random.fold_in(jax.random.split(rng)[1], state.step), aux)
+                            jax.random.fold_in(jax.random.fold_in(rng, 1), state.step), aux)
     totals = None if batch_totals is None else batch_totals(batch)
     dropout_rng = jax.random.fold_in(rng, state.step) if dropout else None
     if num_microbatches == 1:
@@ -102,7 +106,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
 
       def body(carry, inputs):
         index, microbatch = inputs
-        r = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+        r = (None if dropout_rng is None else
+             jax.random.fold_in(dropout_rng, MICROBATCH_KEYS + index))
         g, s = grad_fn(state.params, microbatch, r, totals, aux)
         return jax.tree.map(jnp.add, carry, (g, s)), None
 
