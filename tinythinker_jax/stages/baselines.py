@@ -126,8 +126,7 @@ def student_compute(run_dir: str, manifest: Mapping[str, Any],
     stage = STUDENT_OF_STAGE.get(name)
     if stage is None:
       spent, made_by = compute_lib.read(model_dir), [
-          f"distill_{name[:-len(DISTILLED)]}" if name.endswith(DISTILLED) else
-          f"train_{name}"]
+          f"distill_{format_of(name)}" if name.endswith(DISTILLED) else f"train_{name}"]
     elif stage == "continued":
       spent = phase1 + compute_lib.read(run / "students" / "tinythinker_continued")
       made_by = ["train_tinythinker", "continued"]

@@ -64,27 +64,26 @@ def check_distill_data(distill: distillation.DistillSettings, pack: bool,
 
 
 def check_teacher_tokenizer(path: str, vocabulary: str,
-                            binding: str = "TEACHER_CHECKPOINT_PATH") -> int:
-  """The shared tokenizer's ids; a clear error unless the teacher at `path` has
-  the run's tokenizer (read without its parameters)."""
+                            binding: str = "TEACHER_CHECKPOINT_PATH") -> tuple[Any, int]:
+  """(the teacher's model, the shared tokenizer's ids); a clear error unless the
+  teacher at `path` has the run's tokenizer (read without its parameters)."""
   own = weights.load(path, require_vocabulary=False, binding=binding, with_params=False)
-  return vocabularies.check_same_tokenizer(own.vocabulary, vocabulary, f"{binding}={path}")
+  return own.model, vocabularies.check_same_tokenizer(own.vocabulary, vocabulary,
+                                                      f"{binding}={path}")
 
 
 def load_teacher(path: str, vocabulary: str, binding: str = "TEACHER_CHECKPOINT_PATH"):
   """(teacher model, the shared tokenizer's ids, `partitioner -> {"teacher":
   (params, shardings)}`) for a distillation teacher at `path`; its own
-  tokenizer must be the student's `vocabulary` (`vocabularies.check_same_tokenizer`)."""
-  own = weights.load(path, require_vocabulary=False, binding=binding, with_params=False)
-  vocab_rows = vocabularies.check_same_tokenizer(own.vocabulary, vocabulary,
-                                                 f"{binding}={path}")
+  tokenizer must be the student's `vocabulary` (`check_teacher_tokenizer`)."""
+  model, vocab_rows = check_teacher_tokenizer(path, vocabulary, binding)
 
   def frozen(partitioner):
-    shardings = weights.param_shardings(own.model, partitioner)
-    loaded = weights.load(path, model=own.model, vocabulary=vocabulary,
+    shardings = weights.param_shardings(model, partitioner)
+    loaded = weights.load(path, model=model, vocabulary=vocabulary,
                           require_vocabulary=False, binding=binding, shardings=shardings)
     return {"teacher": (loaded.params, shardings)}
-  return own.model, vocab_rows, frozen
+  return model, vocab_rows, frozen
 
 
 def _absolute(path: str) -> str:

@@ -155,29 +155,26 @@ def steps_for_budget(source: arrays.BatchSource, step_flops: Callable[[Mapping[s
   function of the step, so this is exact and the same on every resume."""
   if budget <= 0:
     raise errors.UserError(f"{setting}={budget}: a budget must be positive")
-  if setting == "train_flops" and extra_flops is not None:
+  if setting == "train_flops":
     shapes = {name: dataset.batch_shapes(source.batch_size)
               for name, dataset in source.datasets.items()}
-    base = {name: step_flops(s) for name, s in shapes.items()}
-    if not all(base.values()):
-      raise errors.UserError("train_flops: the model FLOPs of the batches are unknown; "
-                             "give train_steps or train_tokens")
-    spent, step = 0.0, 0
-    while spent < budget:
-      if step >= max_steps:
-        raise errors.UserError(f"train_flops={budget:g}: more than {max_steps} steps")
-      name = source.stream_at(step)[0] if source.schedule is not None else next(iter(shapes))
-      spent += float(base[name]) + float(extra_flops(shapes[name], step))
-      step += 1
-    return step
-  if setting == "train_flops":
     per_stream = {}
-    for name, dataset in source.datasets.items():
-      value = step_flops(dataset.batch_shapes(source.batch_size))
+    for name, batch_shapes in shapes.items():
+      value = step_flops(batch_shapes)
       if not value:
         raise errors.UserError(f"train_flops: the model FLOPs of {name}'s batches are "
                                "unknown; give train_steps or train_tokens")
       per_stream[name] = float(value)
+    if extra_flops is not None:  # Step by step: what a step adds may vary.
+      spent, step = 0.0, 0
+      while spent < budget:
+        if step >= max_steps:
+          raise errors.UserError(f"train_flops={budget:g}: more than {max_steps} steps")
+        name = (source.stream_at(step)[0] if source.schedule is not None
+                else next(iter(shapes)))
+        spent += per_stream[name] + float(extra_flops(shapes[name], step))
+        step += 1
+      return step
     if source.schedule is None:
       return max(1, math.ceil(budget / next(iter(per_stream.values()))))
     cycle = source.schedule.steps_per_cycle

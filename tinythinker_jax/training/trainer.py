@@ -366,15 +366,12 @@ def train(*, model: BaseModel, objective, optimizer: optax.GradientTransformatio
         if len(next(iter(local.values()))) != layout.local_batch_size:
           raise errors.UserError(f"batch_fn({step}) gave {len(next(iter(local.values())))} "
                            f"examples; this process feeds {layout.local_batch_size}")
-        if uses_aux:
-          host_aux = step_aux(step) if step_aux else {}
-          aux = dict(host_aux, **{name: params for name, (params, _) in frozen.items()})
-          state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng, aux)
-          counter.step(local, metrics, extra_flops and (
-              lambda shapes, host_aux=host_aux: extra_flops(shapes, host_aux)))
-        else:
-          state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng)
-          counter.step(local, metrics)
+        host_aux = step_aux(step) if step_aux else {}
+        aux = dict(host_aux, **{name: params for name, (params, _) in frozen.items()})
+        state, metrics = step_fn(state, partitioner.shard_batch(dict(local)), rng,
+                                 *((aux,) if uses_aux else ()))
+        counter.step(local, metrics, extra_flops and (
+            lambda shapes, host_aux=host_aux: extra_flops(shapes, host_aux)))
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == end:
