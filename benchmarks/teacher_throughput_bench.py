@@ -11,10 +11,12 @@ with the same number of threads).
   .venv/bin/python benchmarks/teacher_throughput_bench.py \\
       --csqa=../shared/data/tinythinker/csqa --prompts=../shared/data/tinythinker/prompts
 
-`--configs` lists servers x threads per server (default `1x2,2x1`); a trailing
-`r` lets the servers reuse the previous request's prompt prefix (llama-cpp-python's
-own behaviour, faster but order-dependent) instead of evaluating each prompt
-whole. The threads of a configuration should not exceed the machine's cores.
+`--configs` lists servers x threads per server (default `1x2,2x1`). By default
+a server reuses whole blocks of the previous request's prompt (the few-shot
+prefix) and evaluates the rest as from an empty cache (`LocalServer.reuse_block`,
+order-independent); a trailing `w` evaluates every prompt whole (no reuse, the
+default before), a trailing `r` lets the servers reuse the previous request's
+prompt prefix as llama-cpp-python does on its own (order-dependent). The threads of a configuration should not exceed the machine's cores.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
   parser = bench_utils.teacher_parser(__doc__, questions=6, samples=2,
                                       output_dir="/tmp/teacher_throughput_bench")
   parser.add_argument("--configs", default="1x2,2x1")
+  parser.add_argument("--reuse_block", type=int, default=LocalServer.reuse_block,
+                      help="tokens per reused prompt block (LocalServer.reuse_block)")
   args = parser.parse_args()
   gguf = bench_utils.teacher_gguf(args)
   settings = pipelines.TinyThinkerSettings(
@@ -50,12 +54,14 @@ def main() -> None:
       format_retries=0)
   rows, first = [], None
   for config in args.configs.split(","):
-    reuse = config.endswith("r")
-    servers, threads = (int(x) for x in config.rstrip("r").split("x"))
+    reuse, whole = config.endswith("r"), config.endswith("w")
+    servers, threads = (int(x) for x in config.rstrip("rw").split("x"))
     out = os.path.join(args.output_dir, config)
     shutil.rmtree(out, ignore_errors=True)
     with LocalServer(gguf, num_servers=servers, n_threads=servers * threads,
-                     fresh_prompts=not reuse) as server:
+                     fresh_prompts=not reuse,
+                     reuse_block=0 if whole else args.reuse_block
+                     ) as server:
       start = time.perf_counter()
       summary = run.teach_dataset(
           dataset="csqa", dataset_path=args.csqa, output_dir=out, method="tinythinker",
@@ -66,7 +72,10 @@ def main() -> None:
     kept = records(out)
     first = kept if first is None else first
     tokens = summary.usage.get("completion_tokens", 0)
-    rows.append((f"{servers} x {threads}" + (" (prefix reuse)" if reuse else ""),
+    mode = (" (llama-cpp-python's prefix reuse)" if reuse else
+            " (every prompt whole)" if whole else
+            f" (whole {args.reuse_block}-token blocks reused)")
+    rows.append((f"{servers} x {threads}" + mode,
                  summary.samples, f"{wall:.0f}",
                  f"{60 * summary.samples / wall:.2f}", f"{tokens / wall:.1f}", tokens,
                  "yes" if kept == first else f"no ({len(kept)} vs {len(first)} kept)"))

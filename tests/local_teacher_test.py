@@ -139,35 +139,52 @@ def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
     httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0)
 
 
-def test_concurrent_servers_cache_exactly_what_one_server_does(tmp_path):
-  """Two server processes answering at once (one thread each) against one
-  server answering one request at a time (one thread): the same seeded samples,
-  cached under the same keys, and the same records."""
-  examples = run.datasets.load_dataset("coin_flip", seed=0)["test"][:1]
-  settings = run.pipelines.FinetuneCotSettings(num_samples=3, max_tokens=16,
+def test_concurrent_servers_and_prefix_reuse_cache_exactly_what_one_server_does(tmp_path):
+  """One server evaluating every prompt whole (one thread, questions in order)
+  against two server processes answering at once (one thread each) that reuse
+  whole 16-token blocks of the previous prompt, the questions in reverse order:
+  the same seeded samples, cached under the same keys, and the same records;
+  and the reusing servers did reuse prompt blocks."""
+  examples = run.datasets.load_dataset("coin_flip", seed=0)["test"][:2]
+  settings = run.pipelines.FinetuneCotSettings(num_samples=2, max_tokens=16,
                                                answer_max_tokens=4,
                                                structured_output="none")
   results = {}
-  for servers in (1, 2):
+  for servers, block, order in ((1, 0, examples), (2, 16, examples[::-1])):
     out = tmp_path / f"servers_{servers}"
     with local.LocalServer(GGUF, num_servers=servers, n_threads=servers,
-                           n_ctx=512) as s:
+                           n_ctx=512, reuse_block=block) as s:
       config = s.teacher_config()
       assert config.max_concurrency == servers and len(config.urls) == servers
-      summary = run.pipelines.teach(examples, method=run.pipelines.Method.FINETUNE_COT,
+      summary = run.pipelines.teach(order, method=run.pipelines.Method.FINETUNE_COT,
                                     answer_type=run.datasets.AnswerType.YES_NO,
                                     output_dir=str(out), teacher=config,
                                     finetune_cot=settings, progress=False)
-      assert s.requests_served() == 6 and summary.samples == 3
+      assert s.requests_served() == 8 and summary.samples == 4
+      logs = "".join(open(log.name, encoding="utf-8").read() for log in s._logs)
+      assert ("tinythinker: reused" in logs) == (block > 0), logs[-2000:]
     with CompletionCache(str(out / "completions.jsonl")) as cache:
       texts = {k: r["response"]["text"] for k, r in cache._records.items()}
     records = [(r["id"], r["sample_index"], r["rationale"])
                for r in paths.read_jsonl(str(out / "records.jsonl"))]
     results[servers] = texts, sorted(records), summary.dropped
-  assert len(results[1][0]) == 6
+  assert len(results[1][0]) == 8
   assert results[2] == results[1]
   # Seeded samples of one prompt differ from each other.
-  assert len({t for t in results[1][0].values()}) > 3
+  assert len({t for t in results[1][0].values()}) > 4
+
+
+def test_reusable_prefix_keeps_whole_shared_blocks_and_a_last_batch():
+  from tinythinker_jax.teacher.llama_server import reusable_prefix
+  previous = list(range(40))  # The whole 16-token blocks the last prompt left.
+  assert reusable_prefix(previous, list(range(50)), 16) == 32
+  assert reusable_prefix(previous, list(range(31)) + [99] * 9, 16) == 16
+  assert reusable_prefix(previous, list(range(33)), 16) == 32
+  assert reusable_prefix(previous, list(range(32)), 16) == 16  # The last batch re-run.
+  assert reusable_prefix(previous, [7] + list(range(1, 40)), 16) == 0
+  assert reusable_prefix(previous, list(range(50)), 0) == 0
+  assert reusable_prefix([], list(range(50)), 16) == 0
+  assert reusable_prefix(previous, [], 16) == 0
 
 
 @pytest.mark.slow  # About 3-4 minutes of llama.cpp on 2 cores.

