@@ -1,7 +1,9 @@
 """RESULTS.md's table from pipeline run folders: task x method, mean ± std over seeds.
 
 Each run folder is one `tinythinker pipeline` run (one task, one seed); runs
-are grouped by their parent folder (the task):
+are grouped by their parent folder (the task), and folders of one task with the
+same SEED (their config.gin's; say one trained some students, another the rest)
+are read as one run:
 
   python benchmarks/results_table.py runs/evidence/*/seed_*
 
@@ -23,7 +25,8 @@ and prints:
    questions and McNemar's exact test on the pooled questions. The verdict
    uses the bootstrap's p-value (else the t-test's), Holm-adjusted over the
    table's comparisons, whose number the table states
-   (`tinythinker_jax.significance`);
+   (`tinythinker_jax.significance`); the same comparisons on rank
+   classification (`evaluate/<student>/rank/*.jsonl`) as their own family;
 3. what the self-reflection rounds did (pairs, sampled-chain accuracy, reward
    accuracy and margin of the last logged DPO step, the round kept), so that a
    missing gain can be read;
@@ -112,11 +115,11 @@ def _extra_sets(student_dir: str) -> dict[str, float]:
   return out
 
 
-def per_question(student_dir: str) -> dict[str, dict[str, Any]]:
-  """{question id: {correct, gold}} from a student's greedy predictions (its
-  `greedy/*.jsonl` shards), or {} when they are not there."""
+def per_question(student_dir: str, kind: str = "greedy") -> dict[str, dict[str, Any]]:
+  """{question id: {correct, gold}} from a student's per-question predictions
+  (its `greedy/*.jsonl` or `rank/*.jsonl` shards), or {} when they are not there."""
   out: dict[str, dict[str, Any]] = {}
-  folder = os.path.join(student_dir, "greedy")
+  folder = os.path.join(student_dir, kind)
   if not os.path.isdir(folder):
     return out
   for name in sorted(os.listdir(folder)):
@@ -145,12 +148,13 @@ def read_student(folder: str, compute: Optional[dict] = None) -> Optional[dict[s
           "train_steps": (report.get("compute") or {}).get("train_steps"),
           "seconds": (report.get("compute") or {}).get("stage_seconds"),
           "questions": per_question(folder),
+          "rank_questions": per_question(folder, "rank"),
           "diagnosis": report.get("stage_diagnosis")}
 
 
 def read_run(run_dir: str) -> dict[str, Any]:
   """Accuracy, extra test sets and compute of every evaluated student of a run."""
-  out: dict[str, Any] = {"run": run_dir, "students": {}}
+  out: dict[str, Any] = {"run": run_dir, "seed": run_seed(run_dir), "students": {}}
   manifest = _json(os.path.join(run_dir, "pipeline.json")) or {}
   out["settings"] = manifest.get("settings", {})
   recorded = (manifest.get("stages", {}).get("evaluate", {}).get("outputs", {})
@@ -194,6 +198,44 @@ def read_run(run_dir: str) -> dict[str, Any]:
     out[f"{kind}_best_round"] = state["best"]["round"]
   out["rounds"] = rounds
   return out
+
+
+def run_seed(run_dir: str) -> Optional[int]:
+  """The run's SEED, from the config.gin the pipeline wrote (None without one)."""
+  path = os.path.join(run_dir, "config.gin")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      if line.startswith("SEED = "):
+        return int(line.split("=", 1)[1])
+  return None
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Runs of one task and one seed in several folders (say `seed_1` trained one
+  student and `seed_1_vanilla` another) become one run, so that their students
+  pair question by question; a student in two folders of one seed is an error."""
+  merged: list[dict[str, Any]] = []
+  by_key: dict[tuple, dict[str, Any]] = {}
+  for run in runs:
+    seed = run.get("seed")
+    key = (_task(run), seed)
+    if seed is None or key not in by_key:
+      merged.append(run)
+      if seed is not None:
+        by_key[key] = run
+      continue
+    first = by_key[key]
+    twice = sorted(set(first["students"]) & set(run["students"]))
+    if twice:
+      sys.exit(f"{run['run']} and {first['run']} (seed {seed}) both evaluated {twice}")
+    first["students"].update(run["students"])
+    first.setdefault("merged", []).append(run["run"])
+    for k in ("phase1_steps", "phase1_stopped_early", "phase1_best", "rounds"):
+      if not first.get(k) and run.get(k):
+        first[k] = run[k]
+  return merged
 
 
 def share_untrained(runs: list[dict[str, Any]]) -> None:
@@ -263,6 +305,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
               f"{k} (%)" for k in extra_sets] + ["model FLOPs", "train steps", "wall (min)"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   comparisons = []  # (task, a, b, interval over seeds, bootstrap or None, McNemar or None)
+  rank_comparisons = []  # the same on rank classification (its own Holm family)
   for task, task_runs in sorted(by_task.items()):
     labels = dict(METHODS, tinythinker=phase1_label(task_runs))
     majority = majority_row(task, task_runs, len(head) - 4)
@@ -290,7 +333,13 @@ def tables(runs: list[dict[str, Any]]) -> str:
       if not both:
         continue
       comparisons.append((task, labels[a], labels[b], *paired(both, a, b)))
+      both = [r for r in both if r["students"][a].get("rank") is not None
+              and r["students"][b].get("rank") is not None]
+      if both:
+        rank_comparisons.append((task, labels[a], labels[b], *paired(both, a, b, "rank")))
   diffs = comparison_rows(comparisons)
+  if rank_comparisons:
+    diffs += ["", "### Rank classification", "", *comparison_rows(rank_comparisons)]
   rounds = ["| task | seed run | phase 1: steps (stopped early at) / best step, "
             "validation | rounds (pairs; sampled-chain accuracy; reward accuracy; "
             "chosen / rejected reward; validation) | kept round | RFT rounds (chains; "
@@ -337,14 +386,17 @@ def majority_row(task: str, task_runs: list[dict[str, Any]], trailing: int) -> s
   return ""
 
 
-def paired(runs: list[dict[str, Any]], a: str, b: str):
-  """(t interval over seeds, paired bootstrap, McNemar) of student a minus b;
-  the last two None without per-question predictions for every seed."""
-  over_seeds = significance.paired_t([r["students"][a]["test"] for r in runs],
-                                     [r["students"][b]["test"] for r in runs])
+def paired(runs: list[dict[str, Any]], a: str, b: str, metric: str = "test"):
+  """(t interval over seeds, paired bootstrap, McNemar) of student a minus b on
+  `metric` ('test': greedy answers; 'rank': rank classification); the last two
+  None without per-question predictions for every seed."""
+  over_seeds = significance.paired_t([r["students"][a][metric] for r in runs],
+                                     [r["students"][b][metric] for r in runs])
+  questions = "questions" if metric == "test" else f"{metric}_questions"
   qa, qb = [], []
   for run in runs:
-    x, y = run["students"][a]["questions"], run["students"][b]["questions"]
+    x = run["students"][a].get(questions) or {}
+    y = run["students"][b].get(questions) or {}
     ids = sorted(set(x) & set(y))
     if not ids or len(ids) != len(x) or len(ids) != len(y):
       return over_seeds, None, None
@@ -416,7 +468,8 @@ def main() -> None:
                            "greedy/, e.g. benchmarks/untrained_baseline.py's <out>/test) "
                            "for runs that did not evaluate it themselves")
   args = parser.parse_args()
-  runs = [read_run(r) for r in args.runs if os.path.exists(os.path.join(r, "pipeline.json"))]
+  runs = merge_seeds([read_run(r) for r in args.runs
+                      if os.path.exists(os.path.join(r, "pipeline.json"))])
   if args.untrained:
     untrained = read_student(args.untrained)
     if untrained is None:

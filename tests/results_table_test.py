@@ -176,3 +176,49 @@ def test_an_untrained_evaluation_from_elsewhere_joins_every_run(tmp_path, monkey
                                    f"--untrained={tmp_path / 'nowhere'}"])
   with pytest.raises(SystemExit, match="no report.json"):
     results_table.main()
+
+
+def _rank_student(run, name, right, seed):
+  """A student's report and per-question rank shard: right on the questions in `right`."""
+  rows = [{"id": f"q{i}", "gold": "A", "answer": "A" if i in right else "B",
+           "correct": i in right} for i in range(50)]
+  _write(run / "evaluate" / name / "report.json",
+         {"greedy": {"accuracy": 0.2}, "rank": {"accuracy": len(right) / 50}})
+  path = run / "evaluate" / name / "rank" / "rank-00000-of-00001.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (run / "config.gin").write_text(f"RUN_DIR = '{run}'\nSEED = {seed}\n")
+  _write(run / "pipeline.json", {"settings": {}, "stages": {}})
+
+
+def test_rank_classification_pairs_per_question_across_folders_of_one_seed(tmp_path):
+  """Two seeds; each seed's students trained in two folders (step_by_step in
+  `seed_N`, vanilla in `seed_N_vanilla`): the folders of a seed become one run,
+  and rank classification gets its own paired comparisons, checked against
+  scipy (McNemar's exact test: a binomial test on the discordant questions;
+  the t interval over the two seeds)."""
+  right = {("step_by_step", 0): range(0, 30), ("vanilla", 0): range(5, 32),
+           ("step_by_step", 1): range(0, 28), ("vanilla", 1): range(10, 30)}
+  folders = []
+  for seed in (0, 1):
+    for name, suffix in (("step_by_step", ""), ("vanilla", "_vanilla")):
+      run = tmp_path / "task_r" / f"seed_{seed}{suffix}"
+      _rank_student(run, name, right[name, seed], seed)
+      folders.append(str(run))
+  runs = results_table.merge_seeds([results_table.read_run(f) for f in folders])
+  assert len(runs) == 2 and set(runs[0]["students"]) == {"step_by_step", "vanilla"}
+  text = results_table.tables(runs)
+  rank = text.split("### Rank classification")[1]
+  assert "1 comparisons;" in rank
+  (row,) = [line for line in rank.splitlines() if line.startswith("| task_r |")]
+  cells = [c.strip() for c in row.split("|")[1:-1]]
+  # seed 0: 60% - 54%; seed 1: 56% - 40% -> +6, +16 points.
+  t = stats.t.ppf(0.975, 1) * stats.tstd([6, 16]) / 2 ** 0.5
+  assert cells[3] == "2" and cells[4] == f"11.0 [{11 - t:.1f}, {11 + t:.1f}]"
+  # Pooled discordant questions: only step_by_step right 5 + 10, only vanilla 2 + 2.
+  assert cells[7] == f"15 vs 4, p = {stats.binomtest(15, 19, 0.5).pvalue:.3f}"
+  # A student evaluated in two folders of one seed is an error, not a silent pick.
+  _rank_student(tmp_path / "task_r" / "seed_0_again", "vanilla", range(3), 0)
+  with pytest.raises(SystemExit, match="both evaluated"):
+    results_table.merge_seeds([results_table.read_run(f) for f in
+                               folders + [str(tmp_path / "task_r" / "seed_0_again")]])
