@@ -39,9 +39,13 @@ def build_wheel(tmp_path: pathlib.Path) -> pathlib.Path:
   # would carry modules a later change removed into the wheel.
   # Run folders (checkpoints, gigabytes in a working checkout) are not sources.
   source = tmp_path / "source"
-  shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-      ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "demo_output", "runs",
-      "bench_out"))
+  patterns = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
+                                    "__pycache__", "demo_output", "bench_out")
+
+  def ignore(folder, names):
+    top = pathlib.Path(folder) == REPO_ROOT
+    return set(patterns(folder, names)) | ({"runs"} & set(names) if top else set())
+  shutil.copytree(REPO_ROOT, source, ignore=ignore)
   dist = tmp_path / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                   "--no-build-isolation", "-w", str(dist), str(source)],
