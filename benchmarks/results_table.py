@@ -316,7 +316,11 @@ def tables(runs: list[dict[str, Any]]) -> str:
       rows = [r["students"][name] for r in task_runs if name in r["students"]]
       if not rows:
         continue
-      cells = [task, label, str(len(rows)), _interval([r["test"] for r in rows])]
+      seeds = str(len(rows))
+      if len(rows) > 1 and len({id(r) for r in rows}) == 1:
+        # One evaluation that every seed shares (the untrained model): n = 1.
+        seeds, rows = f"1 (shared by {len(rows)} seeds)", rows[:1]
+      cells = [task, label, seeds, _interval([r["test"] for r in rows])]
       if ranked:
         cells.append(_interval([r["rank"] for r in rows if r.get("rank") is not None]))
       cells += [_interval([r["extra"][k] for r in rows if k in r["extra"]])

@@ -170,7 +170,7 @@ def test_an_untrained_evaluation_from_elsewhere_joins_every_run(tmp_path, monkey
   label = dict(results_table.METHODS)["untrained"]
   row = [line for line in text.split("## Paired comparisons")[0].splitlines()
          if line.startswith(f"| task_a | {label} |")]
-  assert len(row) == 1 and "| 20.0 [20.0, 20.0]" in row[0] and "30.0" in row[0]
+  assert len(row) == 1 and "| 1 (shared by 2 seeds) | 20.0 (n = 1) | 30.0 (n = 1) |" in row[0]
   assert f"| task_a | {dict(results_table.METHODS)['vanilla']} | {label} | 2 |" in text
   monkeypatch.setattr("sys.argv", ["results_table.py", *runs,
                                    f"--untrained={tmp_path / 'nowhere'}"])
