@@ -62,3 +62,44 @@ def test_token_logps_and_decoding_through_the_interface(tiny_config):
                                  "decoder_target_tokens": (4, 6)}) == \
       flops.train_step_flops(tiny_config, 4, 8, 6)
   assert model.decode_steps_flops(8, 3) == flops.decode_steps_flops(tiny_config, 8, 3)
+
+
+def test_one_registry_style_names_what_it_knows():
+  """Families, Hugging Face model types and weight sources are registries:
+  an unknown name is an error that lists the known ones (and a KeyError, so
+  `get` with a default works); a name registered twice is an error."""
+  from tinythinker_jax import registries, weights
+  assert list(families.FAMILIES) == ["encoder_decoder", "decoder_only"]
+  with pytest.raises(registries.UnknownName,
+                     match=r"unknown model family 'rnn' \(known: encoder_decoder, decoder_only\)"):
+    families.FAMILIES["rnn"]
+  assert families.FAMILIES.get("rnn") is None
+  with pytest.raises(ValueError, match="'t5' is registered already"):
+    families.HF_MODEL_TYPES.register("t5", EncoderDecoderModel)
+  assert list(weights.SOURCES)[-1] == "a model dir with checkpoints"
+  # Formats, datasets, teachers, baselines and verbs the same way.
+  from tinythinker_jax import main
+  from tinythinker_jax.data import datasets
+  from tinythinker_jax.reasoning import registry
+  from tinythinker_jax.stages import baselines, teach
+  assert list(teach.TEACHERS) == ["openai", "local", "rule_based", "recorded"]
+  with pytest.raises(ValueError, match=r"teach_dataset.teacher='gpt': unknown teacher 'gpt' "
+                                       r"\(known: openai, local, rule_based, recorded\)"):
+    teach.teach_dataset(dataset="coin_flip", output_dir="/nonexistent", teacher="gpt")
+  with pytest.raises(ValueError, match=r"STUDENT_FORMATS='cot': unknown student format 'cot' "
+                                       r"\(known: vanilla, finetune_cot, "):
+    registry.get("cot", "STUDENT_FORMATS")
+  with pytest.raises(KeyError, match="unknown dataset 'nope' \\(known: csqa, obqa, "):
+    datasets.get_spec("nope")
+  assert list(baselines.BASELINES) == ["continued", "rft"] and "evaluate" in main.BINARIES
+  assert families.gguf_family("x.gguf").family == "decoder_only"
+  with pytest.raises(ValueError, match="encoder_decoder models are not read from GGUF"):
+    EncoderDecoderModel.load_gguf("x.gguf")
+
+
+def test_weights_load_names_every_source_it_tried(tmp_path):
+  from tinythinker_jax import weights
+  with pytest.raises(FileNotFoundError,
+                     match=r"neither a GGUF file, a Hugging Face folder \(config.json\), a "
+                           r"t5x checkpoint nor a model dir with checkpoints"):
+    weights.load(tmp_path / "nothing")

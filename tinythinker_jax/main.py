@@ -11,8 +11,11 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# verb -> (module, one-line help)
-BINARIES = {
+from tinythinker_jax import registries
+
+# verb -> (its module under tinythinker_jax, one line of help)
+BINARIES: registries.Registry[tuple[str, str]] = registries.Registry("verb")
+for _verb, _entry in {
     "teach": ("teach", "write teacher rationales for a dataset (Fine-tune-CoT, "
               "TinyThinker)"),
     "vocab": ("vocab", "train a SentencePiece vocabulary with T5's conventions"),
@@ -37,7 +40,8 @@ BINARIES = {
     "data": ("data_cli", "inspect a dataset: counts per split, answers, a rendered "
              "example"),
     "demo": ("demo", "run the most complete end-to-end job on the embedded defaults"),
-}
+}.items():
+  BINARIES.register(_verb, _entry)
 VERBS = tuple(sorted(BINARIES))
 
 

@@ -1,7 +1,10 @@
 """The one weight loader: an HF folder, a t5x checkpoint or a model dir, onto a mesh.
 
 `load(path)` returns the model (`models.base.BaseModel`, its family read from
-what the path holds), its parameters and its vocabulary:
+what the path holds), its parameters and its vocabulary. The kinds of path are
+the registry `SOURCES` (each a `detect` and a `read`, tried in order); what a
+family knows about its files (its Hugging Face model types, the vocabulary file
+its folders carry, whether it reads GGUF) is on the family (`families`):
 
 | path | model from | parameters |
 |---|---|---|
@@ -32,12 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 
-from tinythinker_jax import checkpoints, errors, families, hf_tokenizer, partitioning, paths
+from tinythinker_jax import (checkpoints, errors, families, hf_tokenizer, partitioning, paths,
+                             registries)
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.paths import PathLike
 
@@ -113,6 +117,66 @@ def _t5x_checkpoint(path: PathLike):
   return t5x.locate(str(path))
 
 
+@dataclasses.dataclass
+class _Stored:
+  """What a source read: its kind ('hf' weights in host memory, 't5x', 'ours'),
+  the model it holds, host parameters (None: restored later) and vocabulary."""
+  kind: str
+  model: BaseModel
+  host_params: Any
+  vocabulary: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A kind of path weights are read from: `detect(path)` says whether `path` is
+  one; `read(path, wanted, vocabulary, where)` reads its model (and, where the
+  weights pass through host memory, its parameters)."""
+  detect: Callable[[str], bool]
+  read: Callable[[str, Optional[BaseModel], str, str], _Stored]
+
+
+def _read_gguf(path: str, wanted, vocabulary: str, where: str) -> _Stored:
+  stored, params = families.gguf_family(path).load_gguf(path)
+  return _Stored("hf", stored, params, vocabulary or path)
+
+
+def _read_hf(path: str, wanted, vocabulary: str, where: str) -> _Stored:
+  family = families.hf_family(paths.read_json(paths.as_path(path) / "config.json"),
+                              f"{path}/config.json")
+  stored, params = family.load_hf(path)
+  return _Stored("hf", stored, params, vocabulary or family.hf_vocabulary(path))
+
+
+def _read_t5x(path: str, wanted, vocabulary: str, where: str) -> _Stored:
+  if wanted is None:
+    raise errors.UserError(
+        f"{where}: a t5x checkpoint ({_t5x_checkpoint(path).layout}) does not store its "
+        "model config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
+  return _Stored("t5x", wanted, None, vocabulary)
+
+
+def _read_ours(path: str, wanted, vocabulary: str, where: str) -> _Stored:
+  try:
+    meta = read_checkpoint_meta(path)
+  except FileNotFoundError as e:
+    names = list(SOURCES)
+    raise errors.MissingFileError(
+        f"{where}: neither {', '.join(names[:-1])} nor {names[-1]} ({e})") from None
+  return _Stored("ours", model_from_meta(meta), None,
+                 vocabulary or meta.get("vocabulary", ""))
+
+
+# Tried in order; the first whose `detect` holds reads the path.
+SOURCES: registries.Registry[Source] = registries.Registry("weight source")
+SOURCES.register("a GGUF file", Source(lambda p: p.endswith(".gguf"), _read_gguf))
+SOURCES.register("a Hugging Face folder (config.json)", Source(
+    lambda p: (paths.as_path(p) / "config.json").exists(), _read_hf))
+SOURCES.register("a t5x checkpoint", Source(lambda p: _t5x_checkpoint(p) is not None,
+                                            _read_t5x))
+SOURCES.register("a model dir with checkpoints", Source(lambda p: True, _read_ours))
+
+
 def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
          require_vocabulary: bool = True, binding: str = "",
          partitioner: Optional[partitioning.Partitioner] = None,
@@ -126,37 +190,9 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
   path = str(path)
   where = f"{binding}={path}" if binding else path
   wanted = None if model is None else families.from_config(model)
-  kind, host_params = "ours", None
-  if path.endswith(".gguf"):
-    from tinythinker_jax.families import decoder_only  # pylint: disable=import-outside-toplevel
-    kind = "hf"
-    stored, host_params = decoder_only.DecoderOnlyModel.load_gguf(path)
-    vocab = vocabulary or path
-  elif (paths.as_path(path) / "config.json").exists():
-    kind = "hf"
-    family = families.hf_family(paths.read_json(paths.as_path(path) / "config.json"),
-                                f"{path}/config.json")
-    stored, host_params = family.load_hf(path)
-    spiece = paths.as_path(path) / "spiece.model"
-    own = spiece  # T5's; a decoder-only model's own tokenizer is its tokenizer.json.
-    if not spiece.exists() and stored.family == "decoder_only":
-      own = paths.as_path(path) / "tokenizer.json"
-    vocab = vocabulary or (str(own) if own.exists() else "")
-  elif (t5x_location := _t5x_checkpoint(path)) is not None:
-    if wanted is None:
-      raise errors.UserError(
-          f"{where}: a t5x checkpoint ({t5x_location.layout}) does not store its model "
-          "config; give the model's gin file (e.g. models/t5_1_1/small.gin)")
-    kind, stored, vocab = "t5x", wanted, vocabulary
-  else:
-    try:
-      meta = read_checkpoint_meta(path)
-    except FileNotFoundError as e:
-      raise errors.MissingFileError(
-          f"{where}: neither a Hugging Face folder (config.json), a t5x checkpoint nor a "
-          f"model dir with checkpoints ({e})") from None
-    stored = model_from_meta(meta)
-    vocab = vocabulary or meta.get("vocabulary", "")
+  source = next(s for s in SOURCES.values() if s.detect(path))
+  read = source.read(path, wanted, vocabulary, where)
+  kind, stored, host_params, vocab = read.kind, read.model, read.host_params, read.vocabulary
   if kind == "hf" and hf_tokenizer.is_hf_tokenizer(vocab):
     # pylint: disable=import-outside-toplevel
     from tinythinker_jax import vocabularies

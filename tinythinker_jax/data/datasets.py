@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, registries
 from tinythinker_jax.data import loaders, synthetic
 from tinythinker_jax.data.schema import AnswerType, DataError, Example
 
@@ -242,7 +242,7 @@ _FTC_TYPES = {
     "strategy_qa": AnswerType.YES_NO,
 }
 
-DATASETS: dict[str, DatasetSpec] = {
+_BUILT_IN: dict[str, DatasetSpec] = {
     "csqa": DatasetSpec("csqa", AnswerType.LETTER, _csqa,
                         "folder with train_rand_split.jsonl and dev_rand_split.jsonl (or "
                         "Distilling Step-by-Step's cqa/ folder)", 5),
@@ -274,21 +274,28 @@ DATASETS: dict[str, DatasetSpec] = {
     "last_letter": DatasetSpec("last_letter", AnswerType.TEXT,
                                _synthetic(synthetic.last_letter_example), "(generated)"),
 }
+# Named datasets (`register` adds one: a name, its answer type and its loader).
+DATASETS: registries.Registry[DatasetSpec] = registries.Registry("dataset")
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+  return DATASETS.register(spec.name, spec)
+
+
+for _spec in _BUILT_IN.values():
+  register(_spec)
 for _count, _word in SHUFFLED_COUNTS.items():
-  DATASETS[f"shuffled_objects_{_count}"] = DatasetSpec(
+  register(DatasetSpec(
       f"shuffled_objects_{_count}", AnswerType.LETTER, _shuffled_objects(_count),
       f"BIG-bench's tracking_shuffled_objects folder (or its {_word}_objects/task.json)",
-      _count)
+      _count))
 for _task, _type in _FTC_TYPES.items():
-  DATASETS[f"finetune_cot/{_task}"] = DatasetSpec(
-      f"finetune_cot/{_task}", _type, _finetune_cot(_task),
-      "folder with Fine-tune-CoT's dataset/ and split/ folders")
+  register(DatasetSpec(f"finetune_cot/{_task}", _type, _finetune_cot(_task),
+                       "folder with Fine-tune-CoT's dataset/ and split/ folders"))
 
 
 def get_spec(name: str) -> DatasetSpec:
-  if name not in DATASETS:
-    raise errors.UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-  return DATASETS[name]
+  return DATASETS[name]  # An unknown name lists the known ones.
 
 
 def load_dataset(name: str, path: str = "", seed: int = 0) -> Splits:

@@ -15,19 +15,34 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, registries
 from tinythinker_jax.families.decoder_only import DecoderOnlyModel
 from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel
 from tinythinker_jax.models import gpt2, llama, t5
 from tinythinker_jax.models.base import BaseModel
 
-FAMILIES: dict[str, type[BaseModel]] = {EncoderDecoderModel.family: EncoderDecoderModel,
-                                        DecoderOnlyModel.family: DecoderOnlyModel}
+FAMILIES: registries.Registry[type[BaseModel]] = registries.Registry("model family")
+# Hugging Face `config.json` model types -> family.
+HF_MODEL_TYPES: registries.Registry[type[BaseModel]] = registries.Registry(
+    "Hugging Face model_type")
 CONFIGS = {t5.T5Config: EncoderDecoderModel, llama.LlamaConfig: DecoderOnlyModel,
            gpt2.GPT2Config: DecoderOnlyModel}
-HF_MODEL_TYPES = {"t5": EncoderDecoderModel, "mt5": EncoderDecoderModel,
-                  "llama": DecoderOnlyModel, "qwen2": DecoderOnlyModel,
-                  "gpt2": DecoderOnlyModel}
+
+
+def register(family: type[BaseModel], *, configs: tuple = (), hf_model_types: tuple = ()
+             ) -> type[BaseModel]:
+  """Adds a family: its name, the config classes it is built from, the Hugging
+  Face model types it reads."""
+  FAMILIES.register(family.family, family)
+  for config in configs:
+    CONFIGS[config] = family
+  for model_type in hf_model_types:
+    HF_MODEL_TYPES.register(model_type, family)
+  return family
+
+
+register(EncoderDecoderModel, hf_model_types=("t5", "mt5"))
+register(DecoderOnlyModel, hf_model_types=("llama", "qwen2", "gpt2"))
 
 
 def from_config(config: Any) -> BaseModel:
@@ -47,10 +62,10 @@ def from_json(meta: Mapping[str, Any]) -> BaseModel:
   record = meta.get("model")
   if record is None:
     return EncoderDecoderModel.from_config_json(meta["model_config"])
-  family = FAMILIES.get(record.get("family", ""))
-  if family is None:
-    raise errors.UserError(f"checkpoint meta: unknown model family {record.get('family')!r}"
-                           f" (known: {sorted(FAMILIES)})")
+  try:
+    family = FAMILIES[record.get("family", "")]
+  except registries.UnknownName as e:
+    raise errors.UserError(f"checkpoint meta: {e}") from None
   return family.from_config_json(record["config"])
 
 
@@ -59,5 +74,13 @@ def hf_family(hf_config: Mapping[str, Any], where: str = "") -> type[BaseModel]:
   model_type = hf_config.get("model_type", "t5")
   if model_type not in HF_MODEL_TYPES:
     raise errors.UserError(f"{where or 'config.json'}: model_type {model_type!r} is not "
-                           f"supported (supported: {sorted(HF_MODEL_TYPES)})")
+                           f"supported (supported: {', '.join(HF_MODEL_TYPES)})")
   return HF_MODEL_TYPES[model_type]
+
+
+def gguf_family(path: str) -> type[BaseModel]:
+  """The family that reads GGUF files."""
+  for family in FAMILIES.values():
+    if family.reads_gguf:
+      return family
+  raise errors.UserError(f"{path}: no model family reads GGUF files")

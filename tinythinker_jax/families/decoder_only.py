@@ -415,6 +415,18 @@ class DecoderOnlyModel(BaseModel):
     config, params = hf_llama.load_hf_llama(path)
     return cls(config), params
 
+  reads_gguf = True
+
+  @classmethod
+  def hf_vocabulary(cls, folder: str) -> str:
+    """Its `tokenizer.json`; a student trained here from scratch and exported
+    carries the project's SentencePiece model (`spiece.model`) instead."""
+    from tinythinker_jax import paths  # pylint: disable=import-outside-toplevel
+    for name in ("spiece.model", "tokenizer.json"):
+      if (paths.as_path(folder) / name).exists():
+        return str(paths.as_path(folder) / name)
+    return ""
+
   @classmethod
   def load_gguf(cls, path: str) -> tuple["DecoderOnlyModel", Any]:
     """(model, host parameters) of a Llama-family GGUF file."""

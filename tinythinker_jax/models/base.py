@@ -160,6 +160,22 @@ class BaseModel(abc.ABC):
   def save_hf(self, params: Any, path: str, *, dtype: Optional[str] = None) -> None:
     """Writes a Hugging Face folder (`config.json` last) that transformers loads."""
 
+  @classmethod
+  def hf_vocabulary(cls, folder: str) -> str:
+    """The vocabulary file a Hugging Face folder of this family carries ("" when
+    none): T5's SentencePiece `spiece.model` by default."""
+    from tinythinker_jax import paths  # pylint: disable=import-outside-toplevel
+    spiece = paths.as_path(folder) / "spiece.model"
+    return str(spiece) if spiece.exists() else ""
+
+  # A family that reads GGUF files (`load_gguf`) says so.
+  reads_gguf: bool = False
+
+  @classmethod
+  def load_gguf(cls, path: str) -> tuple["BaseModel", Any]:
+    """(model, host parameters) of a GGUF file of this family."""
+    raise errors.UserError(f"{path}: {cls.family} models are not read from GGUF files")
+
   def map_vocabulary_rows(self, params: Any, fn: Callable[[Any], Any]
                           ) -> tuple["BaseModel", Any]:
     """(model, host parameters) with `fn` applied to every table indexed by token

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, registries
 from tinythinker_jax.reasoning.formats import STAGES_OF, TASKS_OF, Format, Stage
 
 PREFIX = "tinythinker"
@@ -108,18 +108,20 @@ def _method(fmt: Format) -> str:
   return STEP_BY_STEP if fmt is Format.STEP_BY_STEP else FINETUNE_COT
 
 
-FORMATS: dict[str, FormatSpec] = {
-    f.value: FormatSpec(f, _method(f), STAGES_OF.get(f, TASKS_OF.get(f, ())))
-    for f in Format}
+FORMATS: registries.Registry[FormatSpec] = registries.Registry("student format")
+for _format in Format:
+  FORMATS.register(_format.value, FormatSpec(
+      _format, _method(_format), STAGES_OF.get(_format, TASKS_OF.get(_format, ()))))
 
 
 def get(name: str, binding: str = "format") -> FormatSpec:
   """The spec of a format name (a `UserError` naming the setting otherwise)."""
   if isinstance(name, Format):
     name = name.value
-  if name not in FORMATS:
-    raise errors.UserError(f"{binding}={name!r} is not one of {sorted(FORMATS)}")
-  return FORMATS[name]
+  try:
+    return FORMATS[name]
+  except registries.UnknownName as e:
+    raise errors.UserError(f"{binding}={name!r}: {e}") from None
 
 
 def stage_of_task(task_name: str) -> Optional[Stage]:

@@ -35,10 +35,13 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 from tinythinker_jax import compute as compute_lib
-from tinythinker_jax import paths
+from tinythinker_jax import paths, registries
 from tinythinker_jax.training import recipe
 
-BASELINES = ("continued", "rft")
+# The baselines self-reflection is compared with, at its compute.
+BASELINES: registries.Registry[str] = registries.Registry("baseline")
+BASELINES.register("continued", "phase 1 continued for self-reflection's FLOPs")
+BASELINES.register("rft", "rejection-sampling fine-tuning on the same samples, same budget")
 STUDENT_OF_STAGE = {"tinythinker_reflected": "reflect", "tinythinker_continued": "continued",
                     "tinythinker_rft": "rft"}
 

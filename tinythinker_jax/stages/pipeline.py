@@ -32,7 +32,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, registries
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.stages import baselines as baselines_lib
 from tinythinker_jax.stages import manifest as manifest_lib
@@ -451,14 +451,14 @@ def run_pipeline(*, run_dir: str, dataset: str, model_config: Any,
                      "once); on several hosts run `teach` on one, then `train`, `sample`, "
                      "`reflect` and `evaluate` on all")
   for fmt in student_formats:
-    if fmt not in FORMATS:
-      raise errors.UserError(f"STUDENT_FORMATS: {fmt!r} is not one of {sorted(FORMATS)}")
+    registry.get(fmt, "STUDENT_FORMATS")  # an unknown name lists the known ones
   if not 0.0 <= step_by_step_alpha <= 1.0:
     raise errors.UserError(f"STEP_BY_STEP_ALPHA={step_by_step_alpha}: a weight in [0, 1]")
   for name in baselines:
-    if name not in baselines_lib.BASELINES:
-      raise errors.UserError(f"run_pipeline.baselines: {name!r} is not one of "
-                             f"{baselines_lib.BASELINES}")
+    try:
+      baselines_lib.BASELINES[name]
+    except registries.UnknownName as e:
+      raise errors.UserError(f"run_pipeline.baselines: {e}") from None
   if (baselines or match_budget) and "tinythinker" not in student_formats:
     raise errors.UserError("run_pipeline.baselines and match_budget compare against the "
                            "TinyThinker student: add 'tinythinker' to STUDENT_FORMATS")

