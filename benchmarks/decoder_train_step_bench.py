@@ -29,6 +29,9 @@ def main() -> None:
   parser.add_argument("--prompt_length", type=int, default=64)
   parser.add_argument("--completion_length", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--step", choices=("trainer", "plain"), default="trainer",
+                      help="'trainer': the project's train step with its state donated "
+                           "(what runs); 'plain': value_and_grad + optax, not donated")
   parser.add_argument("--num_embeddings", type=int, default=None,
                       help="the vocabulary size, for model files that leave it to the run "
                            "(default: GPT-2's 50257 for gpt2/*, else the file's)")
@@ -71,16 +74,35 @@ def main() -> None:
   targets = rng.integers(3, config.vocab_size,
                          (args.batch, args.completion_length)).astype(np.int32)
   optimizer = optax.adamw(1e-4, weight_decay=0.0)
-  opt_state = optimizer.init(params)
+  if args.step == "trainer":
+    # The step the trainer runs: its loss (token-mean NLL of the completion), the
+    # train state donated to the next step, as `Trainer` jits it.
+    # Phase 1's objective: token cross-entropy (with t5x's z-loss, 1e-4) over the
+    # completion, every completion token weighted 1.
+    from tinythinker_jax.training import objectives
+    from tinythinker_jax.training import step as step_lib
+    batch = {"encoder_input_tokens": jnp.asarray(inputs),
+             "decoder_target_tokens": jnp.asarray(targets),
+             "decoder_loss_weights": jnp.ones(targets.shape, jnp.float32)}
+    train_step = jax.jit(step_lib.make_train_step(objectives.TokenCrossEntropy(student),
+                                                  optimizer), donate_argnums=(0,))
+    holder = [step_lib.TrainState.create(params, optimizer)]
 
-  @jax.jit
-  def step(params, opt_state):
-    def loss_fn(p):
-      logps, _ = student.token_logps(p, jnp.asarray(inputs), jnp.asarray(targets))
-      return -jnp.mean(logps)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    def step(*_):
+      holder[0], metrics = train_step(holder[0], batch, jax.random.key(0))
+      return None, None, metrics["loss"]
+    params = opt_state = None
+  else:  # 'plain': value_and_grad and optax in one jit, nothing donated (before #33)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+      def loss_fn(p):
+        logps, _ = student.token_logps(p, jnp.asarray(inputs), jnp.asarray(targets))
+        return -jnp.mean(logps)
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
 
   torch_optimizer = torch.optim.AdamW(torch_model.parameters(), lr=1e-4, weight_decay=0.0)
   sequence = torch.tensor(np.concatenate([inputs, targets], 1), dtype=torch.long)
