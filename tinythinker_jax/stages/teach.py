@@ -20,7 +20,6 @@ from tinythinker_jax.teacher.recorded import RecordedSettings
 from tinythinker_jax.teacher.rule_based import RuleBasedSettings
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Teaching:
   """One `teach_dataset` call, as each teacher kind reads it."""
