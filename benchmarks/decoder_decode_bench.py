@@ -26,15 +26,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
+from benchmarks import bench_utils  # noqa: E402
 from tinythinker_jax import decoding  # noqa: E402
 from tinythinker_jax import student as student_lib  # noqa: E402
-from tinythinker_jax.data import datasets  # noqa: E402
-from tinythinker_jax.reasoning import chains, formats  # noqa: E402
+from tinythinker_jax.reasoning import chains  # noqa: E402
 from tinythinker_jax.stages import export  # noqa: E402
-
-PROMPT_OF = {"finetune_cot_decoder": formats.finetune_cot_decoder_prompt,
-             "step_by_step": formats.step_by_step_prompt,
-             "vanilla": formats.finetune_cot_question}
 
 
 def _ours(model_dir: str, prompts: list[str], args) -> tuple[float, list[list[int]]]:
@@ -51,16 +47,10 @@ def _ours(model_dir: str, prompts: list[str], args) -> tuple[float, list[list[in
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model_dir", required=True)
-  parser.add_argument("--dataset", required=True)
-  parser.add_argument("--dataset_path", default="")
-  parser.add_argument("--format", default="finetune_cot_decoder", choices=sorted(PROMPT_OF))
-  parser.add_argument("--prompts", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--max_length", type=int, default=128)
+  bench_utils.add_prompt_flags(parser, prompts=64)
   parser.add_argument("--no_hf", action="store_true")
   args = parser.parse_args()
-  test, _ = datasets.load_split(args.dataset, args.dataset_path, "test", 0, args.prompts)
-  prompts = [PROMPT_OF[args.format](e) for e in test]
+  prompts = bench_utils.load_prompts(args)
   results = {}
   seconds, tokens, student = _ours(args.model_dir, prompts, args)
   results["ours, finished rows set aside"] = (seconds, tokens)
@@ -74,14 +64,12 @@ def main() -> None:
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(1)
-    codec, config = student.codec, student.model.config
+    codec = student.codec
     with tempfile.TemporaryDirectory() as tmp:
       folder = export.export_student(args.model_dir, os.path.join(tmp, "hf"))
       model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    hf = codec.hf_ids
-    rows = [[int(hf[t]) for t in list(config.prompt_prefix_ids) + codec.encode(p) +
-             list(config.prompt_suffix_ids)] for p in prompts]
-    pad, eos = codec.exported_pad_id, int(hf[codec.eos_id])
+    rows = bench_utils.hf_prompt_rows(student, prompts)
+    pad, eos = codec.exported_pad_id, int(codec.hf_ids[codec.eos_id])
 
     def run_hf():
       out = []

@@ -27,14 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
+from benchmarks import bench_utils  # noqa: E402
 from tinythinker_jax import student as student_lib  # noqa: E402
-from tinythinker_jax.data import datasets  # noqa: E402
-from tinythinker_jax.reasoning import chains, formats  # noqa: E402
+from tinythinker_jax.reasoning import chains  # noqa: E402
 from tinythinker_jax.teacher import local  # noqa: E402
-
-PROMPT_OF = {"finetune_cot_decoder": formats.finetune_cot_decoder_prompt,
-             "step_by_step": formats.step_by_step_prompt,
-             "vanilla": formats.finetune_cot_question}
 
 
 def float32_gguf(source: str, out: str) -> str:
@@ -73,22 +69,16 @@ def llama_cpp_decode(gguf: str, rows: list[list[int]], max_length: int, eos: int
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--gguf", default=local.smollm2_gguf())
-  parser.add_argument("--dataset", required=True)
-  parser.add_argument("--dataset_path", default="")
-  parser.add_argument("--format", default="finetune_cot_decoder", choices=sorted(PROMPT_OF))
-  parser.add_argument("--prompts", type=int, default=32)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--max_length", type=int, default=128)
+  bench_utils.add_prompt_flags(parser, prompts=32)
   parser.add_argument("--threads", type=int, default=1)
   parser.add_argument("--f32_path", default="/tmp/llamacpp_decode_bench_f32.gguf")
   args = parser.parse_args()
-  test, _ = datasets.load_split(args.dataset, args.dataset_path, "test", 0, args.prompts)
-  prompts = [PROMPT_OF[args.format](e) for e in test]
+  prompts = bench_utils.load_prompts(args)
 
   student = student_lib.build(args.gguf, settings=student_lib.StudentSettings(
       batch_size=args.batch, max_input_length=256, max_decode_length=args.max_length,
       chat_template=True))
-  codec, config = student.codec, student.model.config
+  codec = student.codec
   greedy = chains.Sampling(max_length=args.max_length)
   student.generate(prompts[:args.batch], greedy)  # compiles
   start = time.perf_counter()
@@ -97,10 +87,8 @@ def main() -> None:
              (time.perf_counter() - start, [g.text for g in ours],
               sum(g.num_tokens for g in ours))}
 
-  hf = codec.hf_ids
-  rows = [[int(hf[t]) for t in list(config.prompt_prefix_ids) + codec.encode(p) +
-           list(config.prompt_suffix_ids)] for p in prompts]
-  eos = int(hf[codec.eos_id])
+  rows = bench_utils.hf_prompt_rows(student, prompts)
+  eos = int(codec.hf_ids[codec.eos_id])
   for name, path in (("llama.cpp, float32 GGUF", float32_gguf(args.gguf, args.f32_path)),
                      (f"llama.cpp, {os.path.basename(args.gguf)}", args.gguf)):
     seconds, outputs = llama_cpp_decode(path, rows, args.max_length, eos, args.threads)

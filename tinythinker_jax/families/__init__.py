@@ -25,8 +25,8 @@ FAMILIES: registries.Registry[type[BaseModel]] = registries.Registry("model fami
 # Hugging Face `config.json` model types -> family.
 HF_MODEL_TYPES: registries.Registry[type[BaseModel]] = registries.Registry(
     "Hugging Face model_type")
-CONFIGS = {t5.T5Config: EncoderDecoderModel, llama.LlamaConfig: DecoderOnlyModel,
-           gpt2.GPT2Config: DecoderOnlyModel}
+# Model config classes -> family (`from_config`).
+CONFIGS: dict[type, type[BaseModel]] = {}
 
 
 def register(family: type[BaseModel], *, configs: tuple = (), hf_model_types: tuple = ()
@@ -41,8 +41,9 @@ def register(family: type[BaseModel], *, configs: tuple = (), hf_model_types: tu
   return family
 
 
-register(EncoderDecoderModel, hf_model_types=("t5", "mt5"))
-register(DecoderOnlyModel, hf_model_types=("llama", "qwen2", "gpt2"))
+register(EncoderDecoderModel, configs=(t5.T5Config,), hf_model_types=("t5", "mt5"))
+register(DecoderOnlyModel, configs=(llama.LlamaConfig, gpt2.GPT2Config),
+         hf_model_types=("llama", "qwen2", "gpt2"))
 
 
 def from_config(config: Any) -> BaseModel:
