@@ -191,6 +191,80 @@ def test_objective_matches_pytorch_over_the_tokenizers_rows(family):
         rtol=2e-4)
 
 
+def ragged_topk(rows, length, seed=0):
+  """Top-k teacher features over ROWS ids: distinct ids per position, 1 to 3 of
+  them (empty slots at -inf), log-probs of a random distribution's top tokens."""
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((rows, length, 3), np.int32)
+  lps = np.full((rows, length, 3), -np.inf, np.float32)
+  for r in range(rows):
+    for t in range(length):
+      n = rng.integers(1, 4)
+      logp = np.asarray(jax.nn.log_softmax(rng.normal(size=ROWS) * 2))
+      top = np.argsort(-logp)[:n]
+      ids[r, t, :n], lps[r, t, :n] = top, logp[top]
+  return ids, lps
+
+
+def torch_bucket_jsd(student_logits, ids, lps, beta):
+  """Each position's k+1 outcomes (its non-empty top tokens and the rest), both
+  sides, then TRL's formula on them; `student_logits` a float64 tensor."""
+  log_student = F.log_softmax(student_logits, dim=-1)
+  out = torch.zeros(ids.shape[:2], dtype=torch.float64)
+  for r in range(ids.shape[0]):
+    for t in range(ids.shape[1]):
+      valid = np.isfinite(lps[r, t])
+      s = log_student[r, t, torch.tensor(ids[r, t][valid]).long()]
+      q = torch.tensor(lps[r, t][valid], dtype=torch.float64)
+      with_rest = lambda x: torch.cat([x, torch.log1p(-x.exp().sum()).reshape(1)])  # noqa: E731
+      out[r, t] = trl_generalized_jsd(with_rest(s)[None], with_rest(q)[None], beta, 1.0)[0]
+  return out
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_topk_divergence_with_empty_slots_matches_pytorch(beta):
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(2, 4, ROWS)).astype(np.float32) * 2
+  ids, lps = ragged_topk(2, 4)
+  ours = distillation.topk_token_divergence(logits, lps, ids, beta=beta)
+  s = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+  reference = torch_bucket_jsd(s, ids, lps, beta)
+  np.testing.assert_allclose(ours, reference.detach().numpy(), rtol=1e-4, atol=1e-6)
+  reference.sum().backward()
+  grad = jax.grad(lambda x: distillation.topk_token_divergence(x, lps, ids, beta=beta).sum())(
+      logits)
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad, s.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_objective_with_a_stored_topk_teacher_matches_pytorch(family):
+  student, _, params, _ = pair(family)
+  batch = batch_of()
+  ids, lps = ragged_topk(*batch["decoder_target_tokens"].shape, seed=1)
+  covered = np.ones(ids.shape[:2], np.float32)
+  covered[2, :2] = 0  # positions no teacher chain covers
+  batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=lps, teacher_topk_weights=covered)
+  objective = distillation.DistillationObjective(
+      student, None, ROWS, distillation.DistillSettings(beta=0.5, supervised_weight=0.5))
+  loss, sums = jax.jit(objective.loss_sums)(params, batch, aux=objective.step_aux(0))
+  s = torch.tensor(np.asarray(jax.jit(student.logits)(params, batch)), dtype=torch.float64)
+  mask = torch.tensor(batch["decoder_target_tokens"] > 0, dtype=torch.float64)
+  jsd = torch_bucket_jsd(s[..., :ROWS], ids, lps, 0.5)
+  ce = F.cross_entropy(s.reshape(-1, s.shape[-1]),
+                       torch.tensor(batch["decoder_target_tokens"].reshape(-1)).long(),
+                       reduction="none").reshape(mask.shape)
+  expected = (jsd * mask * torch.tensor(covered)).sum() + 0.5 * (ce * mask).sum()
+  np.testing.assert_allclose(float(loss), float(expected), rtol=2e-4)
+  assert objective.extra_step_flops({"encoder_input_tokens": (3, 5),
+                                     "decoder_target_tokens": (3, 6)}, {}) == 0
+  with pytest.raises(errors.UserError, match="TEACHER_TOPK_CACHES"):
+    objective.loss_sums(params, batch_of(), aux={})
+  with pytest.raises(errors.UserError, match="on-policy"):
+    distillation.DistillationObjective(student, None, ROWS, distillation.DistillSettings(
+        on_policy_fraction=0.5))
+
+
 def brute_force_greedy(model, params, inputs, length):
   """Greedy completions over the tokenizer's ids by full teacher-forced forward
   passes, one token at a time (no cache): the reference for the sampler's

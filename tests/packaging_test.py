@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, one_device_env
 
 
 # The demo at its smallest: what is tested is that an installed wheel runs it (every
@@ -109,7 +109,7 @@ print(gin_utils.query("RUN_DIR"))
   # `tinythinker demo` from the installed wheel, with a tiny student and data.
   demo = subprocess.run(
       [str(venv / "bin" / "tinythinker"), "demo", "--output_dir=demo_run",
-       *TINY_DEMO], cwd=empty, env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+       *TINY_DEMO], cwd=empty, env=dict(one_device_env(), PYTHONPATH=env["PYTHONPATH"]),
       capture_output=True, text=True, timeout=900)
   assert demo.returncode == 0, demo.stderr[-3000:]
   assert (empty / "demo_run" / "report" / "report.md").exists()

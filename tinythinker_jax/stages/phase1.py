@@ -14,17 +14,20 @@ path for both phases; phase 2 is `stages.phase2`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
-from tinythinker_jax import errors, families, partitioning, paths, vocabularies, weights
+from tinythinker_jax import errors, families, partitioning, paths, shards, vocabularies
+from tinythinker_jax import weights
 from tinythinker_jax.data import arrays
 from tinythinker_jax.stages import materialize
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.reasoning import registry
 from tinythinker_jax.reasoning.formats import Format, Stage
+from tinythinker_jax.teacher import logprobs as teacher_logprobs
+from tinythinker_jax.teacher.pipelines import CACHE as TEACH_CACHE
 from tinythinker_jax.training import distillation, objectives, recipe, trainer
 
 def _eval_batches(dataset: arrays.ArrayDataset, batch_size: int, local: slice,
@@ -86,6 +89,40 @@ def load_teacher(path: str, vocabulary: str, binding: str = "TEACHER_CHECKPOINT_
   return model, vocab_rows, frozen
 
 
+def attach_teacher_topk(folders: Sequence[paths.PathLike], cache_paths: Sequence[str],
+                        vocabulary: str, vocab_rows: int) -> dict[str, Any]:
+  """The stored top-k log-probs of the teacher's chains in `cache_paths` written
+  into each train folder (`teacher.logprobs.attach`, once: on process 0, the
+  others wait); returns each folder's match statistics."""
+  files = []
+  for p in cache_paths:
+    path = paths.as_path(p)
+    # A folder: its caches up to three levels down (<records>/<dataset>/<method>/<split>).
+    found = (sorted(f for depth in range(4)
+                    for f in path.glob("/".join(["*"] * depth + [TEACH_CACHE])))
+             if path.is_dir() else [path])
+    if not found:
+      raise errors.MissingFileError(f"TEACHER_TOPK_CACHES: {p} holds no "
+                                    f"{TEACH_CACHE}")
+    files.extend(found)
+  cache_paths = [paths.absolute_str(p) for p in files]
+  def size(p):
+    stat = paths.as_path(p).stat()
+    return getattr(stat, "st_size", getattr(stat, "length", 0))
+
+  fingerprint = ";".join(f"{p}:{size(p)}" for p in cache_paths)
+  stats = {}
+  if jax.process_index() == 0:
+    chains = teacher_logprobs.chains_from_caches(cache_paths)
+    student = teacher_logprobs.StudentTokens(vocabularies.text_codec(vocabulary),
+                                             vocab_rows)
+    for folder in folders:
+      stats[str(folder)] = teacher_logprobs.attach(
+          folder, chains, student, fingerprint=fingerprint).to_json()
+  shards.sync_processes("tinythinker_attach_teacher_topk")
+  return stats
+
+
 def _absolute(path: str) -> str:
   return path if path == vocabularies.BYTE else paths.absolute_str(path)
 
@@ -130,7 +167,8 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
         stop_after: Optional[int] = None,
         task_weights: Optional[Mapping[str, float]] = None,
         teacher_checkpoint_path: Optional[str] = None,
-        distill: distillation.DistillSettings = distillation.DistillSettings()
+        distill: distillation.DistillSettings = distillation.DistillSettings(),
+        teacher_topk_caches: Sequence[str] = ()
         ) -> trainer.TrainResult:
   """Runs phase 1 as configured; see `gin_configs/runs/sft.gin` for every setting.
 
@@ -149,6 +187,12 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   teacher's distribution as `distill` says (`training.distillation`: offline
   logit distillation on the records' targets, on-policy distillation on its
   own samples); the teacher's parameters sit on the mesh beside the student's.
+
+  With `teacher_topk_caches` (completion caches of a teacher asked for
+  `top_logprobs`) the student learns from the top-k log-probs stored with the
+  chains instead (offline top-k distillation, `teacher.logprobs`): they are
+  attached to the train arrays where the chains appear in the targets, the
+  tokenizer checked chain by chain.
   """
   if coordinator_address and not jax.distributed.is_initialized():
     partitioning.initialize_distributed(
@@ -162,6 +206,17 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   if model_config.vocab_size < manifest["vocab_size"]:
     raise errors.UserError(f"NUM_EMBEDDINGS={model_config.vocab_size} is smaller than "
                            f"the tasks' vocabulary ({manifest['vocab_size']} tokens)")
+  vocabulary_path = _absolute(vocabulary or vocabularies.T5_VOCABULARY)
+  if teacher_topk_caches and teacher_checkpoint_path:
+    raise errors.UserError("TEACHER_TOPK_CACHES and TEACHER_CHECKPOINT_PATH name two "
+                           "teachers; distil from one")
+  topk_stats = {}
+  if teacher_topk_caches:
+    if isinstance(teacher_topk_caches, str):
+      teacher_topk_caches = (teacher_topk_caches,)
+    topk_stats = attach_teacher_topk(
+        [root / t / "train" for t, splits in manifest["tasks"].items() if "train" in splits],
+        teacher_topk_caches, vocabulary_path, manifest["vocab_size"])
   train_sets = {registry.stream_name(t): arrays.ArrayDataset(root / t / "train")
                 for t, splits in manifest["tasks"].items() if "train" in splits}
   if not train_sets:
@@ -184,8 +239,6 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   loss_validation = {f"eval/{registry.stream_name(task)}": root / task / "validation"
                 for task, splits in manifest["tasks"].items() if "validation" in splits}
 
-  vocabulary_path = _absolute(vocabulary or vocabularies.T5_VOCABULARY)
-
   def eval_fns(objective, partitioner, local):
     if not (settings.eval_every or settings.eval_every_epochs or settings.evaluations):
       return {}
@@ -206,18 +259,24 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
     return hooks
 
   teacher = frozen_fn = None
-  if teacher_checkpoint_path:
+  distilled = bool(teacher_checkpoint_path or teacher_topk_caches)
+  if distilled:
+    binding = ("TEACHER_CHECKPOINT_PATH" if teacher_checkpoint_path else
+               "TEACHER_TOPK_CACHES")
     if task_weights:
-      raise errors.UserError(f"TEACHER_CHECKPOINT_PATH: distillation trains one format; "
+      raise errors.UserError(f"{binding}: distillation trains one format; "
                              f"{mixture_or_task_name} is multi-task")
     if label_smoothing:
       raise errors.UserError(f"LABEL_SMOOTHING={label_smoothing}: distillation's targets "
                              "are the teacher's distribution; set it to 0")
     check_distill_data(distill, pack)
+  if teacher_checkpoint_path:
     teacher, vocab_rows, frozen_fn = load_teacher(teacher_checkpoint_path, vocabulary_path)
+  elif teacher_topk_caches:
+    vocab_rows = int(manifest["vocab_size"])
 
   def objective_fn(model):
-    if teacher is not None:
+    if distilled:
       return distillation.DistillationObjective(
           model, teacher, vocab_rows, distill, seed=settings.seed, z_loss=settings.z_loss,
           loss_normalizing_factor=loss_normalizing_factor)
@@ -232,9 +291,12 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
                                      "INITIAL_CHECKPOINT_PATH", vocabulary_path),
       eval_fns=eval_fns, progress=progress, stop_after=stop_after,
       task_weights=task_weights, frozen_fn=frozen_fn,
-      meta={"phase": "distill" if teacher is not None else "sft",
+      meta={"phase": "distill" if distilled else "sft",
             **({"teacher": paths.absolute_str(teacher_checkpoint_path),
                 "distill": dataclasses.asdict(distill)} if teacher is not None else {}),
+            **({"teacher_topk_caches": [paths.absolute_str(p) for p in teacher_topk_caches],
+                "teacher_topk": topk_stats, "distill": dataclasses.asdict(distill)}
+               if teacher_topk_caches else {}),
             "mixture_or_task_name": mixture_or_task_name,
             **({"task_weights": task_weights} if task_weights else {}),
             "task_feature_lengths": dict(task_feature_lengths),

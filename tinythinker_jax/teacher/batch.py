@@ -256,7 +256,8 @@ class BatchRunner:
           continue
         self.cache.put(key, inputs[key], batch["sample_index"][key], {
             "text": first["text"], "finish_reason": first["finish_reason"],
-            "usage": usage, "batch_id": info["id"]})
+            "usage": usage, "batch_id": info["id"],
+            **({"logprobs": first["logprobs"]} if "logprobs" in first else {})})
         answered += 1
         for name in tokens:
           tokens[name] += int(usage.get(name) or 0)

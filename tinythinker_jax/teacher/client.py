@@ -44,6 +44,9 @@ from tinythinker_jax.teacher.cache import CompletionCache, request_key
 log = logging.getLogger(__name__)
 
 
+MAX_TOP_LOGPROBS = 20
+
+
 class Endpoint(enum.Enum):
   CHAT = "chat"  # /chat/completions with messages
   COMPLETIONS = "completions"  # /completions with a prompt
@@ -80,9 +83,17 @@ class TeacherConfig:
   # Prices in dollars per million tokens, for `tinythinker teach --dry_run`'s estimate.
   prompt_price_per_million: Optional[float] = None
   completion_price_per_million: Optional[float] = None
+  # > 0: every request asks for each generated token's log-prob and the `top_logprobs`
+  # most likely tokens' (OpenAI's `logprobs`/`top_logprobs`; the completions
+  # endpoint's `logprobs: k`), stored with the completion in the cache for offline
+  # top-k distillation (`teacher.logprobs`). Part of the request, so of its cache key.
+  top_logprobs: int = 0
 
   def __post_init__(self):
     Endpoint(self.endpoint)  # Raises ValueError naming a bad value.
+    if not 0 <= int(self.top_logprobs) <= MAX_TOP_LOGPROBS:
+      raise errors.UserError(f"TeacherConfig.top_logprobs={self.top_logprobs}: must be in "
+                             f"[0, {MAX_TOP_LOGPROBS}] (OpenAI's limit)")
     if isinstance(self.base_urls, str):
       object.__setattr__(self, "base_urls", (self.base_urls,))
 
@@ -126,7 +137,11 @@ class Prompt:
       body["seed"] = self.seed
     if self.extra_json:
       body.update(json.loads(self.extra_json))
-    if Endpoint(config.endpoint) is Endpoint.CHAT:
+    chat = Endpoint(config.endpoint) is Endpoint.CHAT
+    if config.top_logprobs:
+      body.update({"logprobs": True, "top_logprobs": int(config.top_logprobs)} if chat
+                  else {"logprobs": int(config.top_logprobs)})
+    if chat:
       messages = list(self.messages) or [("user", self.text)]
       body["messages"] = [{"role": r, "content": c} for r, c in messages]
     else:
@@ -184,6 +199,9 @@ class Sample:
   finish_reason: Optional[str]
   sample_index: int
   cached: bool
+  # Each generated token's `{"token", "logprob", "top": [[token, logprob], ...]}`
+  # when the request asked for log-probs (`TeacherConfig.top_logprobs`).
+  logprobs: Optional[list] = None
 
 
 class _RetryableError(Exception):
@@ -215,12 +233,45 @@ def auth_headers(config: TeacherConfig) -> dict[str, str]:
   return headers
 
 
+def token_logprobs(choice: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
+  """A choice's per-token log-probs in one form for both endpoints:
+  `[{"token": text, "logprob": float, "top": [[text, logprob], ...]}]` (the chat
+  endpoint's `logprobs.content`, the completions endpoint's parallel lists), or
+  None when the response has none. A token's text is its UTF-8 `bytes` where
+  the server gives them (OpenAI), else its `token` string (llama.cpp)."""
+  logprobs = choice.get("logprobs")
+  if not logprobs:
+    return None
+
+  def text(entry: dict[str, Any]) -> str:
+    raw = entry.get("bytes")
+    if raw:
+      return bytes(raw).decode("utf-8", errors="replace")
+    return entry["token"]
+
+  if "content" in logprobs:
+    if logprobs["content"] is None:
+      return None
+    return [{"token": text(e), "logprob": float(e["logprob"]),
+             "top": [[text(t), float(t["logprob"])] for t in e.get("top_logprobs") or ()]}
+            for e in logprobs["content"]]
+  tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+  return [{"token": token, "logprob": float(lp) if lp is not None else None,
+           "top": [[t, float(v)] for t, v in (top or {}).items()]}
+          for token, lp, top in zip(logprobs["tokens"], logprobs["token_logprobs"], tops)]
+
+
 def parse_completion(payload: dict[str, Any]) -> tuple[list[dict], dict]:
-  """A completion's choices as `{text, finish_reason}` and its token usage."""
+  """A completion's choices as `{text, finish_reason[, logprobs]}` (see
+  `token_logprobs`) and its token usage."""
   choices = []
   for choice in payload["choices"]:
     text = (choice["message"]["content"] if "message" in choice else choice["text"])
-    choices.append({"text": text or "", "finish_reason": choice.get("finish_reason")})
+    parsed = {"text": text or "", "finish_reason": choice.get("finish_reason")}
+    logprobs = token_logprobs(choice)
+    if logprobs is not None:
+      parsed["logprobs"] = logprobs
+    choices.append(parsed)
   usage = payload.get("usage") or {}
   return choices, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
 
@@ -267,7 +318,8 @@ class TeacherClient:
       if record is not None:
         self.usage.cached += 1
         results[i] = Sample(record["response"]["text"],
-                            record["response"].get("finish_reason"), i, True)
+                            record["response"].get("finish_reason"), i, True,
+                            record["response"].get("logprobs"))
     missing = [i for i in range(num_samples) if i not in results]
     if missing and self.defer_to is not None:
       for i in missing:
@@ -280,8 +332,11 @@ class TeacherClient:
     def store(index: int, choice: dict, usage: dict) -> None:
       response = {"text": choice["text"], "finish_reason": choice.get("finish_reason"),
                   "usage": usage}
+      if "logprobs" in choice:
+        response["logprobs"] = choice["logprobs"]
       self.cache.put(keys[index], content, index, response)
-      results[index] = Sample(choice["text"], choice.get("finish_reason"), index, False)
+      results[index] = Sample(choice["text"], choice.get("finish_reason"), index, False,
+                              choice.get("logprobs"))
 
     if self.config.seed_each_sample:
       async def one(index: int) -> None:

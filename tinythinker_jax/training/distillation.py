@@ -19,8 +19,9 @@ log-probabilities at each position (what an OpenAI-compatible server returns as
 outcomes, the k tokens and one "rest" bucket holding the remaining mass
 (the teacher's 1 - sum of its top-k probabilities; the student's, the same for
 its own probabilities of those k tokens), so no mass is dropped or renormalised
-away. A teacher's stored log-probabilities are at its sampling temperature; the
-top-k form takes no other temperature.
+away. Slots with log-prob -inf are empty (a position with fewer than k tokens).
+A server's log-probs are its model's distribution before its sampling settings
+(llama.cpp and OpenAI), so the top-k form takes no temperature.
 
 Both return `[batch, length]` divergences; `masked_sum` adds them over the
 positions a loss covers (completion tokens, padding weighted 0), so that the
@@ -44,6 +45,13 @@ on the mesh beside the student's, no optimizer state) in the trainer's step:
   samples are not targets). Which steps are on-policy is drawn per step from
   the run's seed and the step number (`on_policy_at`), so a resumed run draws
   the same steps and a budget's step count is exact;
+- *offline top-k distillation* (`teacher=None`): the teacher is an
+  OpenAI-compatible server whose top-k log-probs were stored with its chains
+  (`teacher.logprobs` attaches them to the arrays as `teacher_topk_*`
+  features); the student matches them with `topk_token_divergence` where a
+  chain covers a target position, plus `supervised_weight` times the
+  cross-entropy on every target token. The teacher's forward passes were paid
+  for by its server, so a step counts none;
 - sequence-level distillation (Kim and Rush 2016) is plain phase 1 on the
   teacher's sampled chains: Fine-tune-CoT.
 
@@ -75,6 +83,9 @@ from tinythinker_jax.training import step as step_lib
 Array = jax.Array
 Batch = dict[str, Array]
 _TINY = 1e-30
+_EMPTY = -1e30
+# The batch features a stored top-k teacher brings (`teacher.logprobs` writes them).
+TOPK_FEATURES = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_topk_weights")
 
 
 def _check_beta(beta: float) -> float:
@@ -128,7 +139,8 @@ def topk_token_divergence(student_logits: Array, teacher_topk_logprobs: Array,
                           teacher_topk_ids: Array, *, beta: float = 0.5) -> Array:
   """Generalized JSD per position `[batch, length]` against a teacher's top-k
   log-probabilities `[batch, length, k]` of tokens `teacher_topk_ids` (ids in the
-  student's vocabulary), over the k tokens and a rest bucket."""
+  student's vocabulary; slots at -inf are empty), over the k tokens and a rest
+  bucket."""
   beta = _check_beta(beta)
   if teacher_topk_logprobs.shape != teacher_topk_ids.shape:
     raise ValueError(f"top-k log-probs {teacher_topk_logprobs.shape} and ids "
@@ -136,6 +148,11 @@ def topk_token_divergence(student_logits: Array, teacher_topk_logprobs: Array,
   log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32), -1)
   student_k = jnp.take_along_axis(log_student, teacher_topk_ids, axis=-1)
   teacher = jax.lax.stop_gradient(teacher_topk_logprobs.astype(jnp.float32))
+  # Empty slots (log-prob -inf: a position with fewer than k tokens) hold no mass
+  # on either side; a large finite negative keeps every gradient finite.
+  valid = jnp.isfinite(teacher)
+  teacher = jnp.where(valid, teacher, _EMPTY)
+  student_k = jnp.where(valid, student_k, _EMPTY)
   return _generalized_jsd(_with_rest(student_k), _with_rest(teacher), beta)
 
 
@@ -199,7 +216,7 @@ class DistillationObjective:
   """
 
   model: BaseModel  # the student
-  teacher: BaseModel
+  teacher: Optional[BaseModel]  # None: the batch's stored top-k (`teacher.logprobs`)
   vocab_rows: int
   settings: DistillSettings = DistillSettings()
   seed: int = 0
@@ -207,8 +224,15 @@ class DistillationObjective:
   loss_normalizing_factor: Any = objectives.NUM_REAL_TARGET_TOKENS
 
   def __post_init__(self):
+    if self.teacher is None and (self.settings.on_policy_fraction or
+                                 self.settings.temperature != 1.0):
+      raise errors.UserError(
+          f"DistillSettings(on_policy_fraction={self.settings.on_policy_fraction}, "
+          f"temperature={self.settings.temperature}): a teacher known by its stored top-k "
+          "log-probs cannot score the student's samples or be re-tempered; on-policy "
+          "distillation and temperatures need a teacher model (TEACHER_CHECKPOINT_PATH)")
     for name, m in (("student", self.model), ("teacher", self.teacher)):
-      if m.vocab_size < self.vocab_rows:
+      if m is not None and m.vocab_size < self.vocab_rows:
         raise errors.UserError(f"the {name} has {m.vocab_size} embedding rows, fewer than "
                                f"the tokenizer's {self.vocab_rows} ids")
 
@@ -249,18 +273,29 @@ class DistillationObjective:
 
   def loss_sums(self, params: Any, batch: Batch, dropout_rng: Optional[Array] = None,
                 aux: Optional[Mapping[str, Any]] = None) -> tuple[Array, dict[str, Array]]:
-    if aux is None or "teacher" not in aux:
-      raise errors.UserError("DistillationObjective needs the teacher's parameters (aux)")
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0 if weights is None else weights).astype(jnp.float32)
     logits = self.model.logits(params, batch, dropout_rng=dropout_rng)
-    teacher_logits = jax.lax.stop_gradient(self.teacher.logits(aux["teacher"], batch))
     rows = self.vocab_rows
-    divergence, _ = masked_sum(
-        token_divergence(logits[..., :rows], teacher_logits[..., :rows],
-                         beta=self.settings.beta, temperature=self.settings.temperature),
-        weights)
+    if self.teacher is None:
+      missing = [n for n in TOPK_FEATURES if n not in batch]
+      if missing:
+        raise errors.UserError(f"offline top-k distillation: the batch has no {missing} "
+                               "(attach the teacher's log-probs: TEACHER_TOPK_CACHES)")
+      divergence, _ = masked_sum(
+          topk_token_divergence(logits[..., :rows], batch["teacher_topk_logprobs"],
+                                batch["teacher_topk_ids"], beta=self.settings.beta),
+          weights * batch["teacher_topk_weights"])
+    else:
+      if aux is None or "teacher" not in aux:
+        raise errors.UserError("DistillationObjective needs the teacher's parameters (aux)")
+      teacher_logits = jax.lax.stop_gradient(self.teacher.logits(aux["teacher"], batch))
+      divergence, _ = masked_sum(
+          token_divergence(logits[..., :rows], teacher_logits[..., :rows],
+                           beta=self.settings.beta, temperature=self.settings.temperature),
+          weights)
+    aux = aux or {}
     ce, z, weight_sum, correct = losses.compute_weighted_cross_entropy_and_hits(
         logits, targets, weights, z_loss=self.z_loss)
     off_policy = 1.0 - jnp.asarray(aux.get("on_policy", False), jnp.float32)
@@ -295,6 +330,8 @@ class DistillationObjective:
     """FLOPs a step spends beyond the student's training step: the teacher's
     forward pass, and on an on-policy step the student's sampling (prompt read
     and every target position decoded, the loop's upper bound)."""
+    if self.teacher is None:
+      return 0  # The server's forward passes are not this run's.
     batch, input_length = shapes["encoder_input_tokens"][:2]
     target_length = shapes["decoder_target_tokens"][1]
     flops = self.teacher.forward_flops(batch, input_length, target_length)
