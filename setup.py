@@ -89,5 +89,5 @@ setuptools.setup(
         "gcs": _GCS,
         **_ACCELERATORS,
     },
-    entry_points={"console_scripts": ["tinythinker=tinythinker_jax.main:console_main"]},
+    entry_points={"console_scripts": ["tinythinker=tinythinker_jax.cli.main:console_main"]},
 )

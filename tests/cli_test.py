@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
-from tinythinker_jax import errors, gin_utils, main
+from tinythinker_jax import errors, gin_utils
+from tinythinker_jax.cli import main
 
 DESIGN_VERBS = ("teach", "train", "sample", "evaluate", "infer", "score", "export",
                 "pipeline", "demo", "vocab", "data")
 
 
-def run_cli(*args, module="tinythinker_jax.main"):
+def run_cli(*args, module="tinythinker_jax.cli.main"):
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                         text=True, timeout=600)
 
@@ -50,7 +51,7 @@ def test_misspelt_gin_binding_fails_naming_it(tmp_path):
 
 def test_data_verb_describes_a_dataset(shared_data):
   result = run_cli("--dataset=obqa", f"--path={shared_data / 'tinythinker' / 'obqa'}",
-                   module="tinythinker_jax.data_cli")
+                   module="tinythinker_jax.cli.data")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "train        4957 examples" in result.stdout
   assert "TinyThinker recall input" in result.stdout
@@ -88,8 +89,16 @@ def test_user_errors_exit_2_in_one_line_and_bugs_keep_their_traceback(capsys):
 
 def test_every_verb_module_runs_as_a_module_and_main_only_dispatches():
   import importlib
+  import pathlib
   for verb, (module, _) in main.BINARIES.items():
-    binary = importlib.import_module(f"tinythinker_jax.{module}")
+    assert module == verb  # cli/<verb>.py
+    binary = importlib.import_module(f"tinythinker_jax.cli.{module}")
     assert callable(binary.main), verb
-  result = run_cli("--help", module="tinythinker_jax.eval")
+  # The verbs' room holds the verbs and nothing else.
+  room = pathlib.Path(main.__file__).parent
+  assert {p.stem for p in room.glob("*.py")} - {"__init__", "main"} == set(main.BINARIES)
+  result = run_cli("--help", module="tinythinker_jax.cli.evaluate")
+  assert result.returncode == 0 and "--gin_file" in result.stdout
+  # `python -m tinythinker_jax VERB` is the `tinythinker` command.
+  result = run_cli("evaluate", "--help", module="tinythinker_jax")
   assert result.returncode == 0 and "--gin_file" in result.stdout

@@ -34,7 +34,7 @@ for name in BLOCKED:  # the marker works as a missing package does
     sys.exit(f"{name} imported")
   except ModuleNotFoundError:
     pass
-from tinythinker_jax import main
+from tinythinker_jax.cli import main
 for argv in json.loads(sys.argv[1]):
   code = main.main(argv)
   gin.clear_config()

@@ -209,7 +209,7 @@ def test_unlabelled_rows_are_counted_by_data_and_refused_by_name(tmp_path):
   assert f"1 without an answer (first: {path}:5)" in text
   with pytest.raises(DataError, match=rf"{path}:5: no answer \(mc_jsonl {holder}: 1 of"):
     datasets.load_split("mc_jsonl", str(path), holder)
-  result = subprocess.run([sys.executable, "-m", "tinythinker_jax.main", "data",
+  result = subprocess.run([sys.executable, "-m", "tinythinker_jax.cli.main", "data",
                            "--dataset=mc_jsonl", f"--path={path}"],
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and "1 without an answer" in result.stdout

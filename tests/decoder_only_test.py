@@ -233,7 +233,7 @@ def run_pipeline(run_dir, *flags, model="models/llama/tiny.gin"):
   import sys
 
   from tests.conftest import one_device_env
-  command = [sys.executable, "-m", "tinythinker_jax.main", "pipeline",
+  command = [sys.executable, "-m", "tinythinker_jax.cli.main", "pipeline",
              "--gin_file=runs/demo.gin", f"--gin_file={model}", *PIPELINE_FLAGS,
              f"--gin.RUN_DIR='{run_dir}'", *flags]
   result = subprocess.run(command, capture_output=True, text=True, timeout=900,

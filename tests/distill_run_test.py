@@ -70,7 +70,7 @@ def test_decoder_only_student_on_policy_with_gin_resumes(tiny_student, tmp_path)
   """`tinythinker train --gin_file=runs/distill.gin`: a tiny Llama samples its own
   chains and the T5 teacher scores them; stopped after 2 steps and resumed."""
   model_dir = tmp_path / "llama"
-  command = [sys.executable, "-m", "tinythinker_jax.train",
+  command = [sys.executable, "-m", "tinythinker_jax.cli.train",
              "--gin_file=models/llama/tiny.gin", "--gin_file=runs/distill.gin",
              f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
              f"--gin.TASK_FEATURE_LENGTHS={STUDENT_LENGTHS}", "--gin.TRAIN_STEPS=4",

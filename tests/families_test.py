@@ -78,7 +78,7 @@ def test_one_registry_style_names_what_it_knows():
     families.HF_MODEL_TYPES.register("t5", EncoderDecoderModel)
   assert list(weights.SOURCES)[-1] == "a model dir with checkpoints"
   # Formats, datasets, teachers, baselines and verbs the same way.
-  from tinythinker_jax import main
+  from tinythinker_jax.cli import main
   from tinythinker_jax.data import datasets
   from tinythinker_jax.reasoning import registry
   from tinythinker_jax.stages import baselines, teach

@@ -161,7 +161,7 @@ def test_a_misspelt_macro_warns_with_the_nearest_name(capsys):
 def test_the_binary_warns_about_an_unused_macro(tmp_path):
   import subprocess
   import sys
-  command = [sys.executable, "-m", "tinythinker_jax.main", "train",
+  command = [sys.executable, "-m", "tinythinker_jax.cli.main", "train",
              "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/sft.gin",
              "--gin.MIXTURE_OR_TASK_NAME='x'", "--gin.TRAIN_STEPS=1",
              "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}",
@@ -182,7 +182,7 @@ def test_the_binary_warns_about_an_unused_macro(tmp_path):
 def test_phase_one_and_phase_two_settings_stay_apart_in_one_config():
   """The pipeline's two `TrainSettings` (scopes `phase1/` and `dpo/`) resolve to
   their own values, and phase 2 keeps TinyThinker's recipe."""
-  from tinythinker_jax import pipeline
+  from tinythinker_jax.cli import pipeline
   from tinythinker_jax.stages import phase2
   from tinythinker_jax.training import recipe
   gin.clear_config()
@@ -280,7 +280,7 @@ def test_local_teacher_settings_reach_the_pipelines_teach_stage(tmp_path, monkey
   """`LOCAL_SERVERS` and `LOCAL_FRESH_PROMPTS` bound on a pipeline run reach
   `teach_dataset` (they used to stop at runs/teach.gin: a pipeline with
   `TEACHER='local'` always started one server)."""
-  from tinythinker_jax import pipeline
+  from tinythinker_jax.cli import pipeline
   from tinythinker_jax.stages import pipeline as stages_pipeline
   seen = []
 

@@ -39,7 +39,7 @@ def cache_lines(path):
 
 
 def teach_command(server, output_dir, csqa_path, method, extra=()):
-  return [sys.executable, "-m", "tinythinker_jax.teach",
+  return [sys.executable, "-m", "tinythinker_jax.cli.teach",
           "--gin.DATASET='csqa'", f"--gin.DATASET_PATH='{csqa_path}'",
           f"--gin.OUTPUT_DIR='{output_dir}'", f"--gin.METHOD='{method}'",
           "--gin.MAX_EXAMPLES=3", f"--gin.client.TeacherConfig.base_url='{server.base_url}'",

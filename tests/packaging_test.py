@@ -131,8 +131,8 @@ def test_a_fresh_core_install_has_no_tensorflow(tmp_path):
                            capture_output=True, text=True, timeout=1800)
   assert install.returncode == 0, install.stderr[-3000:]
   check = subprocess.run(
-      [python, "-c", "import importlib.util as u, json; import tinythinker_jax.train, "
-       "tinythinker_jax.eval, tinythinker_jax.sample; print(json.dumps([m for m in "
+      [python, "-c", "import importlib.util as u, json; import tinythinker_jax.cli.train, "
+       "tinythinker_jax.cli.evaluate, tinythinker_jax.cli.sample; print(json.dumps([m for m in "
        "('tensorflow', 'seqio', 'torch') if u.find_spec(m)]))"],
       cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert check.returncode == 0, check.stderr[-3000:]

@@ -235,7 +235,7 @@ def _teach_small_coin_flip(root, train=256, validation=64):
 def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   import tasks  # noqa: F401  pylint: disable=unused-import  (registers the tasks)
   from tinythinker_jax import tasks as rationale_tasks
-  from tinythinker_jax import seqio_arrays
+  from tinythinker_jax.stages import materialize as materialize_lib
   from tinythinker_jax.stages import phase1
   from tinythinker_jax.data import arrays
   from tinythinker_jax.training import recipe
@@ -266,7 +266,7 @@ def test_packed_training_run_learns_and_matches_seqio(tmp_path, monkeypatch):
   # The rows seqio packed for that run equal our packing of seqio's unpacked rows.
   monkeypatch.setenv(rationale_tasks.RECORDS_DIR_ENV, str(tmp_path / "rationales"))
   monkeypatch.setenv(rationale_tasks.VOCAB_ENV, spm)
-  meta = seqio_arrays.materialize(task, "validation", lengths, str(tmp_path / "unpacked"))
+  meta = materialize_lib.materialize(task, "validation", lengths, str(tmp_path / "unpacked"))
   assert meta["num_sequences"] == meta["num_examples"] == 48 and not meta["packed"]
   unpacked = arrays.ArrayDataset(str(tmp_path / "unpacked"))
   seqio_packed = arrays.ArrayDataset(str(tmp_path / "model" / "data" / task / "validation"))

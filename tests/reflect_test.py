@@ -38,7 +38,7 @@ def cli(verb, *args, cwd):
   import contextlib
   import io
   import gin
-  from tinythinker_jax import main
+  from tinythinker_jax.cli import main
   gin.clear_config()
   out = io.StringIO()
   previous = os.getcwd()
@@ -211,7 +211,7 @@ def test_sigkilled_sample_resumes_without_redoing_shards(student):
   killed = student / "sample_killed"
   cli("sample", *args, f"--gin.OUTPUT_DIR='{straight}'", cwd=student)
   process = subprocess.Popen(
-      [sys.executable, "-m", "tinythinker_jax.sample", *args,
+      [sys.executable, "-m", "tinythinker_jax.cli.sample", *args,
        f"--gin.OUTPUT_DIR='{killed}'"], cwd=student, env=one_device_env(),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   shard_dir = killed / "shards"

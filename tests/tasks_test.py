@@ -6,7 +6,8 @@ import seqio
 
 import tasks  # noqa: F401  (t5x's `import tasks` from a checkout registers them)
 from tinythinker_jax import tasks as rationale_tasks, paths
-from tinythinker_jax import seqio_arrays, vocabularies
+from tinythinker_jax import vocabularies
+from tinythinker_jax.stages import materialize as materialize_lib
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.reasoning import formats
@@ -51,7 +52,7 @@ def test_stage_tasks_materialise_to_the_format_strings(tmp_path, monkeypatch):
   counts = {}
   for stage in formats.STAGES_OF[formats.Format.TINYTHINKER]:
     name = f"tinythinker.coin_flip.tinythinker.{stage.value}"
-    meta = seqio_arrays.materialize(name, "train", {"inputs": 96, "targets": 48},
+    meta = materialize_lib.materialize(name, "train", {"inputs": 96, "targets": 48},
                                     str(tmp_path / "data" / stage.value))
     counts[stage] = meta["num_examples"]
     data = arrays.ArrayDataset(str(tmp_path / "data" / stage.value))

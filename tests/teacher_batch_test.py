@@ -111,7 +111,7 @@ def test_a_lost_create_reply_and_a_failed_batch_submit_nothing_twice(tmp_path):
 
 
 def teach_command(server, output_dir):
-  return [sys.executable, "-m", "tinythinker_jax.teach", "--gin.DATASET='coin_flip'",
+  return [sys.executable, "-m", "tinythinker_jax.cli.teach", "--gin.DATASET='coin_flip'",
           "--gin.SPLIT='test'", "--gin.MAX_EXAMPLES=5", f"--gin.OUTPUT_DIR='{output_dir}'",
           "--gin.METHOD='finetune_cot'", "--gin.pipelines.FinetuneCotSettings.num_samples=2",
           f"--gin.client.TeacherConfig.base_url='{server.base_url}'",
@@ -186,7 +186,7 @@ def test_dry_run_counts_requests_and_tokens_and_prices_them(tmp_path):
 def test_teach_dry_run_command_prints_the_estimate(tmp_path):
   out = tmp_path / "teach"
   result = subprocess.run(
-      [sys.executable, "-m", "tinythinker_jax.teach", "--dry_run",
+      [sys.executable, "-m", "tinythinker_jax.cli.teach", "--dry_run",
        "--gin.DATASET='coin_flip'", "--gin.MAX_EXAMPLES=3", f"--gin.OUTPUT_DIR='{out}'",
        "--gin.METHOD='finetune_cot'", "--gin.client.TeacherConfig.base_url='http://127.0.0.1:9/v1'",
        "--gin.client.TeacherConfig.prompt_price_per_million=1.0",

@@ -50,7 +50,7 @@ def data(tmp_path_factory):
 
 
 def command(data_dir, model_dir, steps, *extra):
-  return [sys.executable, "-m", "tinythinker_jax.train",
+  return [sys.executable, "-m", "tinythinker_jax.cli.train",
           "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/sft.gin",
           f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
           f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}",

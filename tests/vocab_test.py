@@ -12,7 +12,7 @@ def test_vocab_cli_trains_t5_style_sentencepiece(tmp_path, shared_data):
   csqa = shared_data / "tinythinker" / "csqa" / "dev_rand_split.jsonl"
   prefix = tmp_path / "csqa_spm"
   result = subprocess.run(
-      [sys.executable, "-m", "tinythinker_jax.vocab", f"--input={csqa}", "--size=500",
+      [sys.executable, "-m", "tinythinker_jax.cli.vocab", f"--input={csqa}", "--size=500",
        f"--output={prefix}"], capture_output=True, text=True, check=True)
   assert "set NUM_EMBEDDINGS = 640" in result.stdout  # 500 + 100 extra ids -> 640.
   vocab = vocabularies.get_vocabulary(str(prefix) + ".model")

@@ -320,10 +320,10 @@ def configured_binary(fn: Callable, default_gin_file: str, output_macro: str
 
 
 def run_as_module(spec) -> None:
-  """`python -m tinythinker_jax.VERB`: runs the package's own copy of the module.
+  """`python -m tinythinker_jax.cli.VERB`: runs the package's own copy of the module.
 
   Run as `__main__`, a binary's functions are not the ones its gin files name
-  (gin registers `tinythinker_jax.VERB.fn`), so the binary re-enters through
-  the imported module.
+  (gin registers `tinythinker_jax.cli.VERB.fn`), so the binary re-enters
+  through the imported module.
   """
   sys.exit(importlib.import_module(spec.name).main())

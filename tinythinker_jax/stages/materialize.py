@@ -7,17 +7,27 @@ their mixing rates) in a manifest, so later runs, and hosts without TensorFlow,
 read the arrays directly. With `pack=True` (gin: `PACK`) the arrays are seqio's
 packed rows (`EncDecFeatureConverter(pack=True)`); the manifest records which,
 and a change of `PACK` materialises again.
+
+`materialize` writes one task's split: one `.npy` per feature of seqio's
+`EncDecFeatureConverter`, fixed length, which `data.arrays.ArrayDataset`
+memory-maps on accelerator hosts that have no TensorFlow. Packed rows
+(several examples per row, with `*_segment_ids` and `*_positions`) are made
+once here, so every epoch reads the same packed rows in a new order (t5x packs
+a freshly shuffled stream each epoch; rows fixed at materialisation keep
+batches a function of the step).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import numpy as np
 
 from tinythinker_jax import errors, paths, shards, tf_import
+from tinythinker_jax.data import arrays, packing
 
 MANIFEST = "manifest.json"
 
@@ -71,7 +81,6 @@ def prepare_data(mixture_or_task_name: str, feature_lengths: Mapping[str, int],
 def _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pack,
                      manifest_path, records_dir, vocabulary) -> None:
   """Materialises every task of the mixture, then writes the manifest."""
-  from tinythinker_jax import seqio_arrays  # pylint: disable=import-outside-toplevel
   expanded = _expand(mixture_or_task_name, records_dir, vocabulary)
   manifest = {"name": mixture_or_task_name, "feature_lengths": dict(feature_lengths),
               "packed": bool(pack), "tasks": {}, "sequences": {},
@@ -82,11 +91,11 @@ def _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pa
     manifest["tasks"][name] = {}
     for split in splits:
       try:
-        meta = seqio_arrays.materialize(task, split, feature_lengths,
-                                       data_dir / name / split, pack=pack)
+        meta = materialize(task, split, feature_lengths, data_dir / name / split,
+                           pack=pack)
       except FileNotFoundError:
         continue  # That split has no records (e.g. no validation rationales).
-      except seqio_arrays.EmptySplitError:
+      except EmptySplitError:
         if split == "train":
           raise
         print(f"warning: {name} {split}: no examples; training goes on without them",
@@ -105,3 +114,51 @@ def _materialize_all(mixture_or_task_name, feature_lengths, data_dir, splits, pa
             meta["examples_at_length_limit"]
   data_dir.mkdir(parents=True, exist_ok=True)
   paths.write_json(manifest_path, manifest)
+
+
+class EmptySplitError(ValueError):
+  """A task's split exists but holds no examples (e.g. the teacher kept none)."""
+
+
+_BATCH = 1024
+
+
+def materialize(task, split: str, feature_lengths: Mapping[str, int],
+                output_dir: paths.PathLike, max_examples: Optional[int] = None,
+                pack: bool = False) -> dict:
+  """Writes `task`'s `split` as fixed-length (packed) features; returns the metadata
+  (`num_examples` counts rows, `num_sequences` the examples in them)."""
+  seqio, tf = tf_import.import_seqio()
+  if isinstance(task, str):
+    task = seqio.get_mixture_or_task(task)
+  lengths = {"inputs": int(feature_lengths["inputs"]),
+             "targets": int(feature_lengths["targets"])}
+  dataset = task.get_dataset(sequence_length=lengths, split=split, shuffle=False,
+                             num_epochs=1, use_cached=False)
+  if max_examples:
+    dataset = dataset.take(max_examples)
+  dataset = dataset.cache()  # Read (and tokenized) once for both passes below.
+  at_limit = num_sequences = 0
+  # Both passes go in batches: numpy conversion per example is most of the cost.
+  sizes = dataset.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"])))
+  for inputs_len, targets_len in sizes.batch(_BATCH).as_numpy_iterator():
+    # Trimmed sequences end in EOS too, so count those that reach the limit.
+    at_limit += int(np.sum((inputs_len >= lengths["inputs"]) |
+                           (targets_len >= lengths["targets"])))
+    num_sequences += len(inputs_len)
+  if not num_sequences:
+    raise EmptySplitError(f"task {task.name} has no {split} examples")
+  names = arrays.FEATURES + (packing.PACKING_FEATURES if pack else ())
+  converter = seqio.EncDecFeatureConverter(pack=pack)
+  rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+  converted = converter(dataset, lengths).map(lambda ex: {n: ex[n] for n in names})
+  for batch in converted.batch(_BATCH).as_numpy_iterator():
+    for name in names:
+      rows[name].append(batch[name])
+  features = {k: np.concatenate(v).astype(np.int32) for k, v in rows.items()}
+  meta = {"task": task.name, "split": split, "feature_lengths": lengths,
+          "examples_at_length_limit": at_limit, "packed": bool(pack),
+          "num_sequences": num_sequences}
+  arrays.write_features(output_dir, features, meta)
+  return dict(meta, num_examples=len(features["encoder_input_tokens"]),
+              path=paths.absolute_str(output_dir))

@@ -1,8 +1,9 @@
 """The `tinythinker` command: `tinythinker VERB [flags]` runs one binary.
 
-Each verb is a module of this package with a `main(argv)`, as t5x's binaries
-are (`train.py`, `infer.py`, `eval.py`, ...); `python -m tinythinker_jax.VERB`
-runs the same code. This file only dispatches.
+Each verb is a module of `tinythinker_jax.cli` named as the verb, with a
+`main(argv)`, as t5x's binaries are (`train.py`, `infer.py`, ...);
+`python -m tinythinker_jax VERB` and `python -m tinythinker_jax.cli.VERB` run
+the same code. This file only dispatches.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional, Sequence
 
 from tinythinker_jax import registries
 
-# verb -> (its module under tinythinker_jax, one line of help)
+# verb -> (its module under tinythinker_jax.cli, one line of help)
 BINARIES: registries.Registry[tuple[str, str]] = registries.Registry("verb")
 for _verb, _entry in {
     "teach": ("teach", "write teacher rationales for a dataset (Fine-tune-CoT, "
@@ -26,7 +27,7 @@ for _verb, _entry in {
               "DPO/RPO on preference pairs (runs/dpo.gin)"),
     "infer": ("infer", "run a student's reasoning chains over a dataset split; write "
               "per-example records"),
-    "evaluate": ("eval", "greedy and self-consistency accuracy, format errors and "
+    "evaluate": ("evaluate", "greedy and self-consistency accuracy, format errors and "
                  "confusion, as report.json and report.md"),
     "score": ("score", "print the log-likelihood of given targets under a student"),
     "sample": ("sample", "self-reflection data: sample the student's chains, build "
@@ -37,7 +38,7 @@ for _verb, _entry in {
                "(safetensors, config, tokenizer)"),
     "pipeline": ("pipeline", "teach -> phase 1 -> (sample -> DPO) x k -> evaluate -> "
                  "export -> report, in one resumable run folder"),
-    "data": ("data_cli", "inspect a dataset: counts per split, answers, a rendered "
+    "data": ("data", "inspect a dataset: counts per split, answers, a rendered "
              "example"),
     "demo": ("demo", "run the most complete end-to-end job on the embedded defaults"),
 }.items():
@@ -64,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if verb not in BINARIES:
     print(f"tinythinker: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
     return 2
-  module = importlib.import_module(f"tinythinker_jax.{BINARIES[verb][0]}")
+  module = importlib.import_module(f"tinythinker_jax.cli.{BINARIES[verb][0]}")
   return module.main(rest)
 
 

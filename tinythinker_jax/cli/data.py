@@ -1,4 +1,4 @@
-"""`tinythinker data` (or `python -m tinythinker_jax.data_cli`): inspect a dataset.
+"""`tinythinker data` (or `python -m tinythinker_jax.cli.data`): inspect a dataset.
 
 Lists the dataset names (`--list`), or loads one and prints its counts per
 split, its answers and a rendered example in every student format.
