@@ -29,6 +29,10 @@ from tinythinker_jax.paths import PathLike
 
 FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
             "decoder_loss_weights")
+# A teacher known by its stored top-k log-probs (`teacher.logprobs` writes them,
+# `training.distillation` reads them): ids `[N, L, K]`, log-probs `[N, L, K]`
+# (-inf: an empty slot) and which target positions have them `[N, L]`.
+TEACHER_TOPK_FEATURES = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_topk_weights")
 META = "meta.json"
 
 

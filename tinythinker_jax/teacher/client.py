@@ -8,10 +8,9 @@ llama.cpp), built to survive real APIs.
   the run's seed and the sample's cache key, so that a sample's text does not
   depend on the order, the concurrency or the replica that served it (for
   servers that ignore `n` and sample from one running state, as llama.cpp's).
-- Retries with exponential backoff and full jitter on 429, 5xx, timeouts,
-  dropped connections, truncated bodies and malformed JSON, honouring
-  `Retry-After`.
-- Request and token accounting.
+- Retries with exponential backoff and full jitter on 429, 5xx, timeouts, dropped
+  connections, truncated bodies and malformed JSON, honouring `Retry-After`.
+- Request and token accounting; with `top_logprobs`, each token's log-probs.
 - Samples go through the append-only `CompletionCache`: a finished request is
   never sent again. When a server ignores `n` (llama.cpp does), the client
   loops until it has every sample.
@@ -40,6 +39,7 @@ import httpx
 
 from tinythinker_jax import errors
 from tinythinker_jax.teacher.cache import CompletionCache, request_key
+from tinythinker_jax.teacher.logprobs import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,9 @@ class TeacherConfig:
   # Prices in dollars per million tokens, for `tinythinker teach --dry_run`'s estimate.
   prompt_price_per_million: Optional[float] = None
   completion_price_per_million: Optional[float] = None
-  # > 0: every request asks for each generated token's log-prob and the `top_logprobs`
-  # most likely tokens' (OpenAI's `logprobs`/`top_logprobs`; the completions
-  # endpoint's `logprobs: k`), stored with the completion in the cache for offline
-  # top-k distillation (`teacher.logprobs`). Part of the request, so of its cache key.
+  # > 0: each generated token's log-prob and its `top_logprobs` most likely tokens' are
+  # asked for (part of the request and its cache key) and cached with the completion,
+  # for offline top-k distillation (`teacher.logprobs`).
   top_logprobs: int = 0
 
   def __post_init__(self):
@@ -138,7 +137,7 @@ class Prompt:
     if self.extra_json:
       body.update(json.loads(self.extra_json))
     chat = Endpoint(config.endpoint) is Endpoint.CHAT
-    if config.top_logprobs:
+    if config.top_logprobs:  # The completions endpoint's form: `logprobs: k`.
       body.update({"logprobs": True, "top_logprobs": int(config.top_logprobs)} if chat
                   else {"logprobs": int(config.top_logprobs)})
     if chat:
@@ -233,37 +232,9 @@ def auth_headers(config: TeacherConfig) -> dict[str, str]:
   return headers
 
 
-def token_logprobs(choice: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
-  """A choice's per-token log-probs in one form for both endpoints:
-  `[{"token": text, "logprob": float, "top": [[text, logprob], ...]}]` (the chat
-  endpoint's `logprobs.content`, the completions endpoint's parallel lists), or
-  None when the response has none. A token's text is its UTF-8 `bytes` where
-  the server gives them (OpenAI), else its `token` string (llama.cpp)."""
-  logprobs = choice.get("logprobs")
-  if not logprobs:
-    return None
-
-  def text(entry: dict[str, Any]) -> str:
-    raw = entry.get("bytes")
-    if raw:
-      return bytes(raw).decode("utf-8", errors="replace")
-    return entry["token"]
-
-  if "content" in logprobs:
-    if logprobs["content"] is None:
-      return None
-    return [{"token": text(e), "logprob": float(e["logprob"]),
-             "top": [[text(t), float(t["logprob"])] for t in e.get("top_logprobs") or ()]}
-            for e in logprobs["content"]]
-  tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
-  return [{"token": token, "logprob": float(lp) if lp is not None else None,
-           "top": [[t, float(v)] for t, v in (top or {}).items()]}
-          for token, lp, top in zip(logprobs["tokens"], logprobs["token_logprobs"], tops)]
-
-
 def parse_completion(payload: dict[str, Any]) -> tuple[list[dict], dict]:
   """A completion's choices as `{text, finish_reason[, logprobs]}` (see
-  `token_logprobs`) and its token usage."""
+  `logprobs.token_logprobs`) and its token usage."""
   choices = []
   for choice in payload["choices"]:
     text = (choice["message"]["content"] if "message" in choice else choice["text"])

@@ -46,11 +46,39 @@ import numpy as np
 from tinythinker_jax import errors, paths
 from tinythinker_jax.data import arrays
 from tinythinker_jax.teacher.cache import CompletionCache
-from tinythinker_jax.training.distillation import TOPK_FEATURES as FEATURES
 
 log = logging.getLogger(__name__)
 
+FEATURES = arrays.TEACHER_TOPK_FEATURES
 IDS, LOGPROBS, WEIGHTS = FEATURES
+
+
+def token_logprobs(choice: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
+  """A response choice's per-token log-probs in one form for both endpoints:
+  `[{"token": text, "logprob": float, "top": [[text, logprob], ...]}]` (the chat
+  endpoint's `logprobs.content`, the completions endpoint's parallel lists), or
+  None when the response has none. A token's text is its UTF-8 `bytes` where
+  the server gives them (OpenAI), else its `token` string (llama.cpp)."""
+  logprobs = choice.get("logprobs")
+  if not logprobs:
+    return None
+
+  def text(entry: dict[str, Any]) -> str:
+    raw = entry.get("bytes")
+    if raw:
+      return bytes(raw).decode("utf-8", errors="replace")
+    return entry["token"]
+
+  if "content" in logprobs:
+    if logprobs["content"] is None:
+      return None
+    return [{"token": text(e), "logprob": float(e["logprob"]),
+             "top": [[text(t), float(t["logprob"])] for t in e.get("top_logprobs") or ()]}
+            for e in logprobs["content"]]
+  tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+  return [{"token": token, "logprob": float(lp) if lp is not None else None,
+           "top": [[t, float(v)] for t, v in (top or {}).items()]}
+          for token, lp, top in zip(logprobs["tokens"], logprobs["token_logprobs"], tops)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinythinker_jax import errors
+from tinythinker_jax.data import arrays
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.training import losses, objectives
 from tinythinker_jax.training import step as step_lib
@@ -84,8 +85,7 @@ Array = jax.Array
 Batch = dict[str, Array]
 _TINY = 1e-30
 _EMPTY = -1e30
-# The batch features a stored top-k teacher brings (`teacher.logprobs` writes them).
-TOPK_FEATURES = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_topk_weights")
+TOPK_FEATURES = arrays.TEACHER_TOPK_FEATURES  # what a stored top-k teacher brings
 
 
 def _check_beta(beta: float) -> float:
