@@ -130,9 +130,14 @@ def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
   summary = run.teach_dataset(
       dataset="csqa", dataset_path=str(examples_path), output_dir=str(tmp_path),
       method="finetune_cot", teacher="local", max_examples=1, progress=False,
-      finetune_cot=run.pipelines.FinetuneCotSettings(max_tokens=24))
+      finetune_cot=run.pipelines.FinetuneCotSettings(max_tokens=24),
+      teacher_config=run.TeacherConfig(top_logprobs=2))
   assert summary.samples == 1 and summary.usage["requests"] == 2
   assert "SmolLM2-135M-Instruct.Q4_1.gguf" in summary.teacher
+  # The user's top_logprobs reaches the server it started: both replies carry them.
+  with CompletionCache(tmp_path / "completions.jsonl") as cache:
+    replies = [r["response"] for r in cache._records.values()]  # pylint: disable=protected-access
+  assert len(replies) == 2 and all(r.get("logprobs") for r in replies)
   port = int(summary.teacher.split(":")[2].split("/")[0])
   import httpx
   with pytest.raises(httpx.HTTPError):

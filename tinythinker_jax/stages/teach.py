@@ -174,11 +174,13 @@ def teach_dataset(*, dataset: str, output_dir: str, dataset_path: str = "",
 
 def _local_overrides(config: Optional[TeacherConfig]) -> dict:
   """What of the user's TeacherConfig applies to the local server's: the seed
-  (per-sample and retry seeds), retries and a request rate."""
+  (per-sample and retry seeds), retries, a request rate and the top log-probs
+  asked for."""
   if config is None:
     return {}
   return {"seed": config.seed, "max_retries": config.max_retries,
-          "requests_per_minute": config.requests_per_minute}
+          "requests_per_minute": config.requests_per_minute,
+          "top_logprobs": config.top_logprobs}
 
 
 def describe_dataset(name: str, path: str = "", seed: int = 0) -> str:
