@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from tinythinker_jax import compute, significance, student as student_lib, vocabularies
+from tinythinker_jax import compute, significance, student as student_lib
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.formats import Format

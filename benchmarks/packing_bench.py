@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 def build_data(root: str) -> str:
   """Rule-based TinyThinker rationales for Coin Flip and a word vocabulary."""
-  from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.tokenizers import vocabularies  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.data import datasets  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.data.schema import AnswerType  # pylint: disable=import-outside-toplevel
   from tinythinker_jax.teacher import pipelines  # pylint: disable=import-outside-toplevel

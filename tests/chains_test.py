@@ -8,7 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from tinythinker_jax import shards, vocabularies
+from tinythinker_jax import shards
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data.schema import AnswerType, Example, labelled
 from tinythinker_jax.reasoning import chains, formats, preferences
 from tinythinker_jax.reasoning.chains import ChainRun, Generation, Sampling

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import init_params
-from tinythinker_jax import compute, partitioning, shards, vocabularies
+from tinythinker_jax import compute, partitioning, shards
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import arrays
 from tinythinker_jax.models import flops
 from tinythinker_jax.reasoning.chains import Sampling

@@ -171,7 +171,7 @@ def tiny_student(tmp_path_factory) -> pathlib.Path:
 
 
 def _train_tiny_student(root: pathlib.Path) -> None:
-  from tinythinker_jax import vocabularies
+  from tinythinker_jax.tokenizers import vocabularies
   from tinythinker_jax.stages import phase1
   from tinythinker_jax.models import t5
   from tinythinker_jax.training import recipe

@@ -256,7 +256,7 @@ def test_pipeline_fine_tunes_a_pretrained_student_with_its_own_tokenizer(tmp_pat
   import transformers
 
   from tests.hf_tokenizer_test import smollm_like
-  from tinythinker_jax import hf_tokenizer
+  from tinythinker_jax.tokenizers import hf_tokenizer
   folder = smollm_like(tmp_path)
   torch.manual_seed(0)
   original = transformers.LlamaForCausalLM(transformers.LlamaConfig(

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import STUDENT_LENGTHS, one_device_env
-from tinythinker_jax import checkpoints, compute, errors, vocabularies
+from tinythinker_jax import checkpoints, compute, errors
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.models import t5
 from tinythinker_jax.stages import phase1
 from tinythinker_jax.training import distillation, recipe

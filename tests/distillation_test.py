@@ -107,7 +107,8 @@ def test_masked_sum_and_errors():
 # ------------------------------------------------- the objective in the trainer
 
 from tests.trainer_test import copy_task  # noqa: E402
-from tinythinker_jax import compute, errors, partitioning, vocabularies  # noqa: E402
+from tinythinker_jax import compute, errors, partitioning  # noqa: E402
+from tinythinker_jax.tokenizers import vocabularies  # noqa: E402
 from tinythinker_jax.families.decoder_only import DecoderOnlyModel  # noqa: E402
 from tinythinker_jax.families.encoder_decoder import EncoderDecoderModel  # noqa: E402
 from tinythinker_jax.models import llama, t5  # noqa: E402

@@ -11,7 +11,8 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers")
 gguf = pytest.importorskip("gguf")
 
-from tinythinker_jax import errors, hf_tokenizer, vocabularies  # noqa: E402
+from tinythinker_jax import errors  # noqa: E402
+from tinythinker_jax.tokenizers import hf_tokenizer, vocabularies  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import full_and_microbatched, init_params, jitted_forward
-from tinythinker_jax import errors, vocabularies
+from tinythinker_jax import errors
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.families import EncoderDecoderModel
 from tinythinker_jax.data import packing, pair_arrays
 from tinythinker_jax.models import t5

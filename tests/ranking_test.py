@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tinythinker_jax import hf_tokenizer
+from tinythinker_jax.tokenizers import hf_tokenizer
 from tinythinker_jax import student as student_lib
 from tinythinker_jax.data.schema import Choice, Example
 from tinythinker_jax.reasoning import ranking

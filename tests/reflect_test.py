@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import STUDENT_CONFIG, one_device_env, teacher_forced_logps
-from tinythinker_jax import checkpoints, vocabularies
+from tinythinker_jax import checkpoints
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import datasets
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning import formats

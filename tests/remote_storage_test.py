@@ -167,7 +167,8 @@ def test_the_stages_of_a_run_on_the_store(gcs, empty_cwd, tmp_path):
   and a best checkpoint -> evaluate -> load the best -> export, all on gs://."""
   del gcs
   from tinythinker_jax.stages import evaluate as eval_lib
-  from tinythinker_jax import student, vocabularies
+  from tinythinker_jax import student
+  from tinythinker_jax.tokenizers import vocabularies
   from tinythinker_jax.stages import export
   from tinythinker_jax.stages import phase1
   from tinythinker_jax.convert import load_hf_t5

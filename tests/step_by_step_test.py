@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from tinythinker_jax import student as student_lib
-from tinythinker_jax import vocabularies
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType
 from tinythinker_jax.models import t5

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 
 from tests.conftest import init_params, teacher_forced_logps
-from tinythinker_jax import decoding, partitioning, vocabularies, weights
+from tinythinker_jax import decoding, partitioning, weights
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.models import t5
 from tinythinker_jax.reasoning.chains import Sampling
 from tinythinker_jax.student import Student

@@ -6,7 +6,7 @@ import seqio
 
 import tasks  # noqa: F401  (t5x's `import tasks` from a checkout registers them)
 from tinythinker_jax import tasks as rationale_tasks, paths
-from tinythinker_jax import vocabularies
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.stages import materialize as materialize_lib
 from tinythinker_jax.data import arrays, datasets
 from tinythinker_jax.data.schema import AnswerType

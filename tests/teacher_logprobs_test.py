@@ -8,7 +8,6 @@ own forward pass of the same GGUF, found in a student's targets
 """
 
 import asyncio
-import json
 
 import jax
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from tinythinker_jax import errors, vocabularies, weights  # noqa: E402
+from tinythinker_jax import errors, weights  # noqa: E402
+from tinythinker_jax.tokenizers import vocabularies  # noqa: E402
 from tinythinker_jax.data import arrays  # noqa: E402
 from tinythinker_jax.stages import phase1  # noqa: E402
 from tinythinker_jax.stages import teach  # noqa: E402

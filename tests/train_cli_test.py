@@ -39,7 +39,7 @@ def data(tmp_path_factory):
   """Rule-based rationales for coin flip, a word vocabulary, materialised arrays."""
   root = tmp_path_factory.mktemp("coin")
   splits = teach_coin_flip(root, "finetune_cot")
-  from tinythinker_jax import vocabularies
+  from tinythinker_jax.tokenizers import vocabularies
   texts = [t for e in splits["train"] for t in (e.question, e.rationale)]
   spm = vocabularies.train_sentencepiece(texts + ["--> yes no"], 128, str(root / "spm"),
                                          model_type="word", hard_vocab_limit=False)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tinythinker_jax import vocabularies
+from tinythinker_jax.tokenizers import vocabularies
 
 
 def test_vocab_cli_trains_t5_style_sentencepiece(tmp_path, shared_data):

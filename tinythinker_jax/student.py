@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinythinker_jax import compute as compute_lib
-from tinythinker_jax import (errors, families, hf_tokenizer, partitioning, vocabularies,
-                             weights)
+from tinythinker_jax import errors, families, partitioning, weights
+from tinythinker_jax.tokenizers import hf_tokenizer, vocabularies
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.reasoning.chains import Generation, Sampling
 

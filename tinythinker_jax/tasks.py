@@ -33,7 +33,8 @@ import functools
 import os
 from typing import Callable, Optional
 
-from tinythinker_jax import errors, paths, tf_import, vocabularies
+from tinythinker_jax import errors, paths, tf_import
+from tinythinker_jax.tokenizers import vocabularies
 
 seqio, tf = tf_import.import_seqio()
 

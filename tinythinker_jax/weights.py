@@ -40,8 +40,8 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 
-from tinythinker_jax import (checkpoints, errors, families, hf_tokenizer, partitioning, paths,
-                             registries)
+from tinythinker_jax import checkpoints, errors, families, partitioning, paths, registries
+from tinythinker_jax.tokenizers import hf_tokenizer
 from tinythinker_jax.models.base import BaseModel
 from tinythinker_jax.paths import PathLike
 
@@ -195,7 +195,7 @@ def load(path: PathLike, *, model: Any = None, vocabulary: str = "",
   kind, stored, host_params, vocab = read.kind, read.model, read.host_params, read.vocabulary
   if kind == "hf" and hf_tokenizer.is_hf_tokenizer(vocab):
     # pylint: disable=import-outside-toplevel
-    from tinythinker_jax import vocabularies
+    from tinythinker_jax.tokenizers import vocabularies
     codec = vocabularies.load_pretrained(vocab)
     rows = wanted.config.vocab_size if wanted is not None else max(
         codec.vocab_size, stored.config.vocab_size + codec.vocab_size - codec.hf_vocab_size)

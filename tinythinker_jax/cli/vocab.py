@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from tinythinker_jax import gin_utils, vocabularies
+from tinythinker_jax import gin_utils
+from tinythinker_jax.tokenizers import vocabularies
 
 
 def _add_flags(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,8 @@ from typing import Optional
 
 import jax
 
-from tinythinker_jax import errors, hf_tokenizer, partitioning, paths, vocabularies, weights
+from tinythinker_jax import errors, partitioning, paths, weights
+from tinythinker_jax.tokenizers import hf_tokenizer, vocabularies
 
 SPIECE = "spiece.model"
 

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from tinythinker_jax import errors, families, partitioning, paths, shards, vocabularies
+from tinythinker_jax import errors, families, partitioning, paths, shards
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax import weights
 from tinythinker_jax.data import arrays
 from tinythinker_jax.stages import materialize

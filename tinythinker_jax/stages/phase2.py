@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from tinythinker_jax import errors, paths, vocabularies, weights
+from tinythinker_jax import errors, paths, weights
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import arrays, pair_arrays
 from tinythinker_jax.stages import validation as validation_lib
 from tinythinker_jax.stages.phase1 import initial_params

@@ -176,7 +176,7 @@ def _teach(run: _Run) -> dict[str, Any]:
 def _vocab(run: _Run) -> dict[str, Any]:
   if run.vocabulary:
     return {"vocabulary": run.vocabulary}
-  from tinythinker_jax import vocabularies  # pylint: disable=import-outside-toplevel
+  from tinythinker_jax.tokenizers import vocabularies  # pylint: disable=import-outside-toplevel
   texts = []
   for fmt in run.student_formats:
     texts.extend(vocabularies.iter_rendered(

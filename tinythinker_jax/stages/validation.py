@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 import jax
 
-from tinythinker_jax import errors, paths, vocabularies
+from tinythinker_jax import errors, paths
+from tinythinker_jax.tokenizers import vocabularies
 from tinythinker_jax.data import datasets
 from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.reasoning.formats import Format

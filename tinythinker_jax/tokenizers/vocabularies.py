@@ -24,7 +24,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from tinythinker_jax import errors, hf_tokenizer, paths, tf_import
+from tinythinker_jax import errors, paths, tf_import
+from tinythinker_jax.tokenizers import hf_tokenizer
 from tinythinker_jax.data import schema
 
 BYTE = "byte"
