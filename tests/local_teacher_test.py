@@ -136,7 +136,7 @@ def test_local_teacher_starts_and_stops_its_own_server(shared_data, tmp_path):
   assert "SmolLM2-135M-Instruct.Q4_1.gguf" in summary.teacher
   # The user's top_logprobs reaches the server it started: both replies carry them.
   with CompletionCache(tmp_path / "completions.jsonl") as cache:
-    replies = [r["response"] for r in cache._records.values()]  # pylint: disable=protected-access
+    replies = [r["response"] for r in cache.records()]
   assert len(replies) == 2 and all(r.get("logprobs") for r in replies)
   port = int(summary.teacher.split(":")[2].split("/")[0])
   import httpx

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tinythinker_jax import paths
 
@@ -73,6 +73,10 @@ class CompletionCache:
 
   def get(self, key: str) -> Optional[dict[str, Any]]:
     return self._records.get(key)
+
+  def records(self) -> Iterator[dict[str, Any]]:
+    """Every record, in the order first written."""
+    return iter(self._records.values())
 
   def put(self, key: str, request: dict[str, Any], sample_index: int,
           response: dict[str, Any]) -> dict[str, Any]:

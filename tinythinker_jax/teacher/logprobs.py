@@ -102,7 +102,7 @@ def chains_from_caches(cache_paths: Iterable[paths.PathLike]) -> list[Chain]:
     if not paths.as_path(path).exists():
       raise errors.MissingFileError(f"{path}: no completion cache there")
     with CompletionCache(path) as cache:
-      for key, record in cache._records.items():  # pylint: disable=protected-access
+      for record in cache.records():
         entries = (record.get("response") or {}).get("logprobs")
         if not entries:
           continue
@@ -111,7 +111,7 @@ def chains_from_caches(cache_paths: Iterable[paths.PathLike]) -> list[Chain]:
             top=tuple(tuple((t, float(v)) for t, v in e.get("top") or ()) for e in entries),
             logprobs=tuple(float("nan") if e.get("logprob") is None else float(e["logprob"])
                            for e in entries),
-            source=f"{path}#{key[:12]}"))
+            source=f"{path}#{record['key'][:12]}"))
   return chains
 
 
