@@ -195,6 +195,13 @@ def test_phase1_distils_a_llama_student_from_a_taught_caches_top_logprobs(
   config = llama.LlamaConfig(vocab_size=49152, emb_dim=16, num_heads=2, num_kv_heads=1,
                              head_dim=8, mlp_dim=32, num_layers=1,
                              max_position_embeddings=256)
+  # Distilling Step-by-Step's two-task mixture is refused naming the binding.
+  with pytest.raises(errors.UserError, match="TEACHER_TOPK_CACHES: .* multi-task"):
+    phase1.run(model_dir=str(tmp_path / "mixture"), model_config=config,
+               mixture_or_task_name="tinythinker.csqa.step_by_step",
+               task_feature_lengths={"inputs": 96, "targets": 64},
+               records_dir=str(records), vocabulary=GGUF,
+               teacher_topk_caches=(str(records),), progress=False)
   model_dir = tmp_path / "student"
   result = phase1.run(
       model_dir=str(model_dir), model_config=config,

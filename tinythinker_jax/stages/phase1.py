@@ -19,9 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from tinythinker_jax import errors, families, partitioning, paths, shards
+from tinythinker_jax import errors, families, partitioning, paths, shards, weights
 from tinythinker_jax.tokenizers import vocabularies
-from tinythinker_jax import weights
 from tinythinker_jax.data import arrays
 from tinythinker_jax.stages import materialize
 from tinythinker_jax.stages import validation as validation_lib
@@ -212,9 +211,15 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
     raise errors.UserError("TEACHER_TOPK_CACHES and TEACHER_CHECKPOINT_PATH name two "
                            "teachers; distil from one")
   topk_stats = {}
+  parsed = registry.parse_task_name(mixture_or_task_name)
   if teacher_topk_caches:
     if isinstance(teacher_topk_caches, str):
       teacher_topk_caches = (teacher_topk_caches,)
+    if task_weights or (parsed is not None and parsed.spec.multitask and
+                        parsed.stage is None):
+      raise errors.UserError(f"TEACHER_TOPK_CACHES: distillation trains one format; "
+                             f"{mixture_or_task_name} is multi-task (name one of its "
+                             "tasks, e.g. its .explain stage)")
     topk_stats = attach_teacher_topk(
         [root / t / "train" for t, splits in manifest["tasks"].items() if "train" in splits],
         teacher_topk_caches, vocabulary_path, manifest["vocab_size"])
@@ -223,7 +228,6 @@ def run(*, model_dir: str, model_config: Any, mixture_or_task_name: str,
   if not train_sets:
     raise errors.UserError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: no task has "
                            "a train split")
-  parsed = registry.parse_task_name(mixture_or_task_name)
   if task_weights is None and parsed is not None and parsed.spec.multitask and \
       parsed.stage is None:
     task_weights = {s.value: 1.0 / len(parsed.spec.stages) for s in parsed.spec.stages}
