@@ -106,11 +106,7 @@ def attach_teacher_topk(folders: Sequence[paths.PathLike], cache_paths: Sequence
                                     f"{TEACH_CACHE}")
     files.extend(found)
   cache_paths = [paths.absolute_str(p) for p in files]
-  def size(p):
-    stat = paths.as_path(p).stat()
-    return getattr(stat, "st_size", getattr(stat, "length", 0))
-
-  fingerprint = ";".join(f"{p}:{size(p)}" for p in cache_paths)
+  fingerprint = ";".join(f"{p}:{paths.as_path(p).stat().length}" for p in cache_paths)
   stats = {}
   if jax.process_index() == 0:
     chains = teacher_logprobs.chains_from_caches(cache_paths)

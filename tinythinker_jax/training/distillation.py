@@ -85,7 +85,6 @@ Array = jax.Array
 Batch = dict[str, Array]
 _TINY = 1e-30
 _EMPTY = -1e30
-TOPK_FEATURES = arrays.TEACHER_TOPK_FEATURES  # what a stored top-k teacher brings
 
 
 def _check_beta(beta: float) -> float:
@@ -279,14 +278,14 @@ class DistillationObjective:
     logits = self.model.logits(params, batch, dropout_rng=dropout_rng)
     rows = self.vocab_rows
     if self.teacher is None:
-      missing = [n for n in TOPK_FEATURES if n not in batch]
+      missing = [n for n in arrays.TEACHER_TOPK_FEATURES if n not in batch]
       if missing:
         raise errors.UserError(f"offline top-k distillation: the batch has no {missing} "
                                "(attach the teacher's log-probs: TEACHER_TOPK_CACHES)")
+      ids, logprobs, covered = (batch[n] for n in arrays.TEACHER_TOPK_FEATURES)
       divergence, _ = masked_sum(
-          topk_token_divergence(logits[..., :rows], batch["teacher_topk_logprobs"],
-                                batch["teacher_topk_ids"], beta=self.settings.beta),
-          weights * batch["teacher_topk_weights"])
+          topk_token_divergence(logits[..., :rows], logprobs, ids, beta=self.settings.beta),
+          weights * covered)
     else:
       if aux is None or "teacher" not in aux:
         raise errors.UserError("DistillationObjective needs the teacher's parameters (aux)")
